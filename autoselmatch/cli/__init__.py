@@ -1,0 +1,83 @@
+"""``autoselmatch`` command line: a thin layer over the Python API.
+
+Each command lives in its own module and imports the heavy parts (torch,
+optuna) only when it runs, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .._version import __version__
+from ..errors import AutoSelMatchError
+from ._common import CliContext
+
+COMMANDS = {
+    "tune": "tune",
+    "experts": "experts",
+    "scores": "scores",
+    "distill": "distill",
+    "evaluate": "evaluate",
+    "export": "export",
+    "export-study": "export",
+    "report": "report",
+    "dashboard": "studies",
+    "studies": "studies",
+}
+
+
+class LazyGroup(click.Group):
+    """Loads a command's module only when that command is listed or run; turns
+    :class:`AutoSelMatchError` into one line on stderr and its exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        import importlib
+
+        module = importlib.import_module(f".{COMMANDS[name]}", __name__)
+        return getattr(module, name.replace("-", "_"))
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AutoSelMatchError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; finished work is saved, rerun the same command to resume.", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="autoselmatch")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
+              help="Where tensors live and networks train.")
+@click.option("--seed", type=int, default=None, help="Seed of the run (default: the preset's).")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors; no progress bars.")
+@click.option("--verbose", "-v", count=True, help="More logging (-v debug).")
+@click.pass_context
+def cli(ctx: click.Context, device: str, seed: int | None, quiet: bool, verbose: int) -> None:
+    """autoselmatch: SelMatch dataset distillation with alpha/beta tuned by Optuna.
+
+    \b
+    Typical use:
+      autoselmatch tune --dataset digits --ipc 10
+      autoselmatch tune --dataset cifar100 --ipc 100 --device cuda
+    """
+    from ..runtime import setup_logging
+
+    ctx.obj = CliContext(device=device, seed=seed, verbosity=-1 if quiet else verbose)
+    setup_logging(ctx.obj.verbosity)
+
+
+def main() -> None:
+    cli(prog_name="autoselmatch")
+
+
+__all__ = ["cli", "main"]

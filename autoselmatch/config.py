@@ -1,0 +1,406 @@
+"""Typed run settings and the presets in ``configs/``.
+
+A run is described by one frozen :class:`RunConfig` made of per-stage
+sections. Presets are TOML files (``configs/<name>.toml``) whose tables
+mirror the sections; the CLI loads the preset named after the dataset (or
+``--preset``), applies flag overrides and ``--set section.key=value``, and
+passes the result down. ``to_dict`` gives the plain form stored in study
+user attrs and manifests, so a run can be repeated exactly.
+
+    cfg = load_preset("digits")
+    cfg = apply_overrides(cfg, {"distill.iterations": 50, "seed": 3})
+    print(format_config(cfg))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tomllib
+import types
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from .errors import InvalidArgument
+from .models import ModelSpec
+
+AUGMENTATIONS = ("none", "simple", "dsa", "combined")
+MEMORY_MODES = ("exact", "checkpoint", "tesla")
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise InvalidArgument(f"{name} must be in [{low}, {high}], got {value}")
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InvalidArgument(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset and how its validation split is carved (see :func:`autoselmatch.data.load_dataset`)."""
+
+    name: str = "digits"
+    root: str | None = None
+    download: bool = False
+    val_fraction: float = 0.05
+    split_seed: int = 0
+    image_size: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_range("data.val_fraction", self.val_fraction, 0.0, 0.5)
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Difficulty score: ``name`` in {cscore, forgetting, el2n}; ``file`` overrides download/compute.
+
+    ``epochs`` and ``networks`` set how computed scores (EL2N, forgetting) are trained.
+    """
+
+    name: str = "el2n"
+    file: str | None = None
+    epochs: int = 10
+    networks: int = 4
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """Expert trajectories: ``num_experts`` networks trained on the real training split.
+
+    ``epochs = None`` means ``distill.max_start_epoch + distill.expert_epochs``,
+    the only epochs distillation ever reads.
+    """
+
+    model: ModelSpec = field(default_factory=lambda: ModelSpec("convnet", {"depth": 3, "width": 128, "norm": "batch"}))
+    num_experts: int = 100
+    epochs: int | None = None
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    augment: str = "dsa"
+    zca: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("experts.augment", self.augment, AUGMENTATIONS)
+        if self.num_experts < 1:
+            raise InvalidArgument(f"experts.num_experts must be >= 1, got {self.num_experts}")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Trajectory matching (eq. 1) with SelMatch's selection init and partial update.
+
+    Args:
+        syn_steps: N, student steps per iteration.
+        expert_epochs: M, expert epochs the student must match.
+        max_start_epoch: T+, start epochs are drawn from [0, T+).
+        iterations: Distillation iterations.
+        batch_syn: Student minibatch size b, drawn from the whole synthetic set.
+        lr_img: Pixel learning rate.
+        lr_lr: Learning rate of the learnable student lr eta.
+        lr_teacher: Initial eta.
+        momentum: Momentum of both SGD optimizers.
+        memory: ``exact``, ``checkpoint`` or ``tesla`` (see the distillation core).
+        eval_every: Iterations between quick validation evaluations (0: never).
+        checkpoint_every: Iterations between on-disk checkpoints (0: never).
+    """
+
+    syn_steps: int = 55
+    expert_epochs: int = 2
+    max_start_epoch: int = 80
+    iterations: int = 10000
+    batch_syn: int = 125
+    lr_img: float = 1000.0
+    lr_lr: float = 1e-5
+    lr_teacher: float = 0.001
+    momentum: float = 0.5
+    memory: str = "exact"
+    eval_every: int = 500
+    checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        _check_choice("distill.memory", self.memory, MEMORY_MODES)
+        for name in ("syn_steps", "expert_epochs", "max_start_epoch", "batch_syn"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"distill.{name} must be >= 1, got {getattr(self, name)}")
+        if self.iterations < 0:
+            raise InvalidArgument(f"distill.iterations must be >= 0, got {self.iterations}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Training a fresh network on a (synthetic) set and measuring accuracy.
+
+    The budget is ``steps`` if set, else ``epochs`` if set, else the paper's
+    rule: 25 % of the optimizer steps of 200 epochs on the full training set.
+    ``quick_fraction`` of that budget is used by search objectives.
+    """
+
+    model: ModelSpec = field(default_factory=lambda: ModelSpec("resnet18", {}))
+    epochs: int | None = None
+    steps: int | None = None
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    augment: str = "combined"
+    runs: int = 5
+    quick_fraction: float = 0.15
+    channels_last: bool = False
+    amp: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("evaluate.augment", self.augment, AUGMENTATIONS)
+        _check_range("evaluate.quick_fraction", self.quick_fraction, 0.0, 1.0)
+        if self.runs < 1:
+            raise InvalidArgument(f"evaluate.runs must be >= 1, got {self.runs}")
+        for name in ("epochs", "steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InvalidArgument(f"evaluate.{name} must be >= 1, got {value}")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """The two-stage Optuna search (filled in by the tune controller).
+
+    Args:
+        beta_grid: Candidate window starts (fractions of each class, hardest first).
+        alpha_grid: Candidate distillation portions.
+        alpha_start: Where the alpha line search starts.
+        search: ``line`` (unimodal line search), ``grid`` or ``tpe``.
+        pruner: Optuna pruner for the alpha stage.
+        patience: Drops tolerated by the line search before it stops.
+        beta_seeds: Seeds averaged per beta trial.
+        trial_iterations: Distillation iterations per alpha trial (None: distill.iterations).
+    """
+
+    beta_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    alpha_grid: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    alpha_start: float = 0.5
+    search: str = "line"
+    pruner: str = "median"
+    patience: int = 0
+    beta_seeds: int = 2
+    trial_iterations: int | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that shapes a run. ``preset`` names where it came from."""
+
+    preset: str = "digits"
+    seed: int = 0
+    device: str = "auto"
+    cache_dir: str = "~/.cache/autoselmatch"
+    data: DataConfig = field(default_factory=DataConfig)
+    scores: ScoreConfig = field(default_factory=ScoreConfig)
+    experts: ExpertConfig = field(default_factory=ExpertConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).expanduser()
+
+
+# --------------------------------------------------------------------------------------------
+# dict <-> dataclass
+# --------------------------------------------------------------------------------------------
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain JSON-able form of a config (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
+    if not isinstance(values, dict):
+        raise InvalidArgument(f"{where or cls.__name__} must be a table, got {values!r}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InvalidArgument(f"unknown setting {where + '.' if where else ''}{unknown[0]}; known: {', '.join(sorted(known))}")
+    kwargs = {k: _coerce(hints[k], v, f"{where + '.' if where else ''}{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if hint is ModelSpec:
+        if isinstance(value, ModelSpec):
+            return value
+        if not isinstance(value, dict) or "name" not in value:
+            raise InvalidArgument(f"{where} must be a table with a 'name', got {value!r}")
+        options = dict(value.get("options", {}))
+        options.update({k: v for k, v in value.items() if k not in ("name", "options")})
+        return ModelSpec(str(value["name"]), options)
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else from_dict(hint, value, where)
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _coerce(hint, value, where)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise InvalidArgument(f"{where} must be a list, got {value!r}")
+        return tuple(_coerce(args[0], v, where) for v in value)
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise InvalidArgument(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint in (int, float):
+        try:
+            number = hint(value)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"{where} must be a{'n integer' if hint is int else ' number'}, got {value!r}") from None
+        if hint is int and isinstance(value, float) and value != number:
+            raise InvalidArgument(f"{where} must be an integer, got {value!r}")
+        return number
+    if hint is str:
+        return str(value)
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------
+
+
+def preset_dirs() -> list[Path]:
+    """Where presets are looked up: the repository's configs/, then the installed copy."""
+    return [Path(__file__).resolve().parent.parent / "configs", Path(sys.prefix) / "share" / "autoselmatch" / "configs"]
+
+
+def list_presets() -> list[str]:
+    names = {p.stem for d in preset_dirs() if d.is_dir() for p in d.glob("*.toml")}
+    return sorted(names)
+
+
+def preset_path(name: str) -> Path:
+    """Path of a preset by name, or ``name`` itself when it is a ``.toml`` file."""
+    if name.endswith(".toml"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise InvalidArgument(f"preset file {name} does not exist")
+        return path
+    for folder in preset_dirs():
+        path = folder / f"{name}.toml"
+        if path.is_file():
+            return path
+    raise InvalidArgument(f"unknown preset {name!r}; choose one of: {', '.join(list_presets())} or a .toml path")
+
+
+def load_preset(name: str) -> RunConfig:
+    """Read a preset TOML into a :class:`RunConfig` (unknown keys are errors)."""
+    path = preset_path(name)
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"preset {path} is not valid TOML: {exc}") from None
+    values.setdefault("preset", Path(name).stem)
+    return from_dict(RunConfig, values)
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Return ``cfg`` with dotted keys replaced: ``{"distill.iterations": 50, "seed": 1}``.
+
+    ``None`` values are ignored, so CLI flags that were not given leave the preset alone.
+    """
+    values = to_dict(cfg)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = key.split(".")
+        node = values
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise InvalidArgument(f"unknown setting {key!r}")
+            node = node[part]
+        if leaf not in node and not (len(parents) and parents[-1] == "model"):
+            raise InvalidArgument(f"unknown setting {key!r}; known in {'.'.join(parents) or 'top level'}: "
+                                  f"{', '.join(sorted(node))}")
+        node[leaf] = value
+    return from_dict(RunConfig, values)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse ``section.key=value`` (value as TOML when it parses, else a string)."""
+    if "=" not in text:
+        raise InvalidArgument(f"--set expects section.key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def format_config(cfg: RunConfig) -> str:
+    """The resolved config as TOML-like text, for ``--print-config``."""
+    lines: list[str] = []
+
+    def emit(prefix: str, values: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in values.items() if not isinstance(v, dict)}
+        tables = {k: v for k, v in values.items() if isinstance(v, dict) and k != "options"}
+        if prefix:
+            lines.append(f"\n[{prefix}]")
+        for k, v in scalars.items():
+            lines.append(f"# {k} is unset" if v is None else f"{k} = {_toml_value(v)}")
+        if "options" in values:
+            for k, v in values["options"].items():
+                lines.append(f"{k} = {_toml_value(v)}")
+        for k, v in tables.items():
+            emit(f"{prefix}.{k}" if prefix else k, v)
+
+    emit("", to_dict(cfg))
+    return "\n".join(lines).lstrip() + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+__all__ = [
+    "AUGMENTATIONS",
+    "MEMORY_MODES",
+    "DataConfig",
+    "DistillConfig",
+    "EvalConfig",
+    "ExpertConfig",
+    "RunConfig",
+    "ScoreConfig",
+    "TuneConfig",
+    "apply_overrides",
+    "format_config",
+    "from_dict",
+    "list_presets",
+    "load_preset",
+    "parse_assignment",
+    "to_dict",
+]

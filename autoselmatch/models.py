@@ -1,0 +1,265 @@
+"""Networks used for experts, distillation and evaluation, as registered builders.
+
+    model = build_model("convnet", channels=3, num_classes=100, image_size=32, width=128)
+    flat = FlatModel(model)
+    theta = flat.flatten()               # (P,) copy of the parameters
+    logits = flat(theta, images)          # same as model(images), as a function of theta
+
+Registered: ``convnet`` (depth, width, norm in {batch, instance, none}),
+``convnetd4`` (depth 4, for 64x64), ``resnet18`` (CIFAR stem: 3x3 stride-1
+conv, no max-pool; BatchNorm) and ``vgg11`` (BatchNorm). Every builder takes
+keyword-only ``channels``, ``num_classes`` and ``image_size``.
+
+Small inputs: a pooling stage is skipped once the feature map is 1x1, so the
+same builders run on 8x8 ``digits`` (the paper's geometries are unchanged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from .errors import InvalidArgument
+from .registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+NORMS = ("batch", "instance", "none")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model by name plus builder options (``depth``, ``width``, ``norm``, ...)."""
+
+    name: str = "convnet"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, *, channels: int, num_classes: int, image_size: int) -> nn.Module:
+        return build_model(self.name, channels=channels, num_classes=num_classes, image_size=image_size, **self.options)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_model(name: str, *, channels: int, num_classes: int, image_size: int, **options: Any) -> nn.Module:
+    """Build a registered model; unknown names or options raise ``InvalidArgument``."""
+    builder = MODELS.get(name)
+    try:
+        return builder(channels=channels, num_classes=num_classes, image_size=image_size, **options)
+    except TypeError as exc:
+        raise InvalidArgument(f"bad options for model {name!r}: {exc}") from None
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+def _norm(kind: str, width: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(width)
+    if kind == "instance":  # GroupNorm with one channel per group = instance norm with affine weights
+        return nn.GroupNorm(width, width, affine=True)
+    if kind == "none":
+        return nn.Identity()
+    raise InvalidArgument(f"norm must be one of {', '.join(NORMS)}, got {kind!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# ConvNet (the trajectory-matching literature's default)
+# --------------------------------------------------------------------------------------------
+
+
+class ConvNet(nn.Module):
+    """``depth`` x [conv3x3(width) -> norm -> ReLU -> avg-pool 2], then a linear classifier.
+
+    Args:
+        channels: Input channels.
+        num_classes: Output logits.
+        image_size: Input side (square images).
+        depth: Number of conv blocks (3 for 32x32, 4 for 64x64 in the papers).
+        width: Channels of every conv layer (128 in the papers).
+        norm: ``batch``, ``instance`` or ``none``.
+    """
+
+    def __init__(self, *, channels: int, num_classes: int, image_size: int, depth: int = 3, width: int = 128,
+                 norm: str = "batch") -> None:
+        super().__init__()
+        if depth < 1:
+            raise InvalidArgument(f"ConvNet depth must be >= 1, got {depth}")
+        layers: list[nn.Module] = []
+        size, in_ch = image_size, channels
+        for _ in range(depth):
+            layers += [nn.Conv2d(in_ch, width, 3, padding=1), _norm(norm, width), nn.ReLU(inplace=True)]
+            if size >= 2:
+                layers.append(nn.AvgPool2d(2))
+                size //= 2
+            in_ch = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width * size * size, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, F) flattened features before the classifier."""
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+@MODELS.register("convnet")
+def convnet(*, channels: int, num_classes: int, image_size: int, depth: int = 3, width: int = 128,
+            norm: str = "batch") -> ConvNet:
+    return ConvNet(channels=channels, num_classes=num_classes, image_size=image_size, depth=depth, width=width, norm=norm)
+
+
+@MODELS.register("convnetd4")
+def convnetd4(*, channels: int, num_classes: int, image_size: int, width: int = 128, norm: str = "batch") -> ConvNet:
+    return ConvNet(channels=channels, num_classes=num_classes, image_size=image_size, depth=4, width=width, norm=norm)
+
+
+# --------------------------------------------------------------------------------------------
+# ResNet-18 with the CIFAR stem
+# --------------------------------------------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, norm: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = _norm(norm, out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = _norm(norm, out_ch)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), _norm(norm, out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for small images: 3x3 stride-1 stem, no max-pool, stages of 64/128/256/512."""
+
+    def __init__(self, *, channels: int, num_classes: int, image_size: int, norm: str = "batch") -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, 64, 3, 1, 1, bias=False)
+        self.bn1 = _norm(norm, 64)
+        blocks, in_ch = [], 64
+        for out_ch, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks += [BasicBlock(in_ch, out_ch, stride, norm), BasicBlock(out_ch, out_ch, 1, norm)]
+            in_ch = out_ch
+        self.layers = nn.Sequential(*blocks)
+        self.classifier = nn.Linear(512, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(torch.relu(self.bn1(self.conv1(x))))
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+@MODELS.register("resnet18")
+def resnet18(*, channels: int, num_classes: int, image_size: int, norm: str = "batch") -> ResNet18:
+    return ResNet18(channels=channels, num_classes=num_classes, image_size=image_size, norm=norm)
+
+
+# --------------------------------------------------------------------------------------------
+# VGG-11 with BatchNorm
+# --------------------------------------------------------------------------------------------
+
+VGG11_LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+class VGG11(nn.Module):
+    """VGG-11 (BatchNorm) for small images: max-pools stop at 1x1, one linear classifier."""
+
+    def __init__(self, *, channels: int, num_classes: int, image_size: int, norm: str = "batch") -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        size, in_ch = image_size, channels
+        for item in VGG11_LAYOUT:
+            if item == "M":
+                if size >= 2:
+                    layers.append(nn.MaxPool2d(2))
+                    size //= 2
+                continue
+            layers += [nn.Conv2d(in_ch, item, 3, padding=1), _norm(norm, item), nn.ReLU(inplace=True)]
+            in_ch = item
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(512, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+@MODELS.register("vgg11")
+def vgg11(*, channels: int, num_classes: int, image_size: int, norm: str = "batch") -> VGG11:
+    return VGG11(channels=channels, num_classes=num_classes, image_size=image_size, norm=norm)
+
+
+# --------------------------------------------------------------------------------------------
+# A module as a function of one flat parameter vector
+# --------------------------------------------------------------------------------------------
+
+
+class FlatModel:
+    """Call ``module`` as a pure function of a flat parameter vector ``theta`` (P,).
+
+    The distillation core differentiates through many student steps taken in
+    parameter space; keeping the student as one vector makes each step a
+    single tensor op (``theta - lr * grad``) and the matching loss a norm.
+    Buffers (BatchNorm running statistics) are the module's own; in training
+    mode BatchNorm uses batch statistics, as the trajectory-matching student
+    does.
+
+    Args:
+        module: The network; its current parameters define shapes and order.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        named = list(module.named_parameters())
+        self.names = [n for n, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.numels = [p.numel() for _, p in named]
+        self.num_params = sum(self.numels)
+
+    def flatten(self) -> torch.Tensor:
+        """A detached copy of the module's parameters as one (P,) vector."""
+        return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()]).clone()
+
+    def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of ``theta`` (P,) shaped like each named parameter."""
+        if theta.shape != (self.num_params,):
+            raise InvalidArgument(f"flat parameter vector must have shape ({self.num_params},), got {tuple(theta.shape)}")
+        return {n: t.view(s) for n, t, s in zip(self.names, torch.split(theta, self.numels), self.shapes)}
+
+    def load(self, theta: torch.Tensor) -> None:
+        """Copy ``theta`` into the module's parameters in place."""
+        with torch.no_grad():
+            for p, t in zip(self.module.parameters(), torch.split(theta, self.numels)):
+                p.copy_(t.view_as(p))
+
+    def __call__(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(P,), (B, C, H, W) -> logits (B, num_classes)."""
+        return functional_call(self.module, self.unflatten(theta), (x,))
+
+
+__all__ = [
+    "MODELS",
+    "ConvNet",
+    "FlatModel",
+    "ModelSpec",
+    "ResNet18",
+    "VGG11",
+    "build_model",
+    "list_models",
+]

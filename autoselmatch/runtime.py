@@ -1,0 +1,64 @@
+"""Device choice, seeding, logging and progress bars shared by every stage."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Iterable, TypeVar
+
+import numpy as np
+import torch
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+LOG = logging.getLogger("autoselmatch")
+T = TypeVar("T")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Map ``auto|cpu|cuda|mps`` (or ``cuda:1``) to an available torch device.
+
+    ``auto`` picks CUDA, then MPS, then CPU. Asking for a backend that is not
+    available raises ``ValueError`` instead of failing later inside a kernel.
+    """
+    base = name.split(":")[0]
+    if base not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
+    if base == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if base == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    if base == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} requested but MPS is not available; use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    """Configure the package logger: -1 quiet (warnings), 0 info, 1+ debug."""
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    LOG.setLevel(level)
+    if not LOG.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        LOG.addHandler(handler)
+    LOG.propagate = False
+
+
+def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, leave: bool = False) -> Iterable[T]:
+    """A tqdm bar on stderr, hidden when the logger is quiet or ``AUTOSELMATCH_NO_PROGRESS`` is set."""
+    from tqdm.auto import tqdm
+
+    disable = LOG.getEffectiveLevel() > logging.INFO or bool(os.environ.get("AUTOSELMATCH_NO_PROGRESS"))
+    return tqdm(iterable, desc=desc, total=total, leave=leave, disable=disable, dynamic_ncols=True)
