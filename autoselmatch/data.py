@@ -224,7 +224,7 @@ def _check_raw(name: str, raw: RawData) -> None:
     if raw.train_images.shape[1:] != raw.test_images.shape[1:]:
         raise DataError(
             f"{name}: train images are {tuple(raw.train_images.shape[1:])} but test images are "
-            f"{tuple(raw.test_images.shape[1:])}"
+            f"{tuple(raw.test_images.shape[1:])}; pass --image-size to resize them all"
         )
 
 
@@ -290,6 +290,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("_codecs", "encode"),

@@ -1,0 +1,95 @@
+"""Presets, overrides and their checks."""
+
+import pytest
+
+from autoselmatch.config import (
+    RunConfig,
+    apply_overrides,
+    format_config,
+    from_dict,
+    list_presets,
+    load_preset,
+    parse_assignment,
+    to_dict,
+)
+from autoselmatch.errors import InvalidArgument
+
+
+def test_every_preset_loads():
+    names = list_presets()
+    assert {"cifar10", "cifar100", "tinyimagenet", "digits", "fashion-mnist"} <= set(names)
+    for name in names:
+        cfg = load_preset(name)
+        assert cfg.preset == name
+        assert cfg.data.name == name
+
+
+def test_paper_values_in_cifar100_preset():
+    cfg = load_preset("cifar100")
+    assert (cfg.distill.syn_steps, cfg.distill.expert_epochs, cfg.distill.max_start_epoch) == (55, 2, 80)
+    assert (cfg.distill.batch_syn, cfg.distill.lr_img, cfg.distill.lr_lr, cfg.distill.lr_teacher) == (125, 1000.0, 1e-5, 0.001)
+    assert cfg.experts.model.options == {"depth": 3, "width": 128, "norm": "batch"}
+    assert cfg.evaluate.model.name == "resnet18"
+    assert load_preset("tinyimagenet").distill.syn_steps == 20
+    assert load_preset("tinyimagenet").experts.model.options["depth"] == 4
+
+
+def test_overrides_reach_nested_values():
+    cfg = apply_overrides(load_preset("digits"), {"distill.iterations": 7, "evaluate.model.width": 64, "seed": 5,
+                                                  "data.root": None})
+    assert cfg.distill.iterations == 7
+    assert cfg.evaluate.model.options["width"] == 64
+    assert cfg.seed == 5
+    assert cfg.data.root is None
+
+
+def test_roundtrip_through_dict():
+    cfg = load_preset("cifar10")
+    assert from_dict(RunConfig, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"distill.nope": 1}, "unknown setting 'distill.nope'"),
+        ({"nope.x": 1}, "unknown setting 'nope.x'"),
+        ({"distill.iterations": "many"}, "distill.iterations must be an integer"),
+        ({"distill.syn_steps": 2.5}, "distill.syn_steps must be an integer"),
+        ({"distill.memory": "disk"}, "distill.memory must be one of exact, checkpoint, tesla"),
+        ({"evaluate.augment": "mixup"}, "evaluate.augment must be one of"),
+        ({"data.val_fraction": 0.9}, r"data.val_fraction must be in \[0.0, 0.5\]"),
+        ({"evaluate.runs": 0}, "evaluate.runs must be >= 1"),
+        ({"data.download": "maybe"}, "data.download must be true or false"),
+    ],
+)
+def test_bad_overrides(overrides, message):
+    with pytest.raises(InvalidArgument, match=message):
+        apply_overrides(load_preset("digits"), overrides)
+
+
+def test_parse_assignment():
+    assert parse_assignment("distill.lr_img=100") == ("distill.lr_img", 100)
+    assert parse_assignment("tune.beta_grid=[0.1, 0.2]") == ("tune.beta_grid", [0.1, 0.2])
+    assert parse_assignment("scores.file=/tmp/x.npz") == ("scores.file", "/tmp/x.npz")
+    with pytest.raises(InvalidArgument, match="section.key=value"):
+        parse_assignment("distill.lr_img")
+
+
+def test_unknown_preset_and_bad_toml(tmp_path):
+    with pytest.raises(InvalidArgument, match="unknown preset 'nope'"):
+        load_preset("nope")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[distill\n")
+    with pytest.raises(InvalidArgument, match="not valid TOML"):
+        load_preset(str(bad))
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[distill]\nsyn_step = 3\n")
+    with pytest.raises(InvalidArgument, match="unknown setting distill.syn_step"):
+        load_preset(str(typo))
+
+
+def test_format_config_mentions_every_section():
+    text = format_config(load_preset("digits"))
+    for section in ("[data]", "[scores]", "[experts]", "[experts.model]", "[distill]", "[evaluate]", "[tune]"):
+        assert section in text
+    assert "syn_steps = 10" in text
