@@ -26,7 +26,11 @@ from .errors import InvalidArgument
 from .models import ModelSpec
 
 AUGMENTATIONS = ("none", "simple", "dsa", "combined")
+EXPERT_AUGMENTATIONS = ("none", "simple", "dsa")
 MEMORY_MODES = ("exact", "checkpoint", "tesla")
+TUNE_BUDGETS = ("quick", "paper")
+DISTILL_INITS = ("window", "random")
+DISTILL_MODES = ("selmatch", "merge")
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
@@ -58,13 +62,27 @@ class DataConfig:
 class ScoreConfig:
     """Difficulty score: ``name`` in {cscore, forgetting, el2n}; ``file`` overrides download/compute.
 
-    ``epochs`` and ``networks`` set how computed scores (EL2N, forgetting) are trained.
+    ``epochs`` and ``networks`` set how computed scores (EL2N, forgetting) are
+    trained; ``model``, ``lr``, ``momentum``, ``weight_decay`` and
+    ``batch_size`` describe the networks (plain SGD, no augmentation).
     """
 
     name: str = "el2n"
     file: str | None = None
     epochs: int = 10
     networks: int = 4
+    model: ModelSpec = field(default_factory=lambda: ModelSpec("convnet", {"depth": 3, "width": 32, "norm": "batch"}))
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "networks", "batch_size"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"scores.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise InvalidArgument(f"scores.lr must be > 0, got {self.lr}")
 
 
 @dataclass(frozen=True)
@@ -72,7 +90,10 @@ class ExpertConfig:
     """Expert trajectories: ``num_experts`` networks trained on the real training split.
 
     ``epochs = None`` means ``distill.max_start_epoch + distill.expert_epochs``,
-    the only epochs distillation ever reads.
+    the only epochs distillation ever reads. ``augment`` is ``none``, ``simple``
+    or ``dsa`` (``combined`` needs a selected/distilled split experts do not
+    have). ``zca`` whitens images with a transform fitted on the training split
+    (eigenvalue regulariser ``zca_eps``, kornia's default as in MTT).
     """
 
     model: ModelSpec = field(default_factory=lambda: ModelSpec("convnet", {"depth": 3, "width": 128, "norm": "batch"}))
@@ -84,11 +105,24 @@ class ExpertConfig:
     batch_size: int = 256
     augment: str = "dsa"
     zca: bool = False
+    zca_eps: float = 0.1
 
     def __post_init__(self) -> None:
-        _check_choice("experts.augment", self.augment, AUGMENTATIONS)
+        _check_choice("experts.augment", self.augment, EXPERT_AUGMENTATIONS)
         if self.num_experts < 1:
             raise InvalidArgument(f"experts.num_experts must be >= 1, got {self.num_experts}")
+        if self.epochs is not None and self.epochs < 1:
+            raise InvalidArgument(f"experts.epochs must be >= 1, got {self.epochs}")
+        if self.lr <= 0:
+            raise InvalidArgument(f"experts.lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise InvalidArgument(f"experts.batch_size must be >= 1, got {self.batch_size}")
+        if self.momentum < 0:
+            raise InvalidArgument(f"experts.momentum must be >= 0, got {self.momentum}")
+        if self.weight_decay < 0:
+            raise InvalidArgument(f"experts.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.zca_eps <= 0:
+            raise InvalidArgument(f"experts.zca_eps must be > 0, got {self.zca_eps}")
 
 
 @dataclass(frozen=True)
@@ -108,6 +142,12 @@ class DistillConfig:
         memory: ``exact``, ``checkpoint`` or ``tesla`` (see the distillation core).
         eval_every: Iterations between quick validation evaluations (0: never).
         checkpoint_every: Iterations between on-disk checkpoints (0: never).
+        segment: Student steps per recomputed segment in ``checkpoint`` mode (0: ceil(sqrt(N))).
+        dsa: Apply DSA to every student minibatch (as MTT and SelMatch do).
+        dsa_strategies: DSA strategies, joined by ``_``.
+        init: ``window`` (SelMatch's selection-based init) or ``random`` (class-balanced real samples).
+        mode: ``selmatch`` (students train on D_select and D_distill) or ``merge`` (the paper's
+            ablation: distil D_distill alone, then concatenate D_select).
     """
 
     syn_steps: int = 55
@@ -122,9 +162,19 @@ class DistillConfig:
     memory: str = "exact"
     eval_every: int = 500
     checkpoint_every: int = 500
+    segment: int = 0
+    dsa: bool = True
+    dsa_strategies: str = "color_crop_cutout_flip_scale_rotate"
+    init: str = "window"
+    mode: str = "selmatch"
 
     def __post_init__(self) -> None:
         _check_choice("distill.memory", self.memory, MEMORY_MODES)
+        _check_choice("distill.init", self.init, DISTILL_INITS)
+        _check_choice("distill.mode", self.mode, DISTILL_MODES)
+        for name in ("eval_every", "checkpoint_every", "segment"):
+            if getattr(self, name) < 0:
+                raise InvalidArgument(f"distill.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("syn_steps", "expert_epochs", "max_start_epoch", "batch_syn"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"distill.{name} must be >= 1, got {getattr(self, name)}")
@@ -167,17 +217,30 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """The two-stage Optuna search (filled in by the tune controller).
+    """The two-stage Optuna search (see :mod:`autoselmatch.tune`).
 
     Args:
         beta_grid: Candidate window starts (fractions of each class, hardest first).
         alpha_grid: Candidate distillation portions.
         alpha_start: Where the alpha line search starts.
         search: ``line`` (unimodal line search), ``grid`` or ``tpe``.
-        pruner: Optuna pruner for the alpha stage.
+        pruner: Optuna pruner of both stages: ``median``, ``successive-halving``, ``hyperband`` or ``none``.
         patience: Drops tolerated by the line search before it stops.
         beta_seeds: Seeds averaged per beta trial.
-        trial_iterations: Distillation iterations per alpha trial (None: distill.iterations).
+        trial_iterations: Distillation iterations per alpha trial under the ``quick``
+            budget (None: distill.iterations).
+        beta_start: Where the beta line search starts (None: the previous IPC's
+            optimum when the prior applies, else the middle of the grid).
+        budget: ``quick`` (alpha trials distil ``trial_iterations``, the best is
+            then continued to ``distill.iterations``) or ``paper`` (every alpha
+            trial distils the full ``distill.iterations``).
+        beta_trials: Most trials of the beta stage (None: until the search ends;
+            ``tpe``: half the grid).
+        alpha_trials: Most trials of the alpha stage (same default).
+        prior: With several IPCs, bound each IPC's grids by the previous IPC's optima.
+        pruner_startup_trials: Finished trials before the median pruner prunes.
+        pruner_warmup_steps: Steps (epochs / iterations) of a trial never pruned.
+        max_failures: Failed runs of one grid point before the search treats it as worst.
     """
 
     beta_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -188,6 +251,35 @@ class TuneConfig:
     patience: int = 0
     beta_seeds: int = 2
     trial_iterations: int | None = None
+    beta_start: float | None = None
+    budget: str = "quick"
+    beta_trials: int | None = None
+    alpha_trials: int | None = None
+    prior: bool = True
+    pruner_startup_trials: int = 2
+    pruner_warmup_steps: int = 0
+    max_failures: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("beta_grid", "alpha_grid"):
+            if not getattr(self, name):
+                raise InvalidArgument(f"tune.{name} must hold at least one value")
+            for value in getattr(self, name):
+                _check_range(f"tune.{name} values", value, 0.0, 1.0)
+        _check_range("tune.alpha_start", self.alpha_start, 0.0, 1.0)
+        if self.beta_start is not None:
+            _check_range("tune.beta_start", self.beta_start, 0.0, 1.0)
+        _check_choice("tune.budget", self.budget, TUNE_BUDGETS)
+        for name in ("patience", "pruner_startup_trials", "pruner_warmup_steps"):
+            if getattr(self, name) < 0:
+                raise InvalidArgument(f"tune.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("beta_seeds", "max_failures"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"tune.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("trial_iterations", "beta_trials", "alpha_trials"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InvalidArgument(f"tune.{name} must be >= 1, got {value}")
 
 
 @dataclass(frozen=True)
@@ -388,7 +480,9 @@ def _toml_value(v: Any) -> str:
 
 __all__ = [
     "AUGMENTATIONS",
+    "EXPERT_AUGMENTATIONS",
     "MEMORY_MODES",
+    "TUNE_BUDGETS",
     "DataConfig",
     "DistillConfig",
     "EvalConfig",

@@ -1,14 +1,18 @@
-"""Device choice, seeding, logging and progress bars shared by every stage."""
+"""Device choice, seeding, logging and progress bars shared by every stage.
+
+torch and NumPy are imported inside the functions that need them, so the CLI
+can set up logging without paying for them on ``--help``.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import random
-from typing import Iterable, TypeVar
+from typing import TYPE_CHECKING, Iterable, TypeVar
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOG = logging.getLogger("autoselmatch")
@@ -21,6 +25,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     ``auto`` picks CUDA, then MPS, then CPU. Asking for a backend that is not
     available raises ``ValueError`` instead of failing later inside a kernel.
     """
+    import torch
+
     base = name.split(":")[0]
     if base not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
@@ -39,6 +45,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a CPU generator seeded the same way."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -46,13 +55,19 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def setup_logging(verbosity: int = 0) -> None:
-    """Configure the package logger: -1 quiet (warnings), 0 info, 1+ debug."""
+    """Configure the package logger: -1 quiet (warnings), 0 info, 1+ debug.
+
+    Adds a stderr handler only when the application has not configured
+    logging itself (the root logger has no handlers); otherwise records
+    propagate to the application's handlers.
+    """
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     LOG.setLevel(level)
-    if not LOG.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-        LOG.addHandler(handler)
+    if LOG.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    LOG.addHandler(handler)
     LOG.propagate = False
 
 

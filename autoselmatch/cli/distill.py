@@ -1,15 +1,101 @@
-"""`autoselmatch distill`."""
+"""`autoselmatch distill`: distil one SelMatch set (window init at beta, partial update of alpha).
+
+The result goes to ``OUT/result.pt`` (the set-file format that ``evaluate``
+and ``export`` read: normalised ``images``, ``uint8`` pixels, ``labels``,
+``distill_mask``, ``eta``, ``settings``, loss and quick-eval history) and
+the run's checkpoint to ``OUT/checkpoint.pt``. The default OUT is
+``studies/distill/<dataset>-ipc<N>-a<alpha>-b<beta>-<init>-<mode>-s<seed>``
+under the current directory. Experts must exist already (``autoselmatch
+experts`` with the same preset and ``--set`` options).
+
+    autoselmatch experts --dataset digits
+    autoselmatch distill --dataset digits --ipc 10 --alpha 0.5 --beta 0.2
+    autoselmatch evaluate studies/distill/digits-ipc10-a0.5-b0.2-window-selmatch-s0/result.pt
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
 
 import click
 
-from ._common import not_available, run_options
+from ._common import emit, output_option, print_config_and_exit, resolve_config, run_options
 
 
 @click.command()
 @run_options
-def distill(**_options) -> None:
+@click.option("--ipc", type=click.IntRange(min=1), required=True, help="Images per class of the synthetic set.")
+@click.option("--alpha", type=click.FloatRange(0.0, 1.0), required=True,
+              help="Distillation portion: the easier alpha of each window is distilled, the rest stays real.")
+@click.option("--beta", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Window start: the hardest beta fraction of each class is skipped (init window only).")
+@click.option("--iterations", type=click.IntRange(min=0), default=None, help="Distillation iterations (default: preset).")
+@click.option("--memory", type=click.Choice(["exact", "checkpoint", "tesla"]), default=None,
+              help="Unrolled-graph memory mode (default: preset): exact, checkpoint (exact, less memory), tesla (approx).")
+@click.option("--init", "init", type=click.Choice(["window", "random"]), default=None,
+              help="Initial set: the difficulty window, or random real samples (alpha 1 + random = MTT).")
+@click.option("--mode", type=click.Choice(["selmatch", "merge"]), default=None,
+              help="selmatch: students train on the whole set; merge: distil D_distill alone, then concatenate.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder for result.pt and checkpoint.pt (default: studies/distill/<run name>).")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@click.option("--overwrite", is_flag=True, help="Start over even if OUT already holds a checkpoint.")
+@output_option
+@click.pass_context
+def distill(ctx: click.Context, ipc: int, alpha: float, beta: float, iterations: int | None, memory: str | None,
+            init: str | None, mode: str | None, out: str | None, resume: bool, overwrite: bool, output: str,
+            print_config: bool, **run: Any) -> None:
     """Distil one synthetic set with SelMatch (selection init at beta, partial update of a fraction alpha).
 
-    Not available yet in this version.
+    Shows progress (iteration, loss, eta, last quick validation accuracy),
+    writes OUT/result.pt, and checkpoints every distill.checkpoint_every
+    iterations so that --resume continues an interrupted run.
+
+    \b
+    Examples:
+      autoselmatch distill --dataset digits --ipc 10 --alpha 0.5 --beta 0.2
+      autoselmatch distill -d fashion-mnist --ipc 60 --alpha 1 --init random --memory checkpoint
     """
-    not_available("distill", issue=6)
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
+    cfg = resolve_config(ctx, **run, overrides={
+        "distill.iterations": iterations,
+        "distill.memory": memory,
+        "distill.init": init,
+        "distill.mode": mode,
+    })
+    if print_config:
+        print_config_and_exit(cfg)
+    from ..data import load_dataset
+    from ..distill import CHECKPOINT_FILE, RESULT_FILE, selmatch
+    from ..errors import InvalidArgument
+    from ..runtime import resolve_device
+
+    folder = Path(out) if out is not None else default_out_dir(cfg.data.name, ipc, alpha, beta, cfg.distill.init,
+                                                                cfg.distill.mode, cfg.seed)
+    if (folder / CHECKPOINT_FILE).is_file() and not (resume or overwrite):
+        raise InvalidArgument(f"{folder} already holds a distillation checkpoint; pass --resume to continue it, "
+                              f"--overwrite to start over, or choose another --out")
+    ds = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download, val_fraction=cfg.data.val_fraction,
+                      split_seed=cfg.data.split_seed, image_size=cfg.data.image_size, device=resolve_device(cfg.device))
+    result = selmatch(ds, cfg, ipc=ipc, alpha=alpha, beta=beta, checkpoint_dir=folder, resume=resume)
+    path = result.save(folder / RESULT_FILE)
+
+    last_eval = result.evals[-1] if result.evals else None
+    emit({
+        "result": str(path),
+        "images": f"{len(result.labels)} ({int(result.distill_mask.sum())} distilled, "
+                  f"{int((~result.distill_mask).sum())} real)",
+        "iterations": result.iterations,
+        "final_loss": round(result.loss_history[-1], 6) if result.loss_history else None,
+        "eta": result.eta,
+        "quick_val_accuracy": None if last_eval is None else round(last_eval[1], 4),
+    }, output)
+
+
+def default_out_dir(dataset: str, ipc: int, alpha: float, beta: float, init: str, mode: str, seed: int) -> Path:
+    """``studies/distill/<dataset>-ipc<N>-a<alpha>-b<beta>-<init>-<mode>-s<seed>`` (dataset name made path-safe)."""
+    name = re.sub(r"[^A-Za-z0-9_.]+", "-", dataset).strip("-") or "dataset"
+    return Path("studies") / "distill" / f"{name}-ipc{ipc}-a{alpha:g}-b{beta:g}-{init}-{mode}-s{seed}"

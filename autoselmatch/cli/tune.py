@@ -1,15 +1,97 @@
-"""`autoselmatch tune`."""
+"""`autoselmatch tune`: the product's main job."""
+
+from __future__ import annotations
 
 import click
 
-from ._common import not_available, run_options
+from ._common import emit, output_option, print_config_and_exit, resolve_config, run_options
 
 
 @click.command()
 @run_options
-def tune(**_options) -> None:
-    """Tune alpha and beta for one or more IPCs with Optuna (beta stage, then pruned alpha stage) and save the best distilled set.
+@click.option("--ipc", "ipcs", required=True, metavar="N[,N...]",
+              help="Images per class to tune, e.g. 10 or 25,50,100 (tuned in ascending order).")
+@click.option("--storage", default=None, metavar="URL",
+              help="Optuna storage: sqlite:///F.db (one process), journal:///F.log or F.log (several "
+                   "processes on one machine), postgresql://... (several machines). "
+                   "Default: sqlite:///studies/{dataset}.db.")
+@click.option("--artifacts", type=click.Path(file_okay=False), default=None,
+              help="Folder of trial images, checkpoints and sets (default: {storage stem}-artifacts/).")
+@click.option("--study-prefix", default=None, metavar="NAME",
+              help="Studies are named PREFIX-ipcN-beta / -alpha (default: the dataset name).")
+@click.option("--search", default=None, metavar="NAME", help="Search strategy: line (default), grid or tpe.")
+@click.option("--pruner", default=None, metavar="NAME",
+              help="Pruner: median (default), successive-halving, hyperband or none.")
+@click.option("--patience", type=int, default=None, help="Drops the line search tolerates before it stops (default 0).")
+@click.option("--score", default=None, metavar="NAME", help="Difficulty score: cscore, forgetting or el2n.")
+@click.option("--budget", default=None, metavar="quick|paper",
+              help="quick: alpha trials distil tune.trial_iterations, the best is then finished; "
+                   "paper: every trial distils the full budget.")
+@click.option("--beta-trials", type=int, default=None, help="Most trials of the beta stage.")
+@click.option("--alpha-trials", type=int, default=None, help="Most trials of the alpha stage.")
+@click.option("--timeout", type=float, default=None, metavar="SECONDS",
+              help="Start no trial after this many seconds; rerun the command to resume.")
+@click.option("--no-prior", is_flag=True, help="Do not bound a larger IPC's grids by the smaller IPC's optima.")
+@click.option("--new-study", is_flag=True, help="Delete existing studies of these names (and checkpoints) first.")
+@click.option("--force", is_flag=True, help="Continue studies that were made with other settings.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Processes per stage (one per GPU); needs a journal or server storage.")
+@output_option
+@click.pass_context
+def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, assignments, print_config, ipcs,
+         storage, artifacts, study_prefix, search, pruner, patience, score, budget, beta_trials, alpha_trials,
+         timeout, no_prior, new_study, force, workers, output) -> None:
+    """Tune alpha and beta for one or more IPCs with Optuna and save the best distilled set.
 
-    Not available yet in this version.
+    \b
+    Per IPC: stage 1 searches the window start beta (short trainings on the
+    selected window), stage 2 the distillation portion alpha (pruned
+    distillations with beta fixed), then the best set is finished and
+    evaluated on the test split. Rerunning the same command resumes.
+
+    \b
+    Examples:
+      autoselmatch tune --dataset digits --ipc 10
+      autoselmatch tune --dataset cifar100 --ipc 25,50 --device cuda
+      autoselmatch tune --dataset cifar10 --ipc 50 --storage journal:///studies/c10.log --workers 2
     """
-    not_available("tune", issue=7)
+    overrides = {
+        "tune.search": search,
+        "tune.pruner": pruner,
+        "tune.patience": patience,
+        "tune.budget": budget,
+        "tune.beta_trials": beta_trials,
+        "tune.alpha_trials": alpha_trials,
+        "tune.prior": False if no_prior else None,
+        "scores.name": score,
+    }
+    cfg = resolve_config(ctx, dataset=dataset, preset=preset, data_root=data_root, download=download,
+                         cache_dir=cache_dir, assignments=assignments, overrides=overrides)
+    if print_config:
+        print_config_and_exit(cfg)
+
+    import optuna
+
+    from ..tune import tune as run_tune
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    result = run_tune(cfg, ipcs, storage=storage, artifacts=artifacts, study_prefix=study_prefix,
+                      new_study=new_study, force=force, workers=workers, timeout=timeout)
+    if output == "json":
+        emit(result.to_dict(), output)
+        return
+    for r in result.ipcs:
+        line = f"ipc {r.ipc}: beta {_fmt(r.beta.best_point)}"
+        if r.alpha is not None:
+            line += f", alpha {_fmt(r.alpha.best_point)}"
+        if r.final is not None:
+            acc = r.final["test_accuracy"]
+            line += f", test accuracy {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} %, set {r.final['result_path']}"
+        click.echo(line)
+    if not result.complete:
+        click.echo("stopped before the end (timeout); rerun the same command to resume")
+    click.echo(f"studies: {result.storage}   (autoselmatch dashboard --storage {result.storage})")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"

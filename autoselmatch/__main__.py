@@ -1,0 +1,5 @@
+"""``python -m autoselmatch``: the same as the ``autoselmatch`` command."""
+
+from .cli import main
+
+main()

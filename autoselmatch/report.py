@@ -1,0 +1,352 @@
+"""One self-contained HTML page that shows what ``tune`` did for a dataset.
+
+For every IPC that has studies (``{dataset}-ipc{N}-beta`` for stage 1,
+``{dataset}-ipc{N}-alpha`` for stage 2) the page shows the beta curve, the
+alpha curve with pruned trials marked, the intermediate validation
+accuracies of every distillation trial (pruned ones dashed), the final test
+accuracy against the baselines the study recorded, the best set's image grid
+and the settings; above them, the optimal alpha and beta against IPC.
+
+plotly.js is embedded once in the page (no CDN), images are embedded as
+base64 PNG, so the file opens offline and can be mailed around::
+
+    build_report("sqlite:///studies/digits.db", "digits", "studies/digits-report.html")
+
+Read from the studies: trial params (or user attrs) ``beta`` / ``alpha``,
+trial values and intermediate values; on the alpha study (or its best trial)
+the user attrs ``test_accuracy`` (a number, or ``{"mean", "std"}``),
+``baselines`` (``{name: number or {"mean", "std"}}``) and ``settings``; and the
+``*grid.png`` artifact of the study (``best-grid.png``) or of its best trial.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from ._version import __version__
+from .errors import DataError
+from .export import close_storage, artifact_dir_of, open_existing_storage
+from .fileio import atomic_write
+from .runtime import LOG
+
+if TYPE_CHECKING:
+    import optuna
+    import plotly.graph_objects as go
+
+STAGES = ("beta", "alpha")
+FIGURE_HEIGHT = "380px"
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ddd; padding: 0.25em 0.6em; }
+th { background: #f4f4f4; text-align: left; } .note { color: #777; font-style: italic; }
+.grid img { image-rendering: pixelated; max-width: 100%; border: 1px solid #ddd; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+"""
+
+
+@dataclass
+class IpcStudies:
+    """The studies of one IPC (either may be missing).
+
+    Attributes:
+        ipc: Images per class.
+        beta: Stage-1 study (window start beta).
+        alpha: Stage-2 study (distillation portion alpha).
+    """
+
+    ipc: int
+    beta: "optuna.Study | None" = None
+    alpha: "optuna.Study | None" = None
+
+
+def build_report(
+    storage: str,
+    dataset: str,
+    out: str | os.PathLike,
+    *,
+    prefix: str | None = None,
+    artifacts: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Write the HTML report of ``dataset``'s studies in ``storage`` to ``out`` (atomically).
+
+    Args:
+        storage: Storage URL (``sqlite:///studies/digits.db``, ``journal:///F.log``, ``postgresql://...``).
+        dataset: Dataset name (the title, and the default study prefix and artifact folder).
+        out: The HTML file to write.
+        prefix: Studies ``{prefix}-ipc{N}-beta|alpha`` are read (default: the dataset name).
+        artifacts: Artifact folder holding the image grids (default: where ``tune`` puts it).
+
+    Returns:
+        ``{"out", "ipcs", "figures"}``.
+    """
+    import optuna
+
+    from .tune._storage import safe_name
+
+    prefix = prefix or safe_name(dataset)
+    spec, source = open_existing_storage(storage)
+    try:
+        art_dir = Path(artifacts).expanduser() if artifacts is not None else artifact_dir_of(spec, dataset)
+        groups = find_studies(source, prefix)
+        if not groups:
+            names = ", ".join(optuna.get_all_study_names(source)) or "none"
+            raise DataError(f"storage {spec.display()} holds no study named {prefix}-ipc<N>-beta or "
+                            f"{prefix}-ipc<N>-alpha; it holds: {names}")
+        sections = [_ipc_section(group, source, art_dir) for group in groups]
+        overview = _figure_html(_optimum_figure(groups), "optimum")
+    finally:
+        close_storage(source)
+    figures = 1 + sum(section.count('class="plotly-graph-div"') for section in sections)
+    page = _page(dataset, spec.display(), overview, sections)
+    out = Path(out).expanduser()
+    with atomic_write(out, "w") as f:
+        f.write(page)
+    LOG.info("wrote the report of %d IPC(s) of %s to %s", len(groups), dataset, out)
+    return {"out": str(out), "ipcs": [g.ipc for g in groups], "figures": figures}
+
+
+def find_studies(storage: "optuna.storages.BaseStorage", prefix: str) -> list[IpcStudies]:
+    """The studies ``{prefix}-ipc{N}-beta|alpha`` grouped by IPC, smallest IPC first."""
+    import optuna
+
+    pattern = re.compile(rf"^{re.escape(prefix)}-ipc(\d+)-({'|'.join(STAGES)})$")
+    groups: dict[int, IpcStudies] = {}
+    for name in optuna.get_all_study_names(storage):
+        match = pattern.match(name)
+        if match:
+            ipc, stage = int(match[1]), match[2]
+            group = groups.setdefault(ipc, IpcStudies(ipc))
+            setattr(group, stage, optuna.load_study(study_name=name, storage=storage))
+    return [groups[ipc] for ipc in sorted(groups)]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading trials
+# --------------------------------------------------------------------------------------------
+
+
+def _knob(trial: "optuna.trial.FrozenTrial", name: str) -> float | None:
+    """A trial's alpha or beta: its param, else its user attr."""
+    value = trial.params.get(name, trial.user_attrs.get(name))
+    return None if value is None else float(value)
+
+
+def _trials(study: "optuna.Study | None", *states: str) -> list["optuna.trial.FrozenTrial"]:
+    if study is None:
+        return []
+    return [t for t in study.get_trials(deepcopy=False) if t.state.name in states]
+
+
+def _best(study: "optuna.Study | None") -> "optuna.trial.FrozenTrial | None":
+    return max(_trials(study, "COMPLETE"), key=lambda t: t.value, default=None)
+
+
+def _mean_std(value: Any) -> tuple[float, float | None] | None:
+    """A recorded accuracy: a number, or ``{"mean": m, "std": s}``."""
+    if isinstance(value, Mapping) and "mean" in value:
+        return float(value["mean"]), None if value.get("std") is None else float(value["std"])
+    if isinstance(value, (int, float)):
+        return float(value), None
+    return None
+
+
+def _result_attrs(group: IpcStudies) -> dict[str, Any]:
+    """User attrs of the final result: the alpha study's, overridden by its best trial's."""
+    best = _best(group.alpha)
+    return {**(group.alpha.user_attrs if group.alpha else {}), **(best.user_attrs if best else {})}
+
+
+def _grid_image(group: IpcStudies, storage: "optuna.storages.BaseStorage", art_dir: Path | None) -> bytes | None:
+    """PNG bytes of the best set's image grid: the alpha study's artifact, else its best trial's."""
+    from optuna.artifacts import get_all_artifact_meta
+
+    if art_dir is None or group.alpha is None:
+        return None
+    best = _best(group.alpha)
+    metas = get_all_artifact_meta(group.alpha) + (get_all_artifact_meta(best, storage=storage) if best else [])
+    for meta in metas:
+        file = art_dir / meta.artifact_id
+        if meta.filename.endswith("grid.png") and file.parent == art_dir and file.is_file():
+            return file.read_bytes()
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+
+def _layout(fig: "go.Figure", title: str, x: str, y: str) -> "go.Figure":
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template="plotly_white",
+                      margin=dict(l=60, r=20, t=50, b=50), legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def _curve_figure(study: "optuna.Study", knob: str, ipc: int) -> "go.Figure":
+    """Validation accuracy against ``knob``: finished trials joined by a line, pruned ones as crosses."""
+    import plotly.graph_objects as go
+
+    done = sorted((t for t in _trials(study, "COMPLETE") if _knob(t, knob) is not None), key=lambda t: _knob(t, knob))
+    pruned = [t for t in _trials(study, "PRUNED") if _knob(t, knob) is not None and t.intermediate_values]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=[_knob(t, knob) for t in done], y=[t.value for t in done], mode="lines+markers", name="finished",
+        text=[f"trial {t.number}" for t in done],
+    ))
+    if pruned:
+        last = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
+        fig.add_trace(go.Scatter(
+            x=[_knob(t, knob) for t in pruned], y=last, mode="markers", name="pruned (last report)",
+            marker=dict(symbol="x", size=10, color="#d62728"), text=[f"trial {t.number}" for t in pruned],
+        ))
+    best = _best(study)
+    if best is not None and _knob(best, knob) is not None:
+        fig.add_trace(go.Scatter(x=[_knob(best, knob)], y=[best.value], mode="markers", name=f"best {knob}",
+                                 marker=dict(symbol="star", size=16, color="#2ca02c")))
+    stage = "stage 1" if knob == "beta" else "stage 2"
+    return _layout(fig, f"IPC {ipc}, {stage}: validation accuracy vs {knob}", knob, "validation accuracy")
+
+
+def _intermediate_figure(study: "optuna.Study", ipc: int) -> "go.Figure":
+    """Every distillation trial's reported accuracies by step; pruned trials dashed and red."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for t in _trials(study, "COMPLETE", "PRUNED", "FAIL"):
+        if not t.intermediate_values:
+            continue
+        steps = sorted(t.intermediate_values)
+        alpha = _knob(t, "alpha")
+        label = f"trial {t.number}" + (f", alpha={alpha:g}" if alpha is not None else "")
+        pruned = t.state.name != "COMPLETE"
+        fig.add_trace(go.Scatter(
+            x=steps, y=[t.intermediate_values[s] for s in steps], mode="lines+markers",
+            name=label + (f" ({t.state.name.lower()})" if pruned else ""),
+            line=dict(dash="dash", color="#d62728") if pruned else None,
+        ))
+    return _layout(fig, f"IPC {ipc}, stage 2: intermediate validation accuracy", "step", "validation accuracy")
+
+
+def _accuracy_figure(group: IpcStudies) -> "go.Figure | None":
+    """Test accuracy of the chosen set beside each recorded baseline (``None`` when nothing was recorded)."""
+    import plotly.graph_objects as go
+
+    attrs = _result_attrs(group)
+    bars = {"autoselmatch": _mean_std(attrs.get("test_accuracy"))}
+    baselines = attrs.get("baselines")
+    if isinstance(baselines, Mapping):
+        bars.update({str(name): _mean_std(value) for name, value in baselines.items()})
+    bars = {name: value for name, value in bars.items() if value is not None}
+    if not bars:
+        return None
+    errors = [value[1] or 0.0 for value in bars.values()]
+    fig = go.Figure(go.Bar(
+        x=list(bars), y=[value[0] for value in bars.values()], error_y=dict(type="data", array=errors),
+        marker_color=["#2ca02c" if name == "autoselmatch" else "#7f7f7f" for name in bars],
+    ))
+    return _layout(fig, f"IPC {group.ipc}: test accuracy vs baselines", "", "test accuracy")
+
+
+def _optimum_figure(groups: list[IpcStudies]) -> "go.Figure":
+    """Best alpha and best beta against IPC."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for knob, stage, colour in (("beta", "beta", "#1f77b4"), ("alpha", "alpha", "#ff7f0e")):
+        points = [(g.ipc, _knob(b, knob)) for g in groups if (b := _best(getattr(g, stage))) is not None]
+        points = [(ipc, value) for ipc, value in points if value is not None]
+        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
+                                 name=f"best {knob}", line=dict(color=colour)))
+    fig.update_xaxes(type="category")
+    return _layout(fig, "Optimal alpha and beta vs IPC", "IPC", "value")
+
+
+def _figure_html(fig: "go.Figure", div_id: str) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False, default_height=FIGURE_HEIGHT, div_id=div_id,
+                       config={"displaylogo": False, "responsive": True})
+
+
+# --------------------------------------------------------------------------------------------
+# Page
+# --------------------------------------------------------------------------------------------
+
+
+def _summary_table(group: IpcStudies) -> str:
+    rows: list[tuple[str, str]] = []
+    for stage in STAGES:
+        study = getattr(group, stage)
+        if study is None:
+            rows.append((f"stage {STAGES.index(stage) + 1} ({stage})", "not run"))
+            continue
+        counts = {s: len(_trials(study, s)) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+        best = _best(study)
+        value = f"best {stage} = {_knob(best, stage):g}, validation accuracy {best.value:.4f} (trial {best.number})" \
+            if best is not None and _knob(best, stage) is not None else "no finished trial"
+        rows.append((f"stage {STAGES.index(stage) + 1}: {study.study_name}",
+                     f"{value}; trials: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)))
+    test = _mean_std(_result_attrs(group).get("test_accuracy"))
+    if test is not None:
+        rows.append(("test accuracy", f"{test[0]:.4f}" + (f" ± {test[1]:.4f}" if test[1] is not None else "")))
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _ipc_section(group: IpcStudies, storage: "optuna.storages.BaseStorage", art_dir: Path | None) -> str:
+    parts = [f'<section id="ipc-{group.ipc}"><h2>IPC {group.ipc}</h2>', _summary_table(group)]
+    if group.beta is not None:
+        parts.append(_figure_html(_curve_figure(group.beta, "beta", group.ipc), f"ipc{group.ipc}-beta"))
+    if group.alpha is not None:
+        parts.append(_figure_html(_curve_figure(group.alpha, "alpha", group.ipc), f"ipc{group.ipc}-alpha"))
+        parts.append(_figure_html(_intermediate_figure(group.alpha, group.ipc), f"ipc{group.ipc}-steps"))
+    accuracy = _accuracy_figure(group)
+    if accuracy is not None:
+        parts.append(_figure_html(accuracy, f"ipc{group.ipc}-test"))
+    else:
+        parts.append('<p class="note">No test accuracy or baselines recorded for this IPC yet.</p>')
+    grid = _grid_image(group, storage, art_dir)
+    if grid is not None:
+        data = base64.b64encode(grid).decode("ascii")
+        image = f'<img alt="image grid, IPC {group.ipc}" src="data:image/png;base64,{data}">'
+        parts.append(f'<h3>Best set (blue: D_select, orange: D_distill)</h3><div class="grid">{image}</div>')
+    else:
+        parts.append('<p class="note">No image grid artifact found for this IPC.</p>')
+    for stage in STAGES:
+        study = getattr(group, stage)
+        settings = None if study is None else study.user_attrs.get("settings")
+        if settings is not None:
+            text = html.escape(json.dumps(settings, indent=2, sort_keys=True, default=str))
+            summary = f"Settings of {html.escape(study.study_name)}"
+            parts.append(f"<details><summary>{summary}</summary><pre>{text}</pre></details>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _page(dataset: str, storage: str, overview: str, sections: list[str]) -> str:
+    from plotly.offline import get_plotlyjs
+
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    title = f"autoselmatch report: {html.escape(dataset)}"
+    return "\n".join([
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{title}</title><style>{STYLE}</style>",
+        f'<script type="text/javascript">{get_plotlyjs()}</script>',
+        "</head><body>",
+        f"<h1>{title}</h1>",
+        f'<p class="note">Storage {html.escape(storage)}; autoselmatch {__version__}; generated {created}.</p>',
+        overview,
+        *sections,
+        "</body></html>",
+    ])
+
+
+__all__ = ["IpcStudies", "build_report", "find_studies"]

@@ -1,0 +1,69 @@
+"""The Optuna controller behind ``autoselmatch tune``.
+
+Per IPC, two studies: ``{dataset}-ipc{N}-beta`` (stage 1, the window start,
+scored by a short training on the selected window) and
+``{dataset}-ipc{N}-alpha`` (stage 2, the distillation portion, pruned on
+quick evaluations during distillation), searched on grids by a strategy from
+:data:`SEARCHES`; then the best set is finished and evaluated on the test split.
+
+    from autoselmatch.tune import tune
+    results = tune(cfg, ipcs=[10])
+"""
+
+from ._controller import GridStatus, Objective, SearchController, StageOutcome, report, summarize
+from ._objectives import SelMatchObjectives
+from ._pipeline import (
+    IpcResult,
+    Objectives,
+    ObjectivesFactory,
+    StageContext,
+    TuneResult,
+    parse_ipcs,
+    stage_settings,
+    study_name,
+    trial_iterations,
+    tune,
+)
+from ._pruners import PRUNERS, build_pruner
+from ._search import SEARCHES, GridSearch, LineSearch, SearchStrategy, TPESearch
+from ._storage import (
+    StorageSpec,
+    default_artifacts_dir,
+    default_storage_url,
+    open_storage,
+    open_study,
+    parse_storage,
+)
+
+__all__ = [
+    "PRUNERS",
+    "SEARCHES",
+    "GridSearch",
+    "GridStatus",
+    "IpcResult",
+    "LineSearch",
+    "Objective",
+    "Objectives",
+    "ObjectivesFactory",
+    "SearchController",
+    "SearchStrategy",
+    "SelMatchObjectives",
+    "StageContext",
+    "StageOutcome",
+    "StorageSpec",
+    "TPESearch",
+    "TuneResult",
+    "build_pruner",
+    "default_artifacts_dir",
+    "default_storage_url",
+    "open_storage",
+    "open_study",
+    "parse_ipcs",
+    "parse_storage",
+    "report",
+    "stage_settings",
+    "study_name",
+    "summarize",
+    "trial_iterations",
+    "tune",
+]

@@ -1,0 +1,317 @@
+"""The loop that runs one study: ask the strategy for a point, claim a trial for it, run it.
+
+The controller enqueues the strategy's point (``study.enqueue_trial``) and
+claims it with ``study.ask`` while holding the storage lock, then runs the
+objective outside the lock and tells the result. So the study looks like
+any Optuna study in the dashboard, several workers never pick the same
+point, and a rerun resumes: finished points are read back from the study,
+trials whose worker died are failed and their points proposed again.
+
+    controller = SearchController(study, spec, LineSearch(grid), param="beta",
+                                  objective=lambda beta, trial: train_and_score(beta, trial))
+    outcome = controller.run()
+    outcome.best_point, outcome.best_value
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Literal, Mapping
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ..runtime import LOG
+from ._search import SearchStrategy, grid_key
+from ._storage import HEARTBEAT_INTERVAL, StorageSpec, fail_orphaned_trials, storage_lock, worker_id
+
+Objective = Callable[[float, optuna.Trial], float]
+"""``objective(point, trial) -> value``: evaluates one grid point; may call
+:func:`report` (which raises ``optuna.TrialPruned``) and set trial user attrs."""
+
+StopReason = Literal["done", "budget", "timeout"]
+
+
+def report(trial: optuna.Trial, value: float, step: int) -> None:
+    """Report an intermediate value and raise ``optuna.TrialPruned`` if the pruner says so.
+
+    Sync point: callers pass a Python float, so this is where a GPU value is read.
+    """
+    trial.report(value, step=step)
+    if trial.should_prune():
+        raise optuna.TrialPruned(f"pruned at step {step} with value {value:.4f}")
+
+
+@dataclass(frozen=True)
+class GridStatus:
+    """What a study says about the grid points of one search.
+
+    Attributes:
+        scores: Settled points: COMPLETE trials' values (best if repeated),
+            PRUNED trials' last intermediate values, ``-inf`` for a point that
+            failed ``max_failures`` times or was pruned before any report.
+        complete: Points with a COMPLETE trial -> (value, trial number) of the best one.
+        pending: Points of RUNNING or WAITING trials.
+        waiting: Numbers of WAITING trials (enqueued, not yet claimed).
+        used: Trials that count against the budget: all but those failed by an
+            interruption, a crash or as duplicates.
+    """
+
+    scores: dict[float, float]
+    complete: dict[float, tuple[float, int]]
+    pending: set[float]
+    waiting: list[int]
+    used: int
+
+    @property
+    def best(self) -> tuple[float, float, int] | None:
+        """(point, value, trial number) of the best COMPLETE point, or ``None``."""
+        if not self.complete:
+            return None
+        point = max(self.complete, key=lambda p: (self.complete[p][0], -self.complete[p][1]))
+        return point, *self.complete[point]
+
+
+def summarize(trials: list[FrozenTrial], param: str, *, max_failures: int = 2) -> GridStatus:
+    """Read the trials of a study into a :class:`GridStatus` for parameter ``param``."""
+    scores: dict[float, float] = {}
+    complete: dict[float, tuple[float, int]] = {}
+    pending: set[float] = set()
+    waiting: list[int] = []
+    failures: dict[float, int] = {}
+    used = 0
+    for trial in trials:
+        point = _point_of(trial, param)
+        if trial.state == TrialState.WAITING:
+            waiting.append(trial.number)
+        if point is None:
+            continue
+        if trial.state in (TrialState.RUNNING, TrialState.WAITING):
+            pending.add(point)
+            used += 1
+        elif trial.state == TrialState.COMPLETE:
+            used += 1
+            value = float(trial.value)
+            if point not in complete or value > complete[point][0]:
+                complete[point] = (value, trial.number)
+            scores[point] = max(scores.get(point, -math.inf), value)
+        elif trial.state == TrialState.PRUNED:
+            used += 1
+            value = -math.inf if trial.value is None else float(trial.value)
+            scores[point] = max(scores.get(point, -math.inf), value)
+        elif trial.state == TrialState.FAIL and "error" in trial.user_attrs:
+            used += 1
+            failures[point] = failures.get(point, 0) + 1
+    for point, count in failures.items():
+        if count >= max_failures and point not in scores:
+            scores[point] = -math.inf
+    return GridStatus(scores, complete, pending - set(scores), waiting, used)
+
+
+def _point_of(trial: FrozenTrial, param: str) -> float | None:
+    if param in trial.params:
+        return grid_key(trial.params[param])
+    fixed = trial.system_attrs.get("fixed_params", {})
+    return grid_key(fixed[param]) if param in fixed else None
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """How a :meth:`SearchController.run` ended.
+
+    Attributes:
+        study_name: The study.
+        best_point: Best finished grid point (``None`` if nothing finished).
+        best_value: Its objective value.
+        best_trial: Its trial number.
+        ran: Trials this call ran (its own work; other workers' not counted).
+        stopped: ``done`` (the strategy has nothing left), ``budget`` or ``timeout``.
+        scores: Settled points and their scores at the end.
+    """
+
+    study_name: str
+    best_point: float | None
+    best_value: float | None
+    best_trial: int | None
+    ran: int
+    stopped: StopReason
+    scores: dict[float, float] = field(default_factory=dict)
+
+
+_WAIT = "wait"
+_DONE = "done"
+
+
+class SearchController:
+    """Runs the search of one study until the strategy is done, the budget is used or time is up.
+
+    Args:
+        study: The study (maximised), from :func:`~._storage.open_study`.
+        spec: Its storage, for the lock and for failing crashed trials.
+        strategy: Which points to evaluate (:data:`~._search.SEARCHES`).
+        param: Name of the searched parameter (``beta`` or ``alpha``).
+        objective: ``objective(point, trial) -> value``.
+        max_trials: Trial budget (``None``: the strategy's default).
+        deadline: ``time.monotonic()`` value after which no new trial starts.
+        max_failures: Failed runs of one point before it counts as ``-inf``.
+        catch: Exceptions that fail a trial but not the study.
+        trial_attrs: User attrs set on every trial (settings that shaped it).
+        poll_seconds: Wait between looks when every useful point is being
+            evaluated by another worker.
+
+    On server databases the storage lock is a no-op; two machines that claim
+    the same point at the same moment are caught after the claim: the later
+    trial is failed at once (user attr ``duplicate_of``) without running.
+    """
+
+    def __init__(self, study: optuna.Study, spec: StorageSpec, strategy: SearchStrategy, *, param: str,
+                 objective: Objective, max_trials: int | None = None, deadline: float | None = None,
+                 max_failures: int = 2, catch: tuple[type[Exception], ...] = (),
+                 trial_attrs: Mapping[str, Any] | None = None, poll_seconds: float = 2.0) -> None:
+        if max_trials is not None and max_trials < 1:
+            raise ValueError(f"max_trials must be >= 1, got {max_trials}")
+        if max_failures < 1:
+            raise ValueError(f"max_failures must be >= 1, got {max_failures}")
+        self.study = study
+        self.spec = spec
+        self.strategy = strategy
+        self.param = param
+        self.objective = objective
+        self.max_trials = strategy.default_trials() if max_trials is None else max_trials
+        self.deadline = deadline
+        self.max_failures = max_failures
+        self.catch = catch
+        self.trial_attrs = dict(trial_attrs or {})
+        self.poll_seconds = poll_seconds
+
+    def run(self) -> StageOutcome:
+        """Run trials until done; return the best point so far and why it stopped."""
+        ran = 0
+        while True:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                return self.outcome(ran, "timeout")
+            with storage_lock(self.spec):
+                fail_orphaned_trials(self.study, self.spec)
+                status = self._status()
+                if self.max_trials is not None and status.used >= self.max_trials and not status.waiting:
+                    return self.outcome(ran, "budget")
+                claim = self._claim(status)
+            if claim == _DONE:
+                return self.outcome(ran, "done")
+            if claim == _WAIT:
+                time.sleep(self.poll_seconds)
+                continue
+            trial, point = claim
+            self._run_trial(trial, point, status)
+            ran += 1
+
+    # ---- steps -------------------------------------------------------------------------------
+
+    def _status(self) -> GridStatus:
+        return summarize(self.study.get_trials(deepcopy=False), self.param, max_failures=self.max_failures)
+
+    def _claim(self, status: GridStatus) -> tuple[optuna.Trial, float] | str:
+        """Under the lock: pick a point and turn it into a RUNNING trial of ours."""
+        me = worker_id()
+        candidates = self.strategy.candidates(status.scores)
+        if not status.waiting:
+            if not candidates:
+                return _DONE
+            if not self.strategy.samples:
+                free = [p for p in candidates if p not in status.pending]
+                if not free:
+                    return _WAIT
+                self.study.enqueue_trial({self.param: free[0]}, user_attrs={**self.trial_attrs, "worker": me})
+        trial = self.study.ask()  # pops the oldest WAITING trial, if any
+        if trial.user_attrs.get("worker") != me:
+            # not the one we enqueued (a leftover or another worker's): claim it
+            for key, value in {**self.trial_attrs, "worker": me}.items():
+                trial.set_user_attr(key, value)
+        dist = self.strategy.distribution()
+        point = grid_key(trial.suggest_float(self.param, dist.low, dist.high, step=dist.step))
+        duplicate = self._duplicate_of(trial.number, point)
+        if duplicate is not None:
+            trial.set_user_attr("duplicate_of", duplicate)
+            self.study.tell(trial, state=TrialState.FAIL)
+            return _WAIT
+        return trial, point
+
+    def _duplicate_of(self, number: int, point: float) -> int | None:
+        """An earlier live trial at ``point`` (possible only on server databases, or a TPE repeat)."""
+        if self.strategy.samples:
+            return None
+        live = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+        for other in self.study.get_trials(deepcopy=False, states=live):
+            if other.number < number and _point_of(other, self.param) == point:
+                return other.number
+        return None
+
+    def _run_trial(self, trial: optuna.Trial, point: float, status: GridStatus) -> None:
+        name = f"{self.study.study_name} trial {trial.number} ({self.param}={point:g})"
+        if point in status.complete:  # a TPE repeat: record the earlier value, do not recompute
+            value, number = status.complete[point]
+            trial.set_user_attr("repeat_of", number)
+            self.study.tell(trial, value)
+            LOG.info("%s: repeat of trial %d, value %.4f", name, number, value)
+            return
+        try:
+            with _heartbeat(self.study, self.spec, trial):
+                value = float(self.objective(point, trial))
+            if not math.isfinite(value):
+                raise RuntimeError(f"objective returned {value}")
+        except optuna.TrialPruned as exc:
+            self.study.tell(trial, state=TrialState.PRUNED)
+            LOG.info("%s: %s", name, exc)
+            return
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        except self.catch as exc:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
+            self.study.tell(trial, state=TrialState.FAIL)
+            LOG.warning("%s failed: %s: %s", name, type(exc).__name__, exc)
+            return
+        except BaseException:
+            trial.set_user_attr("interrupted", True)
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        self.study.tell(trial, value)
+        LOG.info("%s: %.4f", name, value)
+
+    def outcome(self, ran: int, stopped: StopReason) -> StageOutcome:
+        """The best finished point as the study holds it now (after other workers' trials too)."""
+        status = self._status()
+        best = status.best
+        point, value, number = best if best is not None else (None, None, None)
+        return StageOutcome(self.study.study_name, point, value, number, ran, stopped, dict(status.scores))
+
+
+@contextlib.contextmanager
+def _heartbeat(study: optuna.Study, spec: StorageSpec, trial: optuna.Trial) -> Iterator[None]:
+    """On server databases, record a heartbeat for ``trial`` every interval while it runs."""
+    if spec.kind != "server":
+        yield
+        return
+    storage = study._storage  # Optuna offers no public handle on a study's storage or a trial's id
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_INTERVAL):
+            storage.record_heartbeat(trial._trial_id)
+
+    storage.record_heartbeat(trial._trial_id)
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+__all__ = ["GridStatus", "Objective", "SearchController", "StageOutcome", "report", "summarize"]

@@ -1,0 +1,205 @@
+"""The real objectives of the two stages and the final set (SelMatch on a dataset).
+
+- stage 1, beta: mean validation accuracy of ``tune.beta_seeds`` networks
+  trained for ``evaluate.quick_fraction`` of the evaluation budget on the
+  selection-only window (:func:`autoselmatch.selection.window_accuracy`);
+  validation accuracy is reported a few times in the second half of each
+  network's training for the pruner (the first epochs on a few hundred
+  images are close to chance, and pruning on them cuts windows on noise).
+- stage 2, alpha: SelMatch distillation (:func:`autoselmatch.distill.selmatch`)
+  for the trial budget, reporting its quick validation accuracies at
+  ``distill.eval_every``; the last one is the score. Each (beta, alpha) has
+  its own checkpoint folder, so a trial interrupted by a crash or Ctrl-C
+  resumes where it stopped when the search retries the point.
+- final: the best trial continued to ``distill.iterations`` (from a copy of
+  its checkpoint), evaluated on the **test** split with ``evaluate.runs``
+  seeds, saved, and uploaded as the study's artifacts.
+
+Building :class:`SelMatchObjectives` loads the dataset only; the difficulty
+scores are loaded or computed (and cached) when a stage first needs them,
+experts trained (or reused from the cache) when the alpha stage does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import torch
+
+from ..config import RunConfig
+from ..runtime import LOG, resolve_device
+from ._controller import Objective, report
+from ._pipeline import StageContext, trial_iterations
+
+if TYPE_CHECKING:
+    from ..experts import ExpertStore
+
+REPORTS_PER_NETWORK = 3  # validation reports per trained network in the beta stage (second half)
+
+
+def _point_dir(ctx: StageContext, beta: float, alpha: float) -> Path:
+    """Checkpoint folder of one (beta, alpha) of a study: retried trials resume from it."""
+    return ctx.workdir / f"beta{beta:g}-alpha{alpha:g}"
+
+
+class SelMatchObjectives:
+    """The objectives of ``autoselmatch tune`` on a real dataset.
+
+    Args:
+        cfg: Run settings: ``data`` (which dataset), ``scores``, ``experts``,
+            ``distill``, ``evaluate``, ``tune``, ``seed``, ``device``, ``cache_dir``.
+    """
+
+    def __init__(self, cfg: RunConfig) -> None:
+        from ..data import load_dataset
+        from ..selection import class_sizes
+
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        d = cfg.data
+        self.ds = load_dataset(d.name, root=d.root, download=d.download, val_fraction=d.val_fraction,
+                               split_seed=d.split_seed, image_size=d.image_size, device=self.device)
+        self.class_sizes = class_sizes(self.ds.train_labels, self.ds.train_index).cpu()
+        self._scores: torch.Tensor | None = None
+        self._experts: ExpertStore | None = None
+
+    def max_beta(self, ipc: int) -> float:
+        from ..selection import max_beta
+
+        return max_beta(ipc, self.class_sizes)
+
+    def scores(self) -> torch.Tensor:
+        """float (N,) difficulty of every training sample, computed now if the cache lacks it."""
+        from ..scores import get_scores
+
+        if self._scores is None:
+            self._scores = get_scores(self.ds, self.cfg.scores, cache_dir=self.cfg.cache_path, seed=self.cfg.seed)
+        return self._scores
+
+    def experts(self) -> ExpertStore:
+        """The expert trajectories, trained now if the cache lacks them."""
+        from ..experts import train_experts
+
+        if self._experts is None:
+            self._experts = train_experts(self.ds, self.cfg, device=self.device)
+        return self._experts
+
+    # ---- stage 1 -----------------------------------------------------------------------------
+
+    def beta(self, ctx: StageContext) -> Objective:
+        from ..evaluate import accuracy, batch_bounds, budget_steps
+        from ..selection import window_accuracy
+
+        cfg, ecfg = ctx.cfg, ctx.cfg.evaluate
+        scores = self.scores()
+        val_images, val_y = self.ds.split("val")
+        val_x = self.ds.normalize(val_images)  # (V, C, H, W) float, on the dataset's device
+        n_set = ctx.ipc * self.ds.num_classes
+        steps = budget_steps(ecfg, n_set=n_set, n_full=len(self.ds.train_labels), fraction=ecfg.quick_fraction)
+        epochs_per_run = math.ceil(steps / (len(batch_bounds(n_set, ecfg.batch_size)) - 1))
+        first = epochs_per_run // 2 + 1  # the first reported epoch of each network (1-based)
+        stride = max(1, (epochs_per_run - first + 1) // REPORTS_PER_NETWORK)
+
+        def objective(beta: float, trial: optuna.Trial) -> float:
+            def on_epoch(epoch: int, model: torch.nn.Module) -> None:
+                within = epoch % epochs_per_run + 1
+                if within == epochs_per_run or (within >= first and (within - first) % stride == 0):
+                    report(trial, accuracy(model, val_x, val_y), step=epoch + 1)
+
+            result = window_accuracy(self.ds, scores, ipc=ctx.ipc, beta=beta, cfg=ecfg,
+                                     fraction=ecfg.quick_fraction, seeds=cfg.tune.beta_seeds, seed=cfg.seed,
+                                     epoch_callback=on_epoch)
+            trial.set_user_attr("val_accuracy", {"mean": result.mean, "std": result.std,
+                                                 "accuracies": result.accuracies})
+            trial.set_user_attr("seconds", result.seconds)
+            return result.mean
+
+        return objective
+
+    # ---- stage 2 -----------------------------------------------------------------------------
+
+    def alpha(self, ctx: StageContext, beta: float) -> Objective:
+        from ..distill import RESULT_FILE, DistillStep, quick_evaluator, selmatch
+        from ..export import RESULT_PATH_ATTR, upload_trial_artifacts
+
+        scores, experts = self.scores(), self.experts()
+        cfg = _with_iterations(ctx.cfg, trial_iterations(ctx.cfg))
+        evaluator = quick_evaluator(self.ds, cfg)
+
+        def objective(alpha: float, trial: optuna.Trial) -> float:
+            run_dir = _point_dir(ctx, beta, alpha)
+            reported: set[int] = set()
+
+            def on_step(step: DistillStep) -> None:
+                if step.accuracy is not None:
+                    reported.add(step.iteration)
+                    report(trial, step.accuracy, step.iteration)
+
+            result = selmatch(self.ds, cfg, ipc=ctx.ipc, alpha=alpha, beta=beta, scores=scores,
+                              experts=experts, checkpoint_dir=run_dir, resume=True, callback=on_step,
+                              evaluator=evaluator)
+            for iteration, acc in result.evals:  # evaluations made before a resume, for the dashboard
+                if iteration not in reported:
+                    trial.report(acc, iteration)
+            if result.evals and result.evals[-1][0] == result.iterations:
+                value = result.evals[-1][1]
+            else:  # alpha = 0 or no evaluations configured: score the set once
+                value = evaluator(result.images.to(self.device), result.labels.to(self.device),
+                                  result.distill_mask.to(self.device))
+            path = result.save(run_dir / RESULT_FILE).resolve()
+            trial.set_user_attr(RESULT_PATH_ATTR, str(path))
+            trial.set_user_attr("val_accuracy", float(value))
+            trial.set_user_attr("iterations", result.iterations)
+            trial.set_user_attr("eta", result.eta)
+            upload_trial_artifacts(trial, ctx.artifact_store(), path)
+            return float(value)
+
+        return objective
+
+    # ---- final -------------------------------------------------------------------------------
+
+    def finish(self, ctx: StageContext, *, alpha: float, beta: float, trial: optuna.trial.FrozenTrial,
+               study: optuna.Study) -> dict[str, Any]:
+        from ..distill import CHECKPOINT_FILE, RESULT_FILE, DistillResult, quick_evaluator, selmatch
+        from ..evaluate import evaluate_set
+        from ..export import RESULT_PATH_ATTR, upload_trial_artifacts
+
+        cfg = ctx.cfg
+        final_dir = ctx.workdir / "final" / f"beta{beta:g}-alpha{alpha:g}"
+        if trial.user_attrs.get("iterations", 0) >= cfg.distill.iterations:
+            result = DistillResult.load(trial.user_attrs[RESULT_PATH_ATTR])
+        else:
+            source = _point_dir(ctx, beta, alpha) / CHECKPOINT_FILE
+            if not (final_dir / CHECKPOINT_FILE).is_file() and source.is_file():
+                final_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, final_dir / CHECKPOINT_FILE)
+            LOG.info("%s: continuing alpha=%g to %d iterations", ctx.study_name, alpha, cfg.distill.iterations)
+            result = selmatch(self.ds, cfg, ipc=ctx.ipc, alpha=alpha, beta=beta, scores=self.scores(),
+                              experts=self.experts(), checkpoint_dir=final_dir, resume=True,
+                              evaluator=quick_evaluator(self.ds, cfg))
+        test = evaluate_set(self.ds, result.images.to(self.device), result.labels.to(self.device), cfg=cfg.evaluate,
+                            distill_mask=result.distill_mask.to(self.device), split="test", runs=cfg.evaluate.runs,
+                            seed=cfg.seed)
+        LOG.info("%s: test accuracy %.2f ± %.2f %% over %d runs", ctx.study_name, 100 * test.mean, 100 * test.std,
+                 test.runs)
+        path = result.save(final_dir / RESULT_FILE).resolve()
+        upload_trial_artifacts(study, ctx.artifact_store(), path)
+        return {
+            RESULT_PATH_ATTR: str(path),
+            "test_accuracy": {"mean": test.mean, "std": test.std, "accuracies": test.accuracies},
+            "iterations": result.iterations,
+            "evaluation": {"runs": test.runs, "steps": test.steps, "model": test.model, "augment": test.augment,
+                           "seconds": test.seconds},
+        }
+
+
+def _with_iterations(cfg: RunConfig, iterations: int) -> RunConfig:
+    return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, iterations=iterations))
+
+
+__all__ = ["SelMatchObjectives"]

@@ -1,0 +1,339 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from autoselmatch.cli import cli
+from autoselmatch.config import EvalConfig
+from autoselmatch.errors import InvalidArgument, TrainingDiverged
+from autoselmatch.evaluate import (
+    accuracy,
+    batch_bounds,
+    batch_plan,
+    budget_steps,
+    coverage,
+    evaluate_set,
+    model_coverage,
+    nearest_distances,
+    paper_budget,
+    train_network,
+)
+from autoselmatch.models import ModelSpec
+
+SMALL = ModelSpec("convnet", {"depth": 2, "width": 16, "norm": "batch"})
+
+
+
+def small_cfg(**changes) -> EvalConfig:
+    values = dict(model=SMALL, epochs=4, batch_size=64, augment="combined", runs=1)
+    values.update(changes)
+    return EvalConfig(**values)
+
+
+def per_class(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """The first ``k`` positions of each class in ``labels``."""
+    return torch.cat([torch.nonzero(labels == c).flatten()[:k] for c in range(int(labels.max()) + 1)])
+
+
+# --------------------------------------------------------------------------------------------
+# Budget
+# --------------------------------------------------------------------------------------------
+
+
+def test_budget_steps_prefers_steps_then_epochs_then_the_paper_rule():
+    assert budget_steps(small_cfg(steps=7, epochs=3), n_set=1000, n_full=50000) == 7
+    assert budget_steps(small_cfg(epochs=3), n_set=1000, n_full=50000) == 3 * 16  # ceil(1000 / 64) batches
+    paper = EvalConfig(batch_size=128)
+    assert budget_steps(paper, n_set=5000, n_full=50000) == 50 * 391  # 25 % of 200 epochs of 391 steps
+    assert budget_steps(paper, n_set=5000, n_full=50000, fraction=0.1) == 1955
+
+
+def test_paper_rule_gives_the_papers_epochs_per_set_size():
+    for percent, epochs in ((5, 1000), (10, 500), (20, 250)):
+        n_set = 50000 * percent // 100
+        steps = paper_budget(n_set, 50000, 100)
+        assert steps / (n_set / 100) == epochs
+
+
+def test_budget_steps_is_at_least_one():
+    assert budget_steps(small_cfg(steps=1), n_set=10, n_full=10, fraction=0.01) == 1
+
+
+def test_budget_steps_rejects_bad_arguments():
+    with pytest.raises(InvalidArgument, match="fraction"):
+        budget_steps(small_cfg(), n_set=10, n_full=10, fraction=0.0)
+    with pytest.raises(InvalidArgument, match="fraction"):
+        budget_steps(small_cfg(), n_set=10, n_full=10, fraction=1.5)
+    with pytest.raises(InvalidArgument, match="n_set"):
+        budget_steps(small_cfg(), n_set=0, n_full=10)
+    with pytest.raises(InvalidArgument, match="n_full"):
+        budget_steps(small_cfg(), n_set=10, n_full=0)
+    with pytest.raises(InvalidArgument, match="budget rule"):
+        budget_steps(EvalConfig(), n_set=10, n_full=10, rule="linear")
+
+
+def test_batch_bounds_never_leave_a_single_sample_batch():
+    assert batch_bounds(300, 128) == [0, 128, 256, 300]
+    assert batch_bounds(257, 128) == [0, 128, 257]
+    assert batch_bounds(50, 128) == [0, 50]
+
+
+def test_batch_plan_gives_each_batch_its_share_of_each_group():
+    plan = batch_plan(100, 300, 128)
+    assert plan.num_batches == 4
+    assert plan.distill_bounds[-1] == 100 and plan.select_bounds[-1] == 300
+    sizes = [plan.distill_bounds[i + 1] - plan.distill_bounds[i] for i in range(4)]
+    assert sizes[:3] == [32, 32, 32]  # a quarter of each full batch
+
+
+# --------------------------------------------------------------------------------------------
+# Training and evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def test_convnet_on_digits_reaches_well_above_chance(digits):
+    x, y = digits.split("train")
+    result = evaluate_set(digits, x, y, cfg=small_cfg(epochs=6), split="val", seed=0)
+    assert result.mean > 0.8  # chance is 0.1
+    assert result.runs == 1 and result.split == "val" and result.steps == 6 * 21
+    assert result.n_images == len(y) and result.seconds > 0
+
+
+def test_evaluate_set_is_seeded_and_runs_differ(digits):
+    x, y = digits.split("train")
+    subset = per_class(y, 10)
+    mask = torch.zeros(len(subset), dtype=torch.bool)
+    mask[::2] = True
+    cfg = small_cfg(epochs=3)
+    floats = digits.normalize(x[subset])
+    a = evaluate_set(digits, floats, y[subset], cfg=cfg, distill_mask=mask, runs=2, seed=5)
+    b = evaluate_set(digits, x[subset], y[subset], cfg=cfg, distill_mask=mask, runs=2, seed=5)  # uint8 input
+    assert a.accuracies == b.accuracies
+    assert a.n_distill == 50 and len(a.accuracies) == 2
+    assert a.std == pytest.approx(float(np.std(a.accuracies)))
+
+
+def test_train_network_leaves_the_global_rng_alone(digits):
+    x, y = digits.split("train")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_network(digits.normalize(x[:200]), y[:200], num_classes=10, cfg=small_cfg(), steps=2, seed=9)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_epoch_callback_is_called_per_epoch_and_can_stop_training(digits):
+    x, y = digits.split("train")
+    seen = []
+
+    class Pruned(Exception):
+        pass
+
+    def callback(epoch, model):
+        seen.append(epoch)
+        assert model.training
+        if epoch == 2:
+            raise Pruned
+
+    with pytest.raises(Pruned):
+        evaluate_set(digits, x, y, cfg=small_cfg(epochs=5), epoch_callback=callback)
+    assert seen == [0, 1, 2]
+
+    seen.clear()
+    evaluate_set(digits, x[:300], y[:300], cfg=small_cfg(epochs=2), runs=2, epoch_callback=lambda e, m: seen.append(e))
+    assert seen == [0, 1, 2, 3]  # steps keep increasing across runs
+
+
+def test_few_epoch_mode_scales_the_budget(digits):
+    x, y = digits.split("train")
+    result = evaluate_set(digits, x, y, cfg=small_cfg(epochs=10), fraction=0.2)
+    assert result.steps == 2 * 21 and result.epochs == pytest.approx(2.0)
+
+
+def test_nan_input_stops_training_with_a_clear_error(digits):
+    x, y = digits.split("train")
+    images = digits.normalize(x)
+    images[5] = float("nan")
+    with pytest.raises(TrainingDiverged, match="non-finite loss"):
+        evaluate_set(digits, images, y, cfg=small_cfg(epochs=1))
+
+
+def test_huge_learning_rate_diverges_with_a_clear_error(digits):
+    x, y = digits.split("train")
+    with pytest.raises(TrainingDiverged, match="evaluate.lr"):
+        train_network(digits.normalize(x), y, num_classes=10, cfg=small_cfg(lr=1e12, augment="none"), steps=60)
+
+
+def test_evaluate_set_rejects_bad_sets(digits):
+    x, y = digits.split("train")
+    cfg = small_cfg()
+    no_nine = y != 9
+    with pytest.raises(InvalidArgument, match="class 9"):
+        evaluate_set(digits, x[no_nine], y[no_nine], cfg=cfg)
+    with pytest.raises(InvalidArgument, match="labels must be in"):
+        evaluate_set(digits, x, torch.where(y == 3, 10, y), cfg=cfg)
+    with pytest.raises(InvalidArgument, match="labels must be in"):
+        evaluate_set(digits, x, torch.where(y == 3, -1, y), cfg=cfg)
+    with pytest.raises(InvalidArgument, match=r"shape \(n, 1, 8, 8\)"):
+        evaluate_set(digits, x.repeat(1, 3, 1, 1), y, cfg=cfg)
+    with pytest.raises(InvalidArgument, match=r"shape \(n, 1, 8, 8\)"):
+        evaluate_set(digits, x[:, :, :4, :4], y, cfg=cfg)
+    with pytest.raises(InvalidArgument, match="labels must have shape"):
+        evaluate_set(digits, x, y[:-1], cfg=cfg)
+    with pytest.raises(InvalidArgument, match="integers"):
+        evaluate_set(digits, x, y.float(), cfg=cfg)
+    with pytest.raises(InvalidArgument, match="distill_mask"):
+        evaluate_set(digits, x, y, cfg=cfg, distill_mask=torch.ones(3, dtype=torch.bool))
+    with pytest.raises(InvalidArgument, match="split"):
+        evaluate_set(digits, x, y, cfg=cfg, split="train")
+    with pytest.raises(InvalidArgument, match="runs"):
+        evaluate_set(digits, x, y, cfg=cfg, runs=0)
+    with pytest.raises(InvalidArgument, match="fraction"):
+        evaluate_set(digits, x, y, cfg=cfg, fraction=0.0)
+
+
+def test_accuracy_matches_argmax_and_restores_the_mode(digits):
+    x, y = digits.split("val")
+    images = digits.normalize(x)
+    model = SMALL.build(channels=1, num_classes=10, image_size=8).train()
+    with torch.no_grad():
+        expected = (model.eval()(images).argmax(1) == y).float().mean().item()
+    model.train()
+    assert accuracy(model, images, y, batch_size=7) == pytest.approx(expected)
+    assert model.training
+
+
+# --------------------------------------------------------------------------------------------
+# Coverage
+# --------------------------------------------------------------------------------------------
+
+
+def test_nearest_distances_match_a_full_distance_matrix():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(37, 5, generator=g), torch.randn(23, 5, generator=g)
+    full = torch.cdist(a, b)
+    assert torch.allclose(nearest_distances(a, b, batch_size=8), full.min(1).values, atol=1e-5)
+    self_full = torch.cdist(a, a) + torch.diag(torch.full((37,), float("inf")))
+    assert torch.allclose(nearest_distances(a, a, batch_size=6, exclude_self=True), self_full.min(1).values, atol=1e-5)
+
+
+def test_coverage_is_one_when_the_set_holds_the_test_points_and_drops_as_they_go():
+    g = torch.Generator().manual_seed(1)
+    train = torch.randn(200, 4, generator=g)
+    test = torch.randn(100, 4, generator=g) * 2.0
+    values = [coverage(train, test, test[:k], batch_size=32).coverage for k in (100, 60, 30, 5)]
+    assert values[0] == 1.0
+    assert values == sorted(values, reverse=True) and values[-1] < 0.5
+    radius = torch.cdist(train, train).add(torch.diag(torch.full((200,), float("inf")))).min(1).values.mean()
+    assert coverage(train, test, test, batch_size=32).radius == pytest.approx(float(radius), rel=1e-5)
+
+
+def test_coverage_splits_easy_and_hard_halves():
+    train = torch.arange(20, dtype=torch.float32).view(-1, 1)  # radius 1
+    test = torch.tensor([[0.5], [1.5], [100.0], [200.0]])
+    syn = torch.tensor([[0.0], [2.0]])
+    result = coverage(train, test, syn, difficulty=torch.tensor([0.1, 0.2, 0.9, 0.8]))
+    assert result.coverage == 0.5 and result.easy == 1.0 and result.hard == 0.0
+    with pytest.raises(InvalidArgument, match="difficulty"):
+        coverage(train, test, syn, difficulty=torch.zeros(3))
+
+
+def test_model_coverage_runs_in_a_trained_network_feature_space(digits):
+    x, y = digits.split("train")
+    images = digits.normalize(x)
+    model = train_network(images, y, num_classes=10, cfg=small_cfg(), steps=20)
+    test = digits.normalize(digits.split("test")[0])
+    full = model_coverage(model, images, test, images, batch_size=256)
+    few = model_coverage(model, images, test, images[per_class(y, 1)], batch_size=256)
+    assert 0.0 <= few.coverage < full.coverage <= 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def set_file(tmp_path, digits):
+    x, y = digits.split("train")
+    subset = per_class(y, 8)
+    mask = torch.zeros(len(subset), dtype=torch.bool)
+    mask[::2] = True
+    path = tmp_path / "set.pt"
+    torch.save({"images": digits.normalize(x[subset]), "labels": y[subset], "distill_mask": mask,
+                "dataset": "digits", "alpha": 0.5}, path)
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, ["--device", "cpu", "-q", "evaluate", *map(str, args)])
+
+
+def test_cli_evaluates_a_set_file(set_file, cache_dir, tmp_path):
+    out = tmp_path / "result.json"
+    result = invoke(set_file, "--runs", "2", "--epochs", "3", "--set", "evaluate.model.width=16",
+                    "--cache-dir", cache_dir, "--save", out)
+    assert result.exit_code == 0, result.output
+    assert "80 images (40 distilled) of digits" in result.output
+    assert "on val (2 x convnet, 3 steps, combined augmentation)" in result.output
+    saved = json.loads(out.read_text())
+    assert len(saved["accuracies"]) == 2 and saved["config"]["evaluate"]["epochs"] == 3
+
+
+def test_cli_reads_uint8_pixels_when_images_are_absent(set_file, digits, tmp_path):
+    payload = torch.load(set_file, weights_only=True)
+    pixels = digits.denormalize(payload.pop("images"))
+    torch.save({**payload, "pixels": pixels}, tmp_path / "pixels.pt")
+    result = invoke(tmp_path / "pixels.pt", "--steps", "2", "--runs", "1", "--output", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["n_images"] == 80
+
+
+def test_cli_evaluates_an_indices_file_as_json(digits, tmp_path, cache_dir):
+    y = digits.train_labels[digits.train_index]
+    index = digits.train_index[per_class(y, 6)]
+    np.save(tmp_path / "idx.npy", index.numpy())
+    (tmp_path / "idx.txt").write_text("\n".join(map(str, index.tolist())))
+    for name, model, options in (("idx.npy", "vgg11", {}), ("idx.txt", "convnet", {"depth": 2, "width": 32})):
+        result = invoke("--indices", tmp_path / name, "-d", "digits", "--steps", "2", "--runs", "1",
+                        "--model", model, "--output", "json")
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.output)
+        assert record["n_images"] == 60 and record["n_distill"] == 0 and record["steps"] == 2
+        assert record["model"] == model
+        # a new model drops the preset's builder options; the preset's own model keeps them
+        assert {k: v for k, v in record["config"]["evaluate"]["model"]["options"].items() if k != "norm"} == options
+
+
+def test_cli_fails_cleanly_on_bad_input(set_file, digits, tmp_path):
+    assert invoke().exit_code == 2  # neither PATH nor --indices
+    assert invoke(set_file, "--indices", set_file).exit_code == 2
+
+    (tmp_path / "list.pt").write_bytes(b"")
+    torch.save([1, 2], tmp_path / "list.pt")
+    result = invoke(tmp_path / "list.pt")
+    assert result.exit_code == 2 and "must hold a dict" in result.output
+
+    (tmp_path / "junk.pt").write_text("not a tensor file")
+    result = invoke(tmp_path / "junk.pt")
+    assert result.exit_code == 2 and "cannot read set file" in result.output
+
+    payload = torch.load(set_file, weights_only=True)
+    keep = payload["labels"] != 0
+    torch.save({**payload, "images": payload["images"][keep], "labels": payload["labels"][keep],
+                "distill_mask": payload["distill_mask"][keep]}, tmp_path / "missing.pt")
+    result = invoke(tmp_path / "missing.pt", "--steps", "1")
+    assert result.exit_code == 2 and "no images of class 0" in result.output
+
+    result = invoke(set_file, "-d", "fashion-mnist")
+    assert result.exit_code == 2 and "does not match" in result.output
+
+    np.save(tmp_path / "far.npy", np.array([0, 5, 10**6]))
+    result = invoke("--indices", tmp_path / "far.npy", "-d", "digits")
+    assert result.exit_code == 2 and "indices must be in" in result.output
+
+    np.save(tmp_path / "leak.npy", digits.val_index[:20].numpy())
+    result = invoke("--indices", tmp_path / "leak.npy", "-d", "digits")
+    assert result.exit_code == 2 and "validation samples" in result.output

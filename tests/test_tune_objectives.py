@@ -1,0 +1,91 @@
+"""The real SelMatch objectives on a tiny digits setup: reports, sets on disk, checkpoint resume."""
+
+import logging
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autoselmatch.config import apply_overrides, load_preset
+from autoselmatch.runtime import LOG
+from autoselmatch.tune import SelMatchObjectives, StageContext
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+TINY = {
+    "scores.epochs": 1, "scores.networks": 1,
+    "experts.num_experts": 1, "experts.model.width": 8,
+    "distill.max_start_epoch": 2, "distill.syn_steps": 3, "distill.batch_syn": 20,
+    "distill.iterations": 4, "distill.eval_every": 2, "distill.checkpoint_every": 1,
+    "evaluate.model.width": 8, "evaluate.epochs": 10, "evaluate.runs": 1,
+    "tune.trial_iterations": 4, "tune.beta_seeds": 2,
+}
+
+
+class PruneOnceAt(optuna.pruners.BasePruner):
+    """Prunes the first trial that reports ``step``; never prunes afterwards."""
+
+    def __init__(self, step):
+        self.step, self.fired = step, False
+
+    def prune(self, study, trial):
+        if not self.fired and trial.last_step == self.step:
+            self.fired = True
+            return True
+        return False
+
+
+@pytest.fixture(scope="module")
+def objectives(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    cfg = apply_overrides(load_preset("digits"), {**TINY, "cache_dir": str(cache), "device": "cpu"})
+    return SelMatchObjectives(cfg)
+
+
+def context(objectives, tmp_path, stage):
+    return StageContext(objectives.cfg, 10, f"digits-ipc10-{stage}", tmp_path / "runs" / stage, tmp_path / "art")
+
+
+def test_max_beta_follows_the_smallest_class(objectives):
+    smallest = int(objectives.class_sizes.min())
+    assert objectives.max_beta(10) == pytest.approx(1 - 10 / smallest)
+
+
+def test_beta_objective_reports_validation_accuracy_per_network(objectives, tmp_path):
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    value = objectives.beta(context(objectives, tmp_path, "beta"))(0.3, trial)
+    study.tell(trial, value)
+    frozen = study.trials[0]
+    assert 0.0 <= value <= 1.0
+    assert frozen.user_attrs["val_accuracy"]["mean"] == value
+    assert len(frozen.user_attrs["val_accuracy"]["accuracies"]) == 2  # tune.beta_seeds networks
+    steps = frozen.intermediate_values
+    assert sorted(steps) == [2, 4]  # 2 epochs (20 % of 10) per network, reported from the second half on;
+    assert (steps[2] + steps[4]) / 2 == pytest.approx(value)  # steps count across networks, the last is the result
+
+
+def test_an_interrupted_alpha_trial_resumes_from_its_checkpoint(objectives, tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(LOG, "propagate", True)  # the CLI's setup_logging turns it off
+    ctx = context(objectives, tmp_path, "alpha")
+    (tmp_path / "art").mkdir()
+    objective = objectives.alpha(ctx, beta=0.2)
+    study = optuna.create_study(direction="maximize", pruner=PruneOnceAt(2))
+    first = study.ask()
+    with pytest.raises(optuna.TrialPruned):
+        objective(0.5, first)
+    study.tell(first, state=optuna.trial.TrialState.PRUNED)
+    point_dir = ctx.workdir / "beta0.2-alpha0.5"
+    assert (point_dir / "checkpoint.pt").is_file()
+
+    second = study.ask()
+    with caplog.at_level(logging.INFO, logger="autoselmatch"):
+        value = objective(0.5, second)
+    study.tell(second, value)
+    assert "at iteration 2" in caplog.text  # resumed, not restarted
+    done = study.trials[1]
+    assert Path(done.user_attrs["result_path"]) == (point_dir / "result.pt").resolve()
+    assert done.user_attrs["iterations"] == 4 and done.user_attrs["val_accuracy"] == value
+    assert sorted(done.intermediate_values) == [2, 4]  # the pre-resume evaluation is reported too
+    assert any(key.startswith("artifacts:") for key in done.system_attrs)
+    assert len(list((tmp_path / "art").iterdir())) == 3  # grid, curves, set

@@ -1,0 +1,140 @@
+"""Storage URLs, opening storages, settings fingerprints, listing studies."""
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autoselmatch.errors import DataError, InvalidArgument
+from autoselmatch.tune import default_artifacts_dir, default_storage_url, open_storage, open_study, parse_storage
+from autoselmatch.tune._storage import settings_diff, storage_lock
+from autoselmatch.tune._studies import list_studies, resolve_storage_url
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.mark.parametrize("url, kind, path", [
+    ("sqlite:///studies/digits.db", "sqlite", Path("studies/digits.db")),
+    ("sqlite:////tmp/x/y.db", "sqlite", Path("/tmp/x/y.db")),
+    ("journal:///studies/digits.log", "journal", Path("studies/digits.log")),
+    ("journal:////tmp/j.log", "journal", Path("/tmp/j.log")),
+    ("runs/shared.log", "journal", Path("runs/shared.log")),
+    ("postgresql://user:secret@db.example:5432/optuna", "server", None),
+])
+def test_parse_storage_forms(url, kind, path):
+    spec = parse_storage(url)
+    assert (spec.kind, spec.path) == (kind, path)
+    assert spec.shareable == (kind != "sqlite")
+
+
+def test_server_passwords_are_hidden_in_messages():
+    assert parse_storage("postgresql://user:secret@db/optuna").display() == "postgresql://user:***@db/optuna"
+
+
+def test_default_storage_and_artifacts():
+    assert default_storage_url("digits") == "sqlite:///studies/digits.db"
+    assert default_storage_url("folder:/data/pets") == "sqlite:///studies/folder-data-pets.db"
+    assert default_artifacts_dir(parse_storage("sqlite:///studies/digits.db"), "digits") == Path(
+        "studies/digits-artifacts")
+    assert default_artifacts_dir(parse_storage("x/run.log"), "digits") == Path("x/run-artifacts")
+    assert default_artifacts_dir(parse_storage("postgresql://h/db"), "cifar10") == Path("studies/cifar10-artifacts")
+
+
+@pytest.mark.parametrize("url, message", [
+    ("", "storage URL is empty"),
+    ("studies/digits.db", "storage must be sqlite:///PATH.db"),
+    ("nosuchdb://host/db", "does not parse"),
+    ("journal://x.log", "journal storage must look like journal:///PATH.log"),
+    ("journal:///", "journal storage must look like"),
+])
+def test_bad_storage_urls_are_refused_with_one_line(url, message):
+    with pytest.raises(InvalidArgument, match=message) as info:
+        parse_storage(url)
+    assert "\n" not in str(info.value)
+
+
+def test_unreachable_server_is_a_data_error_before_any_work():
+    with pytest.raises(DataError, match=r"cannot open storage postgresql://u:\*\*\*@127.0.0.1:1/db"):
+        open_storage(parse_storage("postgresql://u:pw@127.0.0.1:1/db"))
+
+
+def test_storage_path_that_is_a_folder_is_refused(tmp_path):
+    with pytest.raises(InvalidArgument, match="is a folder"):
+        open_storage(parse_storage(f"sqlite:///{tmp_path}"))
+
+
+def test_journal_storage_opens_and_creates_its_folder(tmp_path):
+    spec = parse_storage(f"journal:///{tmp_path / 'sub' / 'j.log'}")
+    storage = open_storage(spec)
+    optuna.create_study(storage=storage, study_name="x")
+    assert (tmp_path / "sub" / "j.log").is_file()
+    with storage_lock(spec):
+        assert (tmp_path / "sub" / "j.log.tune.lock").exists()
+
+
+SETTINGS = {"stage": "beta", "ipc": 10, "evaluate": {"epochs": 30, "lr": 0.1}}
+
+
+def _open(storage, settings, **kw):
+    return open_study(storage, "d-ipc10-beta", settings=settings, sampler=optuna.samplers.RandomSampler(),
+                      pruner=optuna.pruners.NopPruner(), **kw)
+
+
+def test_settings_are_stored_and_a_mismatch_is_refused(tmp_path):
+    storage = open_storage(parse_storage(f"sqlite:///{tmp_path / 's.db'}"))
+    study = _open(storage, SETTINGS)
+    assert study.user_attrs["settings"] == SETTINGS and len(study.user_attrs["fingerprint"]) == 16
+    study.enqueue_trial({"beta": 0.1})
+    _open(storage, dict(SETTINGS))  # same settings: resumes
+    other = {**SETTINGS, "evaluate": {"epochs": 50, "lr": 0.1}}
+    with pytest.raises(InvalidArgument, match=r"study 'd-ipc10-beta' was made with other settings "
+                                              r"\(evaluate.epochs: 30 in the study, 50 now\); pass --new-study"):
+        _open(storage, other)
+
+
+def test_force_continues_and_keeps_the_old_settings(tmp_path):
+    storage = open_storage(parse_storage(f"sqlite:///{tmp_path / 's.db'}"))
+    _open(storage, SETTINGS).enqueue_trial({"beta": 0.1})
+    other = {**SETTINGS, "ipc": 11}
+    study = _open(storage, other, force=True)
+    assert len(study.trials) == 1
+    assert study.user_attrs["settings"] == other and study.user_attrs["settings_history"] == [SETTINGS]
+
+
+def test_new_study_replaces_the_old_one(tmp_path):
+    storage = open_storage(parse_storage(f"sqlite:///{tmp_path / 's.db'}"))
+    _open(storage, SETTINGS).enqueue_trial({"beta": 0.1})
+    study = _open(storage, {**SETTINGS, "ipc": 11}, new_study=True)
+    assert len(study.trials) == 0 and study.user_attrs["settings"]["ipc"] == 11
+
+
+def test_settings_diff_lists_dotted_keys():
+    assert settings_diff({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}, "d": 4}) == [("a.c", 2, 3), ("d", None, 4)]
+
+
+def test_list_studies_summarises_trials_and_best(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=url, study_name="d-ipc10-alpha", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={"alpha": 0.5}, value=0.8,
+                                              distributions={"alpha": optuna.distributions.FloatDistribution(0, 1)}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
+    study.set_user_attr("test_accuracy", {"mean": 0.9, "std": 0.01})
+    (row,) = list_studies(url)
+    assert row["name"] == "d-ipc10-alpha" and row["direction"] == "maximize"
+    assert row["trials"]["COMPLETE"] == 1 and row["trials"]["PRUNED"] == 1
+    assert row["best_value"] == 0.8 and row["best_params"] == {"alpha": 0.5} and row["test_accuracy"] == 0.9
+
+
+def test_resolve_storage_url(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="no study storage under studies/"):
+        resolve_storage_url(None, None)
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "digits.db").touch()
+    assert resolve_storage_url(None, None) == "sqlite:///studies/digits.db"
+    (tmp_path / "studies" / "fmnist.log").touch()
+    with pytest.raises(InvalidArgument, match=r"several storages under studies/ \(digits.db, fmnist.log\)"):
+        resolve_storage_url(None, None)
+    assert resolve_storage_url(None, "cifar10") == "sqlite:///studies/cifar10.db"
+    with pytest.raises(InvalidArgument, match="not both"):
+        resolve_storage_url("x.log", "digits")
