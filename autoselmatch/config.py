@@ -189,6 +189,8 @@ class EvalConfig:
     The budget is ``steps`` if set, else ``epochs`` if set, else the paper's
     rule: 25 % of the optimizer steps of 200 epochs on the full training set.
     ``quick_fraction`` of that budget is used by search objectives.
+    ``compile`` runs the model through ``torch.compile`` (a one-off compile of
+    about a minute; worth it for the long paper-budget evaluations on a GPU).
     """
 
     model: ModelSpec = field(default_factory=lambda: ModelSpec("resnet18", {}))
@@ -203,6 +205,7 @@ class EvalConfig:
     quick_fraction: float = 0.15
     channels_last: bool = False
     amp: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("evaluate.augment", self.augment, AUGMENTATIONS)

@@ -157,7 +157,8 @@ def train_network(
     SGD with ``cfg.momentum``/``cfg.weight_decay``, learning rate ``cfg.lr``
     annealed to 0 by a per-step cosine schedule, batches of ``cfg.batch_size``,
     augmentation ``cfg.augment`` (``combined``: DSA on D_distill rows, simple
-    crop+flip on the others), optional channels_last and bf16 autocast on CUDA.
+    crop+flip on the others), optional channels_last, bf16 autocast on CUDA and
+    ``torch.compile`` of the model.
 
     Args:
         images: Float (n, C, H, W) in normalised space.
@@ -199,6 +200,7 @@ def train_network(
         model = cfg.model.build(channels=channels, num_classes=num_classes, image_size=height)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format).train()
+    forward = torch.compile(model) if cfg.compile else model  # shares the module's parameters
     use_amp = cfg.amp and device.type == "cuda"
 
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -223,7 +225,7 @@ def train_network(
             x = augment_grouped(x_all[idx], d1 - d0, cfg.augment, generator=device_gen, strategy=strategy)
             x = x.contiguous(memory_format=memory_format)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = F.cross_entropy(model(x), y_all[idx])
+                loss = F.cross_entropy(forward(x), y_all[idx])
             bad |= ~torch.isfinite(loss.detach())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -23,7 +23,7 @@ speed-up ratio of the means.
 
     python bench/evaluate_speed.py                          # CPU: ConvNet-3/32 on 28x28x1, 1,000 images
     python bench/evaluate_speed.py --side 8 --depth 2       # CPU: the digits preset's geometry
-    python bench/evaluate_speed.py --gpu --json out.json    # GPU: ResNet-18, 10,000 32x32x3 images
+    python bench/evaluate_speed.py --gpu --json out.json    # GPU: ResNet-18, 10,000 32x32x3 images (+ compile)
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from autoselmatch.fileio import save_json
 from autoselmatch.models import ModelSpec
 
 GPU_PRESET = dict(device="cuda", model="resnet18", images=10000, side=32, channels=3, classes=10, steps=150,
-                  repeats=3, amp=True, channels_last=True)
+                  repeats=3, amp=True, channels_last=True, compile=True, warmup_steps=80)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,17 +66,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--distill-fraction", type=float, default=0.5, help="share of D_distill rows (DSA)")
     p.add_argument("--batch", type=int, default=128, help="batch size")
     p.add_argument("--steps", type=int, default=None, help="SGD steps per timed run (default 60)")
-    p.add_argument("--warmup-steps", type=int, default=5, help="untimed steps before the timed runs")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="untimed steps before the timed runs (default 5; 80 with --gpu, so that torch.compile "
+                        "sees a whole epoch, odd last batch included, before timing)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per side (default 3)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="also time the engine with bf16 autocast (CUDA)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="also time the engine with channels_last")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time the engine with torch.compile (plus the amp/channels_last choice); "
+                        "the compile happens in the warm-up")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = p.parse_args(argv)
     defaults = dict(device="cpu", model="convnet", images=1000, side=28, channels=1, classes=10, steps=60, repeats=3,
-                    amp=False, channels_last=False)
+                    amp=False, channels_last=False, compile=False, warmup_steps=5)
     if args.gpu:
         defaults.update(GPU_PRESET)
     for key, value in defaults.items():
@@ -95,9 +100,10 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     return ModelSpec(args.model, options)
 
 
-def engine_run(args, images, labels, mask, steps: int, *, amp: bool = False, channels_last: bool = False) -> None:
+def engine_run(args, images, labels, mask, steps: int, *, amp: bool = False, channels_last: bool = False,
+               compile: bool = False) -> None:
     cfg = EvalConfig(model=model_spec(args), batch_size=args.batch, augment="combined", amp=amp,
-                     channels_last=channels_last)
+                     channels_last=channels_last, compile=compile)
     train_network(images, labels, num_classes=args.classes, cfg=cfg, steps=steps, distill_mask=mask, seed=0)
 
 
@@ -166,6 +172,9 @@ def measure(args: argparse.Namespace) -> dict:
     variants: dict[str, Callable] = {"reference": reference_run, "engine": engine_run}
     if args.amp or args.channels_last:
         variants["engine+amp/cl"] = functools.partial(engine_run, amp=args.amp, channels_last=args.channels_last)
+    if args.compile:
+        variants["engine+compile"] = functools.partial(engine_run, amp=args.amp, channels_last=args.channels_last,
+                                                       compile=True)
     for run in variants.values():  # warm-up (allocator, cuDNN autotuning, lazy imports)
         run(args, images, labels, mask, args.warmup_steps)
     seconds: dict[str, list[float]] = {name: [] for name in variants}

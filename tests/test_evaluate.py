@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -337,3 +338,14 @@ def test_cli_fails_cleanly_on_bad_input(set_file, digits, tmp_path):
     np.save(tmp_path / "leak.npy", digits.val_index[:20].numpy())
     result = invoke("--indices", tmp_path / "leak.npy", "-d", "digits")
     assert result.exit_code == 2 and "validation samples" in result.output
+
+
+def test_compiled_model_trains_like_the_eager_one(digits):
+    """``evaluate.compile`` only changes how the model runs, not what it learns."""
+    x, y = digits.split("train")
+    images = digits.normalize(x[:256])
+    cfg = small_cfg(augment="none", epochs=None)
+    eager = train_network(images, y[:256], num_classes=10, cfg=cfg, steps=8, seed=0)
+    compiled = train_network(images, y[:256], num_classes=10, cfg=replace(cfg, compile=True), steps=8, seed=0)
+    for a, b in zip(eager.parameters(), compiled.parameters()):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)
