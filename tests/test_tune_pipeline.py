@@ -18,8 +18,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 class Synthetic:
     """Concave objectives whose optima shrink with IPC; each evaluation is logged as "stage point pid"."""
 
-    def __init__(self, cfg, *, log=None, delay=0.0):
-        self.cfg, self.log, self.delay = cfg, log, delay
+    def __init__(self, cfg, *, log=None, delay=0.0, peers=1):
+        self.cfg, self.log, self.delay, self.peers = cfg, log, delay, peers
 
     def max_beta(self, ipc):
         return 0.85
@@ -28,7 +28,18 @@ class Synthetic:
         if self.log is not None:
             with open(self.log, "a") as f:
                 f.write(f"{stage} {x:g} {os.getpid()}\n")
+            self._wait_for_peers(stage)
         time.sleep(self.delay)
+
+    def _wait_for_peers(self, stage, timeout=120.0):
+        """Hold the trial until `peers` processes have each started one in this stage (so that
+        a slow-starting worker on a busy machine still gets trials to run)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = {line.split()[2] for line in open(self.log) if line.startswith(stage + " ")}
+            if len(pids) >= self.peers:
+                return
+            time.sleep(0.05)
 
     def beta(self, ctx):
         peak = 0.62 - ctx.ipc / 100

@@ -31,7 +31,7 @@ if __name__ == "__main__":
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = apply_overrides(load_preset("digits"), {{"tune.pruner": "none", "tune.search": {search!r}}})
     tune(cfg, "10", storage={storage!r}, workers={workers},
-         objectives=functools.partial(Synthetic, log={log!r}, delay={delay}))
+         objectives=functools.partial(Synthetic, log={log!r}, delay={delay}, peers={workers}))
 """
 
 
