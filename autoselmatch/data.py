@@ -24,13 +24,16 @@ import pickle
 import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 import torch
 
 from .errors import DataError, InvalidArgument
 from .registry import Registry
+
+if TYPE_CHECKING:
+    from .config import DataConfig
 
 DEFAULT_DATA_ROOT = Path(os.environ.get("AUTOSELMATCH_DATA", "~/.cache/autoselmatch/data")).expanduser()
 Split = Literal["train", "val", "test"]
@@ -186,6 +189,12 @@ def load_dataset(
         train_index=train_index,
         val_index=val_index,
     ).to(device)
+
+
+def load_configured(data: "DataConfig", *, device: torch.device | str = "cpu") -> ImageDataset:
+    """:func:`load_dataset` with the settings of a :class:`~autoselmatch.config.DataConfig`."""
+    return load_dataset(data.name, root=data.root, download=data.download, val_fraction=data.val_fraction,
+                        split_seed=data.split_seed, image_size=data.image_size, device=device)
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -577,6 +586,7 @@ __all__ = [
     "ImageDataset",
     "RawData",
     "dataset_names",
+    "load_configured",
     "load_dataset",
     "load_image_folder",
     "read_idx",

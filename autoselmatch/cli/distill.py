@@ -68,7 +68,7 @@ def distill(ctx: click.Context, ipc: int, alpha: float, beta: float, iterations:
     })
     if print_config:
         print_config_and_exit(cfg)
-    from ..data import load_dataset
+    from ..data import load_configured
     from ..distill import CHECKPOINT_FILE, RESULT_FILE, selmatch
     from ..errors import InvalidArgument
     from ..runtime import resolve_device
@@ -78,8 +78,7 @@ def distill(ctx: click.Context, ipc: int, alpha: float, beta: float, iterations:
     if (folder / CHECKPOINT_FILE).is_file() and not (resume or overwrite):
         raise InvalidArgument(f"{folder} already holds a distillation checkpoint; pass --resume to continue it, "
                               f"--overwrite to start over, or choose another --out")
-    ds = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download, val_fraction=cfg.data.val_fraction,
-                      split_seed=cfg.data.split_seed, image_size=cfg.data.image_size, device=resolve_device(cfg.device))
+    ds = load_configured(cfg.data, device=resolve_device(cfg.device))
     result = selmatch(ds, cfg, ipc=ipc, alpha=alpha, beta=beta, checkpoint_dir=folder, resume=resume)
     path = result.save(folder / RESULT_FILE)
 

@@ -75,7 +75,7 @@ def evaluate(ctx: click.Context, path: str | None, indices: str | None, model: s
     if (path is None) == (indices is None):
         raise click.UsageError("give either a set file PATH or --indices FILE (exactly one)")
     from ..config import to_dict
-    from ..data import load_dataset
+    from ..data import load_configured
     from ..evaluate import evaluate_set
     from ..fileio import save_json
     from ..runtime import resolve_device
@@ -91,8 +91,7 @@ def evaluate(ctx: click.Context, path: str | None, indices: str | None, model: s
         print_config_and_exit(cfg)
 
     device = resolve_device(cfg.device)
-    ds = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download, val_fraction=cfg.data.val_fraction,
-                      split_seed=cfg.data.split_seed, image_size=cfg.data.image_size, device=device)
+    ds = load_configured(cfg.data, device=device)
     if payload is not None:
         images, labels, mask = payload["images"], payload["labels"], payload.get("distill_mask")
         source = str(path)

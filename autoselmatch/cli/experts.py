@@ -39,12 +39,10 @@ def experts(ctx: click.Context, num_experts: int | None, epochs: int | None, aug
     if print_config:
         print_config_and_exit(cfg)
 
-    from ..data import load_dataset
+    from ..data import load_configured
     from ..experts import train_experts
 
-    ds = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download,
-                      val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed,
-                      image_size=cfg.data.image_size)
+    ds = load_configured(cfg.data)
     store = train_experts(ds, cfg)
     accuracies = store.test_accuracies
     emit({

@@ -72,16 +72,14 @@ def scores(ctx: click.Context, score: str | None, scores_file: str | None, sweep
         raise click.UsageError("--sweep-beta needs --ipc")
 
     from ..config import to_dict
-    from ..data import load_dataset
+    from ..data import load_configured
     from ..fileio import save_json
     from ..runtime import resolve_device
     from ..scores import get_scores, summarize
     from ..selection import class_sizes, max_beta, sweep_beta as run_sweep
 
     device = resolve_device(cfg.device)
-    ds = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download,
-                      val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed,
-                      image_size=cfg.data.image_size, device=device)
+    ds = load_configured(cfg.data, device=device)
     values = get_scores(ds, cfg.scores, cache_dir=cfg.cache_path, seed=cfg.seed, device=device)
     result: dict[str, Any] = {
         "dataset": ds.name,

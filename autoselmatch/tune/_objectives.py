@@ -56,14 +56,12 @@ class SelMatchObjectives:
     """
 
     def __init__(self, cfg: RunConfig) -> None:
-        from ..data import load_dataset
+        from ..data import load_configured
         from ..selection import class_sizes
 
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        d = cfg.data
-        self.ds = load_dataset(d.name, root=d.root, download=d.download, val_fraction=d.val_fraction,
-                               split_seed=d.split_seed, image_size=d.image_size, device=self.device)
+        self.ds = load_configured(cfg.data, device=self.device)
         self.class_sizes = class_sizes(self.ds.train_labels, self.ds.train_index).cpu()
         self._scores: torch.Tensor | None = None
         self._experts: ExpertStore | None = None
