@@ -127,3 +127,10 @@ def test_tune_digits_end_to_end_leaves_a_best_trial_with_a_set_on_disk(tmp_path,
     again = invoke("tune", "--dataset", "digits", "--ipc", "10", "--cache-dir", str(cache_dir), *TINY)
     assert again.exit_code == 0 and len(optuna.load_study(study_name="digits-ipc10-alpha",
                                                           storage=storage).trials) == len(alpha.trials)
+
+
+def test_print_config_needs_no_ipc_but_a_run_does():
+    shown = invoke("tune", "--dataset", "digits", "--set", "tune.patience=2", "--print-config")
+    assert shown.exit_code == 0 and "patience = 2" in shown.output
+    missing = invoke("tune", "--dataset", "digits")
+    assert missing.exit_code == 2 and "Missing option '--ipc'" in missing.output

@@ -9,7 +9,7 @@ from ._common import emit, output_option, print_config_and_exit, resolve_config,
 
 @click.command()
 @run_options
-@click.option("--ipc", "ipcs", required=True, metavar="N[,N...]",
+@click.option("--ipc", "ipcs", default=None, metavar="N[,N...]",
               help="Images per class to tune, e.g. 10 or 25,50,100 (tuned in ascending order).")
 @click.option("--storage", default=None, metavar="URL",
               help="Optuna storage: sqlite:///F.db (one process), journal:///F.log or F.log (several "
@@ -69,6 +69,8 @@ def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, as
                          cache_dir=cache_dir, assignments=assignments, overrides=overrides)
     if print_config:
         print_config_and_exit(cfg)
+    if ipcs is None:
+        raise click.UsageError("Missing option '--ipc' (e.g. --ipc 10 or --ipc 25,50).")
 
     import optuna
 
