@@ -58,7 +58,7 @@ import torch
 import torch.nn as nn
 
 from ._version import __version__
-from .config import RunConfig, to_dict
+from .config import RunConfig
 from .data import ImageDataset
 from .errors import DataError, InvalidArgument, TrainingDiverged
 from .fileio import atomic_write, load_torch, save_json, save_torch, sha256_file, stable_hash

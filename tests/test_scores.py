@@ -13,7 +13,6 @@ from autoselmatch.errors import DataError, InvalidArgument
 from autoselmatch.models import ModelSpec
 from autoselmatch.registry import UnknownNameError
 from autoselmatch.scores import (
-    SCORES,
     cache_path,
     check_score_file,
     get_scores,
