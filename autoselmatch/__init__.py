@@ -67,6 +67,8 @@ _EXPORTS = {
     "export_set": "export",
     "export_study": "export",
     "build_report": "report",
+    "ReproducePlan": "reproduce",
+    "ReproduceResult": "reproduce",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -31,6 +31,7 @@ MEMORY_MODES = ("exact", "checkpoint", "tesla")
 TUNE_BUDGETS = ("quick", "paper")
 DISTILL_INITS = ("window", "random")
 DISTILL_MODES = ("selmatch", "merge")
+REPRODUCE_METHODS = ("random", "hardest", "window", "mtt", "mtt-init", "merge", "selmatch", "full")
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
@@ -180,6 +181,9 @@ class DistillConfig:
                 raise InvalidArgument(f"distill.{name} must be >= 1, got {getattr(self, name)}")
         if self.iterations < 0:
             raise InvalidArgument(f"distill.iterations must be >= 0, got {self.iterations}")
+        for name in ("lr_img", "lr_teacher"):
+            if getattr(self, name) <= 0:
+                raise InvalidArgument(f"distill.{name} must be > 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -212,6 +216,10 @@ class EvalConfig:
         _check_range("evaluate.quick_fraction", self.quick_fraction, 0.0, 1.0)
         if self.runs < 1:
             raise InvalidArgument(f"evaluate.runs must be >= 1, got {self.runs}")
+        if self.lr <= 0:
+            raise InvalidArgument(f"evaluate.lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise InvalidArgument(f"evaluate.batch_size must be >= 1, got {self.batch_size}")
         for name in ("epochs", "steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -244,6 +252,9 @@ class TuneConfig:
         pruner_startup_trials: Finished trials before the median pruner prunes.
         pruner_warmup_steps: Steps (epochs / iterations) of a trial never pruned.
         max_failures: Failed runs of one grid point before the search treats it as worst.
+        heartbeat_interval: Server databases: seconds between heartbeats of a running trial.
+        grace_period: Server databases: seconds without a heartbeat after which a
+            running trial counts as crashed; it is failed and its point retried.
     """
 
     beta_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -262,6 +273,8 @@ class TuneConfig:
     pruner_startup_trials: int = 2
     pruner_warmup_steps: int = 0
     max_failures: int = 2
+    heartbeat_interval: int = 60
+    grace_period: int = 180
 
     def __post_init__(self) -> None:
         for name in ("beta_grid", "alpha_grid"):
@@ -276,13 +289,46 @@ class TuneConfig:
         for name in ("patience", "pruner_startup_trials", "pruner_warmup_steps"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"tune.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("beta_seeds", "max_failures"):
+        for name in ("beta_seeds", "max_failures", "heartbeat_interval"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"tune.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("trial_iterations", "beta_trials", "alpha_trials"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InvalidArgument(f"tune.{name} must be >= 1, got {value}")
+        if self.grace_period <= self.heartbeat_interval:
+            raise InvalidArgument(f"tune.grace_period must be > tune.heartbeat_interval "
+                                  f"({self.heartbeat_interval}), got {self.grace_period}")
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    """Defaults of ``autoselmatch bench reproduce`` (see :mod:`autoselmatch.reproduce`).
+
+    Args:
+        ratios: IPCs used when none are given, as shares of each class of the
+            whole training split (0.01 = 1 %, rounded to whole images).
+        methods: Methods of the main table when none are given.
+        full_epochs: Epochs of the ``full`` row's networks on the whole training
+            split (None: the evaluation budget rule applied to the full split).
+        ablation_ipc: IPC of the ablation table (None: the largest IPC of the run).
+    """
+
+    ratios: tuple[float, ...] = (0.01, 0.05, 0.1)
+    methods: tuple[str, ...] = REPRODUCE_METHODS
+    full_epochs: int | None = None
+    ablation_ipc: int | None = None
+
+    def __post_init__(self) -> None:
+        for ratio in self.ratios:
+            if not 0.0 < ratio <= 1.0:
+                raise InvalidArgument(f"reproduce.ratios values must be in (0, 1], got {ratio}")
+        for method in self.methods:
+            _check_choice("reproduce.methods values", method, REPRODUCE_METHODS)
+        if self.full_epochs is not None and self.full_epochs < 1:
+            raise InvalidArgument(f"reproduce.full_epochs must be >= 1, got {self.full_epochs}")
+        if self.ablation_ipc is not None and self.ablation_ipc < 1:
+            raise InvalidArgument(f"reproduce.ablation_ipc must be >= 1, got {self.ablation_ipc}")
 
 
 @dataclass(frozen=True)
@@ -299,6 +345,7 @@ class RunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
 
     @property
     def cache_path(self) -> Path:
@@ -485,11 +532,13 @@ __all__ = [
     "AUGMENTATIONS",
     "EXPERT_AUGMENTATIONS",
     "MEMORY_MODES",
+    "REPRODUCE_METHODS",
     "TUNE_BUDGETS",
     "DataConfig",
     "DistillConfig",
     "EvalConfig",
     "ExpertConfig",
+    "ReproduceConfig",
     "RunConfig",
     "ScoreConfig",
     "TuneConfig",

@@ -244,12 +244,19 @@ def _check_raw(name: str, raw: RawData) -> None:
 
 @DATASETS.register("digits")
 def _digits(*, root: Path, download: bool) -> RawData:
-    """1,797 grey 8x8 digits; a fixed stratified 20 % (seed 0) is the test set."""
-    from sklearn.datasets import load_digits
+    """1,797 grey 8x8 digits; a fixed stratified 20 % (seed 0) is the test set.
 
-    bunch = load_digits()
-    images = torch.from_numpy(np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    Reads scikit-learn's bundled ``digits.csv.gz`` (what ``load_digits`` reads)
+    without importing scikit-learn, which costs a second or more per process.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
+    if spec is None or spec.origin is None:
+        raise DataError("the digits dataset ships with scikit-learn; install it with `pip install scikit-learn`")
+    table = np.loadtxt(Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz", delimiter=",")  # (1797, 65)
+    images = torch.from_numpy(np.rint(table[:, :-1].reshape(-1, 1, 8, 8) * (255.0 / 16.0)).astype(np.uint8))
+    labels = torch.from_numpy(table[:, -1].astype(np.int64))
     train, test = stratified_split(labels, 0.2, seed=0)
     return RawData(
         images[train], labels[train], images[test], labels[test], tuple(str(d) for d in range(10))
@@ -546,7 +553,10 @@ def _tinyimagenet(*, root: Path, download: bool) -> RawData:
         raise DataError(f"tinyimagenet not found at {folder} (train/ and val/val_annotations.txt); pass --download")
     cache = folder / "autoselmatch-tensors.pt"
     if cache.is_file():
-        t = load_torch(cache)
+        try:
+            t = load_torch(cache)
+        except Exception as exc:  # truncated, or not a torch file of tensors
+            raise DataError(f"cannot read the decoded-tensor cache {cache}: {exc}; delete it to decode again") from None
         return RawData(t["train_images"], t["train_labels"], t["test_images"], t["test_labels"],
                        tuple(t["classes"]), TINY_MEAN, TINY_STD)
     train_files = {c: f for c, f in _class_files(folder / "train").items() if f}

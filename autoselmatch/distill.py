@@ -66,7 +66,7 @@ from .data import ImageDataset
 from .errors import DataError, InvalidArgument, TrainingDiverged
 from .fileio import load_torch, save_torch, stable_hash
 from .models import FlatModel
-from .runtime import LOG, progress, resolve_device
+from .runtime import LOG, fault_point, progress, resolve_device
 from .selection import Window, select_window
 
 RESULT_FILE = "result.pt"
@@ -570,6 +570,7 @@ def distill(
             start, target = experts.sample(generator, max_start_epoch=dc.max_start_epoch, expert_epochs=dc.expert_epochs)
             out = matcher(current_images(), lr, start.to(device, torch.float32), target.to(device, torch.float32),
                           generator)
+            fault_point("distill.iteration")
         except KeyboardInterrupt:
             generator.set_state(rng_at_start)  # the interrupted iteration reruns from the same draws
             save()

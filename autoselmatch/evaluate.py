@@ -484,6 +484,7 @@ def coverage(
     *,
     difficulty: torch.Tensor | None = None,
     batch_size: int = 1024,
+    radius: float | None = None,
 ) -> CoverageResult:
     """Coverage of the test samples by the synthetic samples (SelMatch Sec. 3.2).
 
@@ -495,13 +496,16 @@ def coverage(
         difficulty: Optional (M,) score per test sample, higher = harder; splits the test set
             into an easy and a hard half (the hard half gets the extra sample when M is odd).
         batch_size: Block side of the distance computation.
+        radius: r computed earlier from the same ``features_real_train`` (skips the
+            N x N distances when several sets are measured in one feature space).
     """
     if difficulty is not None and tuple(difficulty.shape) != (len(features_test),):
         raise InvalidArgument(f"difficulty must have shape ({len(features_test)},), got {tuple(difficulty.shape)}")
     if len(features_test) == 0:
         raise InvalidArgument("coverage needs at least one test sample")
-    radius = float(nearest_distances(features_real_train, features_real_train, batch_size=batch_size,
-                                     exclude_self=True).mean())
+    if radius is None:
+        radius = float(nearest_distances(features_real_train, features_real_train, batch_size=batch_size,
+                                         exclude_self=True).mean())
     covered = nearest_distances(features_test, features_syn, batch_size=batch_size) <= radius  # (M,)
     result = CoverageResult(coverage=float(covered.float().mean()), radius=radius)
     if difficulty is not None:

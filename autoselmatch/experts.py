@@ -63,7 +63,7 @@ from .data import ImageDataset
 from .errors import DataError, InvalidArgument, TrainingDiverged
 from .fileio import atomic_write, load_torch, save_json, save_torch, sha256_file, stable_hash
 from .models import FlatModel
-from .runtime import LOG, progress, resolve_device
+from .runtime import LOG, fault_point, progress, resolve_device
 
 TRAJECTORY_VERSION = 1  # bump when a change to the training code changes trajectories
 FORMAT = "autoselmatch-experts"
@@ -281,7 +281,7 @@ class ExpertStore:
     def trajectory(self, expert: int) -> np.memmap:
         """Read-only memory map of expert ``expert``: float32 (E+1, P)."""
         self._check_expert(expert)
-        return np.load(self.path(expert), mmap_mode="r")
+        return np.load(self.path(expert), mmap_mode="r", allow_pickle=False)
 
     def epoch(self, expert: int, epoch: int, *, device: torch.device | str | None = None) -> torch.Tensor:
         """Parameters (P,) of ``expert`` after ``epoch`` epochs, read from disk without mapping the file."""
@@ -625,6 +625,7 @@ def _finish_expert(directory: Path, manifest: dict[str, Any], expert: int, recor
     record.update(file=_expert_name(expert), bytes=partial.stat().st_size, sha256=sha256_file(partial))
     manifest["experts"][str(expert)] = record
     save_json(manifest, directory / "manifest.json")
+    fault_point("experts.recorded")
     os.replace(partial, directory / _expert_name(expert))
     (directory / _expert_name(expert, ".state.pt")).unlink(missing_ok=True)
 
@@ -667,6 +668,7 @@ def _train_expert(expert: int, cfg: RunConfig, data: _TrainingData, directory: P
                 f"expert {expert} diverged in epoch {epoch + 1} (loss {loss}); lower experts.lr (now {cfg.experts.lr})"
             )
         row_sha256.append(_write_row(partial, offset, epoch + 1, flat.flatten()))
+        fault_point("experts.epoch")
         train_acc.append(acc)
         seconds += time.perf_counter() - began
         save_torch({"epoch": epoch + 1, "row_sha256": row_sha256, "model": model.state_dict(),

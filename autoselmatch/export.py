@@ -632,8 +632,11 @@ def load_distilled(
         data = load_torch(root / "dataset.pt")
         tensors = {k: data[k] for k in SET_ARRAYS if k in data}
     elif "dataset.npz" in files:
-        with np.load(root / "dataset.npz", allow_pickle=False) as npz:
-            tensors = {k: torch.from_numpy(npz[k].copy()) for k in SET_ARRAYS if k in npz}
+        try:
+            with np.load(root / "dataset.npz", allow_pickle=False) as npz:
+                tensors = {k: torch.from_numpy(npz[k].copy()) for k in SET_ARRAYS if k in npz}
+        except ValueError as exc:  # e.g. an object array, which would need unpickling
+            raise DataError(f"cannot read {root / 'dataset.npz'}: {exc}") from None
     else:
         raise DataError(f"{root} holds neither dataset.pt nor dataset.npz; "
                         "export it with --format pt or npz to load it")
@@ -687,6 +690,8 @@ def open_existing_storage(url: str) -> tuple["StorageSpec", "optuna.storages.Bas
     spec = parse_storage(url)
     if spec.path is not None and not spec.path.expanduser().is_file():
         raise DataError(f"no study storage at {spec.path}; check --storage")
+    if spec.kind == "sqlite" and spec.path is not None and spec.path.expanduser().stat().st_size == 0:
+        raise DataError(f"storage file {spec.path} is empty, not a study database; check --storage")
     return spec, open_storage(spec)
 
 

@@ -10,14 +10,20 @@ either the old file or the complete new one, never a truncated one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 import torch
+
+from .errors import DataError
+from .runtime import fault_point
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -35,6 +41,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        fault_point(f"write:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -49,8 +56,31 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load`` with ``weights_only=True``: tensors, dicts, lists and numbers only."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """``torch.load`` with ``weights_only=True``: tensors, dicts, lists and numbers only.
+
+    A file that would import anything else (a class, a function: code run while
+    loading), a truncated file and one of another format raise :class:`DataError`
+    in one line; nothing from the file is executed. A missing file raises
+    ``FileNotFoundError``.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"refusing to load {path}: {_refusal(exc)}") from None
+    except (EOFError, IndexError, RuntimeError):  # what torch raises on a truncated or foreign file
+        raise DataError(f"{path} is not a complete torch file (truncated, or of another format)") from None
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: a zip whose directory points past the end (a truncated file)
+            raise
+        raise DataError(f"{path} is not a complete torch file (truncated)") from None
+
+
+def _refusal(exc: pickle.UnpicklingError) -> str:
+    """torch's several-paragraph weights-only refusal, as the one fact that matters."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    if found is not None:
+        return f"it holds a Python object ({found.group(1)}), not only tensors, numbers and strings"
+    return "it is not a torch file of tensors"
 
 
 def save_json(obj: Any, path: str | os.PathLike) -> None:

@@ -37,6 +37,9 @@ class ModelSpec:
     name: str = "convnet"
     options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        MODELS.get(self.name)  # an unknown name fails here, when the settings are read, not after hours of work
+
     def build(self, *, channels: int, num_classes: int, image_size: int) -> nn.Module:
         return build_model(self.name, channels=channels, num_classes=num_classes, image_size=image_size, **self.options)
 

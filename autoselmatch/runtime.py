@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 from typing import TYPE_CHECKING, Iterable, TypeVar
 
 if TYPE_CHECKING:
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOG = logging.getLogger("autoselmatch")
 T = TypeVar("T")
+# AUTOSELMATCH_FAULT=POINT:N:SIGNAL, see fault_point; POINT may itself contain ":"
+_FAULT_POINT, _FAULT_HIT, _FAULT_SIGNAL = (os.environ.get("AUTOSELMATCH_FAULT", "").rsplit(":", 2) + ["", ""])[:3]
+_fault_hits = 0
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -77,3 +81,30 @@ def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, leav
 
     disable = LOG.getEffectiveLevel() > logging.INFO or bool(os.environ.get("AUTOSELMATCH_NO_PROGRESS"))
     return tqdm(iterable, desc=desc, total=total, leave=leave, disable=disable, dynamic_ncols=True)
+
+
+def fault_point(name: str) -> None:
+    """Fault-injection hook for the crash tests (tests/test_faults.py); does nothing unless configured.
+
+    ``AUTOSELMATCH_FAULT=POINT:N:SIGNAL`` (read once, at import) makes the
+    process send itself ``SIGNAL`` (``KILL`` or ``INT``) at the ``N``-th call
+    (1-based) of ``fault_point(POINT)``. Named points:
+
+    - ``experts.epoch``: an epoch's row written, its state not yet saved;
+    - ``experts.recorded``: a finished expert in the manifest, its file not yet renamed;
+    - ``distill.iteration``: an iteration's gradients computed, the update not applied;
+    - ``tune.claimed``: a trial claimed (RUNNING), its objective not yet called;
+    - ``tune.report``: an intermediate value reported;
+    - ``tune.told``: a trial's result stored, the next trial not yet claimed;
+    - ``write:FILENAME``: inside :func:`autoselmatch.fileio.atomic_write`, the
+      temporary file complete and fsynced, not yet renamed over ``FILENAME``.
+
+    Example: ``AUTOSELMATCH_FAULT=write:checkpoint.pt:2:KILL`` kills the
+    process while it writes its second distillation checkpoint.
+    """
+    global _fault_hits
+    if name != _FAULT_POINT:
+        return
+    _fault_hits += 1
+    if str(_fault_hits) == _FAULT_HIT:
+        signal.raise_signal(signal.SIGKILL if _FAULT_SIGNAL == "KILL" else signal.SIGINT)

@@ -30,6 +30,7 @@ import json
 import re
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -116,7 +117,7 @@ def _read_score_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                 return archive["scores"], labels
         if path.suffix == ".npy":
             return np.load(path, allow_pickle=False), None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # EOFError: an empty .npy
         raise DataError(f"cannot read score file {path}: {exc}") from None
     raise DataError(f"score file {path} must be .npz (keys scores[, labels]) or .npy")
 
@@ -229,7 +230,12 @@ def _cached(ds: ImageDataset, cfg: ScoreConfig, cache_dir: Path, seed: int,
             compute: Callable[[], torch.Tensor]) -> torch.Tensor:
     path = cache_path(ds, cfg, cache_dir, seed)
     if path.is_file():
-        stored = load_torch(path)
+        try:
+            stored = load_torch(path)
+        except Exception as exc:  # truncated, or not a torch file of tensors
+            raise DataError(f"cannot read cached scores {path}: {exc}; delete it to recompute") from None
+        if not isinstance(stored, dict) or not isinstance(stored.get("scores"), torch.Tensor):
+            raise DataError(f"cached scores {path} hold no 'scores' tensor; delete the file to recompute")
         scores = stored["scores"]
         if len(scores) == len(ds.train_labels) and not torch.isnan(scores).any():
             LOG.info("using cached %s scores %s", cfg.name, path)

@@ -138,3 +138,28 @@ def test_resolve_storage_url(tmp_path, monkeypatch):
     assert resolve_storage_url(None, "cifar10") == "sqlite:///studies/cifar10.db"
     with pytest.raises(InvalidArgument, match="not both"):
         resolve_storage_url("x.log", "digits")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"tune.heartbeat_interval": 0}, "tune.heartbeat_interval must be >= 1, got 0"),
+    ({"tune.grace_period": 60}, r"tune.grace_period must be > tune.heartbeat_interval \(60\), got 60"),
+    ({"tune.heartbeat_interval": 5, "tune.grace_period": 4},
+     r"tune.grace_period must be > tune.heartbeat_interval \(5\), got 4"),
+])
+def test_heartbeat_settings_are_checked(overrides, message):
+    from autoselmatch.config import apply_overrides, load_preset
+
+    with pytest.raises(InvalidArgument, match=message):
+        apply_overrides(load_preset("digits"), overrides)
+
+
+def test_a_worker_joining_a_study_just_created_elsewhere_uses_its_creators_uid(tmp_path):
+    import threading
+
+    storage = open_storage(parse_storage(f"sqlite:///{tmp_path / 's.db'}"))
+    created = optuna.create_study(storage=storage, study_name="d-ipc10-beta", direction="maximize")
+    naming = threading.Timer(0.3, created.set_user_attr, args=("uid", "creator1"))  # the creator, a moment later
+    naming.start()
+    uid = _open(storage, SETTINGS).user_attrs["uid"]  # the folder this worker's files go to
+    naming.join()
+    assert uid == "creator1" and created.user_attrs["uid"] == "creator1"

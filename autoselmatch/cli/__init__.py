@@ -25,6 +25,7 @@ COMMANDS = {
     "report": "report",
     "dashboard": "studies",
     "studies": "studies",
+    "bench": "bench",
 }
 
 

@@ -173,7 +173,7 @@ def _read_indices(path: Path, ds, split: str):
             values = np.loadtxt(path, dtype=np.float64, ndmin=1)
         else:
             raise InvalidArgument(f"--indices must be a .npy or .txt file, got {path.name}")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty .npy
         if isinstance(exc, InvalidArgument):
             raise
         raise DataError(f"cannot read indices from {path}: {str(exc).splitlines()[0]}") from None

@@ -19,15 +19,16 @@ import contextlib
 import math
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Mapping
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..runtime import LOG
+from ..runtime import LOG, fault_point
 from ._search import SearchStrategy, grid_key
-from ._storage import HEARTBEAT_INTERVAL, StorageSpec, fail_orphaned_trials, storage_lock, worker_id
+from ._storage import StorageSpec, fail_orphaned_trials, storage_lock, worker_id
 
 Objective = Callable[[float, optuna.Trial], float]
 """``objective(point, trial) -> value``: evaluates one grid point; may call
@@ -42,6 +43,7 @@ def report(trial: optuna.Trial, value: float, step: int) -> None:
     Sync point: callers pass a Python float, so this is where a GPU value is read.
     """
     trial.report(value, step=step)
+    fault_point("tune.report")
     if trial.should_prune():
         raise optuna.TrialPruned(f"pruned at step {step} with value {value:.4f}")
 
@@ -207,6 +209,7 @@ class SearchController:
                 continue
             trial, point = claim
             self._run_trial(trial, point, status)
+            fault_point("tune.told")
             ran += 1
 
     # ---- steps -------------------------------------------------------------------------------
@@ -226,7 +229,18 @@ class SearchController:
                 if not free:
                     return _WAIT
                 self.study.enqueue_trial({self.param: free[0]}, user_attrs={**self.trial_attrs, "worker": me})
-        trial = self.study.ask()  # pops the oldest WAITING trial, if any
+        with warnings.catch_warnings():  # the heartbeat is ours (see _heartbeat), not Study.optimize's
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = self.study.ask()  # pops the oldest WAITING trial, if any
+        if self.spec.kind == "server":  # at once: a trial without any heartbeat is never failed as stale
+            self.study._storage.record_heartbeat(trial._trial_id)
+        if not self.strategy.samples and "fixed_params" not in self.study._storage.get_trial_system_attrs(
+                trial._trial_id):
+            # another worker popped our queued trial first, so ask() made a fresh one whose point the
+            # sampler would draw off the grid: give it back unrun (possible only on server databases)
+            trial.set_user_attr("unqueued", True)
+            self.study.tell(trial, state=TrialState.FAIL)
+            return _WAIT
         if trial.user_attrs.get("worker") != me:
             # not the one we enqueued (a leftover or another worker's): claim it
             for key, value in {**self.trial_attrs, "worker": me}.items():
@@ -258,7 +272,8 @@ class SearchController:
             self.study.tell(trial, value)
             LOG.info("%s: repeat of trial %d, value %.4f", name, number, value)
             return
-        try:
+        try:  # from here on, an interruption fails the trial (before, the next run's orphan check does)
+            fault_point("tune.claimed")
             with _heartbeat(self.study, self.spec, trial):
                 value = float(self.objective(point, trial))
             if not math.isfinite(value):
@@ -298,10 +313,11 @@ def _heartbeat(study: optuna.Study, spec: StorageSpec, trial: optuna.Trial) -> I
         yield
         return
     storage = study._storage  # Optuna offers no public handle on a study's storage or a trial's id
+    interval = storage.get_heartbeat_interval()  # set by open_storage (tune.heartbeat_interval)
     stop = threading.Event()
 
     def beat() -> None:
-        while not stop.wait(HEARTBEAT_INTERVAL):
+        while not stop.wait(interval):
             storage.record_heartbeat(trial._trial_id)
 
     storage.record_heartbeat(trial._trial_id)

@@ -32,6 +32,7 @@ import optuna
 import torch
 
 from ..config import RunConfig
+from ..fileio import atomic_write
 from ..runtime import LOG, resolve_device
 from ._controller import Objective, report
 from ._pipeline import StageContext, trial_iterations
@@ -174,8 +175,8 @@ class SelMatchObjectives:
         else:
             source = _point_dir(ctx, beta, alpha) / CHECKPOINT_FILE
             if not (final_dir / CHECKPOINT_FILE).is_file() and source.is_file():
-                final_dir.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, final_dir / CHECKPOINT_FILE)
+                with open(source, "rb") as src, atomic_write(final_dir / CHECKPOINT_FILE) as dst:
+                    shutil.copyfileobj(src, dst)  # a crash mid-copy must not leave a truncated checkpoint
             LOG.info("%s: continuing alpha=%g to %d iterations", ctx.study_name, alpha, cfg.distill.iterations)
             result = selmatch(self.ds, cfg, ipc=ctx.ipc, alpha=alpha, beta=beta, scores=self.scores(),
                               experts=self.experts(), checkpoint_dir=final_dir, resume=True,

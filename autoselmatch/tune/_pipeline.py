@@ -246,7 +246,8 @@ def tune(
     """
     plan = _check(cfg, ipcs, storage=storage, artifacts=artifacts, study_prefix=study_prefix, new_study=new_study,
                   force=force, workers=workers, timeout=timeout, objectives=objectives)
-    opened = open_storage(plan.spec)
+    opened = open_storage(plan.spec, heartbeat_interval=plan.cfg.tune.heartbeat_interval,
+                          grace_period=plan.cfg.tune.grace_period)
     _preflight(plan, opened)
     objs = plan.factory(plan.cfg)
     for ipc in plan.ipcs:
@@ -267,10 +268,12 @@ def _check(cfg: RunConfig, ipcs: Sequence[int] | str, *, storage: str | None, ar
            study_prefix: str | None, new_study: bool, force: bool, workers: int, timeout: float | None,
            objectives: ObjectivesFactory | None) -> _Plan:
     """Every argument check, before any work."""
+    from ..scores import SCORES
     from ._objectives import SelMatchObjectives
 
     ipc_list = parse_ipcs(ipcs)
     SEARCHES.get(cfg.tune.search)
+    SCORES.get(cfg.scores.name)
     build_pruner(cfg.tune.pruner, startup_trials=cfg.tune.pruner_startup_trials,
                  warmup_steps=cfg.tune.pruner_warmup_steps)
     check_grid("beta", cfg.tune.beta_grid)
@@ -490,7 +493,8 @@ def _worker_main(job: _StageJob, rank: int, levels: tuple[int, int]) -> None:
     cfg = _worker_config(job.plan.cfg, rank)
     try:
         objs = job.plan.factory(cfg)
-        storage = open_storage(job.plan.spec)
+        storage = open_storage(job.plan.spec, heartbeat_interval=cfg.tune.heartbeat_interval,
+                               grace_period=cfg.tune.grace_period)
         study = job.open(storage)
         ctx = job.context(cfg, study)
         objective = objs.beta(ctx) if job.stage == "beta" else objs.alpha(ctx, job.fixed["beta"])

@@ -6,14 +6,19 @@ Three kinds of storage:
   one process. SQLite locks the whole file for every write, so several
   processes writing at once get "database is locked" errors, and its
   locking is unreliable on network file systems; Optuna itself recommends a
-  journal file or a server database for parallel workers.
+  journal file or a server database for parallel workers. Readers (the
+  dashboard, ``autoselmatch studies``) may look while ``tune`` writes: each
+  connection waits up to :data:`SQLITE_TIMEOUT` seconds for a lock instead
+  of failing at once.
 - ``journal:///studies/digits.log`` or any path ending in ``.log``: Optuna's
   journal file (an append-only log), safe for ``--workers K`` processes on one
   machine. As with ``sqlite:///``, the path after ``journal:///`` is relative
   unless it starts with ``/`` (``journal:////abs/path.log``).
 - any other SQLAlchemy URL (``postgresql://user@host/db``, ``mysql://...``): a
-  server database that workers on several machines share; crashed workers are
-  detected by Optuna's heartbeat.
+  server database that workers on several machines share; a running trial
+  records a heartbeat every ``heartbeat_interval`` seconds, and one silent
+  for ``grace_period`` seconds is failed by the next worker that looks, so
+  the search retries its point.
 
 On the file storages a trial records its worker (host, pid); a RUNNING trial
 whose worker process is gone is failed when the next run starts, and the
@@ -26,9 +31,11 @@ search retries its point.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
+import time
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -45,6 +52,7 @@ from ..fileio import stable_hash
 StorageKind = Literal["sqlite", "journal", "server"]
 HEARTBEAT_INTERVAL = 60  # seconds between heartbeats of a running trial (server databases)
 GRACE_PERIOD = 180  # seconds without heartbeat after which a trial counts as crashed
+SQLITE_TIMEOUT = 60  # seconds a SQLite connection waits for another's lock before "database is locked"
 
 
 @dataclass(frozen=True)
@@ -115,32 +123,57 @@ def parse_storage(url: str) -> StorageSpec:
     return StorageSpec(text, "server", None)
 
 
-def open_storage(spec: StorageSpec) -> optuna.storages.BaseStorage:
+def open_storage(spec: StorageSpec, *, heartbeat_interval: int = HEARTBEAT_INTERVAL,
+                 grace_period: int = GRACE_PERIOD) -> optuna.storages.BaseStorage:
     """Open (and create) the storage, failing with one line if it cannot be reached.
 
-    File storages get their folder created; server databases get a heartbeat
-    so trials of a crashed worker are failed after :data:`GRACE_PERIOD`
-    seconds (the search then re-proposes their points).
+    Args:
+        spec: Where (:func:`parse_storage`).
+        heartbeat_interval: Server databases: seconds between the heartbeats
+            of a running trial (``tune.heartbeat_interval``).
+        grace_period: Server databases: seconds without a heartbeat after
+            which a running trial counts as crashed and is failed; the search
+            then re-proposes its point (``tune.grace_period``).
+
+    File storages get their folder created; SQLite connections wait
+    :data:`SQLITE_TIMEOUT` seconds for a lock held by another process.
     """
     from sqlalchemy.exc import SQLAlchemyError
 
     if spec.path is not None:
         _ensure_parent(spec.path, spec)
+    if spec.kind == "journal":
+        _check_journal(spec.path.expanduser())
     try:
         if spec.kind == "journal":
             from optuna.storages.journal import JournalFileBackend, JournalStorage
 
             return JournalStorage(JournalFileBackend(str(spec.path.expanduser())))
         if spec.kind == "sqlite":
-            # timeout: wait for a reader (e.g. the dashboard) instead of failing at once
-            return optuna.storages.RDBStorage(spec.url, engine_kwargs={"connect_args": {"timeout": 30}})
+            return optuna.storages.RDBStorage(spec.url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT}})
         with warnings.catch_warnings():  # the heartbeat arguments are marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(spec.url, engine_kwargs={"pool_pre_ping": True},
-                                              heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD)
-    except (SQLAlchemyError, ImportError, OSError) as exc:
+                                              heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    except (SQLAlchemyError, ImportError, OSError, ValueError) as exc:  # ValueError: a journal line is not JSON
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"cannot open storage {spec.display()}: {reason}") from None
+
+
+def _check_journal(path: Path) -> None:
+    """Refuse to append to a file whose first complete line is not a journal record (e.g. a training log)."""
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        first = f.readline()
+    if not first.endswith(b"\n"):  # empty, or a first write cut short by a crash: Optuna recovers from that
+        return
+    try:
+        record = json.loads(first)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise DataError(f"{path} is not an Optuna journal (its first line is not a journal record); check --storage")
 
 
 def _ensure_parent(path: Path, spec: StorageSpec) -> None:
@@ -199,7 +232,9 @@ def fail_orphaned_trials(study: optuna.Study, spec: StorageSpec) -> list[int]:
     """
     if spec.kind == "server":
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():  # marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
         after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         return sorted(before - after)
     me = worker_id()
@@ -277,13 +312,20 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, *, settings: dic
             ``settings`` attr is replaced and the old one kept in ``settings_history``).
 
     A new study gets a random ``uid`` user attr; its files (checkpoints,
-    sets) live under a folder named by it.
+    sets) live under a folder named by it. Only the process that creates the
+    study sets it; workers on other machines that start at the same moment
+    wait for it, so all of them use one folder.
     """
     if new_study and study_exists(storage, name):
         optuna.delete_study(study_name=name, storage=storage)
     check_settings(storage, name, settings, force=force)
-    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
-                                pruner=pruner, load_if_exists=True)
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
+                                    pruner=pruner)
+        study.set_user_attr("uid", uuid.uuid4().hex[:8])
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        _wait_for_uid(study)
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise InvalidArgument(f"study {name!r} exists but minimises; pass --new-study to replace it")
     stored = study.user_attrs.get("settings")
@@ -294,14 +336,22 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, *, settings: dic
         study.set_user_attr("settings", settings)
         study.set_user_attr("fingerprint", stable_hash(settings))
         study.set_user_attr("autoselmatch_version", __version__)
-    if "uid" not in study.user_attrs:  # names this study's files apart from a former study of the same name
+    if "uid" not in study.user_attrs:  # a study whose creator died before naming it
         study.set_user_attr("uid", uuid.uuid4().hex[:8])
     return study
+
+
+def _wait_for_uid(study: optuna.Study, timeout: float = 10.0) -> None:
+    """Wait until the process that just created ``study`` has set its ``uid`` (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    while "uid" not in study.user_attrs and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 __all__ = [
     "GRACE_PERIOD",
     "HEARTBEAT_INTERVAL",
+    "SQLITE_TIMEOUT",
     "StorageSpec",
     "check_settings",
     "default_artifacts_dir",

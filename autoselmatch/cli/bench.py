@@ -1,0 +1,95 @@
+"""`autoselmatch bench`: benchmarks; `bench reproduce` fills the paper's tables on any dataset.
+
+    autoselmatch bench reproduce -d digits --ipc 5%,10% --alpha 0.5 --beta 0.2 --runs 2 --out bench-digits
+    autoselmatch bench reproduce -d fashion-mnist --ipc 1%,5%,10% --storage sqlite:///studies/fashion-mnist.db
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ._common import print_config_and_exit, resolve_config, run_options
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks of the method (tables of the paper on your data)."""
+
+
+@bench.command()
+@run_options
+@click.option("--ipc", default=None, metavar="LIST",
+              help="IPCs (60,300) or shares of each class of the training split (1%,5%,10%) "
+                   "(default: the preset's reproduce.ratios).")
+@click.option("--methods", default=None, metavar="LIST",
+              help="Methods of the main table: random, hardest, window, mtt, mtt-init, merge, selmatch, full "
+                   "(default: the preset's reproduce.methods, i.e. all).")
+@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Seeds (networks trained from scratch) per method and IPC.")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Output folder: cells/, sets/, table.md/.csv, results.json, ablation.md, coverage.md/.html.")
+@click.option("--alpha", default=None, metavar="A[,A...]",
+              help="Given alpha: one value, or one per IPC in --ipc order (default: from --storage, else tuned).")
+@click.option("--beta", default=None, metavar="B[,B...]", help="Given beta, same rules as --alpha.")
+@click.option("--storage", default=None, metavar="URL",
+              help="Storage with finished tune studies {prefix}-ipc{N}-beta|alpha to read alpha and beta from "
+                   "(read only). Without it and without --alpha/--beta, they are tuned into OUT/studies.db.")
+@click.option("--study-prefix", default=None, metavar="P",
+              help="Study name prefix (default: the dataset name for --storage, 'reproduce' for OUT/studies.db).")
+@click.option("--scores-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Difficulty scores from a .npz (keys scores[, labels]) or .npy file (e.g. for folder:PATH data).")
+@click.option("--ablation/--no-ablation", default=True, show_default=True,
+              help="Also the ablation table (selection init x partial update x combined augmentation).")
+@click.option("--coverage/--no-coverage", default=True, show_default=True,
+              help="Also coverage of easy and hard test halves per set (coverage.md and coverage.html).")
+@click.option("--only", default=None, metavar="CELL_ID", help="Recompute just this cell (ids are in OUT/cells/).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress or per-cell lines; only the table at the end.")
+@click.pass_context
+def reproduce(ctx: click.Context, ipc: str | None, methods: str | None, runs: int, out: str, alpha: str | None,
+              beta: str | None, storage: str | None, study_prefix: str | None, scores_file: str | None,
+              ablation: bool, coverage: bool, only: str | None, quiet: bool, print_config: bool,
+              **run: Any) -> None:
+    """Every method at the same IPCs, one evaluation protocol: the paper's Tables 1 and 3 and Figure 1.
+
+    Each number is a cell (one network, one seed, test split) saved under
+    OUT/cells/ with the command that reruns it; a finished cell is never
+    recomputed, so rerunning the same command resumes. Prints table.md.
+
+    \b
+    Examples:
+      autoselmatch bench reproduce -d digits --ipc 5%,10% --alpha 0.5 --beta 0.2 --out bench-digits
+      autoselmatch bench reproduce -d fashion-mnist --ipc 1%,5%,10% --storage sqlite:///studies/fashion-mnist.db \\
+          --out bench-fmnist
+      autoselmatch bench reproduce -d folder:~/pets --preset digits --scores-file pets-el2n.npy --ipc 10 --out pets
+    """
+    cfg = resolve_config(ctx, **run, overrides={"scores.file": scores_file})
+    if print_config:
+        print_config_and_exit(cfg)
+    from pathlib import Path
+
+    from ..reproduce import ReproducePlan, parse_floats, parse_ipc_tokens, parse_methods, reproduce as run_reproduce
+    from ..runtime import setup_logging
+
+    if quiet:
+        setup_logging(-1)
+    plan = ReproducePlan(
+        cfg=cfg,
+        out=Path(out),
+        ipcs=parse_ipc_tokens(ipc) if ipc is not None else (),
+        methods=parse_methods(methods) if methods is not None else (),
+        runs=runs,
+        alphas=parse_floats(alpha, "--alpha") if alpha is not None else (),
+        betas=parse_floats(beta, "--beta") if beta is not None else (),
+        storage=storage,
+        study_prefix=study_prefix,
+        ablation=ablation,
+        coverage=coverage,
+        only=only,
+        preset=run.get("preset"),
+    )
+    result = run_reproduce(plan)
+    click.echo(result.table_md, nl=False)
+    click.echo(f"\n{result.computed} cell(s) computed, {result.reused} reused; outputs in {result.out}/: "
+               + ", ".join(sorted(result.files)))
