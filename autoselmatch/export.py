@@ -44,14 +44,13 @@ from ._version import __version__
 from .errors import DataError, InvalidArgument
 from .fileio import load_torch, sha256_file
 from .runtime import LOG
+from .storage import artifact_dir_of, close_storage, open_existing_storage
 
 if TYPE_CHECKING:
     import optuna
     from optuna.artifacts import ArtifactMeta
     from optuna.artifacts._protocol import ArtifactStore
     from PIL import Image
-
-    from .tune._storage import StorageSpec
 
 FORMATS = ("pt", "npz", "png")
 MANIFEST = "manifest.json"
@@ -676,32 +675,8 @@ def verify_export(root: Path, manifest: Mapping[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Optuna storages
+# Study export
 # --------------------------------------------------------------------------------------------
-
-def open_existing_storage(url: str) -> tuple["StorageSpec", "optuna.storages.BaseStorage"]:
-    """Parse and open a storage (see :mod:`autoselmatch.tune._storage`) that must already exist.
-
-    A missing SQLite or journal file is an error here, so a typo in ``--storage``
-    never creates an empty storage.
-    """
-    from .tune._storage import open_storage, parse_storage
-
-    spec = parse_storage(url)
-    if spec.path is not None and not spec.path.expanduser().is_file():
-        raise DataError(f"no study storage at {spec.path}; check --storage")
-    if spec.kind == "sqlite" and spec.path is not None and spec.path.expanduser().stat().st_size == 0:
-        raise DataError(f"storage file {spec.path} is empty, not a study database; check --storage")
-    return spec, open_storage(spec)
-
-
-def artifact_dir_of(spec: "StorageSpec", dataset: str | None) -> Path | None:
-    """Where ``tune`` keeps a storage's artifacts (``None``: unknown for a server database without a dataset)."""
-    from .tune._storage import default_artifacts_dir
-
-    if spec.path is None and dataset is None:
-        return None
-    return default_artifacts_dir(spec, dataset or "")
 
 
 def study_artifacts(study: "optuna.Study", storage: "optuna.storages.BaseStorage") -> list["ArtifactMeta"]:
@@ -712,19 +687,6 @@ def study_artifacts(study: "optuna.Study", storage: "optuna.storages.BaseStorage
     for trial in study.get_trials(deepcopy=False):
         metas += get_all_artifact_meta(trial, storage=storage)
     return metas
-
-
-def close_storage(storage: "optuna.storages.BaseStorage") -> None:
-    """Release an RDB storage's connections (SQLite keeps the file open otherwise)."""
-    engine = getattr(storage, "engine", None)
-    if engine is not None:
-        storage.remove_session()
-        engine.dispose()
-
-
-# --------------------------------------------------------------------------------------------
-# Study export
-# --------------------------------------------------------------------------------------------
 
 
 def export_study(
@@ -1013,8 +975,6 @@ __all__ = [
     "LoadedResult",
     "DistilledSet",
     "class_folders",
-    "artifact_dir_of",
-    "close_storage",
     "study_artifacts",
     "export_set",
     "export_study",
@@ -1022,7 +982,6 @@ __all__ = [
     "image_grid",
     "load_distilled",
     "load_result",
-    "open_existing_storage",
     "pick_trial",
     "upload_trial_artifacts",
     "verify_export",

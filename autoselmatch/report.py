@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from ._version import __version__
 from .errors import DataError
-from .export import close_storage, artifact_dir_of, open_existing_storage
 from .fileio import atomic_write
 from .runtime import LOG
+from .storage import artifact_dir_of, close_storage, open_existing_storage, safe_name
 
 if TYPE_CHECKING:
     import optuna
@@ -89,8 +89,6 @@ def build_report(
         ``{"out", "ipcs", "figures"}``.
     """
     import optuna
-
-    from .tune._storage import safe_name
 
     prefix = prefix or safe_name(dataset)
     spec, source = open_existing_storage(storage)

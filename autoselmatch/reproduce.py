@@ -66,6 +66,7 @@ from .errors import DataError, InvalidArgument
 from .fileio import atomic_write, load_torch, save_json, save_torch, stable_hash
 from .registry import Registry
 from .runtime import LOG, progress, resolve_device
+from .storage import close_storage, open_existing_storage, safe_name
 
 #: Sets of the ablation only: random init with the partial update (selection init off, partial update on).
 ABLATION_SETS = ("mtt", "mtt-init", "partial", "selmatch")
@@ -302,8 +303,6 @@ def study_knobs(storage: str, prefix: str, ipcs: Sequence[int]) -> dict[int, Kno
     """alpha and beta of each IPC from finished tune studies (the alpha study's ``final`` record), read only."""
     import optuna
 
-    from .export import close_storage, open_existing_storage
-
     spec, source = open_existing_storage(storage)
     try:
         names = set(optuna.get_all_study_names(source))
@@ -331,7 +330,7 @@ def resolve_knobs(plan: ReproducePlan, ipcs: Sequence[int], needed: bool) -> dic
     if not needed or not missing:
         return knobs
     if plan.storage is not None:
-        prefix = plan.study_prefix or _safe_name(plan.cfg.data.name)
+        prefix = plan.study_prefix or safe_name(plan.cfg.data.name)
         found = study_knobs(plan.storage, prefix, missing)
     else:
         found = _tuned_knobs(plan, missing)
@@ -356,12 +355,6 @@ def _tuned_knobs(plan: ReproducePlan, ipcs: Sequence[int]) -> dict[int, Knobs]:
     knobs = study_knobs(storage, prefix, ipcs)
     return {ipc: dataclasses.replace(k, alpha_source=f"tuned: {k.alpha_source}", beta_source=f"tuned: {k.beta_source}")
             for ipc, k in knobs.items()}
-
-
-def _safe_name(text: str) -> str:
-    from .tune._storage import safe_name
-
-    return safe_name(text)
 
 
 # --------------------------------------------------------------------------------------------

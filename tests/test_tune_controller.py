@@ -9,7 +9,8 @@ import pytest
 from optuna.trial import TrialState
 
 from autoselmatch.errors import TrainingDiverged
-from autoselmatch.tune import GridSearch, LineSearch, SearchController, TPESearch, open_storage, parse_storage, report
+from autoselmatch.storage import open_storage, parse_storage
+from autoselmatch.tune import GridSearch, LineSearch, SearchController, TPESearch, report
 from autoselmatch.tune._controller import summarize
 from autoselmatch.tune._storage import fail_orphaned_trials, worker_id
 

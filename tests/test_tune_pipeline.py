@@ -10,7 +10,8 @@ import pytest
 
 from autoselmatch.config import apply_overrides, load_preset
 from autoselmatch.errors import InvalidArgument
-from autoselmatch.tune import open_storage, parse_ipcs, parse_storage, report, tune
+from autoselmatch.storage import open_storage, parse_storage
+from autoselmatch.tune import parse_ipcs, report, tune
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

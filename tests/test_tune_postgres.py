@@ -146,7 +146,7 @@ def test_three_workers_lose_nothing_and_retry_a_killed_workers_trial(tmp_path, d
                         f"{ {k: v for k, v in t.user_attrs.items() if k in ('worker', 'duplicate_of', 'unqueued')} }"
                         for t in trials)
     assert len(trials) == len(BETA_GRID) + len(ALPHA_GRID) + 1 + duplicates, listing  # every trial accounted for
-    pids = {t.user_attrs["worker"]["pid"] for t in trials}
+    pids = {t.user_attrs["worker"]["pid"] for t in trials if "worker" in t.user_attrs}  # unqueued: no owner
     print(f"\npostgres: {WORKERS} workers ({len(pids)} ran trials), {len(trials)} trials for "
           f"{len(BETA_GRID)} + {len(ALPHA_GRID)} points: beta trial {killed} killed, failed by heartbeat and retried; "
           f"{duplicates} simultaneous claims failed unrun; lost 0, duplicated 0")

@@ -15,8 +15,7 @@ from optuna.trial import TrialState
 
 from test_tune_pipeline import Synthetic, config, load, run
 
-from autoselmatch.tune import open_storage, parse_storage
-from autoselmatch.tune._storage import SQLITE_TIMEOUT
+from autoselmatch.storage import SQLITE_TIMEOUT, open_storage, parse_storage
 
 READER = """
 import json, sys, time
@@ -24,7 +23,7 @@ from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
 import optuna, optuna_dashboard
-from autoselmatch.export import open_existing_storage
+from autoselmatch.storage import open_existing_storage
 
 url, ready, stop, out = sys.argv[1:]
 optuna.logging.set_verbosity(optuna.logging.WARNING)

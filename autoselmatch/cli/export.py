@@ -38,7 +38,7 @@ def export(storage: str | None, study: str | None, dataset: str | None, ipc: int
     Load it back with autoselmatch.load_distilled(DIR), which checks every file's sha256.
     """
     from ..export import export_set, export_trial
-    from ..tune._storage import default_storage_url, safe_name
+    from ..storage import default_storage_url, safe_name
     from ._common import check_dataset_name
 
     sources = [from_file is not None, study is not None, dataset is not None or ipc is not None]

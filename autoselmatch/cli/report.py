@@ -36,7 +36,7 @@ def report(ctx: click.Context, print_config: bool, storage: str | None, prefix: 
     if print_config:
         print_config_and_exit(cfg)
     from ..report import build_report
-    from ..tune._storage import default_storage_url, safe_name
+    from ..storage import default_storage_url, safe_name
 
     dataset = cfg.data.name
     summary = build_report(storage or default_storage_url(dataset), dataset,

@@ -26,14 +26,7 @@ from ._pipeline import (
 )
 from ._pruners import PRUNERS, build_pruner
 from ._search import SEARCHES, GridSearch, LineSearch, SearchStrategy, TPESearch
-from ._storage import (
-    StorageSpec,
-    default_artifacts_dir,
-    default_storage_url,
-    open_storage,
-    open_study,
-    parse_storage,
-)
+from ._storage import open_study
 
 __all__ = [
     "PRUNERS",
@@ -50,16 +43,11 @@ __all__ = [
     "SelMatchObjectives",
     "StageContext",
     "StageOutcome",
-    "StorageSpec",
     "TPESearch",
     "TuneResult",
     "build_pruner",
-    "default_artifacts_dir",
-    "default_storage_url",
-    "open_storage",
     "open_study",
     "parse_ipcs",
-    "parse_storage",
     "report",
     "stage_settings",
     "study_name",

@@ -27,8 +27,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..runtime import LOG, fault_point
+from ..storage import StorageSpec
 from ._search import SearchStrategy, grid_key
-from ._storage import StorageSpec, fail_orphaned_trials, storage_lock, worker_id
+from ._storage import fail_orphaned_trials, storage_lock, worker_id
 
 Objective = Callable[[float, optuna.Trial], float]
 """``objective(point, trial) -> value``: evaluates one grid point; may call

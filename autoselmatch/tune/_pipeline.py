@@ -41,19 +41,18 @@ from ..config import RunConfig, to_dict
 from ..errors import AutoSelMatchError, DataError, InvalidArgument, TrainingDiverged
 from ..fileio import stable_hash
 from ..runtime import LOG
-from ._controller import Objective, SearchController, StageOutcome
-from ._pruners import build_pruner
-from ._search import SEARCHES, SearchStrategy, check_grid
-from ._storage import (
+from ..storage import (
     StorageSpec,
-    check_settings,
     default_artifacts_dir,
     default_storage_url,
     open_storage,
-    open_study,
     parse_storage,
     safe_name,
 )
+from ._controller import Objective, SearchController, StageOutcome
+from ._pruners import build_pruner
+from ._search import SEARCHES, SearchStrategy, check_grid
+from ._storage import check_settings, open_study
 
 STAGES = ("beta", "alpha")
 #: Exceptions that fail one trial but let the study go on (divergence, out of memory).

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from ..errors import DataError, InvalidArgument
 from ..runtime import LOG
-from ._storage import default_artifacts_dir, default_storage_url
+from ..storage import default_artifacts_dir, default_storage_url, open_existing_storage
 
 STUDY_DIR = Path("studies")
 
@@ -39,8 +39,6 @@ def list_studies(url: str) -> list[dict[str, Any]]:
     """One row per study: name, direction, trial counts by state, best value/params, test accuracy."""
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
-
-    from ..export import open_existing_storage
 
     _, storage = open_existing_storage(url)
     rows = []
@@ -78,8 +76,6 @@ def serve_dashboard(url: str, *, dataset: str | None = None, artifacts: str | os
     """
     import optuna_dashboard
     from optuna.artifacts import FileSystemArtifactStore
-
-    from ..export import open_existing_storage
 
     spec, storage = open_existing_storage(url)
     if artifacts is not None:
