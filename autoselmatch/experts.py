@@ -13,6 +13,7 @@ Storage (one folder per setting, ``<cache>/experts/<dataset>-<hash>/``)::
     expert_000.npy      float32 (E+1, P); row e = parameters after e epochs
     expert_001.npy      ...
     zca.pt              the whitening transform (only with experts.zca)
+    .expert_000.lock    present while a process trains expert 0 (or left by one that was killed)
 
 The folder name hashes :func:`expert_manifest`, i.e. everything that decides
 a trajectory, so a distillation asking for other settings never reuses
@@ -35,6 +36,15 @@ kernels already make two uninterrupted runs differ in the last bits).
 Expert ``i`` is seeded with ``seed * 1000 + i``; ZCA, when enabled, is
 fitted on the normalised training split and stored as ``zca.pt``.
 
+Several processes may train into one folder at once (``tune`` workers on
+several machines over a shared cache, two commands started together). Each
+expert is trained under its own lock file (:func:`autoselmatch.fileio.file_lock`):
+a process skips the experts others are training, and at the end waits for
+them, taking over (and resuming) any whose trainer died. Every manifest
+change re-reads the manifest under ``.manifest.lock`` and merges into it, so
+no process drops another's record. Expert ``i``'s file depends on ``i`` and
+the settings only, not on which process trained it.
+
     cfg = load_preset("digits")
     ds = load_dataset("digits")
     store = train_experts(ds, cfg)                 # trains, or reuses what is cached
@@ -51,7 +61,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -61,7 +71,7 @@ from ._version import __version__
 from .config import RunConfig
 from .data import ImageDataset
 from .errors import DataError, InvalidArgument, TrainingDiverged
-from .fileio import atomic_write, load_torch, save_json, save_torch, sha256_file, stable_hash
+from .fileio import atomic_write, file_lock, load_torch, save_json, save_torch, sha256_file, stable_hash
 from .models import FlatModel
 from .runtime import LOG, fault_point, progress, resolve_device
 
@@ -70,6 +80,7 @@ FORMAT = "autoselmatch-experts"
 DTYPE = np.dtype("<f4")
 EXPERT_SEED_STRIDE = 1000  # expert i of run seed s uses seed s * 1000 + i
 EVAL_BATCH = 1024
+MANIFEST_LOCK = ".manifest.lock"
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,7 +507,8 @@ def train_experts(ds: ImageDataset, cfg: RunConfig, *, device: torch.device | st
 
     Experts already finished with these settings are kept (their sha256 is
     checked); a half-trained expert resumes from its last finished epoch; a
-    corrupt or truncated file is reported and retrained.
+    corrupt or truncated file is reported and retrained. Experts another
+    process is training are left to it and waited for at the end.
 
     Args:
         ds: The dataset; experts train on ``ds.split("train")`` (validation excluded)
@@ -514,19 +526,26 @@ def train_experts(ds: ImageDataset, cfg: RunConfig, *, device: torch.device | st
     device = resolve_device(cfg.device) if device is None else torch.device(device)
     num_params = _num_params(ds, cfg)
     manifest = _open_manifest(directory, key, num_params)
-    zca = _fitted_zca(ds, cfg.experts.zca_eps, directory, manifest) if cfg.experts.zca else None
+    zca = _fitted_zca(ds, cfg.experts.zca_eps, directory) if cfg.experts.zca else None
 
     shape = (epochs + 1, num_params)
     num_experts = cfg.experts.num_experts
-    missing = [i for i in range(num_experts) if not _is_finished(directory, manifest, i, shape)]
+    missing = [i for i in range(num_experts) if _expert_problem(directory, manifest, i, shape) is not None]
     LOG.info("experts in %s: %d of %d finished, %d to train", directory, num_experts - len(missing), num_experts,
              len(missing))
     if missing:
         data = _training_data(ds, cfg, zca, device)
-        for i in missing:
-            record = _train_expert(i, cfg, data, directory, shape)
-            _finish_expert(directory, manifest, i, record)
-            LOG.info("expert %d/%d done: test accuracy %.2f%%", i + 1, num_experts, 100 * record["test_acc"])
+        busy = []
+        for i in missing:  # first the experts no other process is training
+            with file_lock(_lock_path(directory, i), blocking=False) as held:
+                if held:
+                    _train_unless_finished(i, cfg, data, directory, shape)
+                else:
+                    busy.append(i)
+        for i in busy:  # then wait for the others' trainers (a dead one's lock is free: resume its state here)
+            LOG.info("expert %d is being trained by another process; waiting for it", i + 1)
+            with file_lock(_lock_path(directory, i)):
+                _train_unless_finished(i, cfg, data, directory, shape)
     return ExpertStore(directory, num_experts=num_experts, num_params=num_params)
 
 
@@ -543,22 +562,23 @@ def _ensure_writable(directory: Path) -> None:
 
 def _open_manifest(directory: Path, key: dict[str, Any], num_params: int) -> dict[str, Any]:
     """The folder's manifest, created when missing and checked against ``key`` and the model."""
-    if not (directory / "manifest.json").is_file():
-        manifest = {
-            "format": FORMAT,
-            "hash": stable_hash(key),
-            "key": key,
-            "num_params": num_params,
-            "num_epochs": key["epochs"],
-            "layout": "one float32 .npy per expert, shape (num_epochs + 1, num_params); "
-                      "row e = flat parameters after e epochs",
-            "expert_seed": f"seed * {EXPERT_SEED_STRIDE} + expert index",
-            "experts": {},
-            "zca_file": None,
-            "written_by": {"autoselmatch": __version__, "torch": torch.__version__},
-        }
-        save_json(manifest, directory / "manifest.json")
-        return manifest
+    path = directory / "manifest.json"
+    if not path.is_file():
+        with file_lock(directory / MANIFEST_LOCK):
+            if not path.is_file():  # no other process created it while this one waited
+                save_json({
+                    "format": FORMAT,
+                    "hash": stable_hash(key),
+                    "key": key,
+                    "num_params": num_params,
+                    "num_epochs": key["epochs"],
+                    "layout": "one float32 .npy per expert, shape (num_epochs + 1, num_params); "
+                              "row e = flat parameters after e epochs",
+                    "expert_seed": f"seed * {EXPERT_SEED_STRIDE} + expert index",
+                    "experts": {},
+                    "zca_file": None,
+                    "written_by": {"autoselmatch": __version__, "torch": torch.__version__},
+                }, path)
     manifest = read_manifest(directory)
     if manifest["key"] != key:
         raise DataError(f"the manifest in {directory} does not describe these settings; delete the folder and retrain")
@@ -580,42 +600,79 @@ def _training_data(ds: ImageDataset, cfg: RunConfig, zca: ZCAWhitening | None, d
                          cfg.experts.augment, device)
 
 
-def _fitted_zca(ds: ImageDataset, eps: float, directory: Path, manifest: dict[str, Any]) -> ZCAWhitening:
-    """The stored ZCA transform if intact, else one fitted on the normalised training split and stored."""
+def _fitted_zca(ds: ImageDataset, eps: float, directory: Path) -> ZCAWhitening:
+    """The stored ZCA transform if intact, else one fitted on the normalised training split and stored.
+
+    Under the manifest lock: of processes starting together, the first fits
+    and records it, the others load that one.
+    """
     path = directory / "zca.pt"
-    record = manifest.get("zca_file")
-    if path.is_file() and record is not None and sha256_file(path) == record["sha256"]:
-        return ZCAWhitening.from_state_dict(load_torch(path))
-    zca = ZCAWhitening.fit(ds.normalize(ds.split("train")[0]), eps)
-    save_torch(zca.state_dict(), path)
-    manifest["zca_file"] = {"name": path.name, "sha256": sha256_file(path)}
-    save_json(manifest, directory / "manifest.json")
+    with file_lock(directory / MANIFEST_LOCK):
+        manifest = read_manifest(directory)
+        record = manifest.get("zca_file")
+        if path.is_file() and record is not None and sha256_file(path) == record["sha256"]:
+            return ZCAWhitening.from_state_dict(load_torch(path))
+        zca = ZCAWhitening.fit(ds.normalize(ds.split("train")[0]), eps)
+        save_torch(zca.state_dict(), path)
+        manifest["zca_file"] = {"name": path.name, "sha256": sha256_file(path)}
+        save_json(manifest, directory / "manifest.json")
     return zca
 
 
-def _is_finished(directory: Path, manifest: dict[str, Any], expert: int, shape: tuple[int, int]) -> bool:
-    """True when expert ``expert`` is recorded and its file is intact; a bad file is reported and removed."""
+def _update_manifest(directory: Path, change: Callable[[dict[str, Any]], Any]) -> None:
+    """Apply ``change`` to the manifest as it is on disk now, under the manifest lock, and write it back.
+
+    Re-reading under the lock keeps the records other processes wrote since
+    this one last read the manifest.
+    """
+    with file_lock(directory / MANIFEST_LOCK):
+        manifest = read_manifest(directory)
+        change(manifest)
+        save_json(manifest, directory / "manifest.json")
+
+
+def _lock_path(directory: Path, expert: int) -> Path:
+    """The lock file held while a process trains (or resumes, or repairs) expert ``expert``."""
+    return directory / f".{_expert_name(expert, '.lock')}"
+
+
+def _expert_problem(directory: Path, manifest: dict[str, Any], expert: int, shape: tuple[int, int]) -> str | None:
+    """Why expert ``expert`` is not finished according to ``manifest`` (None: recorded, and its file intact)."""
     path = directory / _expert_name(expert)
     record = manifest["experts"].get(str(expert))
     if record is None:
-        if path.exists():
-            LOG.warning("expert file %s is not recorded in the manifest; retraining it", path)
-            path.unlink()
-        return False
+        return "not recorded in the manifest" if path.exists() else "missing"
     problem = trajectory_file_problem(path, shape)
     if problem is None and sha256_file(path) != record["sha256"]:
         problem = "corrupt (sha256 differs from the manifest)"
+    return problem
+
+
+def _train_unless_finished(expert: int, cfg: RunConfig, data: _TrainingData, directory: Path,
+                           shape: tuple[int, int]) -> None:
+    """Train ``expert`` (its lock held) unless another process finished it since this one looked.
+
+    A bad file is reported and removed, and its record dropped, before the
+    expert is trained (or resumed from its saved state) again.
+    """
+    manifest = read_manifest(directory)
+    problem = _expert_problem(directory, manifest, expert, shape)
     if problem is None:
-        return True
-    if problem != "missing":
+        LOG.info("expert %d was finished by another process", expert + 1)
+        return
+    path = directory / _expert_name(expert)
+    if path.exists():
         LOG.warning("expert file %s is %s; retraining it", path, problem)
         path.unlink()
-    del manifest["experts"][str(expert)]
-    save_json(manifest, directory / "manifest.json")
-    return False
+    if str(expert) in manifest["experts"]:
+        _update_manifest(directory, lambda fresh: fresh["experts"].pop(str(expert)))
+    record = _train_expert(expert, cfg, data, directory, shape)
+    _finish_expert(directory, expert, record)
+    LOG.info("expert %d/%d done: test accuracy %.2f%%", expert + 1, cfg.experts.num_experts,
+             100 * record["test_acc"])
 
 
-def _finish_expert(directory: Path, manifest: dict[str, Any], expert: int, record: dict[str, Any]) -> None:
+def _finish_expert(directory: Path, expert: int, record: dict[str, Any]) -> None:
     """Record the finished partial file in the manifest, then rename it into place.
 
     The record goes first: a crash in between leaves a recorded but missing
@@ -623,8 +680,7 @@ def _finish_expert(directory: Path, manifest: dict[str, Any], expert: int, recor
     """
     partial = directory / _expert_name(expert, ".partial.npy")
     record.update(file=_expert_name(expert), bytes=partial.stat().st_size, sha256=sha256_file(partial))
-    manifest["experts"][str(expert)] = record
-    save_json(manifest, directory / "manifest.json")
+    _update_manifest(directory, lambda fresh: fresh["experts"].update({str(expert): record}))
     fault_point("experts.recorded")
     os.replace(partial, directory / _expert_name(expert))
     (directory / _expert_name(expert, ".state.pt")).unlink(missing_ok=True)

@@ -4,7 +4,13 @@ Every file the tool writes that a later run trusts (expert trajectories,
 distillation checkpoints, exported sets, score caches) goes through
 :func:`atomic_write`: the bytes land in a temporary file in the same folder,
 are flushed to disk, and only then renamed over the target, so a crash leaves
-either the old file or the complete new one, never a truncated one.
+either the old file or the complete new one, never a truncated one. A writer
+killed before the rename leaves its hidden ``.NAME.XXXXXXXX.tmp``; the next
+write of ``NAME`` removes it (see :func:`remove_stale_temporaries`).
+
+:func:`file_lock` lets processes that share a folder (several workers over one
+NFS cache, two commands started together) take turns: an exclusive ``flock``
+on a lock file, dropped by the OS when its holder exits or is killed.
 """
 
 from __future__ import annotations
@@ -17,27 +23,43 @@ import os
 import pickle
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 import torch
 
 from .errors import DataError
-from .runtime import fault_point
+from .runtime import LOG, fault_point
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; file_lock locks nothing and stale temporaries stay
+    fcntl = None
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+STALE_TMP_SECONDS = 60.0  # an unlocked temporary file untouched this long was left by a killed writer
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success."""
+    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success.
+
+    The temporary file stays ``flock``-ed until the rename, which tells
+    :func:`remove_stale_temporaries` (run first, on ``path``'s siblings) that
+    its writer is alive.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes files owner-only; give them the usual permissions
     try:
-        with os.fdopen(fd, mode) as f:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes files owner-only; give them the usual permissions
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held until ``fd`` closes, after the rename
+        with os.fdopen(os.dup(fd), mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -47,6 +69,101 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the ``.NAME.XXXXXXXX.tmp`` siblings of ``path`` that killed writers left; return them.
+
+    A temporary file is stale when it was last modified more than
+    :data:`STALE_TMP_SECONDS` ago and no process holds its ``flock`` (a live
+    :func:`atomic_write` holds it from creation to rename, so a slow writer's
+    file is never removed). Without fcntl nothing is removed.
+    """
+    path = Path(path)
+    if fcntl is None or not path.parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[^.]+\.tmp")
+    removed = []
+    for entry in os.scandir(path.parent):
+        if pattern.fullmatch(entry.name) and _remove_if_stale(Path(entry.path)):
+            removed.append(Path(entry.path))
+    if removed:
+        LOG.info("removed %d temporary file(s) of %s left by an interrupted write", len(removed), path)
+    return removed
+
+
+def _remove_if_stale(tmp: Path) -> bool:
+    try:
+        if time.time() - tmp.stat().st_mtime < STALE_TMP_SECONDS:
+            return False  # too fresh: its writer may not have locked it yet
+        fd = os.open(tmp, os.O_RDWR)
+    except OSError:  # gone already, or not ours to open
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        tmp.unlink()
+        return True
+    except OSError:  # BlockingIOError: a live writer holds it
+        return False
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, blocking: bool = True) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on the lock file ``path`` for the ``with`` block; yields whether it is held.
+
+    The file is created when missing and removed on release, so a folder
+    keeps no lock files once its users are done. The OS drops the lock when
+    its holder dies (SIGKILL included): the file a killed holder leaves is
+    taken over by the next process and never blocks anyone. On Linux, flock
+    on NFS (v4, or v3 with lockd) is mapped to server-side locks and holds
+    across machines. Without fcntl (Windows) nothing is locked: yields True
+    and says so in a debug message.
+
+    Args:
+        path: The lock file, conventionally a hidden ``.NAME.lock`` beside what it guards.
+        blocking: Wait for the lock (True) or yield False at once when another process holds it.
+
+    Example::
+
+        with file_lock(folder / ".manifest.lock"):
+            manifest = read(folder); manifest.update(...); write(folder, manifest)
+    """
+    if fcntl is None:
+        LOG.debug("no fcntl on this platform: %s is not locked", path)
+        yield True
+        return
+    path = Path(path)
+    fd = _acquire(path, blocking)
+    if fd is None:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        path.unlink(missing_ok=True)  # while still held: only a holder removes the file
+        os.close(fd)
+
+
+def _acquire(path: Path, blocking: bool) -> int | None:
+    """A descriptor holding the lock on the file now at ``path``; None when busy and not ``blocking``."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    return fd
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder we waited for removed the file we locked: lock the one there now
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:

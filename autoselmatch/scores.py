@@ -17,7 +17,7 @@ A user file (``ScoreConfig.file``: ``.npz`` with ``scores`` and optionally
 ``labels``, or ``.npy``) replaces the download or the computation; it is
 checked against the dataset (length, labels, NaNs). Computed scores are
 cached under ``cache_dir/scores`` per dataset, score, settings, validation
-split and seed, and reused.
+split and seed, and reused; processes sharing a cache compute each entry once.
 
     scores = get_scores(ds, ScoreConfig(name="el2n", epochs=3, networks=2), cache_dir=Path("cache"), seed=0)
     hardest = scores.argsort(descending=True)[:10]
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from .config import ScoreConfig, to_dict
 from .data import ImageDataset
 from .errors import DataError, InvalidArgument, TrainingDiverged
-from .fileio import atomic_write, load_torch, save_torch, sha256_file, stable_hash
+from .fileio import atomic_write, file_lock, load_torch, save_torch, sha256_file, stable_hash
 from .registry import Registry
 from .runtime import LOG, progress, resolve_device
 
@@ -228,23 +228,43 @@ def score_settings(ds: ImageDataset, cfg: ScoreConfig, seed: int) -> dict:
 
 def _cached(ds: ImageDataset, cfg: ScoreConfig, cache_dir: Path, seed: int,
             compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The cached scores, else ``compute()`` stored in the cache.
+
+    Computing happens under a lock file beside the cache entry: a second
+    process asking for the same scores (``tune`` workers sharing a cache)
+    waits for the first and reuses its result instead of training the same
+    networks again.
+    """
     path = cache_path(ds, cfg, cache_dir, seed)
-    if path.is_file():
-        try:
-            stored = load_torch(path)
-        except Exception as exc:  # truncated, or not a torch file of tensors
-            raise DataError(f"cannot read cached scores {path}: {exc}; delete it to recompute") from None
-        if not isinstance(stored, dict) or not isinstance(stored.get("scores"), torch.Tensor):
-            raise DataError(f"cached scores {path} hold no 'scores' tensor; delete the file to recompute")
-        scores = stored["scores"]
-        if len(scores) == len(ds.train_labels) and not torch.isnan(scores).any():
-            LOG.info("using cached %s scores %s", cfg.name, path)
-            return scores
-        LOG.warning("cached scores %s do not fit %s; recomputing", path, ds.name)
-    scores = compute()
-    save_torch({"scores": scores, "settings": json.dumps(score_settings(ds, cfg, seed))}, path)
-    LOG.info("saved %s scores to %s", cfg.name, path)
+    scores = _read_cached(path, ds, cfg)
+    if scores is not None:
+        return scores
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.parent / f".{path.name}.lock"):
+        scores = _read_cached(path, ds, cfg)  # stored by another process while this one waited?
+        if scores is None:
+            scores = compute()
+            save_torch({"scores": scores, "settings": json.dumps(score_settings(ds, cfg, seed))}, path)
+            LOG.info("saved %s scores to %s", cfg.name, path)
     return scores
+
+
+def _read_cached(path: Path, ds: ImageDataset, cfg: ScoreConfig) -> torch.Tensor | None:
+    """The scores cached at ``path`` if present and fitting ``ds``; None means compute them."""
+    if not path.is_file():
+        return None
+    try:
+        stored = load_torch(path)
+    except Exception as exc:  # truncated, or not a torch file of tensors
+        raise DataError(f"cannot read cached scores {path}: {exc}; delete it to recompute") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("scores"), torch.Tensor):
+        raise DataError(f"cached scores {path} hold no 'scores' tensor; delete the file to recompute")
+    scores = stored["scores"]
+    if len(scores) == len(ds.train_labels) and not torch.isnan(scores).any():
+        LOG.info("using cached %s scores %s", cfg.name, path)
+        return scores
+    LOG.warning("cached scores %s do not fit %s; recomputing", path, ds.name)
+    return None
 
 
 RunFn = Callable[[ImageDataset, ScoreConfig, int, torch.device, str], torch.Tensor]

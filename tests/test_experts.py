@@ -1,7 +1,11 @@
 """Expert trajectories: reproducible, resumable, cached by settings, checked on load."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -389,3 +393,74 @@ def test_cli_rejects_bad_values(cache_dir):
     result = CliRunner().invoke(cli, ["experts", "--dataset", "digits", "--set", "experts.lr=-1",
                                       "--cache-dir", str(cache_dir)])
     assert result.exit_code == 2 and "experts.lr must be > 0" in result.output
+
+
+# --------------------------------------------------------------------------------------------
+# Several processes on one cache folder
+# --------------------------------------------------------------------------------------------
+
+
+def _train_in_child(cache_dir: str, both_training, trained) -> None:
+    """Spawned: train 4 tiny experts into ``cache_dir``; report which ones this process trained.
+
+    Before its first expert each process waits on ``both_training``, so the
+    two are inside training (of different experts, whose locks they hold) at
+    the same time, whatever their start-up times.
+    """
+    from autoselmatch.data import load_dataset
+
+    torch.set_num_threads(1)
+    mine = []
+    real_train_expert = experts_module._train_expert
+
+    def train_expert(expert, *args):
+        if not mine:
+            both_training.wait(timeout=120)
+        mine.append(expert)
+        return real_train_expert(expert, *args)
+
+    experts_module._train_expert = train_expert
+    ds = load_dataset("digits", val_fraction=0.1, split_seed=0)
+    train_experts(ds, tiny_config(Path(cache_dir), **{"experts.num_experts": 4}))
+    trained.put(mine)
+
+
+def test_two_processes_share_the_work_and_match_a_single_process(digits, trained, tmp_path):
+    import multiprocessing
+
+    cfg, store = trained
+    single = train_experts(digits, apply_overrides(cfg, {"experts.num_experts": 4}))  # one process, same seed
+    context = multiprocessing.get_context("spawn")
+    both_training, queue = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=_train_in_child, args=(str(tmp_path / "shared"), both_training, queue))
+               for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    shares = [queue.get(timeout=10) for _ in workers]
+    assert all(shares) and sorted(shares[0] + shares[1]) == [0, 1, 2, 3]  # each expert trained once, by one
+
+    shared = ExpertStore(tmp_path / "shared" / "experts" / store.directory.name)
+    assert shared.num_experts == 4 and sorted(shared.manifest["experts"]) == ["0", "1", "2", "3"]
+    shared.verify()
+    assert trajectory_bytes(shared) == trajectory_bytes(single) and records(shared) == records(single)
+    names = {p.name for p in shared.directory.iterdir()}
+    assert names == {"manifest.json", *(shared.path(i).name for i in range(4))}  # no lock, partial or state file
+
+
+def test_expert_whose_trainer_was_killed_is_taken_over(digits, reference, cache_dir):
+    """A trainer SIGKILLed mid-expert leaves its lock file; the next process is not blocked by it and resumes."""
+    cfg = tiny_config(cache_dir)
+    command = [sys.executable, "-m", "autoselmatch", "--device", "cpu", "-q", "experts", "--dataset", "digits",
+               "--cache-dir", str(cache_dir), "--set", "experts.num_experts=2", "--set", f"experts.epochs={EPOCHS}",
+               "--set", "experts.model.width=8", "--set", "experts.momentum=0.9"]
+    env = {**os.environ, "AUTOSELMATCH_FAULT": "experts.epoch:2:KILL"}  # expert 0, after its second epoch
+    assert subprocess.run(command, env=env, capture_output=True).returncode == -signal.SIGKILL
+    directory = expert_cache_dir(cfg, expert_manifest(digits, cfg))
+    assert (directory / ".expert_000.lock").exists() and (directory / "expert_000.state.pt").exists()
+
+    resumed = train_experts(digits, cfg)
+    assert trajectory_bytes(resumed) == trajectory_bytes(reference) and records(resumed) == records(reference)
+    assert not list(directory.glob(".*.lock"))

@@ -211,6 +211,34 @@ def test_computed_scores_are_cached_and_reused(digits, cache_dir, monkeypatch):
         get_scores(digits, ScoreConfig(name="el2n", epochs=2, networks=1), cache_dir=cache_dir, seed=0)
 
 
+def test_processes_sharing_a_cache_compute_each_score_once(digits, cache_dir, monkeypatch):
+    """Two requests at once (threads lock like processes: each opens its own lock file): one computes, one waits."""
+    import threading
+    import time
+
+    cfg = ScoreConfig(name="el2n", epochs=1, networks=1)
+    computed = []
+
+    def slow_compute(*args):
+        computed.append(1)
+        time.sleep(0.5)  # the other request arrives while this one computes
+        return torch.arange(len(digits.train_labels), dtype=torch.float32)
+
+    monkeypatch.setattr(score_module, "_compute", slow_compute)
+    results = [None, None]
+
+    def request(slot):
+        results[slot] = get_scores(digits, cfg, cache_dir=cache_dir, seed=0)
+
+    threads = [threading.Thread(target=request, args=(slot,)) for slot in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(computed) == 1 and torch.equal(results[0], results[1])
+    assert [p.name for p in (cache_dir / "scores").iterdir()] == [cache_path(digits, cfg, cache_dir, 0).name]
+
+
 def test_cache_key_depends_on_the_validation_split(digits, cache_dir):
     from dataclasses import replace
 
