@@ -195,6 +195,10 @@ class EvalConfig:
     ``quick_fraction`` of that budget is used by search objectives.
     ``compile`` runs the model through ``torch.compile`` (a one-off compile of
     about a minute; worth it for the long paper-budget evaluations on a GPU).
+    ``amp`` trains under bf16 autocast, on CUDA or on CPU; on a CPU it pays
+    only where the CPU has bf16 instructions (AVX512-BF16 or AMX: with
+    ``channels_last`` it halves a small ConvNet's step there, see
+    bench/RESULTS.md) and is much slower elsewhere.
     """
 
     model: ModelSpec = field(default_factory=lambda: ModelSpec("resnet18", {}))

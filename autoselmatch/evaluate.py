@@ -157,8 +157,8 @@ def train_network(
     SGD with ``cfg.momentum``/``cfg.weight_decay``, learning rate ``cfg.lr``
     annealed to 0 by a per-step cosine schedule, batches of ``cfg.batch_size``,
     augmentation ``cfg.augment`` (``combined``: DSA on D_distill rows, simple
-    crop+flip on the others), optional channels_last, bf16 autocast on CUDA and
-    ``torch.compile`` of the model.
+    crop+flip on the others), optional channels_last, bf16 autocast (CUDA or
+    CPU) and ``torch.compile`` of the model.
 
     Args:
         images: Float (n, C, H, W) in normalised space.
@@ -201,7 +201,7 @@ def train_network(
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format).train()
     forward = torch.compile(model) if cfg.compile else model  # shares the module's parameters
-    use_amp = cfg.amp and device.type == "cuda"
+    use_amp = cfg.amp and device.type in ("cuda", "cpu")
 
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, fused=device.type == "cuda")

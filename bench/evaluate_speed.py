@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "sees a whole epoch, odd last batch included, before timing)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per side (default 3)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="also time the engine with bf16 autocast (CUDA)")
+                   help="also time the engine with bf16 autocast (CUDA, or a CPU with bf16 instructions)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="also time the engine with channels_last")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,

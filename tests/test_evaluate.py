@@ -102,6 +102,19 @@ def test_convnet_on_digits_reaches_well_above_chance(digits):
     assert result.n_images == len(y) and result.seconds > 0
 
 
+def test_amp_trains_in_bf16_on_cpu_too(digits):
+    """``evaluate.amp`` is not a CUDA-only switch: on CPU it trains under bf16 autocast, and still learns."""
+    x, y = digits.split("train")
+    images = digits.normalize(x)
+    cfg = small_cfg(augment="none", epochs=None)
+    fp32 = train_network(images, y, num_classes=10, cfg=cfg, steps=30, seed=0, device="cpu")
+    bf16 = train_network(images, y, num_classes=10, cfg=replace(cfg, amp=True), steps=30, seed=0, device="cpu")
+    differ = any(not torch.equal(a, b) for a, b in zip(fp32.parameters(), bf16.parameters()))
+    assert differ  # bf16 rounding changed the trajectory, so autocast was on
+    result = evaluate_set(digits, x, y, cfg=small_cfg(epochs=6, amp=True), split="val", seed=0, device="cpu")
+    assert result.mean > 0.8  # chance is 0.1
+
+
 def test_evaluate_set_is_seeded_and_runs_differ(digits):
     x, y = digits.split("train")
     subset = per_class(y, 10)
