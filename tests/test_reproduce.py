@@ -180,3 +180,20 @@ def test_folder_dataset_with_a_scores_file(tmp_path):
     assert not (tmp_path / "out" / "ablation.md").exists() and not (tmp_path / "out" / "coverage.md").exists()
     cell = json.loads((tmp_path / "out" / "cells" / "window-ipc4-s0.json").read_text())
     assert f"--scores-file {scores}" in cell["command"]
+
+
+def test_without_given_knobs_it_tunes_them_into_out(tmp_path):
+    """No --alpha/--beta/--storage: alpha and beta are tuned into OUT/studies.db, and the cells say so."""
+    out = tmp_path / "out"
+    args = ["-d", "digits", "--cache-dir", str(tmp_path / "cache"), *TINY, "--set", "tune.trial_iterations=2",
+            "--set", "evaluate.runs=1", "--ipc", "10%", "--runs", "1", "--methods", "window,selmatch",
+            "--no-ablation", "--no-coverage", "--out", str(out)]
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    url = f"sqlite:///{out / 'studies.db'}"
+    knobs = study_knobs(url, "reproduce", [14])[14]
+    stored = json.loads((out / "results.json").read_text())["knobs"][0]
+    assert (stored["alpha"], stored["beta"]) == (knobs.alpha, knobs.beta)
+    assert stored["alpha_source"].startswith("tuned: study reproduce-ipc14-alpha")
+    cell = json.loads((out / "cells" / "selmatch-ipc14-s0.json").read_text())
+    assert (cell["alpha"], cell["beta"]) == (knobs.alpha, knobs.beta)

@@ -69,11 +69,14 @@ def reproduce(ctx: click.Context, ipc: str | None, methods: str | None, runs: in
         print_config_and_exit(cfg)
     from pathlib import Path
 
+    import optuna
+
     from ..reproduce import ReproducePlan, parse_floats, parse_ipc_tokens, parse_methods, reproduce as run_reproduce
     from ..runtime import setup_logging
 
     if quiet:
         setup_logging(-1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # as in `tune`: its own log says what each trial did
     plan = ReproducePlan(
         cfg=cfg,
         out=Path(out),
