@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -66,6 +65,7 @@ from .errors import DataError, InvalidArgument
 from .fileio import atomic_write, load_torch, save_json, save_torch, stable_hash
 from .registry import Registry
 from .runtime import LOG, progress, resolve_device
+from .selection import select_count
 from .storage import close_storage, open_existing_storage, safe_name
 
 #: Sets of the ablation only: random init with the partial update (selection init off, partial update on).
@@ -75,7 +75,6 @@ ABLATION_GRID = {(False, False): "mtt", (True, False): "mtt-init", (False, True)
 NEEDS_ALPHA = frozenset({"merge", "selmatch", "partial"})
 NEEDS_BETA = frozenset({"window", "mtt-init", "merge", "selmatch"})
 DEFAULT_PREFIX = "reproduce"
-_EPS = 1e-9
 
 # --------------------------------------------------------------------------------------------
 # The plan and its pieces
@@ -465,8 +464,13 @@ def distill_recipe(spec: SetSpec) -> Recipe | None:
     return None
 
 
-def _distilled(inputs: _Inputs, spec: SetSpec, workdir: Path) -> BuiltSet:
-    """:func:`autoselmatch.distill.selmatch` per the spec's recipe; checkpoints in ``workdir`` (resumed)."""
+def distilled_set(inputs: _Inputs, spec: SetSpec, workdir: Path) -> BuiltSet:
+    """A distilled set: :func:`autoselmatch.distill.selmatch` per the spec's recipe, checkpoints in ``workdir``.
+
+    Builds ``mtt``, ``mtt-init``, ``merge``, ``selmatch`` and the ablation's
+    ``partial``; :func:`distill_recipe` tells them apart. An interrupted
+    distillation resumes from its checkpoint.
+    """
     from .distill import selmatch
 
     recipe = distill_recipe(spec)
@@ -485,34 +489,14 @@ def _distill_config(inputs: _Inputs, ipc: int, recipe: Recipe) -> RunConfig:
     """``cfg`` with the recipe's init and mode, and a student batch no larger than the rows that train students."""
     cfg = inputs.cfg
     k = inputs.ds.num_classes
-    rows = k * ipc if recipe.mode == "selmatch" else k * (ipc - math.ceil((1.0 - recipe.alpha) * ipc - _EPS))
+    rows = k * ipc if recipe.mode == "selmatch" else k * (ipc - select_count(ipc, recipe.alpha))
     batch = min(cfg.distill.batch_syn, max(rows, 1))
     distill = dataclasses.replace(cfg.distill, init=recipe.init, mode=recipe.mode, batch_syn=batch)
     return dataclasses.replace(cfg, distill=distill)
 
 
-@METHODS.register("mtt")
-def mtt_set(inputs: _Inputs, spec: SetSpec, workdir: Path) -> BuiltSet:
-    """MTT: every image distilled (alpha 1) from random real samples."""
-    return _distilled(inputs, spec, workdir)
-
-
-@METHODS.register("mtt-init")
-def mtt_init_set(inputs: _Inputs, spec: SetSpec, workdir: Path) -> BuiltSet:
-    """MTT from SelMatch's window at beta (alpha 1)."""
-    return _distilled(inputs, spec, workdir)
-
-
-@METHODS.register("merge")
-def merge_set(inputs: _Inputs, spec: SetSpec, workdir: Path) -> BuiltSet:
-    """The paper's merge ablation: D_distill distilled on its own, then D_select added."""
-    return _distilled(inputs, spec, workdir)
-
-
-@METHODS.register("selmatch")
-def selmatch_set(inputs: _Inputs, spec: SetSpec, workdir: Path) -> BuiltSet:
-    """SelMatch: window init at beta, partial update of the easier alpha."""
-    return _distilled(inputs, spec, workdir)
+for _name in ("mtt", "mtt-init", "merge", "selmatch"):  # one builder; :func:`distill_recipe` tells them apart
+    METHODS.register(_name)(distilled_set)
 
 
 @METHODS.register("full")
@@ -522,13 +506,8 @@ def full_set(inputs: _Inputs, spec: SetSpec, workdir: Path) -> BuiltSet:
     return BuiltSet(images.cpu(), labels.cpu(), torch.zeros(len(labels), dtype=torch.bool), {"method": "full"})
 
 
-def partial_set(inputs: _Inputs, spec: SetSpec, workdir: Path) -> BuiltSet:
-    """Ablation only: random real init with the partial update of alpha (no selection-based init)."""
-    return _distilled(inputs, spec, workdir)
-
-
 def _builder(name: str) -> SetBuilder:
-    return partial_set if name == "partial" else METHODS.get(name)
+    return distilled_set if name == "partial" else METHODS.get(name)  # partial: ablation only, not a method
 
 
 def set_key(spec: SetSpec, cfg: RunConfig) -> str:

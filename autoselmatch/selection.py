@@ -127,7 +127,7 @@ def select_window(
 
     ranked, rank = _rank_by_class(scores, labels, pool_index)  # (P,), (P,) class-ordered, hardest first
     start = torch.floor(max(beta, 0.0) * sizes.double() + _EPS).long().clamp(max=sizes - ipc)  # (K,)
-    n_select = math.ceil((1.0 - alpha) * ipc - _EPS)
+    n_select = select_count(ipc, alpha)
     offset = rank - start[labels[ranked]]  # (P,) position inside the class's window
     in_select = (offset >= 0) & (offset < n_select)
     in_distill = (offset >= n_select) & (offset < ipc)
@@ -138,6 +138,11 @@ def select_window(
         alpha=float(alpha),
         beta=float(beta),
     )
+
+
+def select_count(ipc: int, alpha: float) -> int:
+    """Samples per class that stay real (D_select) at distillation portion ``alpha``: ``ceil((1 - alpha) * ipc)``."""
+    return math.ceil((1.0 - alpha) * ipc - _EPS)
 
 
 def max_beta(ipc: int, class_sizes: Sequence[int] | torch.Tensor) -> float:
@@ -369,6 +374,7 @@ __all__ = [
     "class_sizes",
     "max_beta",
     "select",
+    "select_count",
     "select_window",
     "sweep_beta",
     "window_accuracy",
