@@ -102,20 +102,26 @@ def test_expert_does_not_depend_on_how_many_experts_are_asked_for(digits, traine
     assert trajectory_bytes(bigger)[:2] == trajectory_bytes(store)
 
 
-@pytest.mark.parametrize("calls_before_crash", [1, 4])
-def test_interrupted_run_resumes_to_identical_files(digits, reference, tmp_path, monkeypatch, calls_before_crash):
-    """A crash after epoch k (k=1: inside expert 0; k=4: inside expert 1) then a rerun equals an uninterrupted run."""
-    cfg = tiny_config(tmp_path / "crash")
+def interrupt_after_epochs(monkeypatch, epochs: int):
+    """Make expert training raise KeyboardInterrupt once ``epochs`` epochs have run; returns the real epoch function."""
     real_epoch = experts_module._train_epoch
     calls = []
 
     def crashing_epoch(*args, **kwargs):
-        if len(calls) == calls_before_crash:
+        if len(calls) == epochs:
             raise KeyboardInterrupt
         calls.append(1)
         return real_epoch(*args, **kwargs)
 
     monkeypatch.setattr(experts_module, "_train_epoch", crashing_epoch)
+    return real_epoch
+
+
+@pytest.mark.parametrize("calls_before_crash", [1, 4])
+def test_interrupted_run_resumes_to_identical_files(digits, reference, tmp_path, monkeypatch, calls_before_crash):
+    """A crash after epoch k (k=1: inside expert 0; k=4: inside expert 1) then a rerun equals an uninterrupted run."""
+    cfg = tiny_config(tmp_path / "crash")
+    real_epoch = interrupt_after_epochs(monkeypatch, calls_before_crash)
     with pytest.raises(KeyboardInterrupt):
         train_experts(digits, cfg)
     directory = expert_cache_dir(cfg, expert_manifest(digits, cfg))
@@ -153,16 +159,7 @@ def test_crash_between_row_write_and_state_save_redoes_that_epoch(digits, refere
 def test_partial_file_that_disagrees_with_its_state_restarts_the_expert(digits, reference, tmp_path, monkeypatch,
                                                                        caplog):
     cfg = tiny_config(tmp_path / "crash")
-    real_epoch = experts_module._train_epoch
-    calls = []
-
-    def crashing_epoch(*args, **kwargs):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(experts_module, "_train_epoch", crashing_epoch)
+    real_epoch = interrupt_after_epochs(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train_experts(digits, cfg)
     monkeypatch.setattr(experts_module, "_train_epoch", real_epoch)
