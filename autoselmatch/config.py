@@ -31,6 +31,7 @@ MEMORY_MODES = ("exact", "checkpoint", "tesla")
 TUNE_BUDGETS = ("quick", "paper")
 DISTILL_INITS = ("window", "random")
 DISTILL_MODES = ("selmatch", "merge")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 REPRODUCE_METHODS = ("random", "hardest", "window", "mtt", "mtt-init", "merge", "selmatch", "full")
 
 
@@ -194,7 +195,11 @@ class EvalConfig:
     rule: 25 % of the optimizer steps of 200 epochs on the full training set.
     ``quick_fraction`` of that budget is used by search objectives.
     ``compile`` runs the model through ``torch.compile`` (a one-off compile of
-    about a minute; worth it for the long paper-budget evaluations on a GPU).
+    about a minute; worth it for the long paper-budget evaluations on a GPU)
+    in ``compile_mode``: ``default``, ``reduce-overhead`` (CUDA graphs: the
+    forward and backward replay as two launches, for GPUs whose step is
+    bound by launching kernels; the same as ``default`` on a CPU),
+    ``max-autotune`` or ``max-autotune-no-cudagraphs``.
     ``amp`` trains under bf16 autocast, on CUDA or on CPU; on a CPU it pays
     only where the CPU has bf16 instructions (AVX512-BF16 or AMX: with
     ``channels_last`` it halves a small ConvNet's step there, see
@@ -214,9 +219,11 @@ class EvalConfig:
     channels_last: bool = False
     amp: bool = False
     compile: bool = False
+    compile_mode: str = "default"
 
     def __post_init__(self) -> None:
         _check_choice("evaluate.augment", self.augment, AUGMENTATIONS)
+        _check_choice("evaluate.compile_mode", self.compile_mode, COMPILE_MODES)
         _check_range("evaluate.quick_fraction", self.quick_fraction, 0.0, 1.0)
         if self.runs < 1:
             raise InvalidArgument(f"evaluate.runs must be >= 1, got {self.runs}")

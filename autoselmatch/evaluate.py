@@ -158,7 +158,7 @@ def train_network(
     annealed to 0 by a per-step cosine schedule, batches of ``cfg.batch_size``,
     augmentation ``cfg.augment`` (``combined``: DSA on D_distill rows, simple
     crop+flip on the others), optional channels_last, bf16 autocast (CUDA or
-    CPU) and ``torch.compile`` of the model.
+    CPU) and ``torch.compile`` of the model in ``cfg.compile_mode``.
 
     Args:
         images: Float (n, C, H, W) in normalised space.
@@ -200,7 +200,8 @@ def train_network(
         model = cfg.model.build(channels=channels, num_classes=num_classes, image_size=height)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format).train()
-    forward = torch.compile(model) if cfg.compile else model  # shares the module's parameters
+    # One static graph per batch size (a full batch and the epoch's last one); shares the module's parameters.
+    forward = torch.compile(model, mode=cfg.compile_mode, dynamic=False) if cfg.compile else model
     use_amp = cfg.amp and device.type in ("cuda", "cpu")
 
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -210,7 +211,7 @@ def train_network(
     device_gen = torch.Generator(device=device).manual_seed(seed)  # permutations and augmentation
     dsa_used = _uses_dsa(cfg.augment, n_distill)
 
-    bad = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since the start
+    loss_sum = torch.zeros((), device=device)  # non-finite once any step's loss was NaN or infinite
     step, epoch, last_check = 0, 0, 0
     while step < steps:
         distill_perm = torch.randperm(n_distill, generator=device_gen, device=device)
@@ -224,9 +225,11 @@ def train_network(
             strategy = draw_strategy(generator=host_gen) if dsa_used else None
             x = augment_grouped(x_all[idx], d1 - d0, cfg.augment, generator=device_gen, strategy=strategy)
             x = x.contiguous(memory_format=memory_format)
+            if cfg.compile:
+                torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = F.cross_entropy(forward(x), y_all[idx])
-            bad |= ~torch.isfinite(loss.detach())
+            loss_sum += loss.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -234,7 +237,7 @@ def train_network(
             step += 1
         if epoch_callback is not None or step == steps or step - last_check >= DIVERGENCE_CHECK_STEPS:
             last_check = step
-            if bool(bad):  # sync point: reads a GPU value, once per epoch at most
+            if not math.isfinite(loss_sum.item()):  # sync point: reads a GPU value, once per epoch at most
                 raise TrainingDiverged(
                     f"training {cfg.model.name} diverged: non-finite loss by epoch {epoch} (step <= {step}); "
                     f"check the images for NaN/inf or lower evaluate.lr (now {cfg.lr})"

@@ -23,7 +23,7 @@ speed-up ratio of the means.
 
     python bench/evaluate_speed.py                          # CPU: ConvNet-3/32 on 28x28x1, 1,000 images
     python bench/evaluate_speed.py --side 8 --depth 2       # CPU: the digits preset's geometry
-    python bench/evaluate_speed.py --gpu --json out.json    # GPU: ResNet-18, 10,000 32x32x3 images (+ compile)
+    python bench/evaluate_speed.py --gpu --json out.json    # GPU: ResNet-18, 10,000 32x32x3 images (+ compile, CUDA graphs)
 """
 
 from __future__ import annotations
@@ -40,16 +40,17 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 from torch.utils.data import DataLoader, TensorDataset
 
 from autoselmatch.augment import default_pad, dsa
-from autoselmatch.config import EvalConfig, to_dict
+from autoselmatch.config import COMPILE_MODES, EvalConfig, to_dict
 from autoselmatch.evaluate import batch_bounds, train_network
 from autoselmatch.fileio import save_json
 from autoselmatch.models import ModelSpec
 
 GPU_PRESET = dict(device="cuda", model="resnet18", images=10000, side=32, channels=3, classes=10, steps=150,
-                  repeats=3, amp=True, channels_last=True, compile=True, warmup_steps=80)
+                  repeats=3, amp=True, channels_last=True, compile="default,reduce-overhead", warmup_steps=80)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,19 +75,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also time the engine with bf16 autocast (CUDA, or a CPU with bf16 instructions)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="also time the engine with channels_last")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="also time the engine with torch.compile (plus the amp/channels_last choice); "
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODES",
+                   help="also time the engine with torch.compile in each of these comma-separated modes "
+                        f"({', '.join(COMPILE_MODES)}; default: default), plus the amp/channels_last choice; "
                         "the compile happens in the warm-up")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = p.parse_args(argv)
     defaults = dict(device="cpu", model="convnet", images=1000, side=28, channels=1, classes=10, steps=60, repeats=3,
-                    amp=False, channels_last=False, compile=False, warmup_steps=5)
+                    amp=False, channels_last=False, compile="", warmup_steps=5)
     if args.gpu:
         defaults.update(GPU_PRESET)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.compile = [mode for mode in args.compile.split(",") if mode]
+    unknown = [mode for mode in args.compile if mode not in COMPILE_MODES]
+    if unknown:
+        p.error(f"--compile: unknown mode {unknown[0]!r}; known: {', '.join(COMPILE_MODES)}")
     return args
 
 
@@ -101,9 +107,10 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
 
 
 def engine_run(args, images, labels, mask, steps: int, *, amp: bool = False, channels_last: bool = False,
-               compile: bool = False) -> None:
+               compile_mode: str | None = None) -> None:
     cfg = EvalConfig(model=model_spec(args), batch_size=args.batch, augment="combined", amp=amp,
-                     channels_last=channels_last, compile=compile)
+                     channels_last=channels_last, compile=compile_mode is not None,
+                     compile_mode=compile_mode or "default")
     train_network(images, labels, num_classes=args.classes, cfg=cfg, steps=steps, distill_mask=mask, seed=0)
 
 
@@ -172,11 +179,25 @@ def measure(args: argparse.Namespace) -> dict:
     variants: dict[str, Callable] = {"reference": reference_run, "engine": engine_run}
     if args.amp or args.channels_last:
         variants["engine+amp/cl"] = functools.partial(engine_run, amp=args.amp, channels_last=args.channels_last)
-    if args.compile:
-        variants["engine+compile"] = functools.partial(engine_run, amp=args.amp, channels_last=args.channels_last,
-                                                       compile=True)
-    for run in variants.values():  # warm-up (allocator, cuDNN autotuning, lazy imports)
-        run(args, images, labels, mask, args.warmup_steps)
+    for mode in args.compile:
+        variants[f"compile:{mode}"] = functools.partial(engine_run, amp=args.amp, channels_last=args.channels_last,
+                                                        compile_mode=mode)
+    cudagraph_skips, failed = {}, {}
+    for name, run in list(variants.items()):  # warm-up (allocator, cuDNN autotuning, lazy imports, compiling)
+        skips_before = counters["inductor"]["cudagraph_skips"]
+        started = time.perf_counter()
+        try:
+            run(args, images, labels, mask, args.warmup_steps)
+        except Exception as exc:  # a compile mode this torch/GPU cannot run: report it, time the others
+            if not name.startswith("compile:"):
+                raise
+            failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            del variants[name]
+            print(f"{name:>24}: failed in warm-up ({failed[name]})", flush=True)
+            continue
+        print(f"{name:>24}: warm-up of {args.warmup_steps} steps took {time.perf_counter() - started:.1f} s", flush=True)
+        if name.startswith("compile:"):  # CUDA graphs that torch.compile gave up on (0 is what reduce-overhead wants)
+            cudagraph_skips[name] = counters["inductor"]["cudagraph_skips"] - skips_before
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):  # interleaved, so that a busy machine slows every variant alike
         for name, run in variants.items():
@@ -186,13 +207,16 @@ def measure(args: argparse.Namespace) -> dict:
         rates = [work / s for s in secs]
         results[name] = dict(seconds=secs, images_per_s_mean=statistics.mean(rates),
                              images_per_s_std=statistics.stdev(rates) if len(rates) > 1 else 0.0)
-        print(f"{name:>13}: {results[name]['images_per_s_mean']:10.0f} ± {results[name]['images_per_s_std']:7.0f} images/s "
+        print(f"{name:>24}: {results[name]['images_per_s_mean']:10.0f} ± {results[name]['images_per_s_std']:7.0f} images/s "
               f"({statistics.mean(secs):.2f} s per {args.steps} steps)", flush=True)
     reference = results["reference"]["images_per_s_mean"]
     speedup = {name: r["images_per_s_mean"] / reference for name, r in results.items() if name != "reference"}
     for name, ratio in speedup.items():
         print(f"  speed-up of {name}: {ratio:.1f}x")
+    if cudagraph_skips:
+        print(f"  CUDA-graph skips while compiling: {cudagraph_skips}")
     return dict(settings=vars(args) | {"json": str(args.json) if args.json else None}, results=results, speedup=speedup,
+                cudagraph_skips=cudagraph_skips, failed=failed,
                 machine=machine(device), eval_config=to_dict(EvalConfig(model=model_spec(args))))
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check the issues ask for, as one prepared run for a lent H100/H200
-# (about 7 minutes). Writes logs and JSON under $OUT (default bench/out/gpu).
+# (about 10 minutes). Writes logs and JSON under $OUT (default bench/out/gpu).
 #
 #   bash bench/gpu_checks.sh            # from the repository root
 #
@@ -16,7 +16,10 @@ asm() { python -m autoselmatch --device cuda --seed 0 "$@"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 
-echo "== 1. CUDA smoke: experts, distill (3 memory modes), evaluate on digits"
+echo "== 1. evaluation engine speed (issue 3): ResNet-18, 10,000 images; eager, compile, CUDA graphs"
+timeout 420 python bench/evaluate_speed.py --gpu --json "$OUT/evaluate_speed_gpu.json" 2>&1 | tee "$OUT/evaluate_speed.log"
+
+echo "== 2. CUDA smoke: experts, distill (3 memory modes), evaluate on digits"
 timeout 150 bash -c "
   asm() { python -m autoselmatch --device cuda --seed 0 \"\$@\"; }
   asm experts -d digits --cache-dir $CACHE &&
@@ -28,8 +31,6 @@ timeout 150 bash -c "
 " 2>&1 | tail -n 30 | tee "$OUT/smoke.log"
 echo "smoke exit: ${PIPESTATUS[0]}" | tee -a "$OUT/smoke.log"
 
-echo "== 2. evaluation engine speed (issue 3): ResNet-18, 10,000 images"
-timeout 200 python bench/evaluate_speed.py --gpu --json "$OUT/evaluate_speed_gpu.json" 2>&1 | tee "$OUT/evaluate_speed.log"
 
 echo "== 3. distillation speed and memory (issue 6): CIFAR-100 geometry"
 timeout 200 python bench/distill_speed.py --device cuda --width 128 --image-size 32 --classes 100 --ipc 100 \
