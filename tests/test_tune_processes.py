@@ -30,16 +30,23 @@ from test_tune_pipeline import Synthetic
 if __name__ == "__main__":
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = apply_overrides(load_preset("digits"), {{"tune.pruner": "none", "tune.search": {search!r}}})
-    tune(cfg, "10", storage={storage!r}, workers={workers},
-         objectives=functools.partial(Synthetic, log={log!r}, delay={delay}, peers={workers}))
+    result = tune(cfg, "10", storage={storage!r}, workers={workers},
+                  objectives=functools.partial(Synthetic, log={log!r}, delay={delay}, peers={peers},
+                                               finish_delay={finish_delay}))
+    print(result.ipcs[0].final["result_path"])
 """
 
 
-def write_script(tmp_path, *, storage, log, search="line", workers=1, delay=0.0):
+def write_script(tmp_path, *, storage, log, search="line", workers=1, delay=0.0, peers=None, finish_delay=0.0):
     path = tmp_path / "run_tune.py"
     path.write_text(textwrap.dedent(SCRIPT.format(tests=str(TESTS), storage=storage, log=str(log), search=search,
-                                                  workers=workers, delay=delay)))
+                                                  workers=workers, delay=delay, peers=peers or workers,
+                                                  finish_delay=finish_delay)))
     return path
+
+
+def stage_lines(log, stage):
+    return [line.split() for line in log.read_text().splitlines() if line.startswith(stage + " ")]
 
 
 def test_sigkill_then_rerun_completes_without_rerunning_finished_trials(tmp_path):
@@ -82,4 +89,17 @@ def test_two_workers_on_one_journal_finish_without_duplicate_parameters(tmp_path
         assert len(values) == size and len(set(values)) == size
         assert {t.state for t in study.trials} == {TrialState.COMPLETE}
         assert len({t.user_attrs["worker"]["pid"] for t in study.trials}) == 2  # both workers ran trials
-    assert len(log.read_text().splitlines()) == 9 + 10  # every point evaluated once
+    assert len(stage_lines(log, "beta")) + len(stage_lines(log, "alpha")) == 9 + 10  # every point evaluated once
+
+
+def test_two_machines_ending_together_make_the_final_set_once(tmp_path):
+    """Two `tune` processes on one study: both run trials, one makes the final set, both report it."""
+    storage, log = f"journal:///{tmp_path / 'studies.log'}", tmp_path / "calls.log"
+    script = write_script(tmp_path, storage=storage, log=log, search="grid", delay=0.3, peers=2, finish_delay=3.0)
+    procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=240)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0]
+    assert len({line[2] for line in stage_lines(log, "alpha")}) == 2  # both processes reached the alpha stage
+    assert len(stage_lines(log, "final")) == 1
+    (path,) = {out.strip().splitlines()[-1] for out in outputs}
+    assert path == load(tmp_path, "digits-ipc10-alpha", storage=storage).user_attrs["result_path"]

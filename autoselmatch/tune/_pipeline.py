@@ -39,7 +39,7 @@ from optuna.trial import FrozenTrial
 
 from ..config import RunConfig, to_dict
 from ..errors import AutoSelMatchError, DataError, InvalidArgument, TrainingDiverged
-from ..fileio import stable_hash
+from ..fileio import file_lock, stable_hash
 from ..runtime import LOG
 from ..storage import (
     StorageSpec,
@@ -521,25 +521,31 @@ def _worker_config(cfg: RunConfig, rank: int) -> RunConfig:
 
 def _finish(plan: _Plan, storage: optuna.storages.BaseStorage, objs: Objectives, ipc: int, beta: float,
             alpha_out: StageOutcome) -> dict[str, Any]:
-    """Make, evaluate and record the final set, unless the study already holds it for this best trial."""
+    """Make, evaluate and record the final set, unless the study already holds it for this best trial.
+
+    Workers that end the alpha stage together take turns on a lock in the
+    study's folder: the first makes the set, the others wait and reuse it.
+    """
     name = study_name(plan.prefix, ipc, "alpha")
     study = optuna.load_study(study_name=name, storage=storage)
     trial = study.trials[alpha_out.best_trial]
     key = stable_hash({"trial": trial.number, "beta": beta, "distill": to_dict(plan.cfg.distill),
                        "evaluate": to_dict(plan.cfg.evaluate)})  # what shapes the final set and its test score
-    done = study.user_attrs.get("final")
-    if done is not None and done.get("key") == key:
-        LOG.info("%s: final set already made (%s)", name, done.get("result_path"))
-        return done
     ctx = _context(plan, plan.cfg, ipc, study)
-    alpha = alpha_out.best_point
-    LOG.info("%s: final set from trial %d (alpha=%g, beta=%g)", name, trial.number, alpha, beta)
-    facts = objs.finish(ctx, alpha=alpha, beta=beta, trial=trial, study=study)
-    final = {**facts, "key": key, "ipc": ipc, "alpha": alpha, "beta": beta, "trial": trial.number}
-    for attr, value in final.items():
-        if attr != "key":
-            study.set_user_attr(attr, value)
-    study.set_user_attr("final", final)
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    with file_lock(ctx.workdir / ".final.lock"):
+        done = study.user_attrs.get("final")  # read after the wait: another worker may have made it meanwhile
+        if done is not None and done.get("key") == key:
+            LOG.info("%s: final set already made (%s)", name, done.get("result_path"))
+            return done
+        alpha = alpha_out.best_point
+        LOG.info("%s: final set from trial %d (alpha=%g, beta=%g)", name, trial.number, alpha, beta)
+        facts = objs.finish(ctx, alpha=alpha, beta=beta, trial=trial, study=study)
+        final = {**facts, "key": key, "ipc": ipc, "alpha": alpha, "beta": beta, "trial": trial.number}
+        for attr, value in final.items():
+            if attr != "key":
+                study.set_user_attr(attr, value)
+        study.set_user_attr("final", final)
     return final
 
 
