@@ -554,9 +554,9 @@ def _tinyimagenet(*, root: Path, download: bool) -> RawData:
     cache = folder / "autoselmatch-tensors.pt"
     if cache.is_file():
         try:
-            t = load_torch(cache)
-        except Exception as exc:  # truncated, or not a torch file of tensors
-            raise DataError(f"cannot read the decoded-tensor cache {cache}: {exc}; delete it to decode again") from None
+            t = load_torch(cache, what="decoded-tensor cache")
+        except DataError as exc:  # truncated, or not a torch file of tensors
+            raise DataError(f"{exc}; delete it to decode again") from None
         return RawData(t["train_images"], t["train_labels"], t["test_images"], t["test_labels"],
                        tuple(t["classes"]), TINY_MEAN, TINY_STD)
     train_files = {c: f for c, f in _class_files(folder / "train").items() if f}

@@ -389,11 +389,9 @@ class DistillResult:
     def load(cls, path: str | Path) -> "DistillResult":
         """Read a result written by :meth:`save` (safe load: no code is unpickled)."""
         try:
-            blob = load_torch(path)
+            blob = load_torch(path, what="distilled set")
         except FileNotFoundError:
             raise DataError(f"distilled set {path} does not exist") from None
-        except Exception as exc:  # truncated or not a torch file
-            raise DataError(f"cannot read distilled set {path}: {exc}") from None
         missing = [k for k in ("images", "labels", "distill_mask", "dataset", "eta", "settings") if k not in blob]
         if missing:
             raise DataError(f"{path} is not a distilled set: missing {', '.join(missing)}")
@@ -721,9 +719,9 @@ def _load_checkpoint(path: Path, fingerprint: str, pixels: torch.Tensor, lr: tor
                      opt_img: torch.optim.Optimizer, opt_lr: torch.optim.Optimizer,
                      generator: torch.Generator) -> _RunState:
     try:
-        blob = load_torch(path)
-    except Exception as exc:  # truncated or foreign file
-        raise DataError(f"cannot read distillation checkpoint {path}: {exc}; delete it to start over") from None
+        blob = load_torch(path, what="distillation checkpoint")
+    except DataError as exc:  # truncated or foreign file
+        raise DataError(f"{exc}; delete it to start over") from None
     if blob.get("version") != CHECKPOINT_VERSION or blob.get("fingerprint") != fingerprint:
         raise InvalidArgument(f"checkpoint {path} was made with other settings (dataset, seed, distill settings, "
                               f"experts or initial set differ); use another output folder or start without --resume")

@@ -146,10 +146,7 @@ def load_result(result: str | os.PathLike | Mapping[str, Any]) -> LoadedResult:
         path = Path(result).expanduser()
         if not path.is_file():
             raise DataError(f"result file {path} does not exist")
-        try:
-            raw = load_torch(path)
-        except Exception as exc:  # truncated file, or one holding more than tensors
-            raise DataError(f"cannot read result file {path}: {exc}") from None
+        raw = load_torch(path, what="result file")
         if not isinstance(raw, dict):
             raise DataError(f"result file {path} must hold a dict, got {type(raw).__name__}")
     for key in ("labels", "distill_mask", "dataset"):

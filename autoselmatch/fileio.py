@@ -172,24 +172,30 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, f)
 
 
-def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu", *, what: str = "") -> Any:
     """``torch.load`` with ``weights_only=True``: tensors, dicts, lists and numbers only.
 
     A file that would import anything else (a class, a function: code run while
     loading), a truncated file and one of another format raise :class:`DataError`
     in one line; nothing from the file is executed. A missing file raises
     ``FileNotFoundError``.
+
+    Args:
+        path: The file.
+        map_location: Where tensors are put.
+        what: What the file should be (``"set file"``), named before the path in errors.
     """
+    name = f"{what} {path}" if what else str(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise DataError(f"refusing to load {path}: {_refusal(exc)}") from None
+        raise DataError(f"refusing to load {name}: {_refusal(exc)}") from None
     except (EOFError, IndexError, RuntimeError):  # what torch raises on a truncated or foreign file
-        raise DataError(f"{path} is not a complete torch file (truncated, or of another format)") from None
+        raise DataError(f"{name} is not a complete torch file (truncated, or of another format)") from None
     except OSError as exc:
         if exc.errno != errno.EINVAL:  # EINVAL: a zip whose directory points past the end (a truncated file)
             raise
-        raise DataError(f"{path} is not a complete torch file (truncated)") from None
+        raise DataError(f"{name} is not a complete torch file (truncated)") from None
 
 
 def _refusal(exc: pickle.UnpicklingError) -> str:

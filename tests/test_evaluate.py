@@ -332,7 +332,8 @@ def test_cli_fails_cleanly_on_bad_input(set_file, digits, tmp_path):
 
     (tmp_path / "junk.pt").write_text("not a tensor file")
     result = invoke(tmp_path / "junk.pt")
-    assert result.exit_code == 2 and "cannot read set file" in result.output
+    assert result.exit_code == 2
+    assert f"refusing to load set file {tmp_path / 'junk.pt'}: it is not a torch file" in result.output
 
     payload = torch.load(set_file, weights_only=True)
     keep = payload["labels"] != 0

@@ -150,7 +150,7 @@ def test_resume_refuses_a_malicious_checkpoint(tiny, digits, tmp_path, marker):
     with pytest.raises(DataError) as exc_info:
         selmatch(digits, tiny, ipc=2, alpha=0.5, scores=scores, experts=store, checkpoint_dir=tmp_path / "run",
                  resume=True)
-    one_line_refusal(exc_info, "cannot read distillation checkpoint", "refusing to load")
+    one_line_refusal(exc_info, "refusing to load distillation checkpoint", "delete it to start over")
 
 
 def test_score_cache_refuses_a_malicious_file(tiny, digits, marker):
@@ -159,7 +159,7 @@ def test_score_cache_refuses_a_malicious_file(tiny, digits, marker):
     torch.save({"scores": Evil(marker)}, path)
     with pytest.raises(DataError) as exc_info:
         get_scores(digits, tiny.scores, cache_dir=tiny.cache_path, seed=tiny.seed)
-    one_line_refusal(exc_info, "cannot read cached scores", "refusing to load")
+    one_line_refusal(exc_info, "refusing to load cached scores", "delete it to recompute")
     assert path.is_file()  # refused, not silently replaced
 
 

@@ -124,10 +124,7 @@ def _load_set_file(path: Path) -> dict[str, Any]:
     from ..errors import DataError
     from ..fileio import load_torch
 
-    try:
-        payload = load_torch(path)
-    except Exception as exc:  # not a torch file, or holds objects weights_only refuses
-        raise DataError(f"cannot read set file {path}: {str(exc).splitlines()[0]}") from None
+    payload = load_torch(path, what="set file")
     if not isinstance(payload, dict):
         raise DataError(f"set file {path} must hold a dict with 'images' and 'labels', got {type(payload).__name__}")
     if "images" not in payload and isinstance(payload.get("pixels"), torch.Tensor):
