@@ -200,6 +200,12 @@ class EvalConfig:
     forward and backward replay as two launches, for GPUs whose step is
     bound by launching kernels; the same as ``default`` on a CPU),
     ``max-autotune`` or ``max-autotune-no-cudagraphs``.
+    ``stack_runs`` networks of an evaluation train at once as one network of
+    grouped convolutions (the same arithmetic, a launch per layer instead of
+    one per network and layer; see :func:`autoselmatch.models.stack_models`).
+    It pays where a step is bound by overhead rather than arithmetic: small
+    ConvNets on a CPU (the ``digits`` preset), GPUs; runs whose epochs are
+    reported to a pruner still train one at a time.
     ``amp`` trains under bf16 autocast, on CUDA or on CPU; on a CPU it pays
     only where the CPU has bf16 instructions (AVX512-BF16 or AMX: with
     ``channels_last`` it halves a small ConvNet's step there, see
@@ -220,6 +226,7 @@ class EvalConfig:
     amp: bool = False
     compile: bool = False
     compile_mode: str = "default"
+    stack_runs: int = 1
 
     def __post_init__(self) -> None:
         _check_choice("evaluate.augment", self.augment, AUGMENTATIONS)
@@ -235,6 +242,8 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InvalidArgument(f"evaluate.{name} must be >= 1, got {value}")
+        if self.stack_runs < 1:
+            raise InvalidArgument(f"evaluate.stack_runs must be >= 1, got {self.stack_runs}")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from .augment import augment_grouped, draw_strategy
 from .config import EvalConfig
 from .data import ImageDataset
 from .errors import InvalidArgument, TrainingDiverged
+from .models import stack_models
 from .registry import Registry
 from .runtime import LOG, progress
 
@@ -154,11 +155,38 @@ def train_network(
 ) -> nn.Module:
     """Train a fresh ``cfg.model`` from scratch on a tensor set for ``steps`` optimizer steps.
 
+    One network of :func:`train_networks` (same arguments, ``seeds=[seed]``).
+
+    Returns:
+        The trained model, in eval mode.
+    """
+    return train_networks(images, labels, num_classes=num_classes, cfg=cfg, steps=steps, distill_mask=distill_mask,
+                          seeds=[seed], epoch_callback=epoch_callback, device=device)
+
+
+def train_networks(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    num_classes: int,
+    cfg: EvalConfig,
+    steps: int,
+    distill_mask: torch.Tensor | None = None,
+    seeds: Sequence[int] = (0,),
+    epoch_callback: EpochCallback | None = None,
+    device: torch.device | str | None = None,
+) -> nn.Module:
+    """Train ``len(seeds)`` fresh ``cfg.model`` networks from scratch at once, each as if alone.
+
     SGD with ``cfg.momentum``/``cfg.weight_decay``, learning rate ``cfg.lr``
     annealed to 0 by a per-step cosine schedule, batches of ``cfg.batch_size``,
     augmentation ``cfg.augment`` (``combined``: DSA on D_distill rows, simple
     crop+flip on the others), optional channels_last, bf16 autocast (CUDA or
-    CPU) and ``torch.compile`` of the model in ``cfg.compile_mode``.
+    CPU) and ``torch.compile`` of the model in ``cfg.compile_mode``. Network r
+    takes its initialisation, batch order and augmentation from ``seeds[r]``
+    alone; the k networks are stacked (:func:`~autoselmatch.models.stack_models`)
+    and trained on the sum of their losses, which gives each the gradients it
+    would get alone.
 
     Args:
         images: Float (n, C, H, W) in normalised space.
@@ -167,24 +195,30 @@ def train_network(
         cfg: Evaluation settings.
         steps: Optimizer steps (see :func:`budget_steps`), >= 1.
         distill_mask: Bool (n,), True for D_distill rows; ``None``: all rows are selected real images.
-        seed: Seeds model initialisation, batch order and augmentation.
+        seeds: One seed per network: model initialisation, batch order and augmentation.
         epoch_callback: Called as ``epoch_callback(epoch, model)`` after each epoch (``epoch`` counts
-            from 0; the last one may be partial). Exceptions it raises (e.g. ``optuna.TrialPruned``)
-            propagate.
+            from 0; the last one may be partial); one network only. Exceptions it raises (e.g.
+            ``optuna.TrialPruned``) propagate.
         device: Where to train; default ``images.device``.
 
     Returns:
-        The trained model, in eval mode.
+        The trained networks, in eval mode: the model itself for one seed, else the stacked
+        model (input (B, k * C, H, W), logits (B, k * num_classes); see :func:`accuracies`).
 
     Raises:
-        TrainingDiverged: The loss became NaN or infinite.
+        TrainingDiverged: The loss of some network became NaN or infinite.
     """
     device = torch.device(device) if device is not None else images.device
     n, channels, height, width = images.shape
+    k = len(seeds)
     if steps < 1:
         raise InvalidArgument(f"steps must be >= 1, got {steps}")
     if n < 1:
         raise InvalidArgument("cannot train on an empty set")
+    if k < 1:
+        raise InvalidArgument("train_networks needs at least one seed")
+    if k > 1 and epoch_callback is not None:
+        raise InvalidArgument(f"an epoch_callback watches one network, got {k} seeds")
     mask = torch.zeros(n, dtype=torch.bool) if distill_mask is None else distill_mask.detach().to("cpu", torch.bool)
 
     # Order the set D_distill first, once (the only host read of the mask).
@@ -195,11 +229,13 @@ def train_network(
     y_all = labels.to(device, torch.long)[order]  # (n,)
     plan = batch_plan(n_distill, n - n_distill, cfg.batch_size)
 
-    with torch.random.fork_rng(devices=[]):  # model init from `seed`, caller's RNG untouched
-        torch.manual_seed(seed)
-        model = cfg.model.build(channels=channels, num_classes=num_classes, image_size=height)
+    models = []
+    with torch.random.fork_rng(devices=[]):  # model init from each seed, caller's RNG untouched
+        for seed in seeds:
+            torch.manual_seed(seed)
+            models.append(cfg.model.build(channels=channels, num_classes=num_classes, image_size=height))
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device=device, memory_format=memory_format).train()
+    model = stack_models(models).to(device=device, memory_format=memory_format).train()
     # One static graph per batch size (a full batch and the epoch's last one); shares the module's parameters.
     forward = torch.compile(model, mode=cfg.compile_mode, dynamic=False) if cfg.compile else model
     use_amp = cfg.amp and device.type in ("cuda", "cpu")
@@ -207,28 +243,33 @@ def train_network(
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    host_gen = torch.Generator().manual_seed(seed)  # DSA strategy draws (host side, no sync)
-    device_gen = torch.Generator(device=device).manual_seed(seed)  # permutations and augmentation
+    host_gens = [torch.Generator().manual_seed(seed) for seed in seeds]  # DSA strategy draws (host side, no sync)
+    device_gens = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]  # order and augmentation
     dsa_used = _uses_dsa(cfg.augment, n_distill)
 
     loss_sum = torch.zeros((), device=device)  # non-finite once any step's loss was NaN or infinite
     step, epoch, last_check = 0, 0, 0
     while step < steps:
-        distill_perm = torch.randperm(n_distill, generator=device_gen, device=device)
-        select_perm = n_distill + torch.randperm(n - n_distill, generator=device_gen, device=device)
+        perms = [(torch.randperm(n_distill, generator=g, device=device),
+                  n_distill + torch.randperm(n - n_distill, generator=g, device=device)) for g in device_gens]
         for b in range(plan.num_batches):
             if step == steps:
                 break
             d0, d1 = plan.distill_bounds[b], plan.distill_bounds[b + 1]
             s0, s1 = plan.select_bounds[b], plan.select_bounds[b + 1]
-            idx = torch.cat([distill_perm[d0:d1], select_perm[s0:s1]])  # (B,)
-            strategy = draw_strategy(generator=host_gen) if dsa_used else None
-            x = augment_grouped(x_all[idx], d1 - d0, cfg.augment, generator=device_gen, strategy=strategy)
-            x = x.contiguous(memory_format=memory_format)
+            xs, ys = [], []
+            for (distill_perm, select_perm), host_gen, device_gen in zip(perms, host_gens, device_gens):
+                idx = torch.cat([distill_perm[d0:d1], select_perm[s0:s1]])  # (B,)
+                strategy = draw_strategy(generator=host_gen) if dsa_used else None
+                xs.append(augment_grouped(x_all[idx], d1 - d0, cfg.augment, generator=device_gen, strategy=strategy))
+                ys.append(y_all[idx])
+            x = (xs[0] if k == 1 else torch.cat(xs, dim=1)).contiguous(memory_format=memory_format)  # (B, k*C, H, W)
+            y = torch.stack(ys, dim=1)  # (B, k)
             if cfg.compile:
                 torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = F.cross_entropy(forward(x), y_all[idx])
+                logits = forward(x).view(len(y), k, num_classes)
+                loss = F.cross_entropy(logits.transpose(1, 2), y) * k  # the sum of each network's mean loss
             loss_sum += loss.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -252,6 +293,16 @@ def train_network(
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 1024) -> float:
     """Top-1 accuracy in [0, 1] of ``model`` (in eval mode) on float (n, C, H, W) images; mode is restored."""
+    return accuracies(model, images, labels, networks=1, batch_size=batch_size)[0]
+
+
+@torch.no_grad()
+def accuracies(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, networks: int,
+               batch_size: int = 1024) -> list[float]:
+    """Top-1 accuracy in [0, 1] of each of the ``networks`` stacked in ``model`` (see :func:`train_networks`).
+
+    Every network sees the float (n, C, H, W) ``images``; the model is used in eval mode and its mode restored.
+    """
     if len(images) != len(labels):
         raise InvalidArgument(f"{len(images)} images but {len(labels)} labels")
     if len(images) == 0:
@@ -259,13 +310,14 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ba
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    correct = torch.zeros((), dtype=torch.long, device=device)
+    correct = torch.zeros(networks, dtype=torch.long, device=device)
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device)
+        x = images[start:start + batch_size].to(device)  # (B, C, H, W)
         y = labels[start:start + batch_size].to(device)
-        correct += (model(x).argmax(1) == y).sum()
+        logits = model(x if networks == 1 else x.repeat(1, networks, 1, 1)).view(len(x), networks, -1)  # (B, k, classes)
+        correct += (logits.argmax(2) == y[:, None]).sum(0)
     model.train(was_training)
-    return int(correct) / len(images)  # sync point: one read at the end
+    return [int(c) / len(images) for c in correct.tolist()]  # sync point: one read at the end
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,6 +343,8 @@ class EvalResult:
         model: Model name.
         augment: Augmentation name.
         seed: Seed of the first run.
+        train_seconds: Wall time of each run, training and measuring (runs trained together share
+            their group's time equally).
     """
 
     mean: float
@@ -394,23 +448,28 @@ def evaluate_set(
     steps_per_epoch = len(batch_bounds(len(images), cfg.batch_size)) - 1
     epochs_per_run = math.ceil(steps / steps_per_epoch)
 
-    accuracies, train_seconds = [], []
+    # Runs train cfg.stack_runs at a time, except when their epochs are reported (one network per callback).
+    stack = 1 if epoch_callback is not None else cfg.stack_runs
+    groups = [list(range(first, min(first + stack, runs))) for first in range(0, runs, stack)]
+    accs, train_seconds = [], []
     started = time.perf_counter()
-    for run in progress(range(runs), desc=f"evaluate {cfg.model.name} ({split})"):
+    for group in progress(groups, desc=f"evaluate {cfg.model.name} ({split})"):
         callback = None
         if epoch_callback is not None:
-            offset = run * epochs_per_run
+            offset = group[0] * epochs_per_run
             callback = lambda epoch, model, offset=offset: epoch_callback(offset + epoch, model)  # noqa: E731
-        run_start = time.perf_counter()
-        model = train_network(train_x, train_y, num_classes=ds.num_classes, cfg=cfg, steps=steps,
-                              distill_mask=distill_mask, seed=seed + run, epoch_callback=callback, device=device)
-        accuracies.append(accuracy(model, eval_x, eval_y))
-        train_seconds.append(time.perf_counter() - run_start)
-        LOG.debug("evaluate run %d/%d: %s accuracy %.4f (%d steps)", run + 1, runs, split, accuracies[-1], steps)
+        group_start = time.perf_counter()
+        model = train_networks(train_x, train_y, num_classes=ds.num_classes, cfg=cfg, steps=steps,
+                               distill_mask=distill_mask, seeds=[seed + run for run in group], epoch_callback=callback,
+                               device=device)
+        accs += accuracies(model, eval_x, eval_y, networks=len(group))
+        train_seconds += [(time.perf_counter() - group_start) / len(group)] * len(group)
+        LOG.debug("evaluate runs %s of %d: %s accuracy %s (%d steps)", [r + 1 for r in group], runs, split,
+                  accs[-len(group):], steps)
     return EvalResult(
-        mean=float(np.mean(accuracies)),
-        std=float(np.std(accuracies)),
-        accuracies=accuracies,
+        mean=float(np.mean(accs)),
+        std=float(np.std(accs)),
+        accuracies=accs,
         split=split,
         steps=steps,
         epochs=steps / steps_per_epoch,

@@ -16,6 +16,7 @@ same builders run on 8x8 ``digits`` (the paper's geometries are unchanged).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -209,6 +210,81 @@ def vgg11(*, channels: int, num_classes: int, image_size: int, norm: str = "batc
 
 
 # --------------------------------------------------------------------------------------------
+# Several networks as one (trained together, e.g. the runs of one evaluation)
+# --------------------------------------------------------------------------------------------
+
+
+class StackedLinear(nn.Module):
+    """``k`` independent linear layers: (B, k * in) -> (B, k * out), block r through layer r."""
+
+    def __init__(self, layers: list[nn.Linear]) -> None:
+        super().__init__()
+        self.k, self.out_features = len(layers), layers[0].out_features
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))  # (k, out, in)
+        self.bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]))  # (k, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(x.shape[0], self.k, -1)  # (B, k, in)
+        return (torch.einsum("bki,koi->bko", x, self.weight) + self.bias).flatten(1)
+
+
+def _stack_layer(layers: list[nn.Module]) -> nn.Module | None:
+    """One layer doing the work of ``layers`` (same type and shape) side by side on channel blocks;
+    ``None`` for a layer without parameters or buffers of its own (it acts per channel already)."""
+    first, k = layers[0], len(layers)
+    cat = lambda name: torch.cat([getattr(layer, name).detach() for layer in layers])  # noqa: E731
+    if isinstance(first, nn.Conv2d):
+        stacked = nn.Conv2d(k * first.in_channels, k * first.out_channels, first.kernel_size, first.stride,
+                            first.padding, first.dilation, k * first.groups, first.bias is not None,
+                            first.padding_mode)
+    elif isinstance(first, nn.BatchNorm2d):
+        stacked = nn.BatchNorm2d(k * first.num_features, first.eps, first.momentum, first.affine,
+                                 first.track_running_stats)
+    elif isinstance(first, nn.GroupNorm):
+        stacked = nn.GroupNorm(k * first.num_groups, k * first.num_channels, first.eps, first.affine)
+    elif isinstance(first, nn.Linear) and first.bias is not None:
+        return StackedLinear(layers)
+    elif next(first.parameters(recurse=False), None) is None and next(first.buffers(recurse=False), None) is None:
+        return None
+    else:
+        raise InvalidArgument(f"cannot train several {type(first).__name__} layers as one; "
+                              "set evaluate.stack_runs = 1")
+    with torch.no_grad():
+        for name, tensor in [*stacked.named_parameters(recurse=False), *stacked.named_buffers(recurse=False)]:
+            tensor.copy_(cat(name) if tensor.dim() > 0 else getattr(first, name))  # num_batches_tracked: a count
+    return stacked
+
+
+def stack_models(models: list[nn.Module]) -> nn.Module:
+    """``k`` networks of one architecture as a single network that trains them side by side.
+
+    Every convolution becomes a grouped one (``k`` times the groups), every
+    norm layer covers ``k`` times the channels and the classifier becomes a
+    :class:`StackedLinear`, so network r sees only channel block r: the
+    stacked network computes exactly what the ``k`` networks compute, with
+    one kernel launch per layer instead of ``k``. Shapes:
+    input (B, k * C, H, W), block r being network r's batch; output
+    (B, k * num_classes), block r being network r's logits.
+
+    Args:
+        models: Networks built by one builder with the same options (their
+            weights may differ); a single network is returned unchanged.
+
+    Raises:
+        InvalidArgument: A layer type it cannot stack (see :func:`_stack_layer`).
+    """
+    if len(models) == 1:
+        return models[0]
+    stacked = copy.deepcopy(models[0])
+    per_model = [dict(model.named_modules()) for model in models]
+    for name, _ in models[0].named_modules():
+        layer = _stack_layer([modules[name] for modules in per_model]) if name else None
+        if layer is not None:
+            stacked.set_submodule(name, layer)
+    return stacked
+
+
+# --------------------------------------------------------------------------------------------
 # A module as a function of one flat parameter vector
 # --------------------------------------------------------------------------------------------
 
@@ -262,7 +338,9 @@ __all__ = [
     "FlatModel",
     "ModelSpec",
     "ResNet18",
+    "StackedLinear",
     "VGG11",
     "build_model",
     "list_models",
+    "stack_models",
 ]

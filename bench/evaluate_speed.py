@@ -5,9 +5,11 @@ of SGD steps (momentum 0.9, weight decay 5e-4, lr 0.1, cosine) on the same
 set, with SelMatch's combined augmentation (DSA on the D_distill rows, random
 crop + flip on the D_select rows):
 
-* engine: :func:`autoselmatch.evaluate.train_network` (set on the device,
+* engine: :func:`autoselmatch.evaluate.train_networks` (set on the device,
   index-slice batches, one batched augmentation call per group, no syncs in
-  the loop; ``--amp``/``--channels-last`` optional);
+  the loop; ``--amp``/``--channels-last``/``--compile`` optional; ``--stack K``
+  also trains K networks at once, as an evaluation with ``runs`` >= K and
+  ``evaluate.stack_runs = K`` does, and counts the images of all K);
 * reference: the loop of the public DSA/MTT/SelMatch evaluation code -- a
   ``DataLoader`` over a ``TensorDataset`` (shuffle, ``num_workers=0``),
   torchvision ``RandomCrop(side, padding)`` + ``RandomHorizontalFlip`` applied
@@ -45,12 +47,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from autoselmatch.augment import default_pad, dsa
 from autoselmatch.config import COMPILE_MODES, EvalConfig, to_dict
-from autoselmatch.evaluate import batch_bounds, train_network
+from autoselmatch.evaluate import batch_bounds, train_networks
 from autoselmatch.fileio import save_json
 from autoselmatch.models import ModelSpec
 
 GPU_PRESET = dict(device="cuda", model="resnet18", images=10000, side=32, channels=3, classes=10, steps=150,
-                  repeats=3, amp=True, channels_last=True, compile="default,reduce-overhead", warmup_steps=80)
+                  repeats=3, amp=True, channels_last=True, compile="default,reduce-overhead", stack=5, warmup_steps=80)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,11 +81,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also time the engine with torch.compile in each of these comma-separated modes "
                         f"({', '.join(COMPILE_MODES)}; default: default), plus the amp/channels_last choice; "
                         "the compile happens in the warm-up")
+    p.add_argument("--stack", type=int, default=None,
+                   help="also time the engine training this many networks at once (evaluate.stack_runs, with the "
+                        "amp/channels_last choice); its images/s counts every network's images (default 1: not timed)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = p.parse_args(argv)
     defaults = dict(device="cpu", model="convnet", images=1000, side=28, channels=1, classes=10, steps=60, repeats=3,
-                    amp=False, channels_last=False, compile="", warmup_steps=5)
+                    amp=False, channels_last=False, compile="", stack=1, warmup_steps=5)
     if args.gpu:
         defaults.update(GPU_PRESET)
     for key, value in defaults.items():
@@ -107,11 +112,12 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
 
 
 def engine_run(args, images, labels, mask, steps: int, *, amp: bool = False, channels_last: bool = False,
-               compile_mode: str | None = None) -> None:
+               compile_mode: str | None = None, networks: int = 1) -> None:
     cfg = EvalConfig(model=model_spec(args), batch_size=args.batch, augment="combined", amp=amp,
                      channels_last=channels_last, compile=compile_mode is not None,
                      compile_mode=compile_mode or "default")
-    train_network(images, labels, num_classes=args.classes, cfg=cfg, steps=steps, distill_mask=mask, seed=0)
+    train_networks(images, labels, num_classes=args.classes, cfg=cfg, steps=steps, distill_mask=mask,
+                   seeds=range(networks))
 
 
 def reference_run(args, images, labels, mask, steps: int) -> None:
@@ -182,6 +188,11 @@ def measure(args: argparse.Namespace) -> dict:
     for mode in args.compile:
         variants[f"compile:{mode}"] = functools.partial(engine_run, amp=args.amp, channels_last=args.channels_last,
                                                         compile_mode=mode)
+    networks = {name: 1 for name in variants}
+    if args.stack > 1:
+        variants[f"stack:{args.stack}"] = functools.partial(engine_run, amp=args.amp, channels_last=args.channels_last,
+                                                            networks=args.stack)
+        networks[f"stack:{args.stack}"] = args.stack
     cudagraph_skips, failed = {}, {}
     for name, run in list(variants.items()):  # warm-up (allocator, cuDNN autotuning, lazy imports, compiling)
         skips_before = counters["inductor"]["cudagraph_skips"]
@@ -204,7 +215,7 @@ def measure(args: argparse.Namespace) -> dict:
             seconds[name].append(timed(lambda: run(args, images, labels, mask, args.steps), device))
     results = {}
     for name, secs in seconds.items():
-        rates = [work / s for s in secs]
+        rates = [networks[name] * work / s for s in secs]
         results[name] = dict(seconds=secs, images_per_s_mean=statistics.mean(rates),
                              images_per_s_std=statistics.stdev(rates) if len(rates) > 1 else 0.0)
         print(f"{name:>24}: {results[name]['images_per_s_mean']:10.0f} ± {results[name]['images_per_s_std']:7.0f} images/s "

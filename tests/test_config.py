@@ -58,6 +58,7 @@ def test_roundtrip_through_dict():
         ({"distill.memory": "disk"}, "distill.memory must be one of exact, checkpoint, tesla"),
         ({"evaluate.augment": "mixup"}, "evaluate.augment must be one of"),
         ({"evaluate.compile_mode": "fast"}, "evaluate.compile_mode must be one of default, reduce-overhead"),
+        ({"evaluate.stack_runs": 0}, "evaluate.stack_runs must be >= 1, got 0"),
         ({"data.val_fraction": 0.9}, r"data.val_fraction must be in \[0.0, 0.5\]"),
         ({"evaluate.runs": 0}, "evaluate.runs must be >= 1"),
         ({"data.download": "maybe"}, "data.download must be true or false"),

@@ -10,6 +10,7 @@ from autoselmatch.cli import cli
 from autoselmatch.config import EvalConfig
 from autoselmatch.errors import InvalidArgument, TrainingDiverged
 from autoselmatch.evaluate import (
+    accuracies,
     accuracy,
     batch_bounds,
     batch_plan,
@@ -20,6 +21,7 @@ from autoselmatch.evaluate import (
     nearest_distances,
     paper_budget,
     train_network,
+    train_networks,
 )
 from autoselmatch.models import ModelSpec
 
@@ -127,6 +129,47 @@ def test_evaluate_set_is_seeded_and_runs_differ(digits):
     assert a.accuracies == b.accuracies
     assert a.n_distill == 50 and len(a.accuracies) == 2
     assert a.std == pytest.approx(float(np.std(a.accuracies)))
+
+
+def test_stacked_networks_train_as_each_would_alone(digits):
+    """train_networks(seeds) gives network r what train_network(seed r) gives: same init, batches, augmentation."""
+    x, y = digits.split("train")
+    images, labels = digits.normalize(x[:300]), y[:300]
+    mask = torch.zeros(300, dtype=torch.bool)
+    mask[::3] = True  # combined augmentation: DSA and crop+flip streams of every network
+    cfg = small_cfg(epochs=None)
+    stacked = train_networks(images, labels, num_classes=10, cfg=cfg, steps=12, distill_mask=mask, seeds=[4, 5, 6])
+    val_x, val_y = digits.split("val")
+    val = digits.normalize(val_x)
+    logits = stacked(val.repeat(1, 3, 1, 1)).view(len(val), 3, 10)
+    alone = [train_network(images, labels, num_classes=10, cfg=cfg, steps=12, distill_mask=mask, seed=seed)
+             for seed in (4, 5, 6)]
+    for r, model in enumerate(alone):
+        assert torch.allclose(logits[:, r], model(val), atol=1e-3, rtol=1e-3)
+    assert accuracies(stacked, val, val_y, networks=3) == [accuracy(model, val, val_y) for model in alone]
+    assert not torch.allclose(logits[:, 0], logits[:, 1])  # the seeds do differ
+
+
+def test_evaluate_set_stacks_runs_to_the_same_accuracies(digits):
+    x, y = digits.split("train")
+    subset = per_class(y, 10)
+    mask = torch.zeros(len(subset), dtype=torch.bool)
+    mask[::2] = True
+    one = evaluate_set(digits, x[subset], y[subset], cfg=small_cfg(epochs=3), distill_mask=mask, runs=5, seed=1)
+    stacked = evaluate_set(digits, x[subset], y[subset], cfg=small_cfg(epochs=3, stack_runs=2), distill_mask=mask,
+                           runs=5, seed=1)  # groups of 2, 2 and 1
+    assert stacked.accuracies == pytest.approx(one.accuracies, abs=0.01) and len(stacked.train_seconds) == 5
+
+
+def test_an_epoch_callback_watches_one_network(digits):
+    x, y = digits.split("train")
+    seen = []
+    evaluate_set(digits, x[:300], y[:300], cfg=small_cfg(epochs=2, stack_runs=2), runs=2,
+                 epoch_callback=lambda epoch, model: seen.append((epoch, model.classifier.out_features)))
+    assert seen == [(0, 10), (1, 10), (2, 10), (3, 10)]  # runs one at a time, each reported
+    with pytest.raises(InvalidArgument, match="an epoch_callback watches one network, got 2 seeds"):
+        train_networks(digits.normalize(x[:300]), y[:300], num_classes=10, cfg=small_cfg(), steps=2, seeds=[0, 1],
+                       epoch_callback=lambda epoch, model: None)
 
 
 def test_train_network_leaves_the_global_rng_alone(digits):

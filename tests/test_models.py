@@ -1,10 +1,10 @@
-"""Model registry, shapes, and the flat-parameter functional forward."""
+"""Model registry, shapes, the flat-parameter functional forward, and stacked networks."""
 
 import pytest
 import torch
 
 from autoselmatch.errors import InvalidArgument
-from autoselmatch.models import FlatModel, ModelSpec, build_model, list_models
+from autoselmatch.models import FlatModel, ModelSpec, build_model, list_models, stack_models
 from autoselmatch.registry import UnknownNameError
 
 GEOMETRIES = [
@@ -85,3 +85,35 @@ def test_unflatten_checks_shape():
     flat = FlatModel(build_model("convnet", channels=1, num_classes=3, image_size=8, width=8, depth=2))
     with pytest.raises(InvalidArgument, match="flat parameter vector"):
         flat.unflatten(torch.zeros(flat.num_params + 1))
+
+
+@pytest.mark.parametrize("name,options,channels,size", GEOMETRIES)
+def test_stacked_networks_compute_what_each_network_computes(name, options, channels, size):
+    """Block r of the stacked input goes through network r alone: logits and BatchNorm statistics match."""
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(build_model(name, channels=channels, num_classes=5, image_size=size, **options))
+    stacked = stack_models(models)
+    xs = [torch.randn(4, channels, size, size) for _ in models]
+    for train in (True, False):  # eval mode uses the running statistics the training pass updated
+        stacked.train(train)
+        out = stacked(torch.cat(xs, dim=1)).view(4, 3, 5)
+        for r, (model, x) in enumerate(zip(models, xs)):
+            assert torch.allclose(out[:, r], model.train(train)(x), atol=1e-4, rtol=1e-4)
+
+
+def test_stacking_copies_the_weights_and_keeps_one_network_as_is():
+    models = [build_model("convnet", channels=1, num_classes=3, image_size=8, width=4, depth=1) for _ in range(2)]
+    assert stack_models(models[:1]) is models[0]
+    stacked = stack_models(models)
+    with torch.no_grad():
+        stacked.features[0].weight.zero_()
+    assert models[0].features[0].weight.abs().sum() > 0  # the stack owns its parameters
+    assert stacked.features[0].groups == 2 and stacked.classifier.weight.shape == (2, 3, 4 * 4 * 4)
+
+
+def test_stacking_refuses_layers_it_cannot_split():
+    models = [torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.LayerNorm(2)) for _ in range(2)]
+    with pytest.raises(InvalidArgument, match="cannot train several LayerNorm layers as one"):
+        stack_models(models)
