@@ -210,9 +210,11 @@ def measure(args: argparse.Namespace) -> dict:
         if name.startswith("compile:"):  # CUDA graphs that torch.compile gave up on (0 is what reduce-overhead wants)
             cudagraph_skips[name] = counters["inductor"]["cudagraph_skips"] - skips_before
     seconds: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):  # interleaved, so that a busy machine slows every variant alike
+    for repeat in range(args.repeats):  # interleaved, so that a busy machine slows every variant alike
         for name, run in variants.items():
             seconds[name].append(timed(lambda: run(args, images, labels, mask, args.steps), device))
+            print(f"{name:>24}: run {repeat + 1}/{args.repeats}: {networks[name] * work / seconds[name][-1]:.0f} "
+                  "images/s", flush=True)  # in the log even if a time limit stops the benchmark
     results = {}
     for name, secs in seconds.items():
         rates = [networks[name] * work / s for s in secs]
