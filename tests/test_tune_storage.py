@@ -61,6 +61,13 @@ def test_settings_diff_lists_dotted_keys():
     assert settings_diff({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}, "d": 4}) == [("a.c", 2, 3), ("d", None, 4)]
 
 
+def test_settings_diff_skips_keys_added_at_their_default():
+    old, new = {"a": {"b": 1}}, {"a": {"b": 1, "new": 0}, "top": "x"}
+    assert settings_diff(old, new, {"a": {"new": 0}, "top": "x"}) == []
+    assert settings_diff(old, new, {"a": {"new": 5}}) == [("a.new", None, 0), ("top", None, "x")]
+    assert settings_diff({"a": {"b": 1, "new": 3}}, new, {"a": {"new": 0}, "top": "x"}) == [("a.new", 3, 0)]
+
+
 def test_list_studies_summarises_trials_and_best(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(storage=url, study_name="d-ipc10-alpha", direction="maximize")

@@ -172,6 +172,11 @@ def stage_settings(cfg: RunConfig, stage: str, ipc: int) -> dict[str, Any]:
     return {**common, "experts": to_dict(cfg.experts), "distill": distill}
 
 
+def default_settings(stage: str, ipc: int) -> dict[str, Any]:
+    """:func:`stage_settings` of the built-in defaults: what a setting an older study lacks stood for."""
+    return stage_settings(RunConfig(), stage, ipc)
+
+
 def study_name(prefix: str, ipc: int, stage: str) -> str:
     return f"{prefix}-ipc{ipc}-{stage}"
 
@@ -303,7 +308,7 @@ def _preflight(plan: _Plan, storage: optuna.storages.BaseStorage) -> None:
     for ipc in plan.ipcs:
         for stage in STAGES:
             check_settings(storage, study_name(plan.prefix, ipc, stage), stage_settings(plan.cfg, stage, ipc),
-                           force=plan.force)
+                           force=plan.force, defaults=default_settings(stage, ipc))
 
 
 def _tune_ipc(plan: _Plan, storage: optuna.storages.BaseStorage, objs: Objectives, ipc: int,
@@ -383,7 +388,8 @@ class _StageJob:
         tc = self.plan.cfg.tune
         pruner = build_pruner(tc.pruner, startup_trials=tc.pruner_startup_trials, warmup_steps=tc.pruner_warmup_steps)
         return open_study(storage, self.name, settings=stage_settings(self.plan.cfg, self.stage, self.ipc),
-                          sampler=self.strategy.sampler(), pruner=pruner, new_study=new_study, force=self.plan.force)
+                          sampler=self.strategy.sampler(), pruner=pruner, new_study=new_study, force=self.plan.force,
+                          defaults=default_settings(self.stage, self.ipc))
 
     def controller(self, study: optuna.Study, objective: Objective) -> SearchController:
         return SearchController(study, self.plan.spec, self.strategy, param=self.stage, objective=objective,

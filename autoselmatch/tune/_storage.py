@@ -115,33 +115,47 @@ def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
 
 
 def check_settings(storage: optuna.storages.BaseStorage, name: str, settings: dict[str, Any], *,
-                   force: bool = False) -> None:
-    """Refuse (``InvalidArgument``) an existing study made with other ``settings`` unless ``force``."""
+                   force: bool = False, defaults: dict[str, Any] | None = None) -> None:
+    """Refuse (``InvalidArgument``) an existing study made with other ``settings`` unless ``force``.
+
+    ``defaults`` (same layout as ``settings``) holds each setting's default: a
+    setting the study does not know (added by a later version of the tool)
+    that is at its default is not a change.
+    """
     if force or not study_exists(storage, name):
         return
     stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get("settings")
     if stored is None or stable_hash(stored) == stable_hash(settings):
         return
-    diffs = settings_diff(stored, settings)
+    diffs = settings_diff(stored, settings, defaults)
+    if not diffs:
+        return
     shown = ", ".join(f"{k}: {a!r} in the study, {b!r} now" for k, a, b in diffs[:2])
     more = f" and {len(diffs) - 2} more" if len(diffs) > 2 else ""
     raise InvalidArgument(f"study {name!r} was made with other settings ({shown}{more}); "
                           f"pass --new-study to replace it or --force to continue it")
 
 
-def settings_diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """Dotted keys whose values differ between two nested dicts, with both values."""
+def settings_diff(old: Any, new: Any, defaults: Any = None, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """Dotted keys whose values differ between two nested dicts, with both values (``None`` for a missing one).
+
+    A key only ``new`` has is left out when its value equals the one in ``defaults`` (a setting
+    added since ``old`` was stored, at the value that does what the tool did before it existed).
+    """
     if isinstance(old, dict) and isinstance(new, dict):
+        defaults = defaults if isinstance(defaults, dict) else {}
         out = []
         for key in sorted(set(old) | set(new)):
-            out += settings_diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
+            if key not in old and key in new and key in defaults and new[key] == defaults[key]:
+                continue
+            out += settings_diff(old.get(key), new.get(key), defaults.get(key), f"{prefix}.{key}" if prefix else key)
         return out
     return [] if old == new else [(prefix or "settings", old, new)]
 
 
 def open_study(storage: optuna.storages.BaseStorage, name: str, *, settings: dict[str, Any],
                sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
-               new_study: bool = False, force: bool = False) -> optuna.Study:
+               new_study: bool = False, force: bool = False, defaults: dict[str, Any] | None = None) -> optuna.Study:
     """Create or resume the maximising study ``name`` after checking its settings.
 
     Args:
@@ -154,6 +168,7 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, *, settings: dic
         new_study: Delete an existing study of that name first.
         force: Continue an existing study made with other settings (its
             ``settings`` attr is replaced and the old one kept in ``settings_history``).
+        defaults: Every setting's default, laid out as ``settings`` (see :func:`check_settings`).
 
     A new study gets a random ``uid`` user attr; its files (checkpoints,
     sets) live under a folder named by it. Only the process that creates the
@@ -162,7 +177,7 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, *, settings: dic
     """
     if new_study and study_exists(storage, name):
         optuna.delete_study(study_name=name, storage=storage)
-    check_settings(storage, name, settings, force=force)
+    check_settings(storage, name, settings, force=force, defaults=defaults)
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
                                     pruner=pruner)
