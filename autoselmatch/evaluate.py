@@ -314,7 +314,8 @@ def accuracies(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device)  # (B, C, H, W)
         y = labels[start:start + batch_size].to(device)
-        logits = model(x if networks == 1 else x.repeat(1, networks, 1, 1)).view(len(x), networks, -1)  # (B, k, classes)
+        stacked = x if networks == 1 else x.repeat(1, networks, 1, 1)  # (B, k * C, H, W)
+        logits = model(stacked).view(len(x), networks, -1)  # (B, k, classes)
         correct += (logits.argmax(2) == y[:, None]).sum(0)
     model.train(was_training)
     return [int(c) / len(images) for c in correct.tolist()]  # sync point: one read at the end

@@ -232,7 +232,6 @@ def _stack_layer(layers: list[nn.Module]) -> nn.Module | None:
     """One layer doing the work of ``layers`` (same type and shape) side by side on channel blocks;
     ``None`` for a layer without parameters or buffers of its own (it acts per channel already)."""
     first, k = layers[0], len(layers)
-    cat = lambda name: torch.cat([getattr(layer, name).detach() for layer in layers])  # noqa: E731
     if isinstance(first, nn.Conv2d):
         stacked = nn.Conv2d(k * first.in_channels, k * first.out_channels, first.kernel_size, first.stride,
                             first.padding, first.dilation, k * first.groups, first.bias is not None,
@@ -251,7 +250,10 @@ def _stack_layer(layers: list[nn.Module]) -> nn.Module | None:
                               "set evaluate.stack_runs = 1")
     with torch.no_grad():
         for name, tensor in [*stacked.named_parameters(recurse=False), *stacked.named_buffers(recurse=False)]:
-            tensor.copy_(cat(name) if tensor.dim() > 0 else getattr(first, name))  # num_batches_tracked: a count
+            if tensor.dim() == 0:  # num_batches_tracked: a count, the same in every network
+                tensor.copy_(getattr(first, name))
+            else:
+                tensor.copy_(torch.cat([getattr(layer, name).detach() for layer in layers]))
     return stacked
 
 
@@ -261,8 +263,8 @@ def stack_models(models: list[nn.Module]) -> nn.Module:
     Every convolution becomes a grouped one (``k`` times the groups), every
     norm layer covers ``k`` times the channels and the classifier becomes a
     :class:`StackedLinear`, so network r sees only channel block r: the
-    stacked network computes exactly what the ``k`` networks compute, with
-    one kernel launch per layer instead of ``k``. Shapes:
+    stacked network does the arithmetic of the ``k`` networks (equal up to
+    float rounding), with one kernel launch per layer instead of ``k``. Shapes:
     input (B, k * C, H, W), block r being network r's batch; output
     (B, k * num_classes), block r being network r's logits.
 

@@ -25,7 +25,7 @@ speed-up ratio of the means.
 
     python bench/evaluate_speed.py                          # CPU: ConvNet-3/32 on 28x28x1, 1,000 images
     python bench/evaluate_speed.py --side 8 --depth 2       # CPU: the digits preset's geometry
-    python bench/evaluate_speed.py --gpu --json out.json    # GPU: ResNet-18, 10,000 32x32x3 images (+ compile, CUDA graphs)
+    python bench/evaluate_speed.py --gpu --json out.json    # GPU: ResNet-18, 10,000 32x32x3 images (+ all variants)
 """
 
 from __future__ import annotations
@@ -206,7 +206,8 @@ def measure(args: argparse.Namespace) -> dict:
             del variants[name]
             print(f"{name:>24}: failed in warm-up ({failed[name]})", flush=True)
             continue
-        print(f"{name:>24}: warm-up of {args.warmup_steps} steps took {time.perf_counter() - started:.1f} s", flush=True)
+        print(f"{name:>24}: warm-up of {args.warmup_steps} steps took {time.perf_counter() - started:.1f} s",
+              flush=True)
         if name.startswith("compile:"):  # CUDA graphs that torch.compile gave up on (0 is what reduce-overhead wants)
             cudagraph_skips[name] = counters["inductor"]["cudagraph_skips"] - skips_before
     seconds: dict[str, list[float]] = {name: [] for name in variants}
@@ -220,8 +221,9 @@ def measure(args: argparse.Namespace) -> dict:
         rates = [networks[name] * work / s for s in secs]
         results[name] = dict(seconds=secs, images_per_s_mean=statistics.mean(rates),
                              images_per_s_std=statistics.stdev(rates) if len(rates) > 1 else 0.0)
-        print(f"{name:>24}: {results[name]['images_per_s_mean']:10.0f} ± {results[name]['images_per_s_std']:7.0f} images/s "
-              f"({statistics.mean(secs):.2f} s per {args.steps} steps)", flush=True)
+        mean, std = results[name]["images_per_s_mean"], results[name]["images_per_s_std"]
+        print(f"{name:>24}: {mean:10.0f} ± {std:7.0f} images/s ({statistics.mean(secs):.2f} s per {args.steps} steps)",
+              flush=True)
     reference = results["reference"]["images_per_s_mean"]
     speedup = {name: r["images_per_s_mean"] / reference for name, r in results.items() if name != "reference"}
     for name, ratio in speedup.items():

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check the issues ask for, as one prepared run for a lent H100/H200
-# (about 12 minutes; the first check, the open one, takes up to 9). Writes logs and JSON under $OUT (default bench/out/gpu).
+# (about 12 minutes; the first check, the open one, takes up to 9). Writes logs
+# and JSON under $OUT (default bench/out/gpu).
 #
 #   bash bench/gpu_checks.sh            # from the repository root
 #
