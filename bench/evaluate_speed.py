@@ -52,7 +52,8 @@ from autoselmatch.fileio import save_json
 from autoselmatch.models import ModelSpec
 
 GPU_PRESET = dict(device="cuda", model="resnet18", images=10000, side=32, channels=3, classes=10, steps=150,
-                  repeats=3, amp=True, channels_last=True, compile="default,reduce-overhead", stack=5, warmup_steps=80)
+                  repeats=3, amp=True, channels_last=True, compile="default,reduce-overhead", stack=5, warmup_steps=80,
+                  profile=20)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,11 +85,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stack", type=int, default=None,
                    help="also time the engine training this many networks at once (evaluate.stack_runs, with the "
                         "amp/channels_last choice); its images/s counts every network's images (default 1: not timed)")
+    p.add_argument("--profile", type=int, default=None, metavar="STEPS",
+                   help="after timing, profile this many steps of the eager engine and print where the time goes "
+                        "(kernels and host time per step; default 0: no profile, 20 with --gpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = p.parse_args(argv)
     defaults = dict(device="cpu", model="convnet", images=1000, side=28, channels=1, classes=10, steps=60, repeats=3,
-                    amp=False, channels_last=False, compile="", stack=1, warmup_steps=5)
+                    amp=False, channels_last=False, compile="", stack=1, warmup_steps=5, profile=0)
     if args.gpu:
         defaults.update(GPU_PRESET)
     for key, value in defaults.items():
@@ -230,9 +234,38 @@ def measure(args: argparse.Namespace) -> dict:
         print(f"  speed-up of {name}: {ratio:.1f}x")
     if cudagraph_skips:
         print(f"  CUDA-graph skips while compiling: {cudagraph_skips}")
+    profile = profile_engine(args, images, labels, mask, device) if args.profile else None
     return dict(settings=vars(args) | {"json": str(args.json) if args.json else None}, results=results, speedup=speedup,
-                cudagraph_skips=cudagraph_skips, failed=failed,
+                cudagraph_skips=cudagraph_skips, failed=failed, profile=profile,
                 machine=machine(device), eval_config=to_dict(EvalConfig(model=model_spec(args))))
+
+
+def profile_engine(args: argparse.Namespace, images, labels, mask, device: torch.device) -> dict:
+    """Profile ``args.profile`` steps of the eager engine: operators and device kernels per step, host time per step.
+
+    Where the time of a launch-bound step goes (the top operators are printed); a
+    failure is reported, not raised, so that the timings above are still saved.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    try:
+        with profile(activities=activities) as prof:
+            engine_run(args, images, labels, mask, args.profile)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        events = prof.events()
+        kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+        operators = sum(1 for e in events if e.name.startswith("aten::") and e.cpu_parent is None)
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    except Exception as exc:  # a profiler this torch/driver cannot run
+        print(f"  profile failed: {type(exc).__name__}: {exc}", flush=True)
+        return {"failed": f"{type(exc).__name__}: {exc}"}
+    steps = args.profile
+    print(f"  profile of {steps} eager steps: {operators / steps:.0f} top-level operators and "
+          f"{kernels / steps:.0f} device kernels per step\n{table}", flush=True)
+    return {"steps": steps, "operators_per_step": operators / steps, "kernels_per_step": kernels / steps,
+            "table": table}
 
 
 def machine(device: torch.device) -> dict:
