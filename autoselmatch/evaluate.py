@@ -268,8 +268,8 @@ def train_networks(
             if cfg.compile:
                 torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = forward(x).view(len(y), k, num_classes)
-                loss = F.cross_entropy(logits.transpose(1, 2), y) * k  # the sum of each network's mean loss
+                logits = forward(x).view(-1, num_classes)  # (B * k, classes), row b * k + r: network r, sample b
+                loss = F.cross_entropy(logits, y.view(-1)) * k  # the sum of each network's mean loss
             loss_sum += loss.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
