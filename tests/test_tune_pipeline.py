@@ -158,20 +158,21 @@ def test_a_study_made_with_other_settings_is_refused_before_any_work(tmp_path):
 
 def test_a_study_from_an_older_version_resumes_when_its_new_settings_are_at_their_defaults(tmp_path):
     """Settings added since a study was made are no change at their defaults; set otherwise, they are."""
+
+    def made_before_stack_runs_existed():
+        for stage in ("beta", "alpha"):
+            study = load(tmp_path, f"digits-ipc10-{stage}")
+            settings = study.user_attrs["settings"]
+            del settings["evaluate"]["stack_runs"]
+            study.set_user_attr("settings", settings)
+
     run(tmp_path)
-    for stage in ("beta", "alpha"):  # what the study holds had it been made before evaluate.stack_runs existed
-        study = load(tmp_path, f"digits-ipc10-{stage}")
-        settings = study.user_attrs["settings"]
-        del settings["evaluate"]["stack_runs"]
-        study.set_user_attr("settings", settings)
+    made_before_stack_runs_existed()
     log = tmp_path / "calls.log"
     again = run(tmp_path, objectives=functools.partial(Synthetic, log=log))
     assert again.ipcs[0].beta.ran == 0 and not log.exists()
     assert load(tmp_path, "digits-ipc10-beta").user_attrs["settings"]["evaluate"]["stack_runs"] == 1
-    beta = load(tmp_path, "digits-ipc10-beta")
-    settings = beta.user_attrs["settings"]
-    del settings["evaluate"]["stack_runs"]
-    beta.set_user_attr("settings", settings)
+    made_before_stack_runs_existed()
     with pytest.raises(InvalidArgument, match=r"evaluate.stack_runs: None in the study, 2 now"):
         run(tmp_path, cfg=config(**{"evaluate.stack_runs": 2}))
 
