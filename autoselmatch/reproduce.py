@@ -595,7 +595,7 @@ def _spec(name: str, ipc: int, knobs: dict[int, Knobs]) -> SetSpec:
 
 def cell_key(cell: Cell, cfg: RunConfig) -> str:
     """Hash of what a cell's number depends on; a saved cell with another key is recomputed."""
-    evaluate = {k: v for k, v in to_dict(cfg.evaluate).items() if k != "runs"}
+    evaluate = {k: v for k, v in to_dict(cfg.evaluate).items() if k not in ("runs", "stack_runs")}  # one network
     parts = {"set": set_key(cell.set, cfg), "kind": cell.kind, "seed": cell.seed, "augment": cell.augment,
              "evaluate": evaluate, "split": "test"}
     if cell.set.name == "full" or cell.kind == "coverage":

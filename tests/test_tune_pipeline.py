@@ -159,22 +159,29 @@ def test_a_study_made_with_other_settings_is_refused_before_any_work(tmp_path):
 def test_a_study_from_an_older_version_resumes_when_its_new_settings_are_at_their_defaults(tmp_path):
     """Settings added since a study was made are no change at their defaults; set otherwise, they are."""
 
-    def made_before_stack_runs_existed():
+    def made_before_compile_mode_existed():
         for stage in ("beta", "alpha"):
             study = load(tmp_path, f"digits-ipc10-{stage}")
             settings = study.user_attrs["settings"]
-            del settings["evaluate"]["stack_runs"]
+            del settings["evaluate"]["compile_mode"]
             study.set_user_attr("settings", settings)
 
     run(tmp_path)
-    made_before_stack_runs_existed()
+    made_before_compile_mode_existed()
     log = tmp_path / "calls.log"
     again = run(tmp_path, objectives=functools.partial(Synthetic, log=log))
     assert again.ipcs[0].beta.ran == 0 and not log.exists()
-    assert load(tmp_path, "digits-ipc10-beta").user_attrs["settings"]["evaluate"]["stack_runs"] == 1
-    made_before_stack_runs_existed()
-    with pytest.raises(InvalidArgument, match=r"evaluate.stack_runs: None in the study, 2 now"):
-        run(tmp_path, cfg=config(**{"evaluate.stack_runs": 2}))
+    assert load(tmp_path, "digits-ipc10-beta").user_attrs["settings"]["evaluate"]["compile_mode"] == "default"
+    made_before_compile_mode_existed()
+    with pytest.raises(InvalidArgument, match=r"evaluate.compile_mode: None in the study, 'max-autotune' now"):
+        run(tmp_path, cfg=config(**{"evaluate.compile_mode": "max-autotune"}))
+
+
+def test_how_many_networks_train_at_once_is_no_change_of_settings(tmp_path):
+    """Trials train one network at a time; evaluate.runs and stack_runs shape only the final report."""
+    run(tmp_path)
+    again = run(tmp_path, cfg=config(**{"evaluate.stack_runs": 3, "evaluate.runs": 3}))
+    assert again.ipcs[0].beta.ran == 0 and again.ipcs[0].alpha.ran == 0
 
 
 def test_timeout_stops_before_the_next_trial_and_leaves_a_resumable_study(tmp_path):

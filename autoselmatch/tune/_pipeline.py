@@ -163,7 +163,8 @@ def trial_iterations(cfg: RunConfig) -> int:
 def stage_settings(cfg: RunConfig, stage: str, ipc: int) -> dict[str, Any]:
     """Every setting that shapes a trial's value in ``stage`` (stored in the study; changes are refused)."""
     data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("root", "download")}
-    evaluate = {k: v for k, v in to_dict(cfg.evaluate).items() if k != "runs"}  # runs: final report only
+    # runs and stack_runs shape the final report only: trials train one network at a time
+    evaluate = {k: v for k, v in to_dict(cfg.evaluate).items() if k not in ("runs", "stack_runs")}
     common = {"stage": stage, "ipc": ipc, "seed": cfg.seed, "data": data, "scores": to_dict(cfg.scores),
               "evaluate": evaluate}
     if stage == "beta":
