@@ -264,12 +264,14 @@ def train_networks(
                 xs.append(augment_grouped(x_all[idx], d1 - d0, cfg.augment, generator=device_gen, strategy=strategy))
                 ys.append(y_all[idx])
             x = (xs[0] if k == 1 else torch.cat(xs, dim=1)).contiguous(memory_format=memory_format)  # (B, k*C, H, W)
-            y = torch.stack(ys, dim=1)  # (B, k)
+            y = ys[0] if k == 1 else torch.stack(ys, dim=1).view(-1)  # (B * k,), row b * k + r: network r, sample b
             if cfg.compile:
                 torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = forward(x).view(-1, num_classes)  # (B * k, classes), row b * k + r: network r, sample b
-                loss = F.cross_entropy(logits, y.view(-1)) * k  # the sum of each network's mean loss
+                logits = forward(x).view(-1, num_classes)  # (B * k, classes), rows as in y
+                loss = F.cross_entropy(logits, y)
+                if k > 1:
+                    loss = loss * k  # the sum of each network's mean loss
             loss_sum += loss.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

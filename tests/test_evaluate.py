@@ -131,13 +131,14 @@ def test_evaluate_set_is_seeded_and_runs_differ(digits):
     assert a.std == pytest.approx(float(np.std(a.accuracies)))
 
 
-def test_stacked_networks_train_as_each_would_alone(digits):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_stacked_networks_train_as_each_would_alone(digits, channels_last):
     """train_networks(seeds) gives network r what train_network(seed r) gives: same init, batches, augmentation."""
     x, y = digits.split("train")
     images, labels = digits.normalize(x[:300]), y[:300]
     mask = torch.zeros(300, dtype=torch.bool)
     mask[::3] = True  # combined augmentation: DSA and crop+flip streams of every network
-    cfg = small_cfg(epochs=None)
+    cfg = small_cfg(epochs=None, channels_last=channels_last)
     stacked = train_networks(images, labels, num_classes=10, cfg=cfg, steps=12, distill_mask=mask, seeds=[4, 5, 6])
     val_x, val_y = digits.split("val")
     val = digits.normalize(val_x)
