@@ -15,6 +15,7 @@ user attrs and manifests, so a run can be repeated exactly.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import tomllib
 import types
@@ -527,10 +528,10 @@ def format_config(cfg: RunConfig) -> str:
         if prefix:
             lines.append(f"\n[{prefix}]")
         for k, v in scalars.items():
-            lines.append(f"# {k} is unset" if v is None else f"{k} = {_toml_value(v)}")
+            lines.append(f"# {k} is unset" if v is None else f"{k} = {toml_value(v)}")
         if "options" in values:
             for k, v in values["options"].items():
-                lines.append(f"{k} = {_toml_value(v)}")
+                lines.append(f"{k} = {toml_value(v)}")
         for k, v in tables.items():
             emit(f"{prefix}.{k}" if prefix else k, v)
 
@@ -538,14 +539,18 @@ def format_config(cfg: RunConfig) -> str:
     return "\n".join(lines).lstrip() + "\n"
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return f'"{v}"'
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return repr(v)
+def toml_value(value: Any) -> str:
+    """A TOML literal of a setting's value (what a preset file and ``--set`` parse)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # a model spec: { name = "...", option = value, ... }
+        items = {"name": value["name"], **value.get("options", {})}
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in items.items()) + " }"
+    return repr(value)
 
 
 __all__ = [
@@ -569,4 +574,5 @@ __all__ = [
     "load_preset",
     "parse_assignment",
     "to_dict",
+    "toml_value",
 ]

@@ -213,6 +213,12 @@ def save_json(obj: Any, path: str | os.PathLike) -> None:
         f.write("\n")
 
 
+def save_text(text: str, path: str | os.PathLike) -> None:
+    """Write ``text`` (a table, a page), atomically."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from ._version import __version__
 from .errors import DataError
-from .fileio import atomic_write
+from .fileio import save_text
 from .runtime import LOG
 from .storage import artifact_dir_of, close_storage, open_existing_storage, safe_name
 
@@ -106,8 +106,7 @@ def build_report(
     figures = 1 + sum(section.count('class="plotly-graph-div"') for section in sections)
     page = _page(dataset, spec.display(), overview, sections)
     out = Path(out).expanduser()
-    with atomic_write(out, "w") as f:
-        f.write(page)
+    save_text(page, out)
     LOG.info("wrote the report of %d IPC(s) of %s to %s", len(groups), dataset, out)
     return {"out": str(out), "ipcs": [g.ipc for g in groups], "figures": figures}
 

@@ -59,10 +59,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .config import REPRODUCE_METHODS, RunConfig, load_preset, to_dict
+from .config import REPRODUCE_METHODS, RunConfig, load_preset, to_dict, toml_value
 from .data import ImageDataset
 from .errors import DataError, InvalidArgument
-from .fileio import atomic_write, load_torch, save_json, save_torch, stable_hash
+from .fileio import load_torch, save_json, save_text, save_torch, stable_hash
 from .registry import Registry
 from .runtime import LOG, progress, resolve_device
 from .selection import select_count
@@ -644,17 +644,17 @@ def reference_network(inputs: _Inputs, sets_dir: Path, device: torch.device) -> 
     ec = _eval_config(cfg, full)
     key = stable_hash({"cell": cell_key(full, cfg), "what": "coverage reference"})
     path = sets_dir / f"coverage-reference-{key}.pt"
-    channels, size, _ = ds.image_shape
-    model = ec.model.build(channels=channels, num_classes=ds.num_classes, image_size=size).to(device)
-    train_x, train_y = ds.split("train")
-    train_x = ds.normalize(train_x.to(device))
     if path.is_file():
         blob = load_torch(path, map_location=device)
+        channels, size, _ = ds.image_shape
+        model = ec.model.build(channels=channels, num_classes=ds.num_classes, image_size=size).to(device)
         model.load_state_dict(blob["state"])
         model.eval()
         radius = float(blob["radius"])
     else:
         LOG.info("training the coverage reference network on the whole training split")
+        train_x, train_y = ds.split("train")
+        train_x = ds.normalize(train_x.to(device))
         steps = budget_steps(ec, n_set=len(train_y), n_full=len(ds.train_labels))
         model = train_network(train_x, train_y.to(device), num_classes=ds.num_classes, cfg=ec, steps=steps,
                               seed=cfg.seed, device=device)
@@ -849,7 +849,7 @@ def rerun_command(plan: ReproducePlan, *, only: str | None = None) -> str:
     if not plan.coverage:
         argv += ["--no-coverage"]
     for key, value in _changed_settings(to_dict(base), to_dict(cfg)):
-        argv += ["--set", f"{key}={_toml(value)}"]
+        argv += ["--set", f"{key}={toml_value(value)}"]
     if only is not None:
         argv += ["--only", only]
     return shlex.join(argv)
@@ -871,20 +871,6 @@ def _changed_settings(base: dict[str, Any], cfg: dict[str, Any], prefix: str = "
         else:
             changed.append((dotted, value))
     return changed
-
-
-def _toml(value: Any) -> str:
-    """A TOML literal (what ``--set`` parses)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):  # a model spec: { name = "...", option = value, ... }
-        items = {"name": value["name"], **value.get("options", {})}
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in items.items()) + " }"
-    return repr(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1050,8 +1036,8 @@ def _write_outputs(plan: ReproducePlan, cfg: RunConfig, ds: ImageDataset, method
     rows = main_rows(cfg, methods, ipcs, cells, records)
     table_md = table_markdown(rows, ipcs, labels, dataset=ds.name, runs=plan.runs)
     files = {"table.md": out / "table.md", "table.csv": out / "table.csv", "results.json": out / "results.json"}
-    _write_text(files["table.md"], table_md)
-    _write_text(files["table.csv"], table_csv(rows))
+    save_text(table_md, files["table.md"])
+    save_text(table_csv(rows), files["table.csv"])
     results: dict[str, Any] = {
         "dataset": ds.name, "ipcs": ipcs, "ipc_labels": list(tokens), "methods": list(methods), "runs": plan.runs,
         "split": "test", "command": rerun_command(plan), "config": to_dict(cfg),
@@ -1062,21 +1048,16 @@ def _write_outputs(plan: ReproducePlan, cfg: RunConfig, ds: ImageDataset, method
         rows_ab = ablation_rows(cfg, ablation_ipc, knobs, records, plan.runs)
         results["ablation"] = rows_ab
         files["ablation.md"] = out / "ablation.md"
-        _write_text(files["ablation.md"], ablation_markdown(rows_ab, ablation_ipc))
+        save_text(ablation_markdown(rows_ab, ablation_ipc), files["ablation.md"])
     if plan.coverage:
         rows_cov = coverage_rows(cells, records)
         results["coverage"] = rows_cov
         files["coverage.md"] = out / "coverage.md"
         files["coverage.html"] = out / "coverage.html"
-        _write_text(files["coverage.md"], coverage_markdown(rows_cov))
-        _write_text(files["coverage.html"], coverage_html(rows_cov, ds.name))
+        save_text(coverage_markdown(rows_cov), files["coverage.md"])
+        save_text(coverage_html(rows_cov, ds.name), files["coverage.html"])
     save_json(results, files["results.json"])
     return ReproduceResult(out, table_md, files, computed, reused, results)
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_write(path, "w") as f:
-        f.write(text)
 
 
 __all__ = [

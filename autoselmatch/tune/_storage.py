@@ -125,9 +125,7 @@ def check_settings(storage: optuna.storages.BaseStorage, name: str, settings: di
     if force or not study_exists(storage, name):
         return
     stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get("settings")
-    if stored is None or stable_hash(stored) == stable_hash(settings):
-        return
-    diffs = settings_diff(stored, settings, defaults)
+    diffs = [] if stored is None else settings_diff(stored, settings, defaults)
     if not diffs:
         return
     shown = ", ".join(f"{k}: {a!r} in the study, {b!r} now" for k, a, b in diffs[:2])
