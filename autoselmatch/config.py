@@ -25,6 +25,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .errors import InvalidArgument
 from .models import ModelSpec
+from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
 AUGMENTATIONS = ("none", "simple", "dsa", "combined")
 EXPERT_AUGMENTATIONS = ("none", "simple", "dsa")
@@ -204,9 +205,10 @@ class EvalConfig:
     ``stack_runs`` networks of an evaluation train at once as one network of
     grouped convolutions (the same arithmetic, a launch per layer instead of
     one per network and layer; see :func:`autoselmatch.models.stack_models`).
-    It pays where a step is bound by overhead rather than arithmetic: small
-    ConvNets on a CPU (the ``digits`` preset), GPUs; runs whose epochs are
-    reported to a pruner still train one at a time.
+    It is meant for steps bound by overhead rather than arithmetic (GPUs,
+    not yet measured there; on a CPU it gains only at the ``digits``
+    geometry, see bench/RESULTS.md); runs whose epochs are reported to a
+    pruner still train one at a time.
     ``amp`` trains under bf16 autocast, on CUDA or on CPU; on a CPU it pays
     only where the CPU has bf16 instructions (AVX512-BF16 or AMX: with
     ``channels_last`` it halves a small ConvNet's step there, see
@@ -294,8 +296,8 @@ class TuneConfig:
     pruner_startup_trials: int = 2
     pruner_warmup_steps: int = 0
     max_failures: int = 2
-    heartbeat_interval: int = 60
-    grace_period: int = 180
+    heartbeat_interval: int = HEARTBEAT_INTERVAL
+    grace_period: int = GRACE_PERIOD
 
     def __post_init__(self) -> None:
         for name in ("beta_grid", "alpha_grid"):
