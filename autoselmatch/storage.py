@@ -38,7 +38,9 @@ Artifacts (trial images, distilled sets) sit beside a file storage in
 from __future__ import annotations
 
 import json
+import random
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,7 @@ StorageKind = Literal["sqlite", "journal", "server"]
 HEARTBEAT_INTERVAL = 60  # seconds between heartbeats of a running trial (server databases)
 GRACE_PERIOD = 180  # seconds without heartbeat after which a trial counts as crashed
 SQLITE_TIMEOUT = 60  # seconds a SQLite connection waits for another's lock before "database is locked"
+CREATE_TRIES = 5  # opens of a new server database; workers started together race to create Optuna's tables
 
 
 @dataclass(frozen=True)
@@ -177,13 +180,36 @@ def open_storage(spec: StorageSpec, *, heartbeat_interval: int = HEARTBEAT_INTER
             return JournalStorage(JournalFileBackend(str(spec.path.expanduser())))
         if spec.kind == "sqlite":
             return optuna.storages.RDBStorage(spec.url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT}})
-        with warnings.catch_warnings():  # the heartbeat arguments are marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(spec.url, engine_kwargs={"pool_pre_ping": True},
-                                              heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        return _open_server(spec.url, heartbeat_interval, grace_period)
     except (SQLAlchemyError, ImportError, OSError, ValueError) as exc:  # ValueError: a journal line is not JSON
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"cannot open storage {spec.display()}: {reason}") from None
+
+
+def _open_server(url: str, heartbeat_interval: int, grace_period: int) -> optuna.storages.RDBStorage:
+    """Open a server database, creating Optuna's tables if it is new.
+
+    Workers started at the same moment on a new database each try to create
+    the tables; all but one fail on a duplicate name (an ``IntegrityError`` or
+    ``ProgrammingError``). Opening again then finds the tables, so such a
+    failure is retried, up to :data:`CREATE_TRIES` opens in all, after a
+    growing random pause.
+    """
+    import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    def create() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():  # the heartbeat arguments are marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True},
+                                              heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+
+    for attempt in range(1, CREATE_TRIES):
+        try:
+            return create()
+        except (IntegrityError, ProgrammingError):
+            time.sleep(random.uniform(0.1, 0.5) * attempt)
+    return create()
 
 
 def open_existing_storage(url: str) -> tuple[StorageSpec, optuna.storages.BaseStorage]:

@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
+import optuna
 import pytest
 
+from autoselmatch import storage as storage_module
 from autoselmatch.errors import DataError, InvalidArgument
 from autoselmatch.storage import default_artifacts_dir, default_storage_url, open_storage, parse_storage
 
@@ -56,3 +58,37 @@ def test_unreachable_server_is_a_data_error_before_any_work():
 def test_storage_path_that_is_a_folder_is_refused(tmp_path):
     with pytest.raises(InvalidArgument, match="is a folder"):
         open_storage(parse_storage(f"sqlite:///{tmp_path}"))
+
+
+class RacedCreation:
+    """Stands in for ``RDBStorage``: the first ``losses`` opens lose the race to create the tables."""
+
+    def __init__(self, losses):
+        self.losses, self.opens = losses, 0
+
+    def __call__(self, url, **kwargs):
+        from sqlalchemy.exc import IntegrityError
+
+        self.opens += 1
+        if self.opens <= self.losses:
+            raise IntegrityError("CREATE TABLE studies", {}, Exception('duplicate key value "pg_type_typname_nsp_index"'))
+        return ("storage", url)
+
+
+@pytest.mark.parametrize("losses, opens", [(0, 1), (2, 3), (storage_module.CREATE_TRIES - 1, storage_module.CREATE_TRIES)])
+def test_a_worker_that_loses_the_race_to_create_the_tables_opens_again(monkeypatch, losses, opens):
+    raced = RacedCreation(losses)
+    monkeypatch.setattr(optuna.storages, "RDBStorage", raced)
+    monkeypatch.setattr(storage_module.time, "sleep", lambda seconds: None)
+    url = "postgresql://u:pw@db.example/asm"
+    assert open_storage(parse_storage(url)) == ("storage", url)
+    assert raced.opens == opens
+
+
+def test_a_duplicate_name_on_every_open_is_a_one_line_data_error(monkeypatch):
+    raced = RacedCreation(losses=storage_module.CREATE_TRIES)
+    monkeypatch.setattr(optuna.storages, "RDBStorage", raced)
+    monkeypatch.setattr(storage_module.time, "sleep", lambda seconds: None)
+    with pytest.raises(DataError, match=r"cannot open storage postgresql://u:\*\*\*@db.example/asm: .*duplicate key") as info:
+        open_storage(parse_storage("postgresql://u:pw@db.example/asm"))
+    assert "\n" not in str(info.value) and raced.opens == storage_module.CREATE_TRIES

@@ -14,9 +14,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import optuna
 import pytest
@@ -24,6 +25,7 @@ from optuna.trial import TrialState
 
 URL_VARIABLE = "AUTOSELMATCH_TEST_POSTGRES_URL"
 WORKERS = 3
+OPENERS = 8  # storages opened at the same moment on a new database
 BETA_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 ALPHA_GRID = (0.25, 0.5, 0.75, 1.0)
 HEARTBEAT, GRACE = 1, 5  # seconds: a killed worker's trial is failed within ~GRACE + the workers' 2 s poll
@@ -65,35 +67,19 @@ def database_url():
         admin.close()
 
 
-def start_worker(tmp_path, url, rank):
-    """One `tune` process, as on its own machine: its own cache, the artifacts folder shared."""
+def start_worker(tmp_path, url, rank, fault=None):
+    """One `tune` process, as on its own machine: its own cache, the artifacts folder shared.
+
+    ``fault``: an ``AUTOSELMATCH_FAULT`` value (see :func:`autoselmatch.runtime.fault_point`).
+    """
     command = [sys.executable, "-m", "autoselmatch", "--quiet", "tune", "--dataset", "digits", "--ipc", "10",
                "--storage", url, "--artifacts", str(tmp_path / "artifacts"), "--cache-dir", str(tmp_path / f"cache{rank}"),
                "--search", "grid", "--pruner", "none", "--no-prior"]
     for key, value in SETTINGS.items():
         command += ["--set", f"{key}={value}"]
+    env = {**os.environ, "AUTOSELMATCH_FAULT": fault} if fault else None
     with open(tmp_path / f"worker{rank}.log", "w") as log:  # the child keeps its own copy of the file
-        return subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-
-
-def kill_a_worker_mid_trial(url, workers, timeout=120.0):
-    """SIGKILL the worker of the first beta trial seen running past its first report; its trial number."""
-    pids = {w.pid: w for w in workers}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            study = optuna.load_study(study_name="digits-ipc10-beta", storage=url)
-        except KeyError:  # not created yet
-            time.sleep(0.2)
-            continue
-        for trial in study.get_trials(states=(TrialState.RUNNING,)):
-            pid = trial.user_attrs.get("worker", {}).get("pid")
-            if trial.intermediate_values and pid in pids:
-                pids[pid].send_signal(signal.SIGKILL)
-                pids[pid].wait()
-                return trial.number
-        time.sleep(0.1)
-    raise AssertionError(f"no beta trial ran within {timeout} s")
+        return subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def settled_per_point(study, param):
@@ -104,26 +90,32 @@ def settled_per_point(study, param):
 
 @pytest.mark.slow
 def test_three_workers_lose_nothing_and_retry_a_killed_workers_trial(tmp_path, database_url):
-    workers = [start_worker(tmp_path, database_url, rank) for rank in range(WORKERS)]
+    # worker 0 SIGKILLs itself at its first report: mid-trial by construction, whatever the machine's load
+    workers = [start_worker(tmp_path, database_url, rank, fault="tune.report:1:KILL" if rank == 0 else None)
+               for rank in range(WORKERS)]
     try:
-        killed = kill_a_worker_mid_trial(database_url, workers)
         for worker in workers:
-            worker.wait(timeout=240)
+            worker.wait(timeout=300)
     finally:
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
                 worker.wait()
     logs = {rank: (tmp_path / f"worker{rank}.log").read_text() for rank in range(WORKERS)}
-    codes = sorted(w.returncode for w in workers)
+    codes = [w.returncode for w in workers]
     assert codes == [-signal.SIGKILL, 0, 0], logs
 
-    beta = optuna.load_study(study_name="digits-ipc10-beta", storage=database_url)
-    alpha = optuna.load_study(study_name="digits-ipc10-alpha", storage=database_url)
-    dead = beta.trials[killed]
+    studies = {stage: optuna.load_study(study_name=f"digits-ipc10-{stage}", storage=database_url)
+               for stage in ("beta", "alpha")}
+    beta, alpha = studies["beta"], studies["alpha"]
+    unrun = ("duplicate_of", "unqueued")  # simultaneous claims, failed before their objective ran
+    owned = [(stage, t) for stage, study in studies.items() for t in study.trials
+             if t.user_attrs.get("worker", {}).get("pid") == workers[0].pid and not any(k in t.user_attrs for k in unrun)]
+    (stage, dead), = owned  # a beta trial, unless worker 0 lost every beta claim
+    assert len(dead.intermediate_values) == 1  # killed right after its first report
     assert dead.state == TrialState.FAIL and "error" not in dead.user_attrs  # failed by the heartbeat check
-    retries = [t for t in beta.trials if t.params.get("beta") == dead.params["beta"] and t.number > killed
-               and "duplicate_of" not in t.user_attrs]
+    retries = [t for t in studies[stage].trials if t.params.get(stage) == dead.params[stage]
+               and t.number > dead.number and not any(k in t.user_attrs for k in unrun)]
     assert [t.state for t in retries] == [TrialState.COMPLETE]
     assert retries[0].user_attrs["worker"]["pid"] != dead.user_attrs["worker"]["pid"]
 
@@ -135,7 +127,6 @@ def test_three_workers_lose_nothing_and_retry_a_killed_workers_trial(tmp_path, d
         unsettled = [t.number for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
         assert unsettled == []
         failed = [t for t in study.trials if t.state == TrialState.FAIL and t not in (dead,)]
-        unrun = ("duplicate_of", "unqueued")
         assert [t.user_attrs for t in failed if not any(k in t.user_attrs for k in unrun)] == []  # only claims failed unrun
     assert [p.name for p in (tmp_path / "artifacts" / "runs" / "digits-ipc10-alpha").iterdir()] == [
         alpha.user_attrs["uid"]]  # every worker used the one folder of the study
@@ -148,5 +139,22 @@ def test_three_workers_lose_nothing_and_retry_a_killed_workers_trial(tmp_path, d
     assert len(trials) == len(BETA_GRID) + len(ALPHA_GRID) + 1 + duplicates, listing  # every trial accounted for
     pids = {t.user_attrs["worker"]["pid"] for t in trials if "worker" in t.user_attrs}  # unqueued: no owner
     print(f"\npostgres: {WORKERS} workers ({len(pids)} ran trials), {len(trials)} trials for "
-          f"{len(BETA_GRID)} + {len(ALPHA_GRID)} points: beta trial {killed} killed, failed by heartbeat and retried; "
+          f"{len(BETA_GRID)} + {len(ALPHA_GRID)} points: {stage} trial {dead.number} killed, failed by heartbeat and retried; "
           f"{duplicates} simultaneous claims failed unrun; lost 0, duplicated 0")
+
+
+def test_workers_opening_a_new_database_at_once_all_get_it(database_url):
+    """Optuna creates its tables on first open; workers started together race to do so."""
+    from autoselmatch.storage import close_storage, open_storage, parse_storage
+
+    spec = parse_storage(database_url)
+    start = threading.Barrier(OPENERS)
+
+    def open_one(_):
+        start.wait()
+        storage = open_storage(spec)
+        close_storage(storage)
+        return type(storage).__name__
+
+    with ThreadPoolExecutor(OPENERS) as pool:
+        assert list(pool.map(open_one, range(OPENERS))) == ["RDBStorage"] * OPENERS
