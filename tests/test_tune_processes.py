@@ -51,13 +51,13 @@ def stage_lines(log, stage):
 
 def test_sigkill_then_rerun_completes_without_rerunning_finished_trials(tmp_path):
     storage, log = f"sqlite:///{tmp_path / 'studies.db'}", tmp_path / "calls.log"
-    script = write_script(tmp_path, storage=storage, log=log, search="grid", delay=1.0)
+    script = write_script(tmp_path, storage=storage, log=log, search="grid", delay=2.0)
     proc = subprocess.Popen([sys.executable, str(script)])
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
-            time.sleep(0.1)
-        time.sleep(0.3)  # the third trial is running
+            time.sleep(0.05)
+        # the third trial has logged its start and sleeps for `delay`: killed mid-trial unless this test stalls 2 s
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
