@@ -49,6 +49,7 @@ by that network's EL2N on each test sample, ``||softmax - onehot||_2``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shlex
 import time
@@ -366,24 +367,18 @@ class _Inputs:
 
     def __init__(self, ds: ImageDataset, cfg: RunConfig) -> None:
         self.ds, self.cfg = ds, cfg
-        self._scores: torch.Tensor | None = None
-        self._experts: Any = None
 
-    @property
+    @functools.cached_property
     def scores(self) -> torch.Tensor:
-        if self._scores is None:
-            from .scores import get_scores
+        from .scores import get_scores
 
-            self._scores = get_scores(self.ds, self.cfg.scores, cache_dir=self.cfg.cache_path, seed=self.cfg.seed)
-        return self._scores
+        return get_scores(self.ds, self.cfg.scores, cache_dir=self.cfg.cache_path, seed=self.cfg.seed)
 
-    @property
+    @functools.cached_property
     def experts(self) -> Any:
-        if self._experts is None:
-            from .experts import train_experts
+        from .experts import train_experts
 
-            self._experts = train_experts(self.ds, self.cfg)
-        return self._experts
+        return train_experts(self.ds, self.cfg)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ experts trained (or reused from the cache) when the alpha stage does.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import shutil
 from pathlib import Path
@@ -64,29 +65,25 @@ class SelMatchObjectives:
         self.device = resolve_device(cfg.device)
         self.ds = load_configured(cfg.data, device=self.device)
         self.class_sizes = class_sizes(self.ds.train_labels, self.ds.train_index).cpu()
-        self._scores: torch.Tensor | None = None
-        self._experts: ExpertStore | None = None
 
     def max_beta(self, ipc: int) -> float:
         from ..selection import max_beta
 
         return max_beta(ipc, self.class_sizes)
 
+    @functools.cached_property
     def scores(self) -> torch.Tensor:
-        """float (N,) difficulty of every training sample, computed now if the cache lacks it."""
+        """float (N,) difficulty of every training sample, computed on first use if the cache lacks it."""
         from ..scores import get_scores
 
-        if self._scores is None:
-            self._scores = get_scores(self.ds, self.cfg.scores, cache_dir=self.cfg.cache_path, seed=self.cfg.seed)
-        return self._scores
+        return get_scores(self.ds, self.cfg.scores, cache_dir=self.cfg.cache_path, seed=self.cfg.seed)
 
+    @functools.cached_property
     def experts(self) -> ExpertStore:
-        """The expert trajectories, trained now if the cache lacks them."""
+        """The expert trajectories, trained on first use if the cache lacks them."""
         from ..experts import train_experts
 
-        if self._experts is None:
-            self._experts = train_experts(self.ds, self.cfg, device=self.device)
-        return self._experts
+        return train_experts(self.ds, self.cfg, device=self.device)
 
     # ---- stage 1 -----------------------------------------------------------------------------
 
@@ -95,7 +92,7 @@ class SelMatchObjectives:
         from ..selection import window_accuracy
 
         cfg, ecfg = ctx.cfg, ctx.cfg.evaluate
-        scores = self.scores()
+        scores = self.scores
         val_images, val_y = self.ds.split("val")
         val_x = self.ds.normalize(val_images)  # (V, C, H, W) float, on the dataset's device
         n_set = ctx.ipc * self.ds.num_classes
@@ -126,7 +123,7 @@ class SelMatchObjectives:
         from ..distill import RESULT_FILE, DistillStep, quick_evaluator, selmatch
         from ..export import RESULT_PATH_ATTR, upload_trial_artifacts
 
-        scores, experts = self.scores(), self.experts()
+        scores, experts = self.scores, self.experts
         cfg = _with_iterations(ctx.cfg, trial_iterations(ctx.cfg))
         evaluator = quick_evaluator(self.ds, cfg)
 
@@ -178,8 +175,8 @@ class SelMatchObjectives:
                 with open(source, "rb") as src, atomic_write(final_dir / CHECKPOINT_FILE) as dst:
                     shutil.copyfileobj(src, dst)  # a crash mid-copy must not leave a truncated checkpoint
             LOG.info("%s: continuing alpha=%g to %d iterations", ctx.study_name, alpha, cfg.distill.iterations)
-            result = selmatch(self.ds, cfg, ipc=ctx.ipc, alpha=alpha, beta=beta, scores=self.scores(),
-                              experts=self.experts(), checkpoint_dir=final_dir, resume=True,
+            result = selmatch(self.ds, cfg, ipc=ctx.ipc, alpha=alpha, beta=beta, scores=self.scores,
+                              experts=self.experts, checkpoint_dir=final_dir, resume=True,
                               evaluator=quick_evaluator(self.ds, cfg))
         test = evaluate_set(self.ds, result.images.to(self.device), result.labels.to(self.device), cfg=cfg.evaluate,
                             distill_mask=result.distill_mask.to(self.device), split="test", runs=cfg.evaluate.runs,
