@@ -261,6 +261,8 @@ class TuneConfig:
         pruner: Optuna pruner of both stages: ``median``, ``successive-halving``, ``hyperband`` or ``none``.
         patience: Drops tolerated by the line search before it stops.
         beta_seeds: Seeds averaged per beta trial.
+        alpha_seeds: Networks averaged per quick validation accuracy of an alpha
+            trial (more cost per evaluation, less noise between alphas).
         trial_iterations: Distillation iterations per alpha trial under the ``quick``
             budget (None: distill.iterations).
         beta_start: Where the beta line search starts (None: the previous IPC's
@@ -287,6 +289,7 @@ class TuneConfig:
     pruner: str = "median"
     patience: int = 0
     beta_seeds: int = 2
+    alpha_seeds: int = 1
     trial_iterations: int | None = None
     beta_start: float | None = None
     budget: str = "quick"
@@ -312,7 +315,7 @@ class TuneConfig:
         for name in ("patience", "pruner_startup_trials", "pruner_warmup_steps"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"tune.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("beta_seeds", "max_failures", "heartbeat_interval"):
+        for name in ("beta_seeds", "alpha_seeds", "max_failures", "heartbeat_interval"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"tune.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("trial_iterations", "beta_trials", "alpha_trials"):

@@ -451,13 +451,14 @@ def dsa_strategies(cfg: RunConfig) -> tuple[str, ...]:
     return strategies
 
 
-def quick_evaluator(ds: ImageDataset, cfg: RunConfig) -> Evaluator:
-    """Validation accuracy of one network trained on the set for ``evaluate.quick_fraction`` of the budget."""
+def quick_evaluator(ds: ImageDataset, cfg: RunConfig, *, runs: int = 1) -> Evaluator:
+    """Mean validation accuracy of ``runs`` networks (seeds ``cfg.seed``, ``cfg.seed + 1``, ...) trained
+    on the set for ``evaluate.quick_fraction`` of the budget."""
     from .evaluate import evaluate_set
 
     def evaluate(images: torch.Tensor, labels: torch.Tensor, distill_mask: torch.Tensor) -> float:
-        result = evaluate_set(ds, images, labels, cfg=cfg.evaluate, distill_mask=distill_mask, split="val", runs=1,
-                              fraction=cfg.evaluate.quick_fraction, seed=cfg.seed)
+        result = evaluate_set(ds, images, labels, cfg=cfg.evaluate, distill_mask=distill_mask, split="val",
+                              runs=runs, fraction=cfg.evaluate.quick_fraction, seed=cfg.seed)
         return float(result.mean)
 
     return evaluate

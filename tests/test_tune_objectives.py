@@ -89,3 +89,20 @@ def test_an_interrupted_alpha_trial_resumes_from_its_checkpoint(objectives, tmp_
     assert sorted(done.intermediate_values) == [2, 4]  # the pre-resume evaluation is reported too
     assert any(key.startswith("artifacts:") for key in done.system_attrs)
     assert len(list((tmp_path / "art").iterdir())) == 3  # grid, curves, set
+
+
+def test_alpha_trials_score_the_mean_of_tune_alpha_seeds_networks(objectives, tmp_path):
+    from autoselmatch.distill import DistillResult
+    from autoselmatch.evaluate import evaluate_set
+
+    cfg = apply_overrides(objectives.cfg, {"tune.alpha_seeds": 2})
+    averaged = SelMatchObjectives(cfg)  # scores and experts come from the module's cache
+    (tmp_path / "art").mkdir()
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    value = averaged.alpha(context(averaged, tmp_path, "alpha"), beta=0.2)(0.5, trial)
+    result = DistillResult.load(trial.user_attrs["result_path"])
+    runs = evaluate_set(averaged.ds, result.images, result.labels, cfg=cfg.evaluate, distill_mask=result.distill_mask,
+                        split="val", runs=2, fraction=cfg.evaluate.quick_fraction, seed=cfg.seed)
+    assert len(set(runs.accuracies)) == 2  # two different networks...
+    assert value == pytest.approx(runs.mean)  # ...whose mean is the score

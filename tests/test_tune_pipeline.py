@@ -178,10 +178,19 @@ def test_a_study_from_an_older_version_resumes_when_its_new_settings_are_at_thei
 
 
 def test_how_many_networks_train_at_once_is_no_change_of_settings(tmp_path):
-    """Trials train one network at a time; evaluate.runs and stack_runs shape only the final report."""
+    """evaluate.runs and stack_runs shape only the final report."""
     run(tmp_path)
     again = run(tmp_path, cfg=config(**{"evaluate.stack_runs": 3, "evaluate.runs": 3}))
     assert again.ipcs[0].beta.ran == 0 and again.ipcs[0].alpha.ran == 0
+
+
+def test_networks_per_alpha_evaluation_are_a_setting_of_the_alpha_study_alone(tmp_path):
+    run(tmp_path)
+    with pytest.raises(InvalidArgument, match=r"study 'digits-ipc10-alpha' was made with other settings "
+                                              r"\(alpha_seeds: 1 in the study, 3 now\)"):
+        run(tmp_path, cfg=config(**{"tune.alpha_seeds": 3}))
+    assert load(tmp_path, "digits-ipc10-alpha").user_attrs["settings"]["alpha_seeds"] == 1
+    assert "alpha_seeds" not in load(tmp_path, "digits-ipc10-beta").user_attrs["settings"]
 
 
 def test_timeout_stops_before_the_next_trial_and_leaves_a_resumable_study(tmp_path):

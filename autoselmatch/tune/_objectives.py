@@ -7,8 +7,9 @@
   network's training for the pruner (the first epochs on a few hundred
   images are close to chance, and pruning on them cuts windows on noise).
 - stage 2, alpha: SelMatch distillation (:func:`autoselmatch.distill.selmatch`)
-  for the trial budget, reporting its quick validation accuracies at
-  ``distill.eval_every``; the last one is the score. Each (beta, alpha) has
+  for the trial budget, reporting its quick validation accuracies (mean of
+  ``tune.alpha_seeds`` networks) at ``distill.eval_every``; the last one is
+  the score. Each (beta, alpha) has
   its own checkpoint folder, so a trial interrupted by a crash or Ctrl-C
   resumes where it stopped when the search retries the point.
 - final: the best trial continued to ``distill.iterations`` (from a copy of
@@ -125,7 +126,7 @@ class SelMatchObjectives:
 
         scores, experts = self.scores, self.experts
         cfg = _with_iterations(ctx.cfg, trial_iterations(ctx.cfg))
-        evaluator = quick_evaluator(self.ds, cfg)
+        evaluator = quick_evaluator(self.ds, cfg, runs=cfg.tune.alpha_seeds)
 
         def objective(alpha: float, trial: optuna.Trial) -> float:
             run_dir = _point_dir(ctx, beta, alpha)

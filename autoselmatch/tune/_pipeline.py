@@ -163,14 +163,15 @@ def trial_iterations(cfg: RunConfig) -> int:
 def stage_settings(cfg: RunConfig, stage: str, ipc: int) -> dict[str, Any]:
     """Every setting that shapes a trial's value in ``stage`` (stored in the study; changes are refused)."""
     data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("root", "download")}
-    # runs and stack_runs shape the final report only: trials train one network at a time
+    # runs and stack_runs shape the final report only: trials train tune.beta_seeds / tune.alpha_seeds
+    # networks, and stacking them changes no network's training
     evaluate = {k: v for k, v in to_dict(cfg.evaluate).items() if k not in ("runs", "stack_runs")}
     common = {"stage": stage, "ipc": ipc, "seed": cfg.seed, "data": data, "scores": to_dict(cfg.scores),
               "evaluate": evaluate}
     if stage == "beta":
         return {**common, "beta_seeds": cfg.tune.beta_seeds}
     distill = {**to_dict(cfg.distill), "iterations": trial_iterations(cfg)}
-    return {**common, "experts": to_dict(cfg.experts), "distill": distill}
+    return {**common, "experts": to_dict(cfg.experts), "distill": distill, "alpha_seeds": cfg.tune.alpha_seeds}
 
 
 def default_settings(stage: str, ipc: int) -> dict[str, Any]:
