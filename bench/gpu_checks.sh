@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Every GPU check the issues ask for, as one prepared run for a lent H100/H200
-# (about 12 minutes; the first check, the open one, takes up to 9). Writes logs
+# (about 12 minutes in all, more than one 10-minute device call: the first
+# check, the open one, takes up to 9, so run it alone or with smoke). Writes logs
 # and JSON under $OUT (default bench/out/gpu).
 #
-#   bash bench/gpu_checks.sh            # from the repository root
+#   bash bench/gpu_checks.sh                    # every check, from the repository root
+#   bash bench/gpu_checks.sh evaluate smoke     # some: evaluate, smoke, distill, experts
 #
 # Needs torch on the machine; the package is used from the source tree.
 set -uo pipefail
@@ -12,37 +14,48 @@ mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 AUTOSELMATCH_NO_PROGRESS=1
 DATA=${AUTOSELMATCH_GPU_DATA:-.gpudata}   # holds fashion-mnist/*.gz (idx files)
 CACHE=$(mktemp -d)
-asm() { python -m autoselmatch --device cuda --seed 0 "$@"; }
+CHECKS=" ${*:-evaluate smoke distill experts} "
+for check in $CHECKS; do
+  case $check in evaluate|smoke|distill|experts) ;; *) echo "unknown check '$check' (evaluate, smoke, distill, experts)" >&2; exit 2;; esac
+done
+want() { [[ $CHECKS == *" $1 "* ]]; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 
-echo "== 1. evaluation engine speed (issue 3): ResNet-18, 10,000 images; eager, compile, CUDA graphs"
-timeout 540 python bench/evaluate_speed.py --gpu --json "$OUT/evaluate_speed_gpu.json" 2>&1 | tee "$OUT/evaluate_speed.log"
+if want evaluate; then
+  echo "== 1. evaluation engine speed (issue 3): ResNet-18, 10,000 images; eager, compile, CUDA graphs"
+  timeout 540 python bench/evaluate_speed.py --gpu --json "$OUT/evaluate_speed_gpu.json" 2>&1 | tee "$OUT/evaluate_speed.log"
+fi
 
-echo "== 2. CUDA smoke: experts, distill (3 memory modes), evaluate on digits"
-timeout 150 bash -c "
-  asm() { python -m autoselmatch --device cuda --seed 0 \"\$@\"; }
-  asm experts -d digits --cache-dir $CACHE &&
-  for mode in exact checkpoint tesla; do
-    asm distill -d digits --ipc 10 --alpha 0.5 --beta 0.2 --cache-dir $CACHE --memory \$mode \
-        --set distill.iterations=20 --out $CACHE/distill-\$mode --output json > $OUT/smoke-distill-\$mode.json || exit 1
-  done &&
-  asm evaluate $CACHE/distill-exact/result.pt -d digits --runs 2 --output json > $OUT/smoke-evaluate.json
-" 2>&1 | tail -n 30 | tee "$OUT/smoke.log"
-echo "smoke exit: ${PIPESTATUS[0]}" | tee -a "$OUT/smoke.log"
+if want smoke; then
+  echo "== 2. CUDA smoke: experts, distill (3 memory modes), evaluate on digits"
+  timeout 150 bash -c "
+    asm() { python -m autoselmatch --device cuda --seed 0 \"\$@\"; }
+    asm experts -d digits --cache-dir $CACHE &&
+    for mode in exact checkpoint tesla; do
+      asm distill -d digits --ipc 10 --alpha 0.5 --beta 0.2 --cache-dir $CACHE --memory \$mode \
+          --set distill.iterations=20 --out $CACHE/distill-\$mode --output json > $OUT/smoke-distill-\$mode.json || exit 1
+    done &&
+    asm evaluate $CACHE/distill-exact/result.pt -d digits --runs 2 --output json > $OUT/smoke-evaluate.json
+  " 2>&1 | tail -n 30 | tee "$OUT/smoke.log"
+  echo "smoke exit: ${PIPESTATUS[0]}" | tee -a "$OUT/smoke.log"
+fi
 
+if want distill; then
+  echo "== 3. distillation speed and memory (issue 6): CIFAR-100 geometry"
+  timeout 200 python bench/distill_speed.py --device cuda --width 128 --image-size 32 --classes 100 --ipc 100 \
+      --batch 125 --syn-steps 55 --iterations 3 --threads 4 --json "$OUT/distill_speed_gpu.json" 2>&1 | tee "$OUT/distill_speed.log"
+fi
 
-echo "== 3. distillation speed and memory (issue 6): CIFAR-100 geometry"
-timeout 200 python bench/distill_speed.py --device cuda --width 128 --image-size 32 --classes 100 --ipc 100 \
-    --batch 125 --syn-steps 55 --iterations 3 --threads 4 --json "$OUT/distill_speed_gpu.json" 2>&1 | tee "$OUT/distill_speed.log"
-
-echo "== 4. experts on Fashion-MNIST and the memory of loading them (issue 5)"
-if [ -d "$DATA/fashion-mnist" ]; then
-  timeout 240 python -m autoselmatch --device cuda --seed 0 experts -d fashion-mnist --data-root "$DATA" \
-      --cache-dir "$CACHE" --output json > "$OUT/experts_fmnist.json" 2> "$OUT/experts_fmnist.err"
-  echo "experts exit: $?"; tail -n 5 "$OUT/experts_fmnist.err"
-  timeout 60 python bench/experts_memory.py rss --dir "$CACHE"/experts/fashion-mnist-* 2>&1 | tee "$OUT/experts_memory.log"
-else
-  echo "skipped: no $DATA/fashion-mnist"
+if want experts; then
+  echo "== 4. experts on Fashion-MNIST and the memory of loading them (issue 5)"
+  if [ -d "$DATA/fashion-mnist" ]; then
+    timeout 240 python -m autoselmatch --device cuda --seed 0 experts -d fashion-mnist --data-root "$DATA" \
+        --cache-dir "$CACHE" --output json > "$OUT/experts_fmnist.json" 2> "$OUT/experts_fmnist.err"
+    echo "experts exit: $?"; tail -n 5 "$OUT/experts_fmnist.err"
+    timeout 60 python bench/experts_memory.py rss --dir "$CACHE"/experts/fashion-mnist-* 2>&1 | tee "$OUT/experts_memory.log"
+  else
+    echo "skipped: no $DATA/fashion-mnist"
+fi
 fi
