@@ -9,9 +9,9 @@
 - stage 2, alpha: SelMatch distillation (:func:`autoselmatch.distill.selmatch`)
   for the trial budget, reporting its quick validation accuracies (mean of
   ``tune.alpha_seeds`` networks) at ``distill.eval_every``; the last one is
-  the score. Each (beta, alpha) has
-  its own checkpoint folder, so a trial interrupted by a crash or Ctrl-C
-  resumes where it stopped when the search retries the point.
+  the score. Each (beta, alpha) has its own checkpoint folder, so a trial
+  interrupted by a crash or Ctrl-C resumes where it stopped when the search
+  retries the point.
 - final: the best trial continued to ``distill.iterations`` (from a copy of
   its checkpoint), evaluated on the **test** split with ``evaluate.runs``
   seeds, saved, and uploaded as the study's artifacts.
