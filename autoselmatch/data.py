@@ -553,10 +553,7 @@ def _tinyimagenet(*, root: Path, download: bool) -> RawData:
         raise DataError(f"tinyimagenet not found at {folder} (train/ and val/val_annotations.txt); pass --download")
     cache = folder / "autoselmatch-tensors.pt"
     if cache.is_file():
-        try:
-            t = load_torch(cache, what="decoded-tensor cache")
-        except DataError as exc:  # truncated, or not a torch file of tensors
-            raise DataError(f"{exc}; delete it to decode again") from None
+        t = load_torch(cache, what="decoded-tensor cache", remedy="delete it to decode again")
         return RawData(t["train_images"], t["train_labels"], t["test_images"], t["test_labels"],
                        tuple(t["classes"]), TINY_MEAN, TINY_STD)
     train_files = {c: f for c, f in _class_files(folder / "train").items() if f}

@@ -719,10 +719,7 @@ def _save_checkpoint(path: Path, fingerprint: str, state: _RunState, pixels: tor
 def _load_checkpoint(path: Path, fingerprint: str, pixels: torch.Tensor, lr: torch.Tensor,
                      opt_img: torch.optim.Optimizer, opt_lr: torch.optim.Optimizer,
                      generator: torch.Generator) -> _RunState:
-    try:
-        blob = load_torch(path, what="distillation checkpoint")
-    except DataError as exc:  # truncated or foreign file
-        raise DataError(f"{exc}; delete it to start over") from None
+    blob = load_torch(path, what="distillation checkpoint", remedy="delete it to start over")
     if blob.get("version") != CHECKPOINT_VERSION or blob.get("fingerprint") != fingerprint:
         raise InvalidArgument(f"checkpoint {path} was made with other settings (dataset, seed, distill settings, "
                               f"experts or initial set differ); use another output folder or start without --resume")

@@ -172,7 +172,8 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, f)
 
 
-def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu", *, what: str = "") -> Any:
+def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu", *, what: str = "",
+               remedy: str = "") -> Any:
     """``torch.load`` with ``weights_only=True``: tensors, dicts, lists and numbers only.
 
     A file that would import anything else (a class, a function: code run while
@@ -184,18 +185,20 @@ def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         path: The file.
         map_location: Where tensors are put.
         what: What the file should be (``"set file"``), named before the path in errors.
+        remedy: What the user can do about a bad file (``"delete it to recompute"``), after the error.
     """
     name = f"{what} {path}" if what else str(path)
+    then = f"; {remedy}" if remedy else ""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise DataError(f"refusing to load {name}: {_refusal(exc)}") from None
+        raise DataError(f"refusing to load {name}: {_refusal(exc)}{then}") from None
     except (EOFError, IndexError, RuntimeError):  # what torch raises on a truncated or foreign file
-        raise DataError(f"{name} is not a complete torch file (truncated, or of another format)") from None
+        raise DataError(f"{name} is not a complete torch file (truncated, or of another format){then}") from None
     except OSError as exc:
         if exc.errno != errno.EINVAL:  # EINVAL: a zip whose directory points past the end (a truncated file)
             raise
-        raise DataError(f"{name} is not a complete torch file (truncated)") from None
+        raise DataError(f"{name} is not a complete torch file (truncated){then}") from None
 
 
 def _refusal(exc: pickle.UnpicklingError) -> str:

@@ -253,10 +253,7 @@ def _read_cached(path: Path, ds: ImageDataset, cfg: ScoreConfig) -> torch.Tensor
     """The scores cached at ``path`` if present and fitting ``ds``; None means compute them."""
     if not path.is_file():
         return None
-    try:
-        stored = load_torch(path, what="cached scores")
-    except DataError as exc:  # truncated, or not a torch file of tensors
-        raise DataError(f"{exc}; delete it to recompute") from None
+    stored = load_torch(path, what="cached scores", remedy="delete it to recompute")
     if not isinstance(stored, dict) or not isinstance(stored.get("scores"), torch.Tensor):
         raise DataError(f"cached scores {path} hold no 'scores' tensor; delete the file to recompute")
     scores = stored["scores"]
