@@ -52,6 +52,7 @@ _EXPORTS = {
     "DistillResult": "distill",
     "DistillStep": "distill",
     "TrajectoryMatcher": "distill",
+    "SyntheticSet": "synset",
     "select_window": "selection",
     "select": "selection",
     "Window": "selection",

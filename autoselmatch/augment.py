@@ -7,13 +7,17 @@ so a seeded generator reproduces a call exactly and its state
 (``generator.get_state()``) can be saved to resume bit for bit.
 
     x_aug = dsa(x, generator=g)                      # one DSA strategy for the batch
+    x_aug = dsa_per_image(x, draw_strategies(len(x), generator=g), generator=g)  # one strategy per image
     x_aug = simple_augment(x, generator=g)           # random crop (pad side/8) + flip
     x_aug = combined_augment(x, distill_mask, generator=g)   # SelMatch evaluation
 
 DSA (Zhao & Bilen 2021, "Dataset Condensation with Differentiable Siamese
 Augmentation"; the ``ParamDiffAug`` defaults used by MTT and SelMatch) in its
-single mode: one strategy is drawn per call for the whole batch, each sample
-gets its own random parameters. Ranges, with ``u ~ U[0, 1)`` per sample:
+single mode: :func:`dsa` draws one strategy per call for the whole batch (as
+MTT's distillation and evaluation do), each sample gets its own random
+parameters. SelMatch's combined augmentation applies DSA image by image, so
+:func:`dsa_per_image` gives every image its own strategy (one batched call per
+strategy on the rows that drew it). Ranges, with ``u ~ U[0, 1)`` per sample:
 
     color    brightness x + (u - 0.5) * 1.0, then saturation
              (x - mean_c) * 2.0u + mean_c, then contrast
@@ -179,6 +183,26 @@ def draw_strategy(strategies: Sequence[str] = DSA_STRATEGIES, *, generator: torc
     return strategies[int(torch.randint(len(strategies), (1,), generator=generator, device=device))]
 
 
+def draw_strategies(
+    n: int, strategies: Sequence[str] = DSA_STRATEGIES, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Draw ``n`` strategy indices uniformly from ``range(len(strategies))``.
+
+    Returns an int64 (n,) tensor on ``generator``'s device (the CPU when
+    ``None``); a CPU generator keeps :func:`dsa_per_image` free of sync points.
+    """
+    device = generator.device if generator is not None else "cpu"
+    return torch.randint(len(strategies), (n,), generator=generator, device=device)
+
+
+def _check_strategies(strategies: Sequence[str]) -> None:
+    unknown = [s for s in strategies if s not in _STRATEGY_FNS]
+    if unknown or not strategies:
+        raise InvalidArgument(
+            f"DSA strategies must be a non-empty subset of {', '.join(DSA_STRATEGIES)}, got {list(strategies)}"
+        )
+
+
 def dsa(
     x: torch.Tensor,
     *,
@@ -200,11 +224,7 @@ def dsa(
         (B, C, H, W), the augmented batch.
     """
     _check_batch(x)
-    unknown = [s for s in strategies if s not in _STRATEGY_FNS]
-    if unknown or not strategies:
-        raise InvalidArgument(
-            f"DSA strategies must be a non-empty subset of {', '.join(DSA_STRATEGIES)}, got {list(strategies)}"
-        )
+    _check_strategies(strategies)
     if strategy is None:
         strategy = draw_strategy(strategies, generator=generator)
     if strategy not in _STRATEGY_FNS:
@@ -212,6 +232,49 @@ def dsa(
     if x.shape[0] == 0:
         return x
     return _STRATEGY_FNS[strategy](x, generator)
+
+
+def dsa_per_image(
+    x: torch.Tensor,
+    strategy_index: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    strategies: Sequence[str] = DSA_STRATEGIES,
+) -> torch.Tensor:
+    """DSA with a strategy of its own for every image: row b gets ``strategies[strategy_index[b]]``.
+
+    The rows are sorted by strategy (one gather), each strategy runs once,
+    batched, on the rows that drew it (in ``strategies`` order, each drawing
+    its per-sample parameters from ``generator``), and the rows go back to
+    their places (one more gather). Differentiable w.r.t. ``x``.
+
+    Args:
+        x: Float (B, C, H, W) in normalised space.
+        strategy_index: Int (B,) indices into ``strategies`` (:func:`draw_strategies`);
+            on the CPU, so that splitting the batch reads no device value (a device
+            tensor is copied to the host: a sync point on CUDA).
+        generator: Source of the per-sample parameters, on ``x.device``.
+        strategies: The strategy names the indices refer to.
+
+    Returns:
+        (B, C, H, W), the augmented batch, rows in their original order.
+    """
+    _check_batch(x)
+    _check_strategies(strategies)
+    index = strategy_index.detach().cpu().long()
+    if index.shape != (x.shape[0],):
+        raise InvalidArgument(f"strategy_index must have shape ({x.shape[0]},), got {tuple(index.shape)}")
+    if len(index) and (index.min() < 0 or index.max() >= len(strategies)):
+        raise InvalidArgument(f"strategy_index values must be in [0, {len(strategies) - 1}], "
+                              f"got [{int(index.min())}, {int(index.max())}]")
+    if x.shape[0] == 0:
+        return x
+    order = torch.argsort(index, stable=True)  # rows grouped by strategy
+    counts = torch.bincount(index, minlength=len(strategies)).tolist()
+    gathers = torch.stack([order, torch.argsort(order)]).to(x.device, non_blocking=True)  # (2, B): sort, unsort
+    groups = torch.split(x.index_select(0, gathers[0]), counts)
+    out = torch.cat([_STRATEGY_FNS[name](group, generator) for name, group in zip(strategies, groups) if len(group)])
+    return out.index_select(0, gathers[1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,36 +322,47 @@ def augment_grouped(
     *,
     generator: torch.Generator | None = None,
     strategy: str | None = None,
+    host_generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Augment a batch whose first ``num_distill`` rows are D_distill and the rest D_select.
 
     The training loop arranges each batch this way (the split point is known
     on the host), so no GPU value is read. ``name`` is one of
-    :data:`AUGMENTATIONS`: ``combined`` applies DSA to the first rows and
-    simple augmentation to the rest (one batched call each); ``dsa``,
-    ``simple`` and ``none`` treat all rows alike.
+    :data:`AUGMENTATIONS`: ``combined`` applies DSA to the first rows, one
+    strategy per image (:func:`dsa_per_image`), and simple augmentation to the
+    rest; ``dsa`` (one strategy for the batch), ``simple`` and ``none`` treat
+    all rows alike.
 
     Args:
         x: Float (B, C, H, W).
         num_distill: How many leading rows are D_distill, in [0, B].
         name: Augmentation name.
-        generator: Source of randomness on ``x.device``.
-        strategy: The DSA strategy to use (drawn from ``generator`` when ``None``).
+        generator: Source of the per-sample randomness, on ``x.device``.
+        strategy: The strategy of a ``dsa`` batch (drawn when ``None``); ``combined``
+            draws its own per image and refuses one.
+        host_generator: CPU generator the DSA strategies are drawn from, so that
+            drawing them reads no device value (default: ``generator``).
     """
     if not 0 <= num_distill <= x.shape[0]:
         raise InvalidArgument(f"num_distill must be in [0, {x.shape[0]}], got {num_distill}")
+    if strategy is not None and name != "dsa":
+        raise InvalidArgument(f"strategy= applies to the dsa augmentation only, got it with {name!r}")
+    strategy_generator = host_generator if host_generator is not None else generator
     if name == "none":
         return x
     if name == "simple":
         return simple_augment(x, generator=generator)
     if name == "dsa":
+        if strategy is None:
+            strategy = draw_strategy(generator=strategy_generator)
         return dsa(x, generator=generator, strategy=strategy)
     if name == "combined":
-        if num_distill == x.shape[0]:
-            return dsa(x, generator=generator, strategy=strategy)
         if num_distill == 0:
             return simple_augment(x, generator=generator)
-        distilled = dsa(x[:num_distill], generator=generator, strategy=strategy)
+        index = draw_strategies(num_distill, generator=strategy_generator)
+        distilled = dsa_per_image(x[:num_distill], index, generator=generator)
+        if num_distill == x.shape[0]:
+            return distilled
         selected = simple_augment(x[num_distill:], generator=generator)
         return torch.cat([distilled, selected])
     AUGMENTATIONS.get(name)  # raises UnknownNameError with the known names
@@ -298,9 +372,9 @@ def augment_grouped(
 def combined_augment(
     x: torch.Tensor, distill_mask: torch.Tensor, *, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """DSA on the rows where ``distill_mask`` is True, simple augmentation on the others.
+    """DSA on the rows where ``distill_mask`` is True (one strategy per image), simple augmentation on the others.
 
-    One batched call per group; rows come back in their original order.
+    Batched calls per group (see :func:`augment_grouped`); rows come back in their original order.
     Counting the True rows reads a GPU value on CUDA; the training loop
     avoids that with :func:`augment_grouped`.
 
@@ -358,8 +432,10 @@ __all__ = [
     "combined_augment",
     "cutout_size",
     "default_pad",
+    "draw_strategies",
     "draw_strategy",
     "dsa",
+    "dsa_per_image",
     "get_augmentation",
     "simple_augment",
     "translate",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import tomllib
 import types
@@ -23,22 +24,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from .choices import (AUGMENTATIONS, COMPILE_MODES, DISTILL_INITS, DISTILL_MODES, EXPERT_AUGMENTATIONS, MEMORY_MODES,
+                      REPRODUCE_METHODS, TUNE_BUDGETS)
+from .data import check_image_size
 from .errors import InvalidArgument
 from .models import ModelSpec
+from .runtime import DEVICES
 from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
-
-AUGMENTATIONS = ("none", "simple", "dsa", "combined")
-EXPERT_AUGMENTATIONS = ("none", "simple", "dsa")
-MEMORY_MODES = ("exact", "checkpoint", "tesla")
-TUNE_BUDGETS = ("quick", "paper")
-DISTILL_INITS = ("window", "random")
-DISTILL_MODES = ("selmatch", "merge")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-REPRODUCE_METHODS = ("random", "hardest", "window", "mtt", "mtt-init", "merge", "selmatch", "full")
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
+    if not low <= value <= high:  # also refuses nan
         raise InvalidArgument(f"{name} must be in [{low}, {high}], got {value}")
 
 
@@ -49,7 +45,8 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which dataset and how its validation split is carved (see :func:`autoselmatch.data.load_dataset`)."""
+    """Which dataset, how its validation split is carved, and ``image_size``: the square side every image
+    is resized to at load, for any dataset (``None``: its own size; see :func:`autoselmatch.data.load_dataset`)."""
 
     name: str = "digits"
     root: str | None = None
@@ -60,15 +57,23 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_range("data.val_fraction", self.val_fraction, 0.0, 0.5)
+        check_image_size("data.image_size", self.image_size)
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """Difficulty score: ``name`` in {cscore, forgetting, el2n}; ``file`` overrides download/compute.
+    """Difficulty score: ``name`` in {cscore, el2n, forgetting, learning-speed}; ``file`` overrides download/compute.
 
-    ``epochs`` and ``networks`` set how computed scores (EL2N, forgetting) are
-    trained; ``model``, ``lr``, ``momentum``, ``weight_decay`` and
-    ``batch_size`` describe the networks (plain SGD, no augmentation).
+    ``file`` always wins: a published file (C-scores, the forgetting counts of
+    CIFAR or Tiny ImageNet) is used when it is given. Otherwise ``cscore`` is
+    downloaded (CIFAR-10/100 only), ``el2n`` is computed by its own networks,
+    and ``forgetting`` and ``learning-speed`` are derived from the correctness
+    records of the run's expert trajectories (``experts`` settings; trained
+    when missing, reused without extra training when cached).
+    ``epochs`` and ``networks`` set how EL2N's networks are trained;
+    ``model``, ``lr``, ``momentum``, ``weight_decay`` and ``batch_size``
+    describe them (plain SGD, no augmentation). They do not apply to the
+    expert-derived scores.
     """
 
     name: str = "el2n"
@@ -93,8 +98,13 @@ class ScoreConfig:
 class ExpertConfig:
     """Expert trajectories: ``num_experts`` networks trained on the real training split.
 
-    ``epochs = None`` means ``distill.max_start_epoch + distill.expert_epochs``,
-    the only epochs distillation ever reads. ``augment`` is ``none``, ``simple``
+    ``epochs = None`` means enough epochs to store ``distill.max_start_epoch +
+    distill.expert_epochs`` snapshots, the only ones distillation ever reads.
+    ``snapshot_every`` is the number of SGD steps between stored parameter
+    rows; None (the default) stores one row per epoch, the layout and cache
+    key of experts trained before the setting existed. With it set,
+    ``distill.expert_epochs`` and ``distill.max_start_epoch`` count stored
+    rows (snapshots) instead of epochs. ``augment`` is ``none``, ``simple``
     or ``dsa`` (``combined`` needs a selected/distilled split experts do not
     have). ``zca`` whitens images with a transform fitted on the training split
     (eigenvalue regulariser ``zca_eps``, kornia's default as in MTT).
@@ -103,6 +113,7 @@ class ExpertConfig:
     model: ModelSpec = field(default_factory=lambda: ModelSpec("convnet", {"depth": 3, "width": 128, "norm": "batch"}))
     num_experts: int = 100
     epochs: int | None = None
+    snapshot_every: int | None = None
     lr: float = 0.01
     momentum: float = 0.0
     weight_decay: float = 0.0
@@ -117,6 +128,9 @@ class ExpertConfig:
             raise InvalidArgument(f"experts.num_experts must be >= 1, got {self.num_experts}")
         if self.epochs is not None and self.epochs < 1:
             raise InvalidArgument(f"experts.epochs must be >= 1, got {self.epochs}")
+        if self.snapshot_every is not None and self.snapshot_every < 1:
+            raise InvalidArgument(f"experts.snapshot_every must be >= 1 SGD steps (or unset: one epoch), "
+                                  f"got {self.snapshot_every}")
         if self.lr <= 0:
             raise InvalidArgument(f"experts.lr must be > 0, got {self.lr}")
         if self.batch_size < 1:
@@ -135,8 +149,10 @@ class DistillConfig:
 
     Args:
         syn_steps: N, student steps per iteration.
-        expert_epochs: M, expert epochs the student must match.
-        max_start_epoch: T+, start epochs are drawn from [0, T+).
+        expert_epochs: M, expert epochs the student must match (stored snapshots
+            when ``experts.snapshot_every`` is set).
+        max_start_epoch: T+, start epochs (snapshots when ``experts.snapshot_every``
+            is set) are drawn from [0, T+).
         iterations: Distillation iterations.
         batch_syn: Student minibatch size b, drawn from the whole synthetic set.
         lr_img: Pixel learning rate.
@@ -357,9 +373,16 @@ class ReproduceConfig:
             raise InvalidArgument(f"reproduce.ablation_ipc must be >= 1, got {self.ablation_ipc}")
 
 
+MAX_SEED = 2**63 - 1  # torch.manual_seed's largest non-negative seed
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that shapes a run. ``preset`` names where it came from."""
+    """Everything that shapes a run. ``preset`` names where it came from.
+
+    ``device`` is ``auto``, ``cpu``, ``cuda`` (or ``cuda:N``) or ``mps``;
+    ``seed`` is in [0, 2**63 - 1].
+    """
 
     preset: str = "digits"
     seed: int = 0
@@ -372,6 +395,13 @@ class RunConfig:
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
+
+    def __post_init__(self) -> None:
+        base, _, index = self.device.partition(":")
+        if base not in DEVICES or (index and (base != "cuda" or not index.isdigit())):
+            raise InvalidArgument(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise InvalidArgument(f"seed must be in [0, {MAX_SEED}], got {self.seed}")
 
     @property
     def cache_path(self) -> Path:
@@ -439,10 +469,12 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint in (int, float):
         try:
             number = hint(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
             raise InvalidArgument(f"{where} must be a{'n integer' if hint is int else ' number'}, got {value!r}") from None
         if hint is int and isinstance(value, float) and value != number:
             raise InvalidArgument(f"{where} must be an integer, got {value!r}")
+        if hint is float and not math.isfinite(number):
+            raise InvalidArgument(f"{where} must be a finite number, got {value!r}")
         return number
     if hint is str:
         return str(value)
@@ -464,6 +496,23 @@ def list_presets() -> list[str]:
     return sorted(names)
 
 
+FOLDER_PRESET = "digits"  # small CPU settings; the ConvNets adapt to any image size
+SHARED_PRESETS = {"mnist": "fashion-mnist"}  # same geometry (28x28 grey, 10 classes)
+
+
+def preset_for_dataset(dataset: str | None) -> str:
+    """The preset a dataset gets without ``--preset``: the one named after it (case-insensitive),
+    ``fashion-mnist``'s for ``mnist``, and ``digits``'s (small) for ``folder:PATH`` and no dataset."""
+    if dataset is None or dataset.startswith("folder:"):
+        return FOLDER_PRESET
+    name = dataset.lower()
+    name = SHARED_PRESETS.get(name, name)
+    if name not in list_presets():
+        raise InvalidArgument(f"no preset for dataset {dataset!r}; pass --preset NAME|FILE.toml "
+                              f"(known: {', '.join(list_presets())})")
+    return name
+
+
 def preset_path(name: str) -> Path:
     """Path of a preset by name, or ``name`` itself when it is a ``.toml`` file."""
     if name.endswith(".toml"):
@@ -472,7 +521,7 @@ def preset_path(name: str) -> Path:
             raise InvalidArgument(f"preset file {name} does not exist")
         return path
     for folder in preset_dirs():
-        path = folder / f"{name}.toml"
+        path = folder / f"{name.lower()}.toml"
         if path.is_file():
             return path
     raise InvalidArgument(f"unknown preset {name!r}; choose one of: {', '.join(list_presets())} or a .toml path")
@@ -485,7 +534,7 @@ def load_preset(name: str) -> RunConfig:
         values = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument(f"preset {path} is not valid TOML: {exc}") from None
-    values.setdefault("preset", Path(name).stem)
+    values.setdefault("preset", path.stem)
     return from_dict(RunConfig, values)
 
 
@@ -577,6 +626,7 @@ __all__ = [
     "from_dict",
     "list_presets",
     "load_preset",
+    "preset_for_dataset",
     "parse_assignment",
     "to_dict",
     "toml_value",

@@ -31,6 +31,7 @@ import torch
 
 from .errors import DataError, InvalidArgument
 from .registry import Registry
+from .synset import from_pixels, to_pixels
 
 if TYPE_CHECKING:
     from .config import DataConfig
@@ -68,6 +69,8 @@ class ImageDataset:
             that are *not* validation samples: the pool for selection,
             distillation and experts.
         val_index: int64 (V,) ascending indices of the validation samples.
+        image_size: The side every image was resized to at load (``data.image_size``);
+            ``None``: the dataset's own size.
     """
 
     name: str
@@ -80,6 +83,7 @@ class ImageDataset:
     std: tuple[float, ...]
     train_index: torch.Tensor
     val_index: torch.Tensor
+    image_size: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -109,16 +113,12 @@ class ImageDataset:
         return torch.bincount(self.train_labels[self.train_index], minlength=self.num_classes)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (n, C, H, W) -> float32 (n, C, H, W) in normalised space."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-        return (images.float() / 255.0 - mean) / std
+        """uint8 (n, C, H, W) -> float32 (n, C, H, W) in normalised space (:func:`autoselmatch.synset.from_pixels`)."""
+        return from_pixels(images, self.mean, self.std)
 
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
-        """float (n, C, H, W) in normalised space -> uint8 pixels, rounded and clipped."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-        return ((images.detach() * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
+        """float (n, C, H, W) normalised -> uint8 pixels, rounded and clipped (:func:`autoselmatch.synset.to_pixels`)."""
+        return to_pixels(images, self.mean, self.std)
 
     def to(self, device: torch.device | str) -> "ImageDataset":
         """A copy whose tensors live on ``device``."""
@@ -160,17 +160,21 @@ def load_dataset(
         download: Fetch the official files when they are missing.
         val_fraction: Fraction of each class held out for validation, in [0, 0.5].
         split_seed: Seed of the validation split (independent of the run seed).
-        image_size: ``folder:`` datasets only: resize every image to this square side.
+        image_size: Resize every image (train and test) to this square side once, at
+            load (see :func:`resize_raw`); ``None`` keeps the dataset's size.
         device: Where the tensors are placed.
     """
     if not 0.0 <= val_fraction <= 0.5:
         raise InvalidArgument(f"val_fraction must be in [0, 0.5], got {val_fraction}")
+    check_image_size("image_size", image_size)
     root = Path(root).expanduser() if root is not None else DEFAULT_DATA_ROOT
     if name.startswith("folder:"):
         raw = load_image_folder(Path(name[len("folder:"):]).expanduser(), image_size=image_size)
     else:
         raw = DATASETS.get(name)(root=root, download=download)
     _check_raw(name, raw)
+    if image_size is not None:
+        raw = resize_raw(raw, image_size)
     mean, std = raw.mean, raw.std
     if mean is None or std is None:
         pixels = raw.train_images.float().div_(255.0)
@@ -188,6 +192,7 @@ def load_dataset(
         std=tuple(float(s) for s in std),
         train_index=train_index,
         val_index=val_index,
+        image_size=image_size,
     ).to(device)
 
 
@@ -195,6 +200,39 @@ def load_configured(data: "DataConfig", *, device: torch.device | str = "cpu") -
     """:func:`load_dataset` with the settings of a :class:`~autoselmatch.config.DataConfig`."""
     return load_dataset(data.name, root=data.root, download=data.download, val_fraction=data.val_fraction,
                         split_seed=data.split_seed, image_size=data.image_size, device=device)
+
+
+def check_image_size(name: str, image_size: object) -> None:
+    """Refuse an image side that is not a positive integer (``None``, the native size, is fine)."""
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise InvalidArgument(f"{name} must be an integer >= 1 (or unset for the dataset's own size), "
+                              f"got {image_size!r}")
+
+
+def resize_images(images: torch.Tensor, size: int, *, chunk: int = 4096) -> torch.Tensor:
+    """uint8 (n, C, H, W) -> uint8 (n, C, size, size): antialiased bilinear, rounded (in chunks of ``chunk`` images)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    parts = [
+        torch.nn.functional.interpolate(part.float(), size=(size, size), mode="bilinear", align_corners=False,
+                                        antialias=True).round_().clamp_(0, 255).to(torch.uint8)
+        for part in torch.split(images, chunk)
+    ]
+    return torch.cat(parts) if parts else images.new_zeros(0, images.shape[1], size, size)
+
+
+def resize_raw(raw: RawData, size: int) -> RawData:
+    """``raw`` with train and test images resized to ``size`` x ``size`` (:func:`resize_images`).
+
+    Normalisation constants a loader supplies describe its own pixels; once the
+    images are resized they are dropped, so :func:`load_dataset` computes them
+    from the resized training images (the mean barely moves, the std shrinks
+    as resizing smooths). Images already of that size come back unchanged.
+    """
+    if raw.train_images.shape[-2:] == (size, size) and raw.test_images.shape[-2:] == (size, size):
+        return raw
+    return replace(raw, train_images=resize_images(raw.train_images, size),
+                   test_images=resize_images(raw.test_images, size), mean=None, std=None)
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,7 +271,7 @@ def _check_raw(name: str, raw: RawData) -> None:
     if raw.train_images.shape[1:] != raw.test_images.shape[1:]:
         raise DataError(
             f"{name}: train images are {tuple(raw.train_images.shape[1:])} but test images are "
-            f"{tuple(raw.test_images.shape[1:])}; pass --image-size to resize them all"
+            f"{tuple(raw.test_images.shape[1:])}; pass --set data.image_size=N to resize them all"
         )
 
 
@@ -482,7 +520,7 @@ def _read_images(paths: list[Path], image_size: int | None) -> torch.Tensor:
         if out and array.shape != out[0].shape:
             raise DataError(
                 f"image {path} is {array.shape[1]}x{array.shape[0]} but earlier images are "
-                f"{out[0].shape[1]}x{out[0].shape[0]}; pass --image-size to resize them all"
+                f"{out[0].shape[1]}x{out[0].shape[0]}; pass --set data.image_size=N to resize them all"
             )
         out.append(array)
     if not out:
@@ -511,6 +549,9 @@ def load_image_folder(path: Path, *, image_size: int | None = None) -> RawData:
     test_files = {c: f for c, f in _class_files(test_dir).items() if f}
     if not train_files:
         raise DataError(f"folder dataset {path}: train/ has no class folders with images")
+    if len(train_files) < 2:
+        raise DataError(f"folder dataset {path}: train/ has one class ({next(iter(train_files))}); "
+                        f"distillation and difficulty scores need at least two class folders")
     if set(train_files) != set(test_files):
         only_train = sorted(set(train_files) - set(test_files))
         only_test = sorted(set(test_files) - set(train_files))
@@ -597,5 +638,7 @@ __all__ = [
     "load_dataset",
     "load_image_folder",
     "read_idx",
+    "resize_images",
+    "resize_raw",
     "stratified_split",
 ]

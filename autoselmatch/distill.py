@@ -37,9 +37,10 @@ one of three memory modes:
 Student minibatches have a constant size b, cut from consecutive random
 permutations of the rows (the reference code's last chunk of a permutation
 may be smaller). Run control: all randomness comes from one CPU generator
-(plus per-step re-seeded DSA generators), and a checkpoint holds D_distill,
-eta, both optimizers' momentum and that generator's state, so ``resume``
-continues bit for bit on CPU. Experts trained with ZCA whitening are
+(plus per-step re-seeded DSA generators), and a checkpoint holds the
+:class:`RunState` (D_distill, eta, both optimizers' momentum and that
+generator's state), so ``resume`` continues bit for bit on CPU. The result
+is a :class:`~autoselmatch.synset.SyntheticSet`. Experts trained with ZCA whitening are
 refused (synthetic sets live in the dataset's normalised space).
 
 ``torch.compile`` is not offered: the inner gradient needs a double
@@ -52,7 +53,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -61,17 +62,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .augment import DSA_STRATEGIES, dsa
-from .config import RunConfig, to_dict
+from .choices import MEMORY_MODES
+from .config import DistillConfig, RunConfig, to_dict
 from .data import ImageDataset
 from .errors import DataError, InvalidArgument, TrainingDiverged
 from .fileio import load_torch, save_torch, stable_hash
 from .models import FlatModel
 from .runtime import LOG, fault_point, progress, resolve_device
 from .selection import Window, select_window
+from .synset import SyntheticSet
 
 RESULT_FILE = "result.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
+DistillResult = SyntheticSet  # what distill() and selmatch() return; the name this module always exported
 
 Evaluator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float]
 
@@ -175,8 +179,8 @@ class TrajectoryMatcher:
 
     def __init__(self, flat: FlatModel, labels: torch.Tensor, *, syn_steps: int, batch_syn: int,
                  memory: str = "exact", segment: int = 0, strategies: Sequence[str] = DSA_STRATEGIES) -> None:
-        if memory not in ("exact", "checkpoint", "tesla"):
-            raise InvalidArgument(f"memory must be one of exact, checkpoint, tesla, got {memory!r}")
+        if memory not in MEMORY_MODES:
+            raise InvalidArgument(f"memory must be one of {', '.join(MEMORY_MODES)}, got {memory!r}")
         if syn_steps < 1:
             raise InvalidArgument(f"syn_steps must be >= 1, got {syn_steps}")
         if not 1 <= batch_syn <= len(labels):
@@ -310,107 +314,115 @@ class TrajectoryMatcher:
 
 
 # --------------------------------------------------------------------------------------------
-# The result
+# The run state: what an iteration changes, and its checkpoint
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class DistillResult:
-    """A synthetic set and everything that made it.
+class RunState:
+    """Everything a distillation run changes as it goes (after nanoGPT's train.py: state_dicts in one dict).
 
-    Attributes:
-        images: float32 (n, C, H, W) in the dataset's normalised space (CPU).
-        labels: int64 (n,) hard labels.
-        distill_mask: bool (n,): True for D_distill rows (updated), False for
-            D_select rows (frozen real images).
-        dataset: Dataset name.
-        classes: Class names; label ``k`` is ``classes[k]``.
-        mean, std: The dataset's normalisation constants, for :meth:`to_uint8`.
-        eta: Final learned student learning rate.
-        settings: Every setting that shaped the run (config, ipc, alpha, beta, ...).
-        loss_history: Matching loss per iteration.
-        evals: (iteration, quick validation accuracy) pairs.
-        indices: int64 (n,) training-set index each row was initialised from.
-        iterations: Iterations completed.
+    The D_distill pixels and eta with their SGD-with-momentum optimizers,
+    the CPU generator that every random draw comes from, the iteration count
+    and the history. :meth:`state_dict` is what a checkpoint holds, so a run
+    restored with :meth:`load_state_dict` continues bit for bit on CPU.
+
+    Args:
+        images: float32 (n, C, H, W), the initial set in normalised space on the
+            run's device; rows outside ``rows`` (D_select) are only read.
+        rows: int64 (d,) positions of the D_distill rows in ``images``.
+        dc: The ``distill`` settings (``lr_teacher`` starts eta; ``lr_img``,
+            ``lr_lr`` and ``momentum`` set the optimizers).
+        seed: Seed of the generator.
     """
 
-    images: torch.Tensor
-    labels: torch.Tensor
-    distill_mask: torch.Tensor
-    dataset: str
-    classes: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    eta: float
-    settings: dict[str, Any]
-    loss_history: list[float] = field(default_factory=list)
-    evals: list[tuple[int, float]] = field(default_factory=list)
-    indices: torch.Tensor | None = None
-    iterations: int = 0
+    def __init__(self, images: torch.Tensor, rows: torch.Tensor, dc: DistillConfig, seed: int) -> None:
+        self.base = images
+        self.rows = rows
+        self.pixels = images[rows].clone().requires_grad_(True)  # (d, C, H, W): the only pixels that learn
+        self.lr = torch.tensor(dc.lr_teacher, device=images.device, requires_grad=True)  # eta ()
+        self.opt_img = torch.optim.SGD([self.pixels], lr=dc.lr_img, momentum=dc.momentum)
+        self.opt_lr = torch.optim.SGD([self.lr], lr=dc.lr_lr, momentum=dc.momentum)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.iteration = 0
+        self.losses: list[float] = []
+        self.evals: list[tuple[int, float]] = []
 
-    def to_uint8(self) -> torch.Tensor:
-        """uint8 (n, C, H, W) pixels: the images mapped back through the normalisation, rounded, clipped."""
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return ((self.images.detach().cpu() * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
+    def images(self) -> torch.Tensor:
+        """float32 (n, C, H, W): the current set, D_select rows as given and D_distill rows as learned."""
+        return self.base.index_put((self.rows,), self.pixels.detach())
 
-    def to_dict(self) -> dict[str, Any]:
-        """The saved form: tensors, numbers, strings and lists only (loads with ``weights_only=True``).
+    def step(self, out: MatchOutput) -> tuple[float, float]:
+        """Apply one iteration's gradients to the pixels and eta; return (loss, eta after the update).
 
-        Keys: ``images`` (float, normalised), ``uint8`` (pixels), ``labels``,
-        ``distill_mask``, ``dataset``, ``eta``, ``settings`` (JSON string),
-        ``classes``, ``mean``, ``std``, ``loss_history``, ``evals``, ``indices``,
-        ``iterations``; the format ``autoselmatch evaluate`` and ``export`` read.
+        Sync point: reads the loss and eta from the device.
+        """
+        self.pixels.grad = out.grad_images[self.rows]
+        self.lr.grad = out.grad_lr.reshape(())
+        self.opt_img.step()
+        self.opt_lr.step()
+        self.iteration += 1
+        loss, eta = torch.stack([out.loss.float(), self.lr.detach().float()]).tolist()
+        self.losses.append(loss)
+        return loss, eta
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors (CPU), numbers and lists: loads with ``weights_only=True``.
+
+        As with torch's own state_dicts, the tensors may be the live ones: save
+        the dict (or deep-copy it) before the run takes another step.
         """
         return {
-            "images": self.images.detach().cpu().float(),
-            "uint8": self.to_uint8(),
-            "labels": self.labels.cpu().long(),
-            "distill_mask": self.distill_mask.cpu().bool(),
-            "dataset": self.dataset,
-            "eta": float(self.eta),
-            "settings": json.dumps(self.settings, sort_keys=True, default=str),
-            "classes": list(self.classes),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "loss_history": torch.tensor(self.loss_history, dtype=torch.float64),
-            "evals": [[int(i), float(a)] for i, a in self.evals],
-            "indices": (self.indices if self.indices is not None else torch.zeros(0, dtype=torch.long)).cpu(),
-            "iterations": int(self.iterations),
+            "iteration": self.iteration,
+            "pixels": self.pixels.detach().cpu(),
+            "lr": self.lr.detach().cpu(),
+            "opt_img": self.opt_img.state_dict(),
+            "opt_lr": self.opt_lr.state_dict(),
+            "generator": self.generator.get_state(),
+            "losses": torch.tensor(self.losses, dtype=torch.float64),
+            "evals": [[i, a] for i, a in self.evals],
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Write :meth:`to_dict` atomically to ``path`` (a ``.pt`` file) and return the path."""
-        path = Path(path)
-        save_torch(self.to_dict(), path)
-        return path
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` of a run on the same initial set."""
+        with torch.no_grad():
+            self.pixels.copy_(state["pixels"].to(self.pixels.device))
+            self.lr.copy_(state["lr"].to(self.lr.device))
+        self.opt_img.load_state_dict(state["opt_img"])
+        self.opt_lr.load_state_dict(state["opt_lr"])
+        self.generator.set_state(state["generator"])
+        self.iteration = int(state["iteration"])
+        self.losses = [float(v) for v in state["losses"].tolist()]
+        self.evals = [(int(i), float(a)) for i, a in state["evals"]]
 
-    @classmethod
-    def load(cls, path: str | Path) -> "DistillResult":
-        """Read a result written by :meth:`save` (safe load: no code is unpickled)."""
-        try:
-            blob = load_torch(path, what="distilled set")
-        except FileNotFoundError:
-            raise DataError(f"distilled set {path} does not exist") from None
-        missing = [k for k in ("images", "labels", "distill_mask", "dataset", "eta", "settings") if k not in blob]
-        if missing:
-            raise DataError(f"{path} is not a distilled set: missing {', '.join(missing)}")
-        indices = blob.get("indices")
-        return cls(
-            images=blob["images"],
-            labels=blob["labels"],
-            distill_mask=blob["distill_mask"],
-            dataset=blob["dataset"],
-            classes=tuple(blob.get("classes", ())),
-            mean=tuple(blob.get("mean", ())),
-            std=tuple(blob.get("std", ())),
-            eta=float(blob["eta"]),
-            settings=json.loads(blob["settings"]) if isinstance(blob["settings"], str) else dict(blob["settings"]),
-            loss_history=[float(v) for v in blob.get("loss_history", torch.zeros(0)).tolist()],
-            evals=[(int(i), float(a)) for i, a in blob.get("evals", [])],
-            indices=indices if indices is not None and len(indices) else None,
-            iterations=int(blob.get("iterations", 0)),
-        )
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """``checkpoint.pt``: ``{"version", "fingerprint", **RunState.state_dict()}``, written atomically.
+
+    Args:
+        path: The file; None: a run without checkpoints (:meth:`save` does nothing).
+        fingerprint: What the run shares with any run that may resume it (:func:`_fingerprint`).
+    """
+
+    path: Path | None
+    fingerprint: str
+
+    def save(self, state: RunState) -> None:
+        if self.path is not None:
+            blob = {"version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, **state.state_dict()}
+            save_torch(blob, self.path)
+
+    def restore(self, state: RunState) -> bool:
+        """Load the file into ``state`` if it exists (True); refuse one made with other settings."""
+        if self.path is None or not self.path.is_file():
+            return False
+        blob = load_torch(self.path, what="distillation checkpoint", remedy="delete it to start over")
+        if blob.get("version") != CHECKPOINT_VERSION or blob.get("fingerprint") != self.fingerprint:
+            raise InvalidArgument(f"checkpoint {self.path} was made with other settings (dataset, seed, distill "
+                                  f"settings, experts or initial set differ); use another output folder or start "
+                                  f"without --resume")
+        state.load_state_dict(blob)
+        return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -478,7 +490,7 @@ def distill(
     callback: Callback | None = None,
     evaluator: Evaluator | None = None,
     settings: Mapping[str, Any] | None = None,
-) -> DistillResult:
+) -> SyntheticSet:
     """Run trajectory matching on an initial synthetic set; update only the ``distill_mask`` rows.
 
     Each iteration draws an expert and a start epoch t < T+ (``experts.sample``),
@@ -521,105 +533,78 @@ def distill(
         raise InvalidArgument("resume=True needs the checkpoint_dir to resume from")
     _check_set(ds, init_images, labels, distill_mask)
     n = len(labels)
-    result_settings = _settings(ds, cfg, settings)
-    mean, std, classes = tuple(ds.mean), tuple(ds.std), tuple(ds.classes)
-    distill_pos = torch.nonzero(distill_mask.cpu()).flatten()
-    if len(distill_pos) == 0:  # nothing to learn: the initial set is the answer (alpha = 0)
-        return DistillResult(init_images.detach().cpu().float().clone(), labels.cpu().clone(), distill_mask.cpu().clone(),
-                             ds.name, classes, mean, std, dc.lr_teacher, result_settings, indices=indices)
+    provenance = {"dataset": ds.name, "classes": tuple(ds.classes), "mean": tuple(ds.mean), "std": tuple(ds.std),
+                  "settings": _settings(ds, cfg, settings), "indices": indices.cpu() if indices is not None else None}
+    rows = torch.nonzero(distill_mask.cpu()).flatten()
+    if len(rows) == 0:  # nothing to learn: the initial set is the answer (alpha = 0)
+        return SyntheticSet(init_images.detach().cpu().float().clone(), labels.cpu().clone(),
+                            distill_mask.cpu().clone(), eta=dc.lr_teacher, **provenance)
     if dc.batch_syn > n:
         raise InvalidArgument(f"distill.batch_syn ({dc.batch_syn}) must be at most the synthetic set's size {n}; "
                               f"lower it with --set distill.batch_syn=N")
-    student = student_network(cfg, ds).to(device)
-    flat = FlatModel(student)
+    flat = FlatModel(student_network(cfg, ds).to(device))
     check_experts(experts, ds, cfg, flat.num_params)
-    strategies = dsa_strategies(cfg)
     if evaluator is None and dc.eval_every > 0:
         evaluator = quick_evaluator(ds, cfg)
+    matcher = TrajectoryMatcher(flat, labels.to(device).long(), syn_steps=dc.syn_steps, batch_syn=dc.batch_syn,
+                                memory=dc.memory, segment=dc.segment, strategies=dsa_strategies(cfg))
 
-    labels = labels.to(device).long()
-    distill_pos = distill_pos.to(device)
-    base = init_images.detach().to(device, torch.float32).clone()  # D_select rows are read from here only
-    pixels = base[distill_pos].clone().requires_grad_(True)  # (d, C, H, W): the only pixels that learn
-    lr = torch.tensor(dc.lr_teacher, device=device, requires_grad=True)
-    opt_img = torch.optim.SGD([pixels], lr=dc.lr_img, momentum=dc.momentum)
-    opt_lr = torch.optim.SGD([lr], lr=dc.lr_lr, momentum=dc.momentum)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    matcher = TrajectoryMatcher(flat, labels, syn_steps=dc.syn_steps, batch_syn=dc.batch_syn, memory=dc.memory,
-                                segment=dc.segment, strategies=strategies)
-
-    fingerprint = _fingerprint(ds, cfg, experts, init_images, labels, distill_mask)
-    checkpoint = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
-    state = _RunState()
-    if resume and checkpoint is not None and checkpoint.is_file():
-        state = _load_checkpoint(checkpoint, fingerprint, pixels, lr, opt_img, opt_lr, generator)
-        LOG.info("resuming distillation from %s at iteration %d", checkpoint, state.iteration)
-
-    def current_images() -> torch.Tensor:
-        return base.index_put((distill_pos,), pixels.detach())  # (n, C, H, W)
-
-    def save() -> None:
-        if checkpoint is not None:
-            _save_checkpoint(checkpoint, fingerprint, state, pixels, lr, opt_img, opt_lr, generator)
+    state = RunState(init_images.detach().to(device, torch.float32).clone(), rows.to(device), dc, cfg.seed)
+    checkpoint = Checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None,
+                            _fingerprint(ds, cfg, experts, init_images, labels, distill_mask))
+    if resume and checkpoint.restore(state):
+        LOG.info("resuming distillation from %s at iteration %d", checkpoint.path, state.iteration)
 
     bar: Any = progress(range(state.iteration, dc.iterations), desc="distill", total=dc.iterations - state.iteration)
-    for it in bar:
-        rng_at_start = generator.get_state()
-        try:
-            start, target = experts.sample(generator, max_start_epoch=dc.max_start_epoch, expert_epochs=dc.expert_epochs)
-            out = matcher(current_images(), lr, start.to(device, torch.float32), target.to(device, torch.float32),
-                          generator)
+    draws = None
+    try:  # whatever stops the run (Ctrl-C, a callback's exception) leaves a checkpoint of the last finished iteration
+        for _ in bar:
+            draws = state.generator.get_state()  # an unfinished iteration reruns from the same draws
+            start, target = experts.sample(state.generator, max_start_epoch=dc.max_start_epoch,
+                                           expert_epochs=dc.expert_epochs)
+            out = matcher(state.images(), state.lr, start.to(device, torch.float32), target.to(device, torch.float32),
+                          state.generator)
             fault_point("distill.iteration")
-        except KeyboardInterrupt:
-            generator.set_state(rng_at_start)  # the interrupted iteration reruns from the same draws
-            save()
-            raise
-        pixels.grad = out.grad_images[distill_pos]
-        lr.grad = out.grad_lr.reshape(())
-        opt_img.step()
-        opt_lr.step()
-        loss_value, eta_value = torch.stack([out.loss.float(), lr.detach().float()]).tolist()  # sync: logged values
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(f"distillation diverged at iteration {it + 1}: matching loss is {loss_value}; "
-                                   f"lower distill.lr_img ({dc.lr_img}) or distill.lr_lr ({dc.lr_lr})")
-        if not eta_value > 0:
-            raise TrainingDiverged(f"distillation diverged at iteration {it + 1}: learned lr eta became {eta_value:.3g}; "
-                                   f"lower distill.lr_lr ({dc.lr_lr})")
-        state.iteration = it + 1
-        state.losses.append(loss_value)
-        try:  # the iteration is complete: whatever stops the run from here on leaves a checkpoint of it
+            draws = None
+            loss, eta = state.step(out)
+            _check_diverged(loss, eta, state.iteration, dc)
+
             accuracy = None
             if evaluator is not None and dc.eval_every > 0 and (state.iteration % dc.eval_every == 0
                                                                 or state.iteration == dc.iterations):
-                accuracy = float(evaluator(current_images(), labels, distill_mask.to(device)))
+                accuracy = float(evaluator(state.images(), matcher.labels, distill_mask.to(device)))
                 state.evals.append((state.iteration, accuracy))
-                LOG.info("iteration %d: loss %.4f, eta %.4g, quick val accuracy %.4f", state.iteration, loss_value,
-                         eta_value, accuracy)
-            last = state.evals[-1][1] if state.evals else float("nan")
-            bar.set_postfix(loss=f"{loss_value:.4f}", eta=f"{eta_value:.3g}", val=f"{last:.3f}", refresh=False)
+                LOG.info("iteration %d: loss %.4f, eta %.4g, quick validation accuracy %.2f %%", state.iteration,
+                         loss, eta, 100 * accuracy)
+            shown = {"loss": f"{loss:.4f}", "eta": f"{eta:.3g}"}
+            if state.evals:  # no val column before the first evaluation
+                shown["val"] = f"{100 * state.evals[-1][1]:.2f} %"
+            bar.set_postfix(refresh=False, **shown)
             if dc.checkpoint_every > 0 and state.iteration % dc.checkpoint_every == 0:
-                save()
+                checkpoint.save(state)
             if callback is not None:
-                callback(DistillStep(state.iteration, loss_value, eta_value, accuracy))
-        except BaseException:
-            save()
-            raise
-    save()
-    return DistillResult(
-        images=current_images().cpu(),
-        labels=labels.cpu(),
-        distill_mask=distill_mask.cpu().bool(),
-        dataset=ds.name,
-        classes=classes,
-        mean=mean,
-        std=std,
-        eta=float(lr.detach()),
-        settings=result_settings,
-        loss_history=list(state.losses),
-        evals=list(state.evals),
-        indices=indices.cpu() if indices is not None else None,
-        iterations=state.iteration,
-    )
+                callback(DistillStep(state.iteration, loss, eta, accuracy))
+    except TrainingDiverged:
+        raise  # the state holds the diverged step: no checkpoint of it
+    except BaseException:
+        if draws is not None:
+            state.generator.set_state(draws)
+        checkpoint.save(state)
+        raise
+    checkpoint.save(state)
+    return SyntheticSet(state.images().cpu(), labels.cpu().long(), distill_mask.cpu().bool(),
+                        eta=float(state.lr.detach()), loss_history=list(state.losses), evals=list(state.evals),
+                        iterations=state.iteration, **provenance)
+
+
+def _check_diverged(loss: float, eta: float, iteration: int, dc: DistillConfig) -> None:
+    """Raise :class:`TrainingDiverged` when the matching loss is not finite or eta is not positive."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"distillation diverged at iteration {iteration}: matching loss is {loss}; "
+                               f"lower distill.lr_img ({dc.lr_img}) or distill.lr_lr ({dc.lr_lr})")
+    if not eta > 0:
+        raise TrainingDiverged(f"distillation diverged at iteration {iteration}: learned lr eta became {eta:.3g}; "
+                               f"lower distill.lr_lr ({dc.lr_lr})")
 
 
 def _check_set(ds: ImageDataset, images: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> None:
@@ -693,46 +678,6 @@ def _fingerprint(ds: ImageDataset, cfg: RunConfig, experts: ExpertSource, images
     })
 
 
-@dataclass
-class _RunState:
-    iteration: int = 0
-    losses: list[float] = field(default_factory=list)
-    evals: list[tuple[int, float]] = field(default_factory=list)
-
-
-def _save_checkpoint(path: Path, fingerprint: str, state: _RunState, pixels: torch.Tensor, lr: torch.Tensor,
-                     opt_img: torch.optim.Optimizer, opt_lr: torch.optim.Optimizer, generator: torch.Generator) -> None:
-    save_torch({
-        "version": CHECKPOINT_VERSION,
-        "fingerprint": fingerprint,
-        "iteration": state.iteration,
-        "pixels": pixels.detach().cpu(),
-        "lr": lr.detach().cpu(),
-        "opt_img": opt_img.state_dict(),
-        "opt_lr": opt_lr.state_dict(),
-        "generator": generator.get_state(),
-        "losses": torch.tensor(state.losses, dtype=torch.float64),
-        "evals": [[i, a] for i, a in state.evals],
-    }, path)
-
-
-def _load_checkpoint(path: Path, fingerprint: str, pixels: torch.Tensor, lr: torch.Tensor,
-                     opt_img: torch.optim.Optimizer, opt_lr: torch.optim.Optimizer,
-                     generator: torch.Generator) -> _RunState:
-    blob = load_torch(path, what="distillation checkpoint", remedy="delete it to start over")
-    if blob.get("version") != CHECKPOINT_VERSION or blob.get("fingerprint") != fingerprint:
-        raise InvalidArgument(f"checkpoint {path} was made with other settings (dataset, seed, distill settings, "
-                              f"experts or initial set differ); use another output folder or start without --resume")
-    with torch.no_grad():
-        pixels.copy_(blob["pixels"].to(pixels.device))
-        lr.copy_(blob["lr"].to(lr.device))
-    opt_img.load_state_dict(blob["opt_img"])
-    opt_lr.load_state_dict(blob["opt_lr"])
-    generator.set_state(blob["generator"])
-    return _RunState(int(blob["iteration"]), [float(v) for v in blob["losses"].tolist()],
-                     [(int(i), float(a)) for i, a in blob["evals"]])
-
-
 # --------------------------------------------------------------------------------------------
 # SelMatch: the initial set from the window (or random real samples), then distillation
 # --------------------------------------------------------------------------------------------
@@ -787,7 +732,7 @@ def initial_set(ds: ImageDataset, cfg: RunConfig, *, ipc: int, alpha: float, bet
         if scores is None:
             from .scores import get_scores
 
-            scores = get_scores(ds, cfg.scores, cache_dir=cfg.cache_path, seed=cfg.seed)
+            scores = get_scores(ds, cfg.scores, cache_dir=cfg.cache_path, seed=cfg.seed, run=cfg)
         window = select_window(scores, ds.train_labels, ds.train_index, ipc=ipc, beta=beta, alpha=alpha)
     else:
         window = _random_window(ds, ipc=ipc, alpha=alpha, seed=cfg.seed)
@@ -822,7 +767,7 @@ def selmatch(
     resume: bool = False,
     callback: Callback | None = None,
     evaluator: Evaluator | None = None,
-) -> DistillResult:
+) -> SyntheticSet:
     """Distil one SelMatch set: init from the window at ``beta``, update the easier ``alpha`` of it.
 
     ``cfg.distill.init`` chooses the init (``window``, or ``random``: with
@@ -889,11 +834,13 @@ def _merged_evaluator(evaluate: Evaluator, start: InitialSet) -> Evaluator:
 __all__ = [
     "CHECKPOINT_FILE",
     "RESULT_FILE",
+    "Checkpoint",
     "DistillResult",
     "DistillStep",
     "ExpertSource",
     "InitialSet",
     "MatchOutput",
+    "RunState",
     "StudentPlan",
     "TrajectoryMatcher",
     "batch_stats_only",

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .augment import augment_grouped, draw_strategy
+from .augment import augment_grouped
 from .config import EvalConfig
 from .data import ImageDataset
 from .errors import InvalidArgument, TrainingDiverged
@@ -137,10 +137,6 @@ def batch_plan(n_distill: int, n_select: int, batch_size: int) -> BatchPlan:
     return BatchPlan(distill, [b - d for b, d in zip(bounds, distill)])
 
 
-def _uses_dsa(augment: str, n_distill: int) -> bool:
-    return augment == "dsa" or (augment == "combined" and n_distill > 0)
-
-
 def train_network(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -180,9 +176,10 @@ def train_networks(
 
     SGD with ``cfg.momentum``/``cfg.weight_decay``, learning rate ``cfg.lr``
     annealed to 0 by a per-step cosine schedule, batches of ``cfg.batch_size``,
-    augmentation ``cfg.augment`` (``combined``: DSA on D_distill rows, simple
-    crop+flip on the others), optional channels_last, bf16 autocast (CUDA or
-    CPU) and ``torch.compile`` of the model in ``cfg.compile_mode``. Network r
+    augmentation ``cfg.augment`` (``combined``: DSA on D_distill rows, one
+    strategy per image, simple crop+flip on the others), optional
+    channels_last, bf16 autocast (CUDA or CPU) and ``torch.compile`` of the
+    model in ``cfg.compile_mode``. Network r
     takes its initialisation, batch order and augmentation from ``seeds[r]``
     alone; the k networks are stacked (:func:`~autoselmatch.models.stack_models`)
     and trained on the sum of their losses, which gives each the gradients it
@@ -245,7 +242,6 @@ def train_networks(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     host_gens = [torch.Generator().manual_seed(seed) for seed in seeds]  # DSA strategy draws (host side, no sync)
     device_gens = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]  # order and augmentation
-    dsa_used = _uses_dsa(cfg.augment, n_distill)
 
     loss_sum = torch.zeros((), device=device)  # non-finite once any step's loss was NaN or infinite
     step, epoch, last_check = 0, 0, 0
@@ -260,8 +256,8 @@ def train_networks(
             xs, ys = [], []
             for (distill_perm, select_perm), host_gen, device_gen in zip(perms, host_gens, device_gens):
                 idx = torch.cat([distill_perm[d0:d1], select_perm[s0:s1]])  # (B,)
-                strategy = draw_strategy(generator=host_gen) if dsa_used else None
-                xs.append(augment_grouped(x_all[idx], d1 - d0, cfg.augment, generator=device_gen, strategy=strategy))
+                xs.append(augment_grouped(x_all[idx], d1 - d0, cfg.augment, generator=device_gen,
+                                          host_generator=host_gen))
                 ys.append(y_all[idx])
             x = (xs[0] if k == 1 else torch.cat(xs, dim=1)).contiguous(memory_format=memory_format)  # (B, k*C, H, W)
             y = ys[0] if k == 1 else torch.stack(ys, dim=1).view(-1)  # (B * k,), row b * k + r: network r, sample b

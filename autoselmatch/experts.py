@@ -4,13 +4,21 @@ Trajectory matching (eq. 1 in DESIGN.md) compares a student with an expert
 network trained on the real training split, at epochs ``t`` and ``t + M``.
 This module trains ``K`` such experts and stores, per expert, the flat
 parameter vector (:class:`autoselmatch.models.FlatModel` order) at
-initialisation and after every epoch.
+initialisation and after every epoch, or every ``experts.snapshot_every`` SGD
+steps when that is set (then ``distill.expert_epochs`` and
+``distill.max_start_epoch`` count these snapshots). It also records, per
+epoch, which training samples the training forward passes classified
+correctly: the by-product that forgetting and learning-speed scores are
+derived from (:mod:`autoselmatch.scores`).
 
 Storage (one folder per setting, ``<cache>/experts/<dataset>-<hash>/``)::
 
-    manifest.json       the hash inputs ("key"), parameter count, epochs, and per
-                        finished expert: file, bytes, sha256, test accuracy
-    expert_000.npy      float32 (E+1, P); row e = parameters after e epochs
+    manifest.json       the hash inputs ("key"), parameter count, stored rows - 1 ("num_epochs"),
+                        and per finished expert: file, bytes, sha256, validation accuracy, correctness file
+    expert_000.npy      float32 (R, P); row r = parameters after r epochs (R = E + 1), or after
+                        r * snapshot_every SGD steps (R = E * steps per epoch // snapshot_every + 1)
+    expert_000.correct.npy  uint8 (E, N): 1 where the training forward pass of epoch e classified
+                        training sample n (``ds.split("train")`` order) correctly; augmentation on
     expert_001.npy      ...
     zca.pt              the whitening transform (only with experts.zca)
     .expert_000.lock    present while a process trains expert 0 (or left by one that was killed)
@@ -22,11 +30,13 @@ time, so a (start, target) pair costs 2 x P x 4 bytes of memory, not the
 whole buffer (see bench/experts_memory.py).
 
 Crash safety and resume: while expert ``i`` trains, its rows go into
-``expert_00i.partial.npy`` (written in place, fsynced) and, after each
-epoch, ``expert_00i.state.pt`` (model, optimizer and epoch count) is replaced
-atomically with the sha256 of every row so far. Rows beyond the recorded epoch
-count are never trusted. The finished file is hashed, recorded in the
-manifest and only then renamed to ``expert_00i.npy``. Opening a store checks
+``expert_00i.partial.npy`` (written in place, fsynced, as each snapshot is
+reached) and, after each epoch, ``expert_00i.state.pt`` (model, optimizer,
+epoch count and the correctness record so far) is replaced atomically with
+the sha256 of every row so far. Rows beyond the recorded epoch are never
+trusted. The correctness record is written atomically, then the finished
+file is hashed, recorded in the manifest and only then renamed to
+``expert_00i.npy``. Opening a store checks
 each file's header, shape and size against the manifest; ``train_experts``
 and :meth:`ExpertStore.verify` also compare sha256 checksums. A bad file is
 reported and retrained, never loaded. The data order and augmentation of epoch ``e`` come from
@@ -55,6 +65,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -88,11 +99,40 @@ MANIFEST_LOCK = ".manifest.lock"
 # --------------------------------------------------------------------------------------------
 
 
-def expert_epochs_for(cfg: RunConfig) -> int:
-    """Epochs each expert trains: ``experts.epochs``, or ``T+ + M`` from the distill section."""
+def expert_epochs_for(cfg: RunConfig, num_train: int | None = None) -> int:
+    """Epochs each expert trains: ``experts.epochs``, or enough to store ``T+ + M`` snapshots.
+
+    Args:
+        cfg: The run settings (``experts`` and ``distill`` are read).
+        num_train: Size of the training split; needed only when ``experts.snapshot_every``
+            is set and ``experts.epochs`` is not (snapshots are counted in SGD steps).
+    """
     if cfg.experts.epochs is not None:
         return cfg.experts.epochs
-    return cfg.distill.max_start_epoch + cfg.distill.expert_epochs
+    snapshots = cfg.distill.max_start_epoch + cfg.distill.expert_epochs
+    if cfg.experts.snapshot_every is None:
+        return snapshots
+    if num_train is None:
+        raise InvalidArgument("with experts.snapshot_every set, the default epoch count depends on the "
+                              "training split's size; pass num_train")
+    steps = steps_per_epoch(num_train, cfg.experts.batch_size)
+    return max(1, math.ceil(snapshots * cfg.experts.snapshot_every / steps))
+
+
+def steps_per_epoch(num_train: int, batch_size: int) -> int:
+    """SGD steps of one expert epoch: every minibatch, the last one possibly smaller."""
+    return max(1, math.ceil(num_train / batch_size))
+
+
+def snapshot_steps(cfg: RunConfig, num_train: int) -> int | None:
+    """``experts.snapshot_every`` as stored in the cache key: None when it is unset or equals one epoch.
+
+    One epoch's worth of steps is the default layout, so it shares the default's cache.
+    """
+    every = cfg.experts.snapshot_every
+    if every is None or every == steps_per_epoch(num_train, cfg.experts.batch_size):
+        return None
+    return every
 
 
 def expert_seed(seed: int, index: int) -> int:
@@ -106,6 +146,7 @@ def expert_manifest(ds: ImageDataset, cfg: RunConfig) -> dict[str, Any]:
     The number of experts is not part of it (expert ``i`` does not depend on
     how many others there are), so asking for more experts later trains only
     the new ones. The training device is not part of it either.
+    ``snapshot_every`` appears only when it differs from one epoch.
 
     Args:
         ds: The dataset; its training split (validation excluded) is what experts see.
@@ -116,7 +157,8 @@ def expert_manifest(ds: ImageDataset, cfg: RunConfig) -> dict[str, Any]:
     digest = _tensor_digest(images, labels)
     channels, height, width = ds.image_shape
     e = cfg.experts
-    return {
+    snapshot = snapshot_steps(cfg, len(labels))
+    key = {
         "trajectory_version": TRAJECTORY_VERSION,
         "dataset": {
             "name": ds.name,
@@ -139,9 +181,12 @@ def expert_manifest(ds: ImageDataset, cfg: RunConfig) -> dict[str, Any]:
         },
         "augment": e.augment,
         "zca": {"eps": e.zca_eps} if e.zca else None,
-        "epochs": expert_epochs_for(cfg),
+        "epochs": expert_epochs_for(cfg, len(labels)),
         "seed": cfg.seed,
     }
+    if snapshot is not None:  # absent by default: the key (and folder) of the per-epoch layout is unchanged
+        key["snapshot_every"] = snapshot
+    return key
 
 
 def expert_cache_dir(cfg: RunConfig, manifest: dict[str, Any]) -> Path:
@@ -245,7 +290,8 @@ class ExpertStore:
         self.directory = Path(directory)
         self.manifest = read_manifest(self.directory)
         self.num_params = int(self.manifest["num_params"])
-        self.num_epochs = int(self.manifest["num_epochs"])
+        self.num_epochs = int(self.manifest["num_epochs"])  # stored rows - 1: epochs, or snapshots
+        self.snapshot_every: int | None = self.manifest["key"].get("snapshot_every")  # None: one row per epoch
         if num_params is not None and num_params != self.num_params:
             raise DataError(
                 f"experts in {self.directory} have {self.num_params} parameters but the model has {num_params}; "
@@ -290,12 +336,12 @@ class ExpertStore:
     # ---- reading -------------------------------------------------------------------------------
 
     def trajectory(self, expert: int) -> np.memmap:
-        """Read-only memory map of expert ``expert``: float32 (E+1, P)."""
+        """Read-only memory map of expert ``expert``: float32 (num_epochs + 1, P), one row per snapshot."""
         self._check_expert(expert)
         return np.load(self.path(expert), mmap_mode="r", allow_pickle=False)
 
     def epoch(self, expert: int, epoch: int, *, device: torch.device | str | None = None) -> torch.Tensor:
-        """Parameters (P,) of ``expert`` after ``epoch`` epochs, read from disk without mapping the file."""
+        """Parameters (P,) of ``expert`` at row ``epoch`` (after that many epochs, or snapshots), read alone."""
         self._check_expert(expert)
         if not 0 <= epoch <= self.num_epochs:
             raise InvalidArgument(f"epoch must be in [0, {self.num_epochs}], got {epoch}")
@@ -345,10 +391,33 @@ class ExpertStore:
             self._zca = _load_zca(self.directory, self.manifest)
         return self._zca
 
+    def correctness(self, expert: int) -> np.ndarray:
+        """uint8 (E, N): 1 where epoch e's training forward pass classified sample n correctly.
+
+        N follows ``ds.split("train")`` (the pool, ascending). Experts trained
+        before these records were kept have none: a ``DataError`` says so.
+        """
+        self._check_expert(expert)
+        record = self.manifest["experts"][str(expert)].get("correct")
+        if record is None:
+            raise DataError(f"expert {expert} in {self.directory} was trained without a correctness record "
+                            "(by an older autoselmatch); delete the folder, or pass another --cache-dir, to retrain it")
+        path = self.directory / record["file"]
+        if not path.is_file() or sha256_file(path) != record["sha256"]:
+            raise DataError(f"correctness record {path} is missing or corrupt; "
+                            "rerun `autoselmatch experts` to retrain it")
+        values = np.load(path, allow_pickle=False)
+        if values.dtype != np.uint8 or list(values.shape) != record["shape"]:
+            raise DataError(f"correctness record {path} holds {values.dtype} {values.shape}, "
+                            f"expected uint8 {record['shape']}")
+        return values
+
     @property
-    def test_accuracies(self) -> list[float]:
-        """Final test accuracy of each expert, in [0, 1]."""
-        return [float(self.manifest["experts"][str(i)]["test_acc"]) for i in range(self.num_experts)]
+    def val_accuracies(self) -> list[float | None]:
+        """Final validation accuracy of each expert, in [0, 1] (None: no validation split, or an expert
+        recorded before it was measured; the test split is kept for final reports)."""
+        records = (self.manifest["experts"][str(i)] for i in range(self.num_experts))
+        return [None if r.get("val_acc") is None else float(r["val_acc"]) for r in records]
 
     def _check_expert(self, expert: int) -> None:
         if not 0 <= expert < self.num_experts:
@@ -495,11 +564,31 @@ class _TrainingData:
 
     images: torch.Tensor  # float32 (N, C, H, W), normalised (and whitened with ZCA)
     labels: torch.Tensor  # int64 (N,)
-    test_images: torch.Tensor  # float32 (M, C, H, W)
-    test_labels: torch.Tensor  # int64 (M,)
+    val_images: torch.Tensor  # float32 (M, C, H, W), the validation split (M may be 0)
+    val_labels: torch.Tensor  # int64 (M,)
     num_classes: int
     augment: str  # none, simple or dsa
     device: torch.device
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where an expert's training steps land in its file: rows at every ``snapshot_every`` SGD steps."""
+
+    epochs: int  # E, training epochs
+    steps_per_epoch: int
+    snapshot_every: int  # SGD steps between rows (steps_per_epoch: one row per epoch)
+    num_params: int
+    num_train: int
+
+    def rows_after(self, epoch: int) -> int:
+        """Rows written once ``epoch`` epochs are done (row 0, the initialisation, included)."""
+        return epoch * self.steps_per_epoch // self.snapshot_every + 1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, P) of the trajectory file."""
+        return self.rows_after(self.epochs), self.num_params
 
 
 def train_experts(ds: ImageDataset, cfg: RunConfig, *, device: torch.device | str | None = None) -> ExpertStore:
@@ -512,25 +601,27 @@ def train_experts(ds: ImageDataset, cfg: RunConfig, *, device: torch.device | st
 
     Args:
         ds: The dataset; experts train on ``ds.split("train")`` (validation excluded)
-            and report accuracy on ``ds.split("test")``.
+            and report accuracy on ``ds.split("val")`` (the test split is for final reports).
         cfg: Run settings: ``experts`` (model, optimizer, augmentation, ZCA, epochs),
             ``seed``, ``cache_dir``; ``distill`` gives the default epoch count.
         device: Where to train (default: ``cfg.device`` resolved).
     """
-    if cfg.seed < 0:
-        raise InvalidArgument(f"seed must be >= 0 for expert training, got {cfg.seed}")
-    epochs = expert_epochs_for(cfg)
     key = expert_manifest(ds, cfg)
+    num_params = _num_params(ds, cfg)
+    num_train = key["dataset"]["num_train"]
+    steps = steps_per_epoch(num_train, cfg.experts.batch_size)
+    layout = _Layout(key["epochs"], steps, key.get("snapshot_every", steps), num_params, num_train)
+    if layout.shape[0] < 2:
+        raise InvalidArgument(f"experts.snapshot_every must be at most the {key['epochs'] * steps} SGD steps of "
+                              f"{key['epochs']} epochs, got {layout.snapshot_every}")
     directory = expert_cache_dir(cfg, key)
     _ensure_writable(directory)
     device = resolve_device(cfg.device) if device is None else torch.device(device)
-    num_params = _num_params(ds, cfg)
-    manifest = _open_manifest(directory, key, num_params)
+    manifest = _open_manifest(directory, key, layout)
     zca = _fitted_zca(ds, cfg.experts.zca_eps, directory) if cfg.experts.zca else None
 
-    shape = (epochs + 1, num_params)
     num_experts = cfg.experts.num_experts
-    missing = [i for i in range(num_experts) if _expert_problem(directory, manifest, i, shape) is not None]
+    missing = [i for i in range(num_experts) if _expert_problem(directory, manifest, i, layout.shape) is not None]
     LOG.info("experts in %s: %d of %d finished, %d to train", directory, num_experts - len(missing), num_experts,
              len(missing))
     if missing:
@@ -539,13 +630,13 @@ def train_experts(ds: ImageDataset, cfg: RunConfig, *, device: torch.device | st
         for i in missing:  # first the experts no other process is training
             with file_lock(_lock_path(directory, i), blocking=False) as held:
                 if held:
-                    _train_unless_finished(i, cfg, data, directory, shape)
+                    _train_unless_finished(i, cfg, data, directory, layout)
                 else:
                     busy.append(i)
         for i in busy:  # then wait for the others' trainers (a dead one's lock is free: resume its state here)
             LOG.info("expert %d is being trained by another process; waiting for it", i + 1)
             with file_lock(_lock_path(directory, i)):
-                _train_unless_finished(i, cfg, data, directory, shape)
+                _train_unless_finished(i, cfg, data, directory, layout)
     return ExpertStore(directory, num_experts=num_experts, num_params=num_params)
 
 
@@ -560,9 +651,15 @@ def _ensure_writable(directory: Path) -> None:
         ) from None
 
 
-def _open_manifest(directory: Path, key: dict[str, Any], num_params: int) -> dict[str, Any]:
+def _open_manifest(directory: Path, key: dict[str, Any], layout: _Layout) -> dict[str, Any]:
     """The folder's manifest, created when missing and checked against ``key`` and the model."""
     path = directory / "manifest.json"
+    num_params = layout.num_params
+    if "snapshot_every" in key:
+        rows = (f"row r = flat parameters after r * {layout.snapshot_every} SGD steps "
+                f"({layout.steps_per_epoch} steps per epoch)")
+    else:
+        rows = "row e = flat parameters after e epochs"
     if not path.is_file():
         with file_lock(directory / MANIFEST_LOCK):
             if not path.is_file():  # no other process created it while this one waited
@@ -571,9 +668,8 @@ def _open_manifest(directory: Path, key: dict[str, Any], num_params: int) -> dic
                     "hash": stable_hash(key),
                     "key": key,
                     "num_params": num_params,
-                    "num_epochs": key["epochs"],
-                    "layout": "one float32 .npy per expert, shape (num_epochs + 1, num_params); "
-                              "row e = flat parameters after e epochs",
+                    "num_epochs": layout.shape[0] - 1,
+                    "layout": f"one float32 .npy per expert, shape (num_epochs + 1, num_params); {rows}",
                     "expert_seed": f"seed * {EXPERT_SEED_STRIDE} + expert index",
                     "experts": {},
                     "zca_file": None,
@@ -592,11 +688,11 @@ def _open_manifest(directory: Path, key: dict[str, Any], num_params: int) -> dic
 
 def _training_data(ds: ImageDataset, cfg: RunConfig, zca: ZCAWhitening | None, device: torch.device) -> _TrainingData:
     images, labels = ds.split("train")
-    test_images, test_labels = ds.split("test")
-    images, test_images = ds.normalize(images.to(device)), ds.normalize(test_images.to(device))
+    val_images, val_labels = ds.split("val")
+    images, val_images = ds.normalize(images.to(device)), ds.normalize(val_images.to(device))
     if zca is not None:
-        images, test_images = zca(images), zca(test_images)
-    return _TrainingData(images, labels.to(device), test_images, test_labels.to(device), ds.num_classes,
+        images, val_images = zca(images), zca(val_images)
+    return _TrainingData(images, labels.to(device), val_images, val_labels.to(device), ds.num_classes,
                          cfg.experts.augment, device)
 
 
@@ -645,18 +741,23 @@ def _expert_problem(directory: Path, manifest: dict[str, Any], expert: int, shap
     problem = trajectory_file_problem(path, shape)
     if problem is None and sha256_file(path) != record["sha256"]:
         problem = "corrupt (sha256 differs from the manifest)"
+    correct = record.get("correct")  # absent in experts trained before the records were kept: still valid
+    if problem is None and correct is not None:
+        correct_path = directory / correct["file"]
+        if not correct_path.is_file() or sha256_file(correct_path) != correct["sha256"]:
+            problem = f"accompanied by a missing or corrupt correctness record {correct_path.name}"
     return problem
 
 
 def _train_unless_finished(expert: int, cfg: RunConfig, data: _TrainingData, directory: Path,
-                           shape: tuple[int, int]) -> None:
+                           layout: _Layout) -> None:
     """Train ``expert`` (its lock held) unless another process finished it since this one looked.
 
     A bad file is reported and removed, and its record dropped, before the
     expert is trained (or resumed from its saved state) again.
     """
     manifest = read_manifest(directory)
-    problem = _expert_problem(directory, manifest, expert, shape)
+    problem = _expert_problem(directory, manifest, expert, layout.shape)
     if problem is None:
         LOG.info("expert %d was finished by another process", expert + 1)
         return
@@ -666,20 +767,29 @@ def _train_unless_finished(expert: int, cfg: RunConfig, data: _TrainingData, dir
         path.unlink()
     if str(expert) in manifest["experts"]:
         _update_manifest(directory, lambda fresh: fresh["experts"].pop(str(expert)))
-    record = _train_expert(expert, cfg, data, directory, shape)
-    _finish_expert(directory, expert, record)
-    LOG.info("expert %d/%d done: test accuracy %.2f%%", expert + 1, cfg.experts.num_experts,
-             100 * record["test_acc"])
+    record, correct = _train_expert(expert, cfg, data, directory, layout)
+    _finish_expert(directory, expert, record, correct)
+    accuracy = record["val_acc"]
+    LOG.info("expert %d/%d done: %s", expert + 1, cfg.experts.num_experts,
+             "no validation split" if accuracy is None else f"validation accuracy {100 * accuracy:.2f} %")
 
 
-def _finish_expert(directory: Path, expert: int, record: dict[str, Any]) -> None:
-    """Record the finished partial file in the manifest, then rename it into place.
+def _finish_expert(directory: Path, expert: int, record: dict[str, Any], correct: np.ndarray) -> None:
+    """Write the correctness record, record the finished partial file in the manifest, then rename it into place.
 
     The record goes first: a crash in between leaves a recorded but missing
     file, which the next run finishes again from the saved state.
+
+    Args:
+        correct: uint8 (E, N) correctness of the training forward passes, per epoch.
     """
+    correct_path = directory / _expert_name(expert, ".correct.npy")
+    with atomic_write(correct_path) as f:
+        np.lib.format.write_array(f, correct, allow_pickle=False)
     partial = directory / _expert_name(expert, ".partial.npy")
-    record.update(file=_expert_name(expert), bytes=partial.stat().st_size, sha256=sha256_file(partial))
+    record.update(file=_expert_name(expert), bytes=partial.stat().st_size, sha256=sha256_file(partial),
+                  correct={"file": correct_path.name, "sha256": sha256_file(correct_path),
+                           "shape": list(correct.shape)})
     _update_manifest(directory, lambda fresh: fresh["experts"].update({str(expert): record}))
     fault_point("experts.recorded")
     os.replace(partial, directory / _expert_name(expert))
@@ -687,10 +797,14 @@ def _finish_expert(directory: Path, expert: int, record: dict[str, Any]) -> None
 
 
 def _train_expert(expert: int, cfg: RunConfig, data: _TrainingData, directory: Path,
-                  shape: tuple[int, int]) -> dict[str, Any]:
-    """Train one expert from scratch or from its saved state; returns its manifest record (without file fields)."""
+                  layout: _Layout) -> tuple[dict[str, Any], np.ndarray]:
+    """Train one expert from scratch or from its saved state.
+
+    Returns its manifest record (without file fields) and its uint8 (E, N)
+    correctness record.
+    """
     seed = expert_seed(cfg.seed, expert)
-    epochs = shape[0] - 1
+    epochs = layout.epochs
     channels, size = data.images.shape[1], data.images.shape[2]
     with torch.random.fork_rng(devices=[]):  # the init depends on the expert seed only
         torch.manual_seed(seed)
@@ -701,10 +815,11 @@ def _train_expert(expert: int, cfg: RunConfig, data: _TrainingData, directory: P
                                 weight_decay=cfg.experts.weight_decay)
     partial = directory / _expert_name(expert, ".partial.npy")
     state_path = directory / _expert_name(expert, ".state.pt")
-    state = _resume_state(partial, state_path, shape)
+    state = _resume_state(partial, state_path, layout)
     if state is None:
-        _create_trajectory_file(partial, shape)
+        _create_trajectory_file(partial, layout.shape)
         state = {"epoch": 0, "train_acc": [], "seconds": 0.0,
+                 "correct": torch.zeros(0, layout.num_train, dtype=torch.uint8),
                  "row_sha256": [_write_row(partial, _data_offset(partial), 0, flat.flatten())]}
     else:
         model.load_state_dict(state["model"])
@@ -713,48 +828,65 @@ def _train_expert(expert: int, cfg: RunConfig, data: _TrainingData, directory: P
     offset = _data_offset(partial)
     train_acc: list[float] = list(state["train_acc"])
     row_sha256: list[str] = list(state["row_sha256"])
+    correct: list[torch.Tensor] = list(state["correct"])  # per epoch, uint8 (N,)
     seconds = float(state["seconds"])
+    step = state["epoch"] * layout.steps_per_epoch  # SGD steps done
+
+    def on_step() -> None:  # after every SGD step: store a row at every snapshot
+        nonlocal step
+        step += 1
+        if step % layout.snapshot_every == 0:
+            row_sha256.append(_write_row(partial, offset, step // layout.snapshot_every, flat.flatten()))
+
     bar = progress(range(state["epoch"], epochs), desc=f"expert {expert + 1}/{cfg.experts.num_experts}",
                    total=epochs - state["epoch"])
     for epoch in bar:
         began = time.perf_counter()
-        loss, acc = _train_epoch(model, optimizer, data, cfg.experts.batch_size, _epoch_generators(seed, epoch, data.device))
+        loss, acc, hits = _train_epoch(model, optimizer, data, cfg.experts.batch_size,
+                                       _epoch_generators(seed, epoch, data.device), on_step=on_step)
         if not np.isfinite(loss):
             raise TrainingDiverged(
                 f"expert {expert} diverged in epoch {epoch + 1} (loss {loss}); lower experts.lr (now {cfg.experts.lr})"
             )
-        row_sha256.append(_write_row(partial, offset, epoch + 1, flat.flatten()))
         fault_point("experts.epoch")
         train_acc.append(acc)
+        correct.append(hits.to("cpu", torch.uint8))
         seconds += time.perf_counter() - began
         save_torch({"epoch": epoch + 1, "row_sha256": row_sha256, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "train_acc": train_acc, "seconds": seconds}, state_path)
+                    "optimizer": optimizer.state_dict(), "train_acc": train_acc, "seconds": seconds,
+                    "correct": torch.stack(correct)}, state_path)
         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{100 * acc:.1f}%")
         LOG.debug("expert %d epoch %d/%d: loss %.4f train acc %.4f", expert + 1, epoch + 1, epochs, loss, acc)
-    return {
+    record = {
         "seed": seed,
-        "test_acc": _accuracy(model, data.test_images, data.test_labels),
+        "val_acc": _accuracy(model, data.val_images, data.val_labels) if len(data.val_labels) else None,
         "train_acc": train_acc,
         "device": str(data.device),
         "seconds": round(seconds, 3),
     }
+    return record, torch.stack(correct).numpy()
 
 
-def _resume_state(partial: Path, state_path: Path, shape: tuple[int, int]) -> dict[str, Any] | None:
+def _resume_state(partial: Path, state_path: Path, layout: _Layout) -> dict[str, Any] | None:
     """The saved state of a half-trained expert, or None (nothing usable: start over)."""
     if not state_path.is_file():
         partial.unlink(missing_ok=True)
         return None
-    problem = trajectory_file_problem(partial, shape)
+    problem = trajectory_file_problem(partial, layout.shape)
     try:
         state = load_torch(state_path)
     except Exception as exc:  # a state file that torch cannot read is as good as none
         problem = problem or f"accompanied by an unreadable state file ({exc})"
         state = None
-    if problem is None and not (isinstance(state, dict) and 1 <= state.get("epoch", -1) <= shape[0] - 1):
+    if problem is None and not (isinstance(state, dict) and 1 <= state.get("epoch", -1) <= layout.epochs):
         problem = "accompanied by a state file without a valid epoch"
     if problem is None:
-        problem = _rows_problem(partial, state.get("row_sha256"), state["epoch"], shape[1])
+        correct = state.get("correct")
+        if not (isinstance(correct, torch.Tensor) and correct.dtype == torch.uint8
+                and tuple(correct.shape) == (state["epoch"], layout.num_train)):
+            problem = "accompanied by a state file without a correctness record"  # e.g. written by an older version
+    if problem is None:
+        problem = _rows_problem(partial, state.get("row_sha256"), layout.rows_after(state["epoch"]), layout.num_params)
     if problem is not None:
         LOG.warning("partial expert file %s is %s; restarting this expert", partial, problem)
         partial.unlink(missing_ok=True)
@@ -763,14 +895,14 @@ def _resume_state(partial: Path, state_path: Path, shape: tuple[int, int]) -> di
     return state
 
 
-def _rows_problem(partial: Path, digests: Any, epoch: int, num_params: int) -> str | None:
-    """Rows 0..epoch of ``partial`` must match the sha256 digests saved with the state."""
-    if not isinstance(digests, list) or len(digests) != epoch + 1:
+def _rows_problem(partial: Path, digests: Any, rows: int, num_params: int) -> str | None:
+    """The first ``rows`` rows of ``partial`` must match the sha256 digests saved with the state."""
+    if not isinstance(digests, list) or len(digests) != rows:
         return "accompanied by a state file without row checksums"
     offset = _data_offset(partial)
     for row, digest in enumerate(digests):
         if hashlib.sha256(_read_row(partial, offset, row, num_params)).hexdigest() != digest:
-            return f"inconsistent with its state file at epoch {row}"
+            return f"inconsistent with its state file at row {row}"
     return None
 
 
@@ -783,12 +915,18 @@ def _epoch_generators(seed: int, epoch: int, device: torch.device) -> tuple[torc
 
 
 def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: _TrainingData, batch_size: int,
-                 generators: tuple[torch.Generator, torch.Generator]) -> tuple[float, float]:
-    """One shuffled pass over the training split; returns (mean loss, accuracy). One sync, at the end.
+                 generators: tuple[torch.Generator, torch.Generator], *,
+                 on_step: Callable[[], None] | None = None) -> tuple[float, float, torch.Tensor]:
+    """One shuffled pass over the training split. One sync, at the end (plus what ``on_step`` does).
 
     DSA strategies are drawn from the CPU generator (drawing them on the
     device would read a GPU value per batch); per-sample parameters come from
     the device generator.
+
+    Returns:
+        (mean loss, accuracy, bool (N,) on the device): whether each training
+        sample, in ``data.images`` order, was classified correctly by the
+        (augmented, train-mode) forward pass that trained on it.
     """
     from .augment import augment_grouped, draw_strategy
 
@@ -797,7 +935,7 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: _Trai
     n = len(data.labels)
     perm = torch.randperm(n, generator=order).to(data.device)  # (N,)
     loss_sum = torch.zeros((), device=data.device)
-    correct = torch.zeros((), dtype=torch.long, device=data.device)
+    hits = torch.zeros(n, dtype=torch.bool, device=data.device)  # (N,)
     for start in range(0, n, batch_size):
         index = perm[start : start + batch_size]
         images, labels = data.images[index], data.labels[index]  # (B, C, H, W), (B,)
@@ -808,9 +946,11 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: _Trai
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if on_step is not None:
+            on_step()
         loss_sum += loss.detach() * len(index)
-        correct += (logits.detach().argmax(1) == labels).sum()
-    return float(loss_sum) / n, float(correct) / n  # sync point: once per epoch
+        hits[index] = logits.detach().argmax(1) == labels
+    return float(loss_sum) / n, float(hits.sum()) / n, hits  # sync point: once per epoch
 
 
 @torch.no_grad()
@@ -833,6 +973,8 @@ __all__ = [
     "expert_seed",
     "load_experts",
     "read_manifest",
+    "snapshot_steps",
+    "steps_per_epoch",
     "train_experts",
     "trajectory_file_problem",
 ]

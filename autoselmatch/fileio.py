@@ -194,11 +194,25 @@ def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     except pickle.UnpicklingError as exc:
         raise DataError(f"refusing to load {name}: {_refusal(exc)}{then}") from None
     except (EOFError, IndexError, RuntimeError):  # what torch raises on a truncated or foreign file
+        if _is_npz(path):  # a whole NumPy archive is no truncated torch file: say what it is
+            raise DataError(f"{name} is a NumPy .npz archive, not a torch file{then}") from None
         raise DataError(f"{name} is not a complete torch file (truncated, or of another format){then}") from None
     except OSError as exc:
         if exc.errno != errno.EINVAL:  # EINVAL: a zip whose directory points past the end (a truncated file)
             raise
         raise DataError(f"{name} is not a complete torch file (truncated){then}") from None
+
+
+def _is_npz(path: str | os.PathLike) -> bool:
+    """A readable zip whose members are all ``.npy`` arrays (what ``numpy.savez`` writes)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return bool(names) and all(n.endswith(".npy") for n in names)
 
 
 def _refusal(exc: pickle.UnpicklingError) -> str:

@@ -12,6 +12,7 @@ keyword-only ``channels``, ``num_classes`` and ``image_size``.
 
 Small inputs: a pooling stage is skipped once the feature map is 1x1, so the
 same builders run on 8x8 ``digits`` (the paper's geometries are unchanged).
+The ConvNet pads 28x28 input by 3 in its first convolution, as MTT does.
 """
 
 from __future__ import annotations
@@ -76,8 +77,15 @@ def _norm(kind: str, width: int) -> nn.Module:
 # --------------------------------------------------------------------------------------------
 
 
+MNIST_SIDE, MNIST_PADDING = 28, 3  # MTT pads 28x28 input by 3 in the first conv: 32 -> 16 -> 8 -> 4
+
+
 class ConvNet(nn.Module):
     """``depth`` x [conv3x3(width) -> norm -> ReLU -> avg-pool 2], then a linear classifier.
+
+    On 28x28 input (MNIST, Fashion-MNIST) the first convolution pads by 3, as
+    MTT's ConvNet does, so its feature maps are 32x32 and the pools halve them
+    without remainder (32 -> 16 -> 8 -> 4 at depth 3); every other size pads by 1.
 
     Args:
         channels: Input channels.
@@ -94,9 +102,11 @@ class ConvNet(nn.Module):
         if depth < 1:
             raise InvalidArgument(f"ConvNet depth must be >= 1, got {depth}")
         layers: list[nn.Module] = []
-        size, in_ch = image_size, channels
-        for _ in range(depth):
-            layers += [nn.Conv2d(in_ch, width, 3, padding=1), _norm(norm, width), nn.ReLU(inplace=True)]
+        first_padding = MNIST_PADDING if image_size == MNIST_SIDE else 1
+        size, in_ch = image_size + 2 * (first_padding - 1), channels
+        for block in range(depth):
+            padding = first_padding if block == 0 else 1
+            layers += [nn.Conv2d(in_ch, width, 3, padding=padding), _norm(norm, width), nn.ReLU(inplace=True)]
             if size >= 2:
                 layers.append(nn.AvgPool2d(2))
                 size //= 2

@@ -4,18 +4,18 @@ For every IPC that has studies (``{dataset}-ipc{N}-beta`` for stage 1,
 ``{dataset}-ipc{N}-alpha`` for stage 2) the page shows the beta curve, the
 alpha curve with pruned trials marked, the intermediate validation
 accuracies of every distillation trial (pruned ones dashed), the final test
-accuracy against the baselines the study recorded, the best set's image grid
-and the settings; above them, the optimal alpha and beta against IPC.
+accuracy, the best set's image grid and the settings; above them, the
+optimal alpha and beta against IPC.
 
 plotly.js is embedded once in the page (no CDN), images are embedded as
 base64 PNG, so the file opens offline and can be mailed around::
 
     build_report("sqlite:///studies/digits.db", "digits", "studies/digits-report.html")
 
-Read from the studies: trial params (or user attrs) ``beta`` / ``alpha``,
-trial values and intermediate values; on the alpha study (or its best trial)
-the user attrs ``test_accuracy`` (a number, or ``{"mean", "std"}``),
-``baselines`` (``{name: number or {"mean", "std"}}``) and ``settings``; and the
+Read from the studies (keys from :mod:`autoselmatch.records`): trial params
+(or user attrs) ``beta`` / ``alpha``, trial values and intermediate values; on
+the alpha study (or its best trial) the user attr ``test_accuracy`` (a
+number, or ``{"mean", "std"}``); each study's ``settings``; and the
 ``*grid.png`` artifact of the study (``best-grid.png``) or of its best trial.
 """
 
@@ -25,15 +25,16 @@ import base64
 import html
 import json
 import os
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from . import records
 from ._version import __version__
 from .errors import DataError
 from .fileio import save_text
+from .records import ALPHA, BETA, STAGES, parse_study_name
 from .runtime import LOG
 from .storage import artifact_dir_of, close_storage, open_existing_storage, safe_name
 
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     import optuna
     import plotly.graph_objects as go
 
-STAGES = ("beta", "alpha")
 FIGURE_HEIGHT = "380px"
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -115,14 +115,12 @@ def find_studies(storage: "optuna.storages.BaseStorage", prefix: str) -> list[Ip
     """The studies ``{prefix}-ipc{N}-beta|alpha`` grouped by IPC, smallest IPC first."""
     import optuna
 
-    pattern = re.compile(rf"^{re.escape(prefix)}-ipc(\d+)-({'|'.join(STAGES)})$")
     groups: dict[int, IpcStudies] = {}
     for name in optuna.get_all_study_names(storage):
-        match = pattern.match(name)
-        if match:
-            ipc, stage = int(match[1]), match[2]
-            group = groups.setdefault(ipc, IpcStudies(ipc))
-            setattr(group, stage, optuna.load_study(study_name=name, storage=storage))
+        parsed = parse_study_name(name)
+        if parsed is not None and parsed.prefix == prefix:
+            group = groups.setdefault(parsed.ipc, IpcStudies(parsed.ipc))
+            setattr(group, parsed.stage, optuna.load_study(study_name=name, storage=storage))
     return [groups[ipc] for ipc in sorted(groups)]
 
 
@@ -209,7 +207,7 @@ def _curve_figure(study: "optuna.Study", knob: str, ipc: int) -> "go.Figure":
     if best is not None and _knob(best, knob) is not None:
         fig.add_trace(go.Scatter(x=[_knob(best, knob)], y=[best.value], mode="markers", name=f"best {knob}",
                                  marker=dict(symbol="star", size=16, color="#2ca02c")))
-    stage = "stage 1" if knob == "beta" else "stage 2"
+    stage = "stage 1" if knob == BETA else "stage 2"
     return _layout(fig, f"IPC {ipc}, {stage}: validation accuracy vs {knob}", knob, "validation accuracy")
 
 
@@ -222,7 +220,7 @@ def _intermediate_figure(study: "optuna.Study", ipc: int) -> "go.Figure":
         if not t.intermediate_values:
             continue
         steps = sorted(t.intermediate_values)
-        alpha = _knob(t, "alpha")
+        alpha = _knob(t, ALPHA)
         label = f"trial {t.number}" + (f", alpha={alpha:g}" if alpha is not None else "")
         pruned = t.state.name != "COMPLETE"
         fig.add_trace(go.Scatter(
@@ -234,23 +232,15 @@ def _intermediate_figure(study: "optuna.Study", ipc: int) -> "go.Figure":
 
 
 def _accuracy_figure(group: IpcStudies) -> "go.Figure | None":
-    """Test accuracy of the chosen set beside each recorded baseline (``None`` when nothing was recorded)."""
+    """Test accuracy of the chosen set (``None`` when none was recorded)."""
     import plotly.graph_objects as go
 
-    attrs = _result_attrs(group)
-    bars = {"autoselmatch": _mean_std(attrs.get("test_accuracy"))}
-    baselines = attrs.get("baselines")
-    if isinstance(baselines, Mapping):
-        bars.update({str(name): _mean_std(value) for name, value in baselines.items()})
-    bars = {name: value for name, value in bars.items() if value is not None}
-    if not bars:
+    test = _mean_std(_result_attrs(group).get(records.TEST_ACCURACY))
+    if test is None:
         return None
-    errors = [value[1] or 0.0 for value in bars.values()]
-    fig = go.Figure(go.Bar(
-        x=list(bars), y=[value[0] for value in bars.values()], error_y=dict(type="data", array=errors),
-        marker_color=["#2ca02c" if name == "autoselmatch" else "#7f7f7f" for name in bars],
-    ))
-    return _layout(fig, f"IPC {group.ipc}: test accuracy vs baselines", "", "test accuracy")
+    fig = go.Figure(go.Bar(x=["autoselmatch"], y=[test[0]], error_y=dict(type="data", array=[test[1] or 0.0]),
+                           marker_color=["#2ca02c"]))
+    return _layout(fig, f"IPC {group.ipc}: test accuracy", "", "test accuracy")
 
 
 def _optimum_figure(groups: list[IpcStudies]) -> "go.Figure":
@@ -258,8 +248,8 @@ def _optimum_figure(groups: list[IpcStudies]) -> "go.Figure":
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for knob, stage, colour in (("beta", "beta", "#1f77b4"), ("alpha", "alpha", "#ff7f0e")):
-        points = [(g.ipc, _knob(b, knob)) for g in groups if (b := _best(getattr(g, stage))) is not None]
+    for knob, colour in ((BETA, "#1f77b4"), (ALPHA, "#ff7f0e")):
+        points = [(g.ipc, _knob(b, knob)) for g in groups if (b := _best(getattr(g, knob))) is not None]
         points = [(ipc, value) for ipc, value in points if value is not None]
         fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
                                  name=f"best {knob}", line=dict(color=colour)))
@@ -286,13 +276,18 @@ def _summary_table(group: IpcStudies) -> str:
             continue
         counts = {s: len(_trials(study, s)) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
         best = _best(study)
-        value = f"best {stage} = {_knob(best, stage):g}, validation accuracy {best.value:.4f} (trial {best.number})" \
+        value = f"best {stage} = {_knob(best, stage):g}, validation accuracy {100 * best.value:.2f} % " \
+            f"(trial {best.number})" \
             if best is not None and _knob(best, stage) is not None else "no finished trial"
         rows.append((f"stage {STAGES.index(stage) + 1}: {study.study_name}",
                      f"{value}; trials: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)))
-    test = _mean_std(_result_attrs(group).get("test_accuracy"))
-    if test is not None:
-        rows.append(("test accuracy", f"{test[0]:.4f}" + (f" ± {test[1]:.4f}" if test[1] is not None else "")))
+    recorded = _result_attrs(group).get(records.TEST_ACCURACY)
+    test = _mean_std(recorded)
+    if test is not None:  # a percentage as everywhere; no spread for a single run
+        runs = len(recorded.get("accuracies") or []) if isinstance(recorded, Mapping) else 1
+        spread = f" ± {100 * test[1]:.2f}" if test[1] is not None and runs != 1 else ""
+        count = f" ({runs} run{'' if runs == 1 else 's'})" if runs else ""
+        rows.append(("test accuracy", f"{100 * test[0]:.2f}{spread} %{count}"))
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
 
@@ -300,15 +295,15 @@ def _summary_table(group: IpcStudies) -> str:
 def _ipc_section(group: IpcStudies, storage: "optuna.storages.BaseStorage", art_dir: Path | None) -> str:
     parts = [f'<section id="ipc-{group.ipc}"><h2>IPC {group.ipc}</h2>', _summary_table(group)]
     if group.beta is not None:
-        parts.append(_figure_html(_curve_figure(group.beta, "beta", group.ipc), f"ipc{group.ipc}-beta"))
+        parts.append(_figure_html(_curve_figure(group.beta, BETA, group.ipc), f"ipc{group.ipc}-beta"))
     if group.alpha is not None:
-        parts.append(_figure_html(_curve_figure(group.alpha, "alpha", group.ipc), f"ipc{group.ipc}-alpha"))
+        parts.append(_figure_html(_curve_figure(group.alpha, ALPHA, group.ipc), f"ipc{group.ipc}-alpha"))
         parts.append(_figure_html(_intermediate_figure(group.alpha, group.ipc), f"ipc{group.ipc}-steps"))
     accuracy = _accuracy_figure(group)
     if accuracy is not None:
         parts.append(_figure_html(accuracy, f"ipc{group.ipc}-test"))
     else:
-        parts.append('<p class="note">No test accuracy or baselines recorded for this IPC yet.</p>')
+        parts.append('<p class="note">No test accuracy recorded for this IPC yet.</p>')
     grid = _grid_image(group, storage, art_dir)
     if grid is not None:
         data = base64.b64encode(grid).decode("ascii")
@@ -318,7 +313,7 @@ def _ipc_section(group: IpcStudies, storage: "optuna.storages.BaseStorage", art_
         parts.append('<p class="note">No image grid artifact found for this IPC.</p>')
     for stage in STAGES:
         study = getattr(group, stage)
-        settings = None if study is None else study.user_attrs.get("settings")
+        settings = None if study is None else study.user_attrs.get(records.SETTINGS)
         if settings is not None:
             text = html.escape(json.dumps(settings, indent=2, sort_keys=True, default=str))
             summary = f"Settings of {html.escape(study.study_name)}"

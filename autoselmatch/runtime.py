@@ -10,7 +10,8 @@ import logging
 import os
 import random
 import signal
-from typing import TYPE_CHECKING, Iterable, TypeVar
+import time
+from typing import TYPE_CHECKING, Generic, Iterable, Iterator, TypeVar
 
 if TYPE_CHECKING:
     import torch
@@ -31,9 +32,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     """
     import torch
 
-    base = name.split(":")[0]
-    if base not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
+    from .errors import InvalidArgument
+
+    base, _, index = name.partition(":")
+    if base not in DEVICES or (index and (base != "cuda" or not index.isdigit())):
+        raise InvalidArgument(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {name!r}")
     if base == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -41,9 +44,12 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if base == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        raise InvalidArgument(f"device {name!r} requested but CUDA is not available; use --device cpu (or auto)")
+    if base == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise InvalidArgument(f"device {name!r} requested but there are {torch.cuda.device_count()} CUDA devices "
+                              f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     if base == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} requested but MPS is not available; use --device cpu")
+        raise InvalidArgument(f"device {name!r} requested but MPS is not available; use --device cpu (or auto)")
     return torch.device(name)
 
 
@@ -76,11 +82,62 @@ def setup_logging(verbosity: int = 0) -> None:
 
 
 def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, leave: bool = False) -> Iterable[T]:
-    """A tqdm bar on stderr, hidden when the logger is quiet or ``AUTOSELMATCH_NO_PROGRESS`` is set."""
+    """Progress of a loop on stderr: a tqdm bar on a terminal, else a plain log line every
+    ``AUTOSELMATCH_PROGRESS_SECONDS`` (30) seconds (no ``\\r`` or cursor codes in log files).
+
+    Hidden when the logger is quiet or ``AUTOSELMATCH_NO_PROGRESS`` is set. Either
+    form takes ``set_postfix(name=value, ...)`` for the values shown after the count.
+    """
     from tqdm.auto import tqdm
 
     disable = LOG.getEffectiveLevel() > logging.INFO or bool(os.environ.get("AUTOSELMATCH_NO_PROGRESS"))
+    if not disable and not _bars_render():
+        every = float(os.environ.get("AUTOSELMATCH_PROGRESS_SECONDS", "30"))
+        return LogProgress(iterable, desc=desc, total=total, every=every)
     return tqdm(iterable, desc=desc, total=total, leave=leave, disable=disable, dynamic_ncols=True)
+
+
+def _bars_render() -> bool:
+    """Whether a bar shows as a bar: stderr is a terminal, or a notebook (tqdm.auto draws a widget)."""
+    import sys
+
+    return (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()) or "ipykernel" in sys.modules
+
+
+class LogProgress(Generic[T]):
+    """Iterates ``iterable`` and logs ``desc: i/total (p %), key value, ..., t s`` at most every ``every`` seconds.
+
+    The first line comes once ``every`` seconds have passed, and a last one when the loop ends
+    (if any was logged and the count moved since), so short loops stay silent. ``key value``
+    pairs are the last :meth:`set_postfix` values.
+    """
+
+    def __init__(self, iterable: Iterable[T], *, desc: str, total: int | None, every: float) -> None:
+        self.iterable, self.desc, self.every = iterable, desc, every
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.postfix: dict[str, object] = {}
+        self.count = 0
+
+    def set_postfix(self, refresh: bool = True, **values: object) -> None:
+        self.postfix = values
+
+    def __iter__(self) -> Iterator[T]:
+        start = last = time.monotonic()
+        logged_at = 0  # count at the last line; 0: none yet
+        for item in self.iterable:
+            yield item
+            self.count += 1
+            now = time.monotonic()
+            if now - last >= self.every:
+                self._log(now - start)
+                last, logged_at = now, self.count
+        if 0 < logged_at < self.count:
+            self._log(time.monotonic() - start)
+
+    def _log(self, seconds: float) -> None:
+        count = f"{self.count}/{self.total} ({100 * self.count / self.total:.0f} %)" if self.total else str(self.count)
+        extra = "".join(f", {key} {value}" for key, value in self.postfix.items())
+        LOG.info("%s: %s%s, %.0f s", self.desc, count, extra, seconds)
 
 
 def fault_point(name: str) -> None:

@@ -6,21 +6,38 @@ training order (``ds.train_images``), whatever its source:
 - ``cscore``: the published C-scores of CIFAR-10/100 (Jiang et al. 2021),
   downloaded once from pluskid.github.io/structural-regularity, checked by
   sha256 and cached. A low C-score means a hard sample, so it is negated.
-- ``forgetting``: forgetting events (Toneva et al. 2018): how often a
-  sample's prediction goes from correct to incorrect between consecutive
-  epochs, averaged over ``networks`` runs; a sample never predicted correctly
-  counts ``epochs`` events, more than any learned sample can reach.
 - ``el2n``: the error L2 norm (Paul et al. 2021), ``||softmax(f(x)) - onehot(y)||_2``
   averaged over ``networks`` networks trained ``epochs`` epochs on the pool.
+- ``forgetting``: forgetting events (Toneva et al. 2019): how often a
+  sample goes from correctly to incorrectly classified between consecutive
+  epochs; a sample never classified correctly counts E events (E epochs),
+  more than any learned sample can reach, as in the paper.
+- ``learning-speed``: the mean correctness over the E epochs (cumulative
+  training accuracy), Jiang et al. (2021)'s cheap proxy of the C-score. Low
+  is hard, so it is negated, like the C-score.
 
-A user file (``ScoreConfig.file``: ``.npz`` with ``scores`` and optionally
-``labels``, or ``.npy``) replaces the download or the computation; it is
-checked against the dataset (length, labels, NaNs). Computed scores are
-cached under ``cache_dir/scores`` per dataset, score, settings, validation
-split and seed, and reused; processes sharing a cache compute each entry once.
+``forgetting`` and ``learning-speed`` come from the expert trajectories'
+by-product: per epoch, whether each pool sample's training forward pass
+(augmented, in train mode, as in Toneva et al.) classified it correctly
+(:meth:`autoselmatch.experts.ExpertStore.correctness`). They are averaged
+over the run's ``experts.num_experts`` experts, read from the cache when the
+run's experts exist (no extra training) and trained through
+:func:`autoselmatch.experts.train_experts` when they do not; they need the
+run's settings (``get_scores(..., run=cfg)``). Validation samples, which
+experts never see, score NaN (selection reads only the pool).
+
+The rule for a name that also has published files: ``ScoreConfig.file``
+(``.npz`` with ``scores`` and optionally ``labels``, or ``.npy``) always wins,
+so the published forgetting counts of CIFAR-10/100 and Tiny ImageNet are used
+when passed (``--scores-file``); without a file, ``cscore`` is downloaded
+(CIFAR-10/100 only) and every other score is computed. A file is checked
+against the dataset (length, labels, NaNs). EL2N is cached under
+``cache_dir/scores`` per dataset, settings, validation split and seed, and
+reused; processes sharing a cache compute each entry once.
 
     scores = get_scores(ds, ScoreConfig(name="el2n", epochs=3, networks=2), cache_dir=Path("cache"), seed=0)
     hardest = scores.argsort(descending=True)[:10]
+    forgetting = get_scores(ds, cfg.scores, cache_dir=cfg.cache_path, seed=cfg.seed, run=cfg)  # name="forgetting"
 """
 
 from __future__ import annotations
@@ -32,7 +49,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -46,11 +63,14 @@ from .fileio import atomic_write, file_lock, load_torch, save_torch, sha256_file
 from .registry import Registry
 from .runtime import LOG, progress, resolve_device
 
+if TYPE_CHECKING:
+    from .config import RunConfig
+
 ScoreFn = Callable[..., torch.Tensor]
 SCORES: Registry[ScoreFn] = Registry("score")
 
 # Scores whose published form has low = hard; they are negated on load.
-LOW_IS_HARD = frozenset({"cscore"})
+LOW_IS_HARD = frozenset({"cscore", "learning-speed"})
 
 CSCORE_URL = "https://pluskid.github.io/structural-regularity/cscores/{file}"
 CSCORE_FILES = {
@@ -68,6 +88,7 @@ def get_scores(
     cache_dir: Path,
     seed: int,
     device: torch.device | str | None = None,
+    run: RunConfig | None = None,
 ) -> torch.Tensor:
     """Difficulty of every training sample: float32 (N,) on the CPU, higher = harder.
 
@@ -77,11 +98,14 @@ def get_scores(
         cache_dir: Root of the cache (downloads and computed scores go to ``cache_dir/scores``).
         seed: Seed of the computed scores' networks.
         device: Where networks train (default: the dataset's device).
+        run: The run whose expert trajectories ``forgetting`` and ``learning-speed``
+            are derived from (its ``experts``, ``distill``, ``seed``, ``cache_dir``);
+            needed only by those two, without a file.
     """
     score_fn = SCORES.get(cfg.name)
     if cfg.file is not None:
         return load_score_file(cfg.file, ds, name=cfg.name)
-    return score_fn(ds, cfg, cache_dir=Path(cache_dir).expanduser(), seed=seed, device=device)
+    return score_fn(ds, cfg, cache_dir=Path(cache_dir).expanduser(), seed=seed, device=device, run=run)
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,6 +140,10 @@ def _read_score_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                 labels = archive["labels"] if "labels" in archive.files else None
                 return archive["scores"], labels
         if path.suffix == ".npy":
+            with open(path, "rb") as handle:
+                if handle.read(6) != b"\x93NUMPY":  # else numpy takes it for a pickle and advises allow_pickle
+                    raise DataError(f"score file {path} is not a NumPy array file (no .npy header); "
+                                    f"write it with numpy.save")
             return np.load(path, allow_pickle=False), None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # EOFError: an empty .npy
         raise DataError(f"cannot read score file {path}: {exc}") from None
@@ -162,7 +190,7 @@ def check_score_file(values: np.ndarray, labels_in_file: np.ndarray | None, ds: 
 
 @SCORES.register("cscore")
 def cscore(ds: ImageDataset, cfg: ScoreConfig, *, cache_dir: Path, seed: int,
-           device: torch.device | str | None = None) -> torch.Tensor:
+           device: torch.device | str | None = None, run: RunConfig | None = None) -> torch.Tensor:
     """Published C-scores of CIFAR-10/100, negated (higher = harder)."""
     if ds.name not in CSCORE_FILES:
         raise InvalidArgument(
@@ -194,22 +222,87 @@ def download_checked(url: str, path: Path, *, sha256: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# Computed scores: EL2N and forgetting events, cached
+# Scores from the experts' correctness records: forgetting events and learning speed
+# --------------------------------------------------------------------------------------------
+
+
+def forgetting_counts(correct: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Forgetting events (Toneva et al. 2019) of a correctness record; higher = harder.
+
+    Args:
+        correct: bool or 0/1 (E, N): whether sample n was classified correctly in epoch e.
+
+    Returns:
+        float32 (N,): correct -> incorrect transitions between consecutive epochs;
+        E for a sample never classified correctly (more than a learned one can reach).
+    """
+    correct = torch.as_tensor(correct).bool()  # (E, N)
+    events = (correct[:-1] & ~correct[1:]).sum(0).float()  # (N,)
+    return events.masked_fill(~correct.any(0), float(len(correct)))
+
+
+def learning_speed(correct: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Cumulative training accuracy (Jiang et al. 2021's C-score proxy): float32 (N,) in [0, 1]; low = hard.
+
+    Args:
+        correct: bool or 0/1 (E, N): whether sample n was classified correctly in epoch e.
+    """
+    return torch.as_tensor(correct).float().mean(0)
+
+
+@SCORES.register("forgetting")
+def forgetting(ds: ImageDataset, cfg: ScoreConfig, *, cache_dir: Path, seed: int,
+               device: torch.device | str | None = None, run: RunConfig | None = None) -> torch.Tensor:
+    """Forgetting events of the run's experts, averaged over them (higher = harder)."""
+    return _from_experts(ds, cfg, run, device, forgetting_counts)
+
+
+@SCORES.register("learning-speed")
+def learning_speed_score(ds: ImageDataset, cfg: ScoreConfig, *, cache_dir: Path, seed: int,
+                         device: torch.device | str | None = None, run: RunConfig | None = None) -> torch.Tensor:
+    """Negated learning speed of the run's experts, averaged over them (higher = harder)."""
+    return -_from_experts(ds, cfg, run, device, learning_speed)
+
+
+def _from_experts(ds: ImageDataset, cfg: ScoreConfig, run: RunConfig | None, device: torch.device | str | None,
+                  derive: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
+    """Mean over the run's experts of ``derive(correctness record)``, scattered to (N,); NaN outside the pool.
+
+    The cached experts are used as they are; missing ones are trained first.
+    """
+    from .experts import load_experts, train_experts
+
+    if run is None:
+        raise InvalidArgument(f"scores.name={cfg.name!r} is derived from expert trajectories; pass the run's "
+                              "settings (run=cfg), or a score file")
+    try:
+        store = load_experts(ds, run)
+    except DataError:  # none (or not enough, or damaged) with these settings: train or repair them
+        LOG.info("no finished experts for %s scores; training them", cfg.name)
+        store = train_experts(ds, run, device=device)
+    pool = ds.train_index.cpu()
+    total = torch.zeros(len(pool), dtype=torch.float32)
+    for i in range(store.num_experts):
+        record = store.correctness(i)  # (E, pool size)
+        if record.shape[1] != len(pool):
+            raise DataError(f"the correctness record of expert {i} in {store.directory} covers {record.shape[1]} "
+                            f"samples, the pool of {ds.name} has {len(pool)}")
+        total += derive(record)
+    scores = torch.full((len(ds.train_labels),), float("nan"), dtype=torch.float32)
+    scores[pool] = total / store.num_experts
+    return scores
+
+
+# --------------------------------------------------------------------------------------------
+# EL2N: its own networks, cached
 # --------------------------------------------------------------------------------------------
 
 
 @SCORES.register("el2n")
 def el2n(ds: ImageDataset, cfg: ScoreConfig, *, cache_dir: Path, seed: int,
-         device: torch.device | str | None = None) -> torch.Tensor:
+         device: torch.device | str | None = None, run: RunConfig | None = None) -> torch.Tensor:
     """Mean over ``cfg.networks`` networks of ``||softmax - onehot||_2`` after ``cfg.epochs`` epochs."""
     return _cached(ds, cfg, cache_dir, seed, lambda: _compute(ds, cfg, seed, device, _el2n_run))
-
-
-@SCORES.register("forgetting")
-def forgetting(ds: ImageDataset, cfg: ScoreConfig, *, cache_dir: Path, seed: int,
-               device: torch.device | str | None = None) -> torch.Tensor:
-    """Mean over ``cfg.networks`` runs of forgetting events over ``cfg.epochs`` epochs."""
-    return _cached(ds, cfg, cache_dir, seed, lambda: _compute(ds, cfg, seed, device, _forgetting_run))
 
 
 def cache_path(ds: ImageDataset, cfg: ScoreConfig, cache_dir: Path, seed: int) -> Path:
@@ -223,7 +316,10 @@ def score_settings(ds: ImageDataset, cfg: ScoreConfig, seed: int) -> dict:
     """Everything a computed score depends on (stored with it)."""
     split = hashlib.sha256(ds.val_index.cpu().numpy().tobytes()).hexdigest()[:16]
     training = {k: v for k, v in to_dict(cfg).items() if k != "file"}
-    return {"dataset": ds.name, "n_train": len(ds.train_labels), "val_split": split, "seed": seed, "score": training}
+    settings = {"dataset": ds.name, "n_train": len(ds.train_labels), "val_split": split, "seed": seed, "score": training}
+    if ds.image_size is not None:  # resized at load (data.image_size); keys of native-size data stay as they were
+        settings["image_size"] = ds.image_size
+    return settings
 
 
 def _cached(ds: ImageDataset, cfg: ScoreConfig, cache_dir: Path, seed: int,
@@ -285,24 +381,6 @@ def _el2n_run(ds: ImageDataset, cfg: ScoreConfig, seed: int, device: torch.devic
     return torch.linalg.vector_norm(probs - onehot, dim=1)  # (N,)
 
 
-def _forgetting_run(ds: ImageDataset, cfg: ScoreConfig, seed: int, device: torch.device, desc: str) -> torch.Tensor:
-    n = len(ds.train_labels)
-    events = torch.zeros(n, dtype=torch.float32, device=device)
-    ever_correct = torch.zeros(n, dtype=torch.bool, device=device)
-    previous: torch.Tensor | None = None
-
-    def on_epoch(epoch: int, model: nn.Module) -> None:
-        nonlocal previous
-        correct = predict_proba(model, ds).argmax(dim=1) == ds.train_labels  # (N,)
-        if previous is not None:
-            events.add_((previous & ~correct).float())  # a forgetting event: correct -> incorrect
-        previous = correct
-        ever_correct.logical_or_(correct)
-
-    train_pool_network(ds, cfg, seed=seed, device=device, desc=desc, on_epoch=on_epoch)
-    return events.masked_fill(~ever_correct, float(cfg.epochs))
-
-
 def train_pool_network(
     ds: ImageDataset,
     cfg: ScoreConfig,
@@ -310,7 +388,6 @@ def train_pool_network(
     seed: int,
     device: torch.device,
     desc: str = "score network",
-    on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
     """Train ``cfg.model`` on the pool (``ds.train_index``) for ``cfg.epochs`` epochs, plain SGD.
 
@@ -320,7 +397,6 @@ def train_pool_network(
         seed: Seed of the initialisation and of the batch order.
         device: Where the network trains.
         desc: Progress bar label.
-        on_epoch: Called after each epoch with (epoch, model); the model is in eval mode then.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -342,9 +418,7 @@ def train_pool_network(
         if not torch.isfinite(loss):  # sync point: once per epoch
             raise TrainingDiverged(f"score network diverged in epoch {epoch + 1} (loss {loss.item()}); "
                                    f"lower scores.lr (now {cfg.lr})")
-        model.eval()
-        if on_epoch is not None:
-            on_epoch(epoch, model)
+    model.eval()
     return model
 
 
@@ -386,7 +460,9 @@ __all__ = [
     "download_checked",
     "el2n",
     "forgetting",
+    "forgetting_counts",
     "get_scores",
+    "learning_speed",
     "load_score_file",
     "predict_proba",
     "summarize",

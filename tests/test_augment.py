@@ -8,7 +8,9 @@ from autoselmatch.augment import (
     combined_augment,
     cutout_size,
     default_pad,
+    draw_strategies,
     dsa,
+    dsa_per_image,
     get_augmentation,
     simple_augment,
 )
@@ -219,7 +221,7 @@ def test_combined_routes_each_part_to_its_own_augmentation():
     out = combined_augment(x, mask, generator=gen(9))
 
     g = gen(9)
-    distilled = dsa(x[mask], generator=g)
+    distilled = dsa_per_image(x[mask], draw_strategies(6, generator=g), generator=g)
     selected = simple_augment(x[~mask], generator=g)
     assert torch.equal(out[mask], distilled)  # rows come back in their original places
     assert torch.equal(out[~mask], selected)
@@ -239,6 +241,70 @@ def test_combined_uses_dsa_strategies_on_distilled_rows():
         assert selected_values <= set(x[10:].unique().tolist())
         hit_color |= not set(out[:10].unique().tolist()) - {0.0} <= set(x[:10].unique().tolist())
     assert hit_color
+
+
+def test_dsa_per_image_runs_each_strategy_on_the_rows_that_drew_it():
+    x = torch.randn(40, 3, 16, 16)
+    index = draw_strategies(40, generator=gen(4))
+    assert set(index.tolist()) == set(range(len(DSA_STRATEGIES)))  # 40 draws hit all six here
+    out = dsa_per_image(x, index, generator=gen(5))
+
+    g = gen(5)  # reference: one dsa call per strategy, in DSA_STRATEGIES order, rows back in place
+    expected = torch.empty_like(x)
+    for k, name in enumerate(DSA_STRATEGIES):
+        rows = torch.nonzero(index == k).flatten()
+        expected[rows] = dsa(x[rows], generator=g, strategy=name)
+    assert torch.equal(out, expected)
+
+
+def test_dsa_per_image_gradient_reaches_pixels():
+    x = torch.randn(24, 1, 8, 8, requires_grad=True)
+    out = dsa_per_image(x, torch.arange(24) % len(DSA_STRATEGIES), generator=gen())
+    (out * torch.randn_like(out)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and (x.grad != 0).any(dim=(1, 2, 3)).all()
+
+
+def test_dsa_per_image_rejects_bad_indices():
+    x = torch.randn(4, 1, 8, 8)
+    with pytest.raises(InvalidArgument, match="strategy_index must have shape"):
+        dsa_per_image(x, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(InvalidArgument, match=r"strategy_index values must be in \[0, 5\], got \[0, 6\]"):
+        dsa_per_image(x, torch.tensor([0, 1, 2, 6]))
+
+
+def test_combined_draws_a_strategy_per_distilled_image():
+    # Constant images: colour makes a row another constant, crop/cutout/scale/rotate bring in zeros.
+    # Both kinds in one batch is impossible with one strategy per batch.
+    x = torch.ones(64, 1, 16, 16)
+    mask = torch.ones(64, dtype=torch.bool)
+    out = combined_augment(x, mask, generator=gen(2))
+    flat = out.flatten(1)
+    recoloured = (flat.max(1).values - flat.min(1).values < 1e-6) & ((flat[:, 0] - 1).abs() > 1e-3)
+    zeroed = (flat == 0).any(1)
+    unchanged = (flat == 1).all(1)  # flip, or a zero shift
+    assert recoloured.sum() >= 3 and zeroed.sum() >= 10 and unchanged.sum() >= 3
+
+
+def test_combined_is_reproducible_for_a_seed():
+    x = torch.randn(32, 3, 8, 8)
+    mask = torch.arange(32) % 3 == 0
+    first = combined_augment(x, mask, generator=gen(7))
+    assert torch.equal(first, combined_augment(x, mask, generator=gen(7)))
+    assert not torch.equal(first, combined_augment(x, mask, generator=gen(8)))
+    grouped = augment_grouped(x, 12, "combined", generator=gen(1), host_generator=gen(2))
+    assert torch.equal(grouped, augment_grouped(x, 12, "combined", generator=gen(1), host_generator=gen(2)))
+    g = gen(1)  # host_generator draws the strategies, generator the parameters
+    expected = torch.cat([dsa_per_image(x[:12], draw_strategies(12, generator=gen(2)), generator=g),
+                          simple_augment(x[12:], generator=g)])
+    assert torch.equal(grouped, expected)
+
+
+def test_augment_grouped_takes_a_strategy_for_dsa_only():
+    x = torch.randn(6, 1, 8, 8)
+    assert torch.equal(augment_grouped(x, 3, "dsa", generator=gen(1), strategy="cutout"),
+                       dsa(x, generator=gen(1), strategy="cutout"))
+    with pytest.raises(InvalidArgument, match="strategy= applies to the dsa augmentation only"):
+        augment_grouped(x, 3, "combined", strategy="crop")
 
 
 def test_combined_rejects_bad_mask():

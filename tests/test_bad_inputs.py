@@ -18,6 +18,7 @@ import optuna
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from autoselmatch.cli import COMMANDS, cli
 
@@ -54,6 +55,11 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+def _parent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _truncated(src: Path, dst: Path) -> None:
     _write(dst, src.read_bytes()[: src.stat().st_size // 2])
 
@@ -79,9 +85,17 @@ def _build_broken_files(ws: Path, result: Path, checkpoint: Path, scores_cache: 
     _write(bad / "empty.db", b"")
     _write(bad / "empty.pt", b"")
     _write(bad / "empty.npy", b"")
+    _write(bad / "text.npy", b"1\n2\n3\n")
     _write(bad / "garbage.log", b"{ not a journal line\n")
     (bad / "a_dir.db").mkdir()
     _write(bad / "file.txt", b"a file where a folder is expected\n")
+    for split in ("train", "test"):  # folder datasets: one class; images of two sizes
+        for i in range(3):
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(_parent(bad / "oneclass" / split / "a" / f"{i}.png"))
+        for label in ("a", "b"):
+            for i, size in enumerate((8, 9)):
+                Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(
+                    _parent(bad / "mixed" / split / label / f"{i}.png"))
     _write(bad / "ckpt-corrupt" / "checkpoint.pt", b"garbage" * 50)
     _truncated(checkpoint, bad / "ckpt-truncated" / "checkpoint.pt")
     for name in ("cache-bad-expert", "cache-bad-manifest", "cache-bad-scores"):
@@ -124,9 +138,14 @@ def snapshot(root: Path) -> dict[str, tuple[str, int, int]]:
     return state
 
 
-def case(command: str, args: list[str], needle: str, id: str, *, code: int = 2):
+def case(command: str, args: list[str], needle: str, id: str, *, code: int = 2, marks=()):
     """``autoselmatch [global args] COMMAND ARGS`` must exit ``code`` with one ``Error:`` line containing ``needle``."""
-    return pytest.param([command, *args], needle, code, id=id)
+    return pytest.param([command, *args], needle, code, id=id, marks=marks)
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+NO_MPS = pytest.mark.skipif(torch.backends.mps.is_available(), reason="MPS is available here")
+HUGE = "99999999999999999999999"
 
 
 SET = "exports/best/dataset.pt"
@@ -139,6 +158,21 @@ CASES = [
     case("--device", ["tpu", "studies"], "'tpu' is not one of", "global-unknown-device"),
     case("--seed", ["1.5", "studies"], "'1.5' is not a valid integer", "global-seed-float"),
     case("nosuchcommand", [], "No such command 'nosuchcommand'", "global-unknown-command"),
+    case("--seed", [HUGE, "studies"], f"{HUGE} is not in the range 0<=x<=", "global-seed-too-large"),
+    case("--device", ["cuda", "tune", *DIGITS, "--ipc", "10"], "CUDA is not available; use --device cpu",
+         "global-device-cuda-without-cuda", marks=NO_CUDA),
+    case("studies", ["--device", "tpu"], "'tpu' is not one of", "global-after-command-unknown-device"),
+    case("tune", [*DIGITS, "--ipc", "10", "--device", "cuda"], "CUDA is not available; use --device cpu",
+         "global-after-command-device-cuda-without-cuda", marks=NO_CUDA),
+    case("distill", [*DIGITS, "--ipc", "10", "--alpha", "0.5", "--device", "mps", "--out", "bad/never"],
+         "MPS is not available; use --device cpu", "global-after-command-device-mps-without-mps", marks=NO_MPS),
+    case("tune", [*DIGITS, "--seed", HUGE, "--ipc", "10"], f"{HUGE} is not in the range 0<=x<=",
+         "global-after-command-seed-too-large"),
+    case("tune", [*DIGITS, "--set", f"seed={HUGE}", "--print-config"], f"seed must be in [0, 9223372036854775807], "
+         f"got {HUGE}", "set-seed-too-large"),
+    case("tune", [*DIGITS, "--set", "device=tpu", "--print-config"],
+         "device must be one of auto, cpu, cuda, mps (or cuda:N), got 'tpu'", "set-unknown-device-print-config"),
+    case("tune", [*DIGITS, "--set", "device=cuda:x", "--print-config"], "got 'cuda:x'", "set-device-bad-index"),
     # ---- tune ---------------------------------------------------------------------------------------------
     case("tune", [*DIGITS, "--ipc", "ten"], "got 'ten'", "tune-ipc-not-int"),
     case("tune", [*DIGITS, "--ipc", "0"], "got 0", "tune-ipc-zero"),
@@ -191,6 +225,25 @@ CASES = [
          "tune-storage-journal-garbage"),
     case("tune", [*DIGITS, "--ipc", "10", "--storage", "sqlite:///bad/a_dir.db"], "is a folder", "tune-storage-is-a-folder"),
     case("tune", [*DIGITS, "--ipc", "10", "--cache-dir", "bad/file.txt"], "bad/file.txt", "tune-cache-dir-is-a-file"),
+    case("tune", [*DIGITS, "--ipc", "10", "--set", "data.val_fraction=0"],
+         "data.val_fraction is 0, but tune scores every trial on the validation split", "tune-no-validation-split"),
+    case("tune", [*DIGITS, "--ipc", "1"], "distill.batch_syn (20) is larger than the synthetic set (10 images at ipc=1)",
+         "tune-batch-syn-larger-than-set"),
+    case("tune", [*DIGITS, "--ipc", "10", "--set", "distill.mode=merge", "--set", "tune.alpha_grid=[0.1, 0.5]"],
+         "distill.batch_syn (20) is larger than D_distill (10 images at ipc=10, alpha=0.1)",
+         "tune-batch-syn-larger-than-merge-part"),
+    case("tune", [*DIGITS, "--ipc", "10", "--set", "distill.lr_img=nan"], "distill.lr_img must be a finite number, got nan",
+         "tune-nan-image-lr"),
+    case("tune", [*DIGITS, "--ipc", "10", "--set", "evaluate.lr=inf"], "evaluate.lr must be a finite number, got inf",
+         "tune-infinite-eval-lr"),
+    case("tune", [*DIGITS, "--ipc", "10", "--timeout", "nan"], "--timeout must be a finite number, got nan",
+         "tune-nan-timeout"),
+    case("tune", [*DIGITS, "--ipc", "10", "--set", "tune.grace_period=nan"], "tune.grace_period must be an integer",
+         "tune-nan-integer-setting"),
+    case("tune", ["--dataset", "folder:bad/oneclass", *TINY, "--ipc", "2"], "train/ has one class (a)",
+         "tune-one-class-folder"),
+    case("tune", ["--dataset", "folder:bad/mixed", *TINY, "--ipc", "1"], "pass --set data.image_size=N to resize",
+         "tune-folder-mixed-image-sizes"),
     # ---- experts ------------------------------------------------------------------------------------------
     case("experts", [*DIGITS, "--num-experts", "0"], "0 is not in the range x>=1", "experts-zero-experts"),
     case("experts", [*DIGITS, "--num-experts", "two"], "'two' is not a valid integer", "experts-num-not-int"),
@@ -214,7 +267,10 @@ CASES = [
     case("scores", [*DIGITS, "--scores-file", "bad/corrupt.npz"], "cannot read score file", "scores-file-corrupt"),
     case("scores", [*DIGITS, "--scores-file", "bad/object.npy"], "cannot read score file", "scores-file-object-npy"),
     case("scores", [*DIGITS, "--scores-file", "bad/object.npz"], "cannot read score file", "scores-file-object-npz"),
-    case("scores", [*DIGITS, "--scores-file", "bad/empty.npy"], "cannot read score file bad/empty.npy", "scores-file-empty"),
+    case("scores", [*DIGITS, "--scores-file", "bad/empty.npy"], "score file bad/empty.npy is not a NumPy array file",
+         "scores-file-empty"),
+    case("scores", [*DIGITS, "--scores-file", "bad/text.npy"], "score file bad/text.npy is not a NumPy array file "
+         "(no .npy header)", "scores-file-text-named-npy"),
     case("scores", [*DIGITS, "--scores-file", "bad/short.npy"], "training samples", "scores-file-wrong-length"),
     case("scores", [*DIGITS, "--scores-file", "bad/nokey.npz"], "has no 'scores' array", "scores-file-no-key"),
     case("scores", [*DIGITS, "--scores-file", "bad/scores.txt"], "must be .npz", "scores-file-wrong-suffix"),
@@ -238,6 +294,15 @@ CASES = [
     case("scores", [*DIGITS, "--fraction", "1.5"], "--fraction", "scores-fraction-above-one"),
     case("scores", [*DIGITS, "--seeds", "0"], "--seeds", "scores-seeds-zero"),
     case("scores", [*DIGITS, "--save", "bad/a_dir.pt"], "bad/a_dir.pt", "scores-save-to-a-folder"),
+    case("scores", [*DIGITS, "-o", "bad/file.txt/s.json"], "--out bad/file.txt/s.json cannot be created: bad/file.txt "
+         "is a file", "scores-out-under-a-file"),
+    case("scores", ["--dataset", "digits", "--cache-dir", "bad/file.txt/cache", *TINY[2:]],
+         "--cache-dir bad/file.txt/cache cannot be created: bad/file.txt is a file", "scores-cache-dir-under-a-file"),
+    case("scores", ["--dataset", "digits", "--cache-dir", "/proc/autoselmatch-cache", *TINY[2:]],
+         "--cache-dir /proc/autoselmatch-cache cannot be created: /proc is not writable", "scores-cache-dir-unwritable"),
+    case("scores", [*DIGITS, "--sweep-beta", "0.1", "--ipc", "10", "--set", "data.val_fraction=0"],
+         "data.val_fraction is 0, but --sweep-beta scores each beta on the validation split", "scores-sweep-no-validation"),
+    case("scores", ["--dataset", "folder:bad/oneclass", *TINY], "train/ has one class (a)", "scores-one-class-folder"),
     # ---- distill ------------------------------------------------------------------------------------------
     case("distill", [*DIGITS, "--ipc", "ten", "--alpha", "0.5"], "'ten' is not a valid integer", "distill-ipc-not-int"),
     case("distill", [*DIGITS, "--ipc", "0", "--alpha", "0.5"], "0 is not in the range x>=1", "distill-ipc-zero"),
@@ -284,6 +349,15 @@ CASES = [
          "distill-existing-checkpoint"),
     case("distill", [*DIGITS, "--ipc", "10", "--alpha", "0.5", "--out", "bad/file.txt"],
          "bad/file.txt", "distill-out-is-a-file"),
+    case("distill", [*DIGITS, "--ipc", "10", "--alpha", "0.5", "-o", "bad/file.txt/run"],
+         "--out bad/file.txt/run cannot be created: bad/file.txt is a file", "distill-out-under-a-file"),
+    case("distill", [*DIGITS, "--ipc", "1", "--alpha", "1", "--out", "bad/never"],
+         "distill.batch_syn (20) is larger than the synthetic set (10 images at ipc=1)", "distill-batch-syn-larger-than-set"),
+    case("distill", [*DIGITS, "--ipc", "2", "--alpha", "0.5", "--mode", "merge", "--out", "bad/never"],
+         "distill.batch_syn (20) is larger than D_distill (10 images at ipc=2, alpha=0.5)",
+         "distill-batch-syn-larger-than-merge-distilled-part"),
+    case("distill", [*DIGITS, "--ipc", "10", "--alpha", "0.5", "--set", "distill.lr_lr=nan", "--out", "bad/never"],
+         "distill.lr_lr must be a finite number, got nan", "distill-nan-lr-lr"),
     case("distill", [*DIGITS, "--ipc", "10", "--alpha", "0.5", "--beta", "0.2", "--resume", "--out", "bad/ckpt-corrupt"],
          "refusing to load distillation checkpoint bad/ckpt-corrupt/checkpoint.pt", "distill-corrupt-checkpoint"),
     case("distill", [*DIGITS, "--ipc", "10", "--alpha", "0.5", "--beta", "0.2", "--resume", "--out", "bad/ckpt-truncated"],
@@ -307,7 +381,12 @@ CASES = [
     case("evaluate", ["bad/empty.pt"], "bad/empty.pt is not a complete torch file", "evaluate-set-empty-file"),
     case("evaluate", ["bad/list.pt"], "must hold a dict", "evaluate-set-not-a-dict"),
     case("evaluate", ["bad/nolabels.pt", "--dataset", "digits"], "'labels'", "evaluate-set-without-labels"),
-    case("evaluate", ["bad/a_dir.pt"], "is a directory", "evaluate-set-is-a-folder"),
+    case("evaluate", ["bad/a_dir.pt"], "bad/a_dir.pt is not an autoselmatch export: manifest.json is missing",
+         "evaluate-set-is-a-folder"),
+    case("evaluate", ["bad/object.npz"], "cannot read set file bad/object.npz: Object arrays cannot be loaded",
+         "evaluate-set-npz-of-objects"),
+    case("evaluate", ["bad/nokey.npz"], "set file bad/nokey.npz must hold a tensor under 'images'",
+         "evaluate-set-npz-without-images"),
     case("evaluate", ["bad/expert.npy"], "refusing to load set file bad/expert.npy: it is not a torch file",
          "evaluate-set-is-an-npy"),
     case("evaluate", [SET, "--dataset", "cifar10"],
@@ -317,6 +396,11 @@ CASES = [
     case("evaluate", [SET, "--epochs", "0"], "0 is not in the range x>=1", "evaluate-epochs-zero"),
     case("evaluate", [SET, "--steps", "-1"], "-1 is not in the range x>=1", "evaluate-steps-negative"),
     case("evaluate", [SET, "--split", "train"], "'train' is not one of", "evaluate-unknown-split"),
+    case("evaluate", [SET, "--save", "bad/file.txt/e.json"], "--out bad/file.txt/e.json cannot be created: bad/file.txt "
+         "is a file", "evaluate-save-under-a-file"),
+    case("evaluate", [SET, "-o", "/proc/e.json"], "--out /proc/e.json cannot be created: /proc is not writable",
+         "evaluate-out-unwritable-folder"),
+    case("evaluate", [SET, "-o", "bad/a_dir.pt"], "'bad/a_dir.pt' is a directory", "evaluate-out-is-a-folder"),
     case("evaluate", [SET, "--augment", "mixup"], "'mixup' is not one of", "evaluate-unknown-augment"),
     case("evaluate", [SET, "--set", "evaluate.lr=-1"], "evaluate.lr must be > 0, got -1", "evaluate-negative-lr"),
     case("evaluate", [SET, "--set", "evaluate.batch_size=0"],
@@ -325,7 +409,9 @@ CASES = [
     case("evaluate", [], "exactly one", "evaluate-no-input"),
     case("evaluate", ["--indices", "bad/object.npy", "--dataset", "digits"],
          "cannot read indices", "evaluate-indices-object-array"),
-    case("evaluate", ["--indices", "bad/empty.npy", "--dataset", "digits"], "cannot read indices from bad/empty.npy",
+    case("evaluate", ["--indices", "bad/text.npy", "--dataset", "digits"],
+         "--indices bad/text.npy is not a NumPy array file (no .npy header)", "evaluate-indices-text-named-npy"),
+    case("evaluate", ["--indices", "bad/empty.npy", "--dataset", "digits"], "--indices bad/empty.npy is not a NumPy array",
          "evaluate-indices-empty-file"),
     case("evaluate", ["--indices", "bad/negative.npy", "--dataset", "digits"], "got -3", "evaluate-indices-negative"),
     case("evaluate", ["--indices", "bad/fractions.txt", "--dataset", "digits"],
@@ -347,10 +433,21 @@ CASES = [
          "export-from-empty-file"),
     case("export", ["--from", "bad/list.pt", "--out", "bad/never"], "must hold a dict", "export-from-not-a-dict"),
     case("export", ["--from", "bad/a_dir.pt", "--out", "bad/never"], "is a directory", "export-from-a-folder"),
+    case("export", ["--from", "exports/best/dataset.npz", "--out", "bad/never"],
+         "exports/best/dataset.npz is a NumPy .npz archive, not a torch file", "export-from-an-npz"),
     case("export", ["--from", RESULT, "--out", "bad/never", "--format", "gif"],
          "unknown export format 'gif'", "export-unknown-format"),
     case("export", ["--from", RESULT, "--out", "exports/best"], "exports/best", "export-into-existing-export"),
     case("export", ["--from", RESULT, "--out", "bad/file.txt"], "bad/file.txt", "export-out-is-a-file"),
+    case("export", ["--from", RESULT, "-o", "bad/file.txt/export"],
+         "--out bad/file.txt/export cannot be created: bad/file.txt is a file", "export-out-under-a-file"),
+    case("export", ["--from", RESULT, "-o", "/proc/export"], "--out /proc/export cannot be created: /proc is not writable",
+         "export-out-unwritable-folder"),
+    case("export", ["--study", "digits-ipc10-beta", "--storage", STUDY, "--out", "bad/never"],
+         "digits-ipc10-beta is a beta study (the window search): its trials train networks and keep no set; "
+         "export the alpha study, --study digits-ipc10-alpha", "export-beta-study"),
+    case("export", ["--dataset", "Digits", "--ipc", "10", "--trial", "999", "--out", "bad/never"],
+         "has no trial 999", "export-dataset-in-another-case"),
     case("export", ["--from", RESULT], "--out", "export-out-missing"),
     case("export", ["--study", "nosuch", "--storage", STUDY, "--out", "bad/never"],
          "unknown study 'nosuch'", "export-unknown-study"),
@@ -398,11 +495,16 @@ CASES = [
     case("export-study", ["--storage", STUDY, "--out", "bad/never.db", "--study", "nosuch"],
          "unknown study 'nosuch'", "export-study-unknown-study"),
     case("export-study", ["--out", "bad/never.db"], "--storage", "export-study-storage-missing-option"),
+    case("export-study", ["--storage", STUDY, "-o", "bad/file.txt/copy.db"],
+         "--out bad/file.txt/copy.db cannot be created: bad/file.txt is a file", "export-study-out-under-a-file"),
     # ---- report -------------------------------------------------------------------------------------------
     case("report", ["--dataset", "imagenet-1k"], "unknown dataset 'imagenet-1k'", "report-unknown-dataset"),
-    case("report", ["--dataset", "digits", "--preset", "nosuch"], "unknown preset 'nosuch'", "report-unknown-preset"),
-    case("report", ["--dataset", "digits", "--set", "report.x=1"],
-         "unknown setting 'report.x'", "report-set-unknown-section"),
+    case("report", ["--dataset", "digits", "--preset", "digits"], "No such option '--preset'", "report-takes-no-preset"),
+    case("report", ["--dataset", "digits", "--download"], "No such option '--download'", "report-takes-no-download"),
+    case("report", ["--dataset", "digits", "--out", "bad/file.txt/r.html"],
+         "--out bad/file.txt/r.html cannot be created: bad/file.txt is a file", "report-out-under-a-file"),
+    case("report", ["--dataset", "digits", "-o", "/proc/r.html"], "--out /proc/r.html cannot be created: /proc is not "
+         "writable", "report-out-unwritable-folder"),
     case("report", ["--dataset", "digits", "--storage", "sqlite:///bad/nothing.db", "--out", "bad/never.html"],
          "no study storage at bad/nothing.db", "report-storage-missing"),
     case("report", ["--dataset", "digits", "--storage", "sqlite:///bad/not-sqlite.db", "--out", "bad/never.html"],
@@ -455,6 +557,8 @@ CASES = [
                    "--scores-file", "bad/object.npy"],
          "cannot read score file bad/object.npy", "bench-scores-file-object-array"),
     case("bench", ["reproduce", *DIGITS, "--ipc", "10"], "--out", "bench-out-missing"),
+    case("bench", ["reproduce", *DIGITS, "--ipc", "10", "--alpha", "0.5", "--beta", "0.1", "-o", "bad/file.txt/b"],
+         "--out bad/file.txt/b cannot be created: bad/file.txt is a file", "bench-out-under-a-file"),
     case("bench", ["nosuch"], "No such command 'nosuch'", "bench-unknown-subcommand"),
     # ---- studies ------------------------------------------------------------------------------------------
     case("studies", ["--storage", "sqlite:///bad/nothing.db"],
@@ -522,3 +626,34 @@ def test_paths_with_odd_characters_work(in_workspace, tmp_path, argv_of):
     assert not list(in_workspace.rglob("pwned")) and not list(tmp_path.rglob("pwned"))
     written = [p for p in out.rglob("*") if p.is_file()]
     assert written or argv_of(ODD, out)[0] == "studies"
+
+
+@pytest.mark.parametrize("source", ["exports/best", "exports/best/dataset.npz", "exports/best/dataset.pt", RESULT])
+def test_evaluate_reads_every_set_the_tool_writes(in_workspace, source):
+    result = invoke(["evaluate", source, "--set", "evaluate.model.width=8", "--set", "evaluate.epochs=1",
+                     "--set", "evaluate.runs=1"])
+    assert result.exit_code == 0, result.output
+    assert f"set: {source}: 100 images" in result.output and "(1 run of convnet" in result.output
+    assert "±" not in result.output
+
+
+def test_load_distilled_takes_a_file_of_the_export_for_its_folder(in_workspace):
+    from autoselmatch import load_distilled
+    from autoselmatch.errors import DataError
+
+    assert len(load_distilled("exports/best/dataset.npz")) == len(load_distilled("exports/best")) == 100
+    with pytest.raises(DataError, match="is a file; load_distilled takes an export folder"):
+        load_distilled(RESULT)
+
+
+def test_distill_resume_without_a_checkpoint_says_it_starts_fresh(in_workspace, tmp_path, caplog):
+    from autoselmatch.runtime import LOG
+
+    out = tmp_path / "fresh"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(LOG, "propagate", True)  # to caplog
+        result = CliRunner().invoke(cli, ["distill", *DIGITS, "--ipc", "10", "--alpha", "0.5", "--beta", "0.2",
+                                          "--resume", "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"--resume: {out} holds no checkpoint.pt yet; starting a new run there" in caplog.text
+    assert (out / "result.pt").is_file()

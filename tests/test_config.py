@@ -10,6 +10,7 @@ from autoselmatch.config import (
     list_presets,
     load_preset,
     parse_assignment,
+    preset_for_dataset,
     to_dict,
 )
 from autoselmatch.errors import InvalidArgument
@@ -95,3 +96,36 @@ def test_format_config_mentions_every_section():
     for section in ("[data]", "[scores]", "[experts]", "[experts.model]", "[distill]", "[evaluate]", "[tune]"):
         assert section in text
     assert "syn_steps = 10" in text
+
+
+@pytest.mark.parametrize("dataset, preset", [
+    ("digits", "digits"), ("Digits", "digits"), ("CIFAR100", "cifar100"), ("mnist", "fashion-mnist"),
+    ("folder:/data/pets", "digits"), ("folder:/data/CIFAR10", "digits"), (None, "digits"),
+])
+def test_preset_for_dataset(dataset, preset):
+    assert preset_for_dataset(dataset) == preset
+
+
+def test_preset_names_are_case_insensitive():
+    assert load_preset("Digits").preset == "digits"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"distill.lr_img": float("nan")}, "distill.lr_img must be a finite number, got nan"),
+    ({"evaluate.lr": "inf"}, "evaluate.lr must be a finite number, got 'inf'"),
+    ({"data.val_fraction": float("nan")}, "data.val_fraction must be a finite number, got nan"),
+    ({"distill.iterations": float("inf")}, "distill.iterations must be an integer, got inf"),
+    ({"device": "tpu"}, "device must be one of auto, cpu, cuda, mps (or cuda:N), got 'tpu'"),
+    ({"device": "mps:1"}, "got 'mps:1'"),
+    ({"seed": 2**64}, f"seed must be in [0, {2**63 - 1}], got {2**64}"),
+    ({"seed": -1}, "seed must be in [0, "),
+])
+def test_settings_refused_when_resolved(overrides, message):
+    with pytest.raises(InvalidArgument) as info:
+        apply_overrides(load_preset("digits"), overrides)
+    assert message in str(info.value)
+
+
+def test_devices_accepted_when_resolved():
+    for device in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert apply_overrides(load_preset("digits"), {"device": device}).device == device

@@ -221,10 +221,57 @@ def test_image_folder(tmp_path):
 def test_image_folder_val_subfolder_and_resize(tmp_path):
     write_png_tree(tmp_path / "d" / "train", {"a": 2, "b": 2}, size=(10, 7))
     write_png_tree(tmp_path / "d" / "val", {"a": 1, "b": 1}, size=(5, 5))
-    with pytest.raises(DataError, match="--image-size"):
+    with pytest.raises(DataError, match="data.image_size=N"):
         load_dataset(f"folder:{tmp_path / 'd'}")
     ds = load_dataset(f"folder:{tmp_path / 'd'}", image_size=8)
     assert ds.image_shape == (3, 8, 8) and len(ds.test_images) == 2
+
+
+# ---------------------------------------------------------------------------- data.image_size
+
+
+def test_image_size_resizes_every_split_of_a_registered_dataset(digits):
+    small = load_dataset("digits", val_fraction=0.1, split_seed=0, image_size=16)
+    assert small.image_shape == (1, 16, 16) and small.test_images.shape[1:] == (1, 16, 16)
+    assert small.train_images.dtype == torch.uint8 and small.image_size == 16 and digits.image_size is None
+    assert len(small.train_images) == len(digits.train_images) and torch.equal(small.val_index, digits.val_index)
+    # one antialiased bilinear resize of the uint8 images, rounded
+    expected = torch.nn.functional.interpolate(digits.test_images[:5].float(), size=(16, 16), mode="bilinear",
+                                               antialias=True).round().clamp(0, 255).to(torch.uint8)
+    assert torch.equal(small.test_images[:5], expected)
+    # normalisation constants describe the resized training pixels
+    pixels = small.train_images.float() / 255
+    assert small.mean[0] == pytest.approx(pixels.mean().item(), rel=1e-5)
+    assert small.std[0] == pytest.approx(pixels.std().item(), rel=1e-4)
+    x, _ = small.split("train")
+    assert abs(small.normalize(x).mean().item()) < 0.05
+    same = load_dataset("digits", val_fraction=0.1, split_seed=0, image_size=8)  # its own size: nothing changes
+    assert torch.equal(same.train_images, digits.train_images) and same.mean == digits.mean
+
+
+def test_image_size_gives_other_cache_keys(digits, tmp_path):
+    from autoselmatch.config import ScoreConfig, apply_overrides, load_preset
+    from autoselmatch.experts import expert_cache_dir, expert_manifest
+    from autoselmatch.scores import cache_path
+
+    small = load_dataset("digits", val_fraction=0.1, split_seed=0, image_size=16)
+    cfg = apply_overrides(load_preset("digits"), {"cache_dir": str(tmp_path), "data.val_fraction": 0.1})
+    small_cfg = apply_overrides(cfg, {"data.image_size": 16})
+    assert expert_manifest(small, small_cfg)["dataset"]["image_shape"] == [1, 16, 16]
+    assert expert_cache_dir(small_cfg, expert_manifest(small, small_cfg)) != expert_cache_dir(
+        cfg, expert_manifest(digits, cfg))
+    scores = ScoreConfig(name="el2n")
+    assert cache_path(small, scores, tmp_path, 0) != cache_path(digits, scores, tmp_path, 0)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True])
+def test_image_size_rejects_bad_values(value):
+    from autoselmatch.config import DataConfig
+
+    with pytest.raises(InvalidArgument, match=rf"^image_size must be an integer >= 1 .*got {value!r}$"):
+        load_dataset("digits", image_size=value)
+    with pytest.raises(InvalidArgument, match=rf"^data.image_size must be an integer >= 1 .*got {value!r}$"):
+        DataConfig(image_size=value)
 
 
 def test_image_folder_errors(tmp_path):

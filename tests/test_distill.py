@@ -2,6 +2,8 @@
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,8 @@ from autoselmatch.config import apply_overrides, load_preset
 from autoselmatch.distill import (
     CHECKPOINT_FILE,
     DistillResult,
+    MatchOutput,
+    RunState,
     TrajectoryMatcher,
     distill,
     initial_set,
@@ -22,6 +26,7 @@ from autoselmatch.errors import DataError, InvalidArgument, TrainingDiverged
 from autoselmatch.fileio import load_torch
 from autoselmatch.models import FlatModel
 from autoselmatch.selection import select, select_window
+from autoselmatch.synset import SyntheticSet
 
 # Settings shared by the experts fixture and the CLI (as --set options), so both resolve the same experts.
 TINY = {
@@ -106,7 +111,7 @@ def test_alpha_zero_returns_the_window_without_compute(digits, scores, tmp_path)
     assert torch.equal(result.indices, window.indices)
     assert not result.distill_mask.any()
     assert result.loss_history == [] and result.iterations == 0
-    assert torch.equal(result.to_uint8(), digits.train_images[window.indices])
+    assert torch.equal(result.to_pixels(), digits.train_images[window.indices])
 
 
 def test_random_init_is_the_random_selection_baseline(digits, tmp_path):
@@ -257,6 +262,26 @@ def test_keyboard_interrupt_mid_iteration_saves_a_resumable_checkpoint(digits, e
     assert resumed.loss_history == whole.loss_history
 
 
+def test_run_state_round_trips_through_its_state_dict(digits, tmp_path):
+    dc = make_cfg("/unused").distill
+    images, rows = digits.normalize(digits.train_images[:12]), torch.tensor([1, 4, 7])
+    state = RunState(images, rows, dc, seed=0)
+    grads = MatchOutput(torch.tensor(0.5), torch.randn(12, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
+                        torch.tensor(-2.0))
+    loss, eta = state.step(grads)
+    torch.randint(9, (3,), generator=state.generator)
+    assert (state.iteration, state.losses, loss) == (1, [0.5], 0.5) and eta > dc.lr_teacher
+    assert torch.equal(state.images()[[0, 2]], images[[0, 2]]) and not torch.equal(state.images()[rows], images[rows])
+
+    again = RunState(images, rows, dc, seed=1)
+    torch.save(state.state_dict(), tmp_path / "state.pt")  # as a checkpoint: the optimizers' buffers are not shared
+    again.load_state_dict(load_torch(tmp_path / "state.pt"))
+    assert torch.equal(again.images(), state.images()) and float(again.lr.detach()) == eta and again.losses == [0.5]
+    assert torch.equal(again.generator.get_state(), state.generator.get_state())
+    state.step(grads), again.step(grads)  # the momentum came along
+    assert torch.equal(again.images(), state.images()) and torch.equal(again.lr, state.lr)
+
+
 def test_resume_refuses_a_checkpoint_made_with_other_settings(digits, experts, expert_cache, scores, tmp_path):
     _run(digits, experts, make_cfg(expert_cache, **{"distill.iterations": 2}), scores, checkpoint_dir=tmp_path)
     other = make_cfg(expert_cache, **{"distill.iterations": 2, "distill.lr_img": 10.0})
@@ -326,7 +351,7 @@ def test_result_file_round_trips_and_loads_safely(digits, experts, expert_cache,
     from autoselmatch.export import load_result
 
     exported = load_result(path)
-    assert torch.equal(exported.pixels, blob["uint8"]) and exported.classes == digits.classes
+    assert torch.equal(exported.to_pixels(), blob["uint8"]) and exported.classes == digits.classes
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,3 +477,37 @@ def test_cli_alpha_zero_needs_no_experts(tmp_path):
 def test_cli_rejects_alpha_out_of_range():
     done = CliRunner().invoke(cli, ["distill", "-d", "digits", "--ipc", "5", "--alpha", "2"])
     assert done.exit_code == 2 and "--alpha" in done.output
+
+
+# --------------------------------------------------------------------------------------------
+# Files of the previous release (tests/fixtures/README.md says how they were made)
+# --------------------------------------------------------------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE_SETTINGS = {  # the --set options of the command in tests/fixtures/README.md
+    "device": "cpu",
+    "experts.num_experts": 2,
+    "experts.model": {"name": "convnet", "depth": 2, "width": 16, "norm": "batch"},
+    "distill.max_start_epoch": 3,
+    "distill.expert_epochs": 2,
+    "distill.syn_steps": 5,
+    "distill.batch_syn": 10,
+    "distill.eval_every": 0,
+    "distill.checkpoint_every": 1,
+    "distill.init": "random",
+}
+
+
+def test_a_checkpoint_of_the_previous_release_resumes_bit_for_bit(digits, experts, expert_cache, tmp_path):
+    """checkpoint-v0.1.0.pt (iteration 2 of 2) extended to 4 iterations equals a fresh 4-iteration run."""
+    cfg = apply_overrides(load_preset("digits"), {**FIXTURE_SETTINGS, "cache_dir": str(expert_cache),
+                                                  "distill.iterations": 4})
+    shutil.copy(FIXTURES / "checkpoint-v0.1.0.pt", tmp_path / CHECKPOINT_FILE)
+    resumed = selmatch(digits, cfg, ipc=2, alpha=0.5, experts=experts, checkpoint_dir=tmp_path, resume=True)
+    whole = selmatch(digits, cfg, ipc=2, alpha=0.5, experts=experts)
+    old = SyntheticSet.load(FIXTURES / "set-v0.1.0.pt")
+
+    assert resumed.iterations == 4 and resumed.loss_history[:2] == old.loss_history
+    assert resumed.loss_history == whole.loss_history
+    assert torch.equal(resumed.images, whole.images) and resumed.eta == whole.eta
+    assert load_torch(tmp_path / CHECKPOINT_FILE)["iteration"] == 4

@@ -335,7 +335,7 @@ def test_cli_evaluates_a_set_file(set_file, cache_dir, tmp_path):
                     "--cache-dir", cache_dir, "--save", out)
     assert result.exit_code == 0, result.output
     assert "80 images (40 distilled) of digits" in result.output
-    assert "on val (2 x convnet, 3 steps, combined augmentation)" in result.output
+    assert "on val (2 runs of convnet, 3 steps, combined augmentation)" in result.output
     saved = json.loads(out.read_text())
     assert len(saved["accuracies"]) == 2 and saved["config"]["evaluate"]["epochs"] == 3
 

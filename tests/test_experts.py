@@ -25,6 +25,7 @@ from autoselmatch.experts import (
     expert_manifest,
     expert_seed,
     load_experts,
+    steps_per_epoch,
     train_experts,
     trajectory_file_problem,
 )
@@ -46,8 +47,8 @@ def trajectory_bytes(store: ExpertStore) -> list[bytes]:
 
 
 def records(store: ExpertStore) -> list[tuple]:
-    """The per-expert manifest fields that must not depend on interruptions."""
-    return [(r["sha256"], r["test_acc"], r["train_acc"]) for r in
+    """The per-expert manifest fields that must not depend on interruptions (the correctness record's sha256 too)."""
+    return [(r["sha256"], r["val_acc"], r["train_acc"], r["correct"]) for r in
             (store.manifest["experts"][str(i)] for i in range(store.num_experts))]
 
 
@@ -82,7 +83,7 @@ def test_trajectories_have_init_plus_one_row_per_epoch_and_move(digits, trained)
     torch.manual_seed(expert_seed(cfg.seed, 1))
     model = cfg.experts.model.build(channels=1, num_classes=10, image_size=8)
     assert np.array_equal(trajectory[0], FlatModel(model).flatten().numpy())
-    assert all(0.0 <= a <= 1.0 for a in store.test_accuracies)
+    assert all(0.0 <= a <= 1.0 for a in store.val_accuracies)
 
 
 def test_same_seed_gives_identical_files_and_other_seed_differs(digits, reference, tmp_path):
@@ -169,7 +170,146 @@ def test_partial_file_that_disagrees_with_its_state_restarts_the_expert(digits, 
     partial.write_bytes(bytes(damaged))
     with caplog.at_level("WARNING", logger="autoselmatch"):
         assert trajectory_bytes(train_experts(digits, cfg)) == trajectory_bytes(reference)
-    assert "inconsistent with its state file at epoch 1" in caplog.text
+    assert "inconsistent with its state file at row 1" in caplog.text
+
+
+# --------------------------------------------------------------------------------------------
+# Snapshots every few SGD steps, and the correctness record
+# --------------------------------------------------------------------------------------------
+
+SNAPSHOT = 5  # digits' pool: 1295 samples, batch 64 -> 21 steps per epoch; 5 does not divide it
+
+
+@pytest.fixture(scope="module")
+def snapshots(digits, tmp_path_factory):
+    """The reference run with a row every SNAPSHOT SGD steps, trained once per module."""
+    return train_experts(digits, tiny_config(tmp_path_factory.mktemp("snapshots"),
+                                             **{"experts.snapshot_every": SNAPSHOT}))
+
+
+def test_snapshot_rows_fall_every_few_steps_and_agree_with_epoch_rows(digits, reference, tmp_path):
+    steps = steps_per_epoch(len(digits.train_index), 64)
+    assert steps == 21
+    every_7 = train_experts(digits, tiny_config(tmp_path, **{"experts.snapshot_every": 7, "experts.num_experts": 1}))
+    assert every_7.num_epochs == EPOCHS * 3 and every_7.snapshot_every == 7
+    # the same training, stored more often: every third row is an epoch row of the per-epoch run
+    assert np.array_equal(every_7.trajectory(0)[::3], reference.trajectory(0))
+    assert every_7.manifest["experts"]["0"]["train_acc"] == reference.manifest["experts"]["0"]["train_acc"]
+
+
+def test_snapshot_file_shape_and_cache_key(digits, snapshots, reference):
+    assert snapshots.num_epochs == EPOCHS * 21 // SNAPSHOT  # 12 snapshots after the initial row
+    assert snapshots.trajectory(1).shape == (EPOCHS * 21 // SNAPSHOT + 1, reference.num_params)
+    assert snapshots.directory != reference.directory
+    assert snapshots.manifest["key"]["snapshot_every"] == SNAPSHOT
+    assert "snapshot_every" not in reference.manifest["key"] and reference.snapshot_every is None
+    rows = snapshots.trajectory(0)
+    assert all(not np.array_equal(rows[r], rows[r + 1]) for r in range(len(rows) - 1))
+    assert np.array_equal(rows[0], reference.trajectory(0)[0])  # the same initialisation
+
+
+def test_snapshot_of_one_epoch_is_the_default_layout(digits, cache_dir):
+    base = tiny_config(cache_dir)
+    one_epoch = tiny_config(cache_dir, **{"experts.snapshot_every": 21})
+    assert expert_manifest(digits, one_epoch) == expert_manifest(digits, base)
+    assert expert_cache_dir(one_epoch, expert_manifest(digits, one_epoch)) == expert_cache_dir(base, expert_manifest(digits, base))
+    other = tiny_config(cache_dir, **{"experts.snapshot_every": 20})
+    assert expert_cache_dir(other, expert_manifest(digits, other)) != expert_cache_dir(base, expert_manifest(digits, base))
+
+
+def test_default_epochs_with_snapshots_cover_t_plus_m_snapshots(cache_dir):
+    cfg = apply_overrides(load_preset("digits"), {"distill.max_start_epoch": 7, "distill.expert_epochs": 3,
+                                                  "experts.snapshot_every": 5})
+    assert expert_epochs_for(cfg, 1295) == 3  # 10 snapshots x 5 steps = 50 steps = 3 epochs of 21 steps
+    with pytest.raises(InvalidArgument, match="pass num_train"):
+        expert_epochs_for(cfg)
+
+
+def test_snapshot_longer_than_the_training_is_refused(digits, cache_dir):
+    with pytest.raises(InvalidArgument, match=r"experts.snapshot_every must be at most the 63 SGD steps of 3 epochs, got 64"):
+        train_experts(digits, tiny_config(cache_dir, **{"experts.snapshot_every": 64}))
+
+
+@pytest.mark.parametrize("calls_before_crash", [1, 4])
+def test_interrupted_snapshot_run_resumes_to_identical_files(digits, snapshots, tmp_path, monkeypatch,
+                                                             calls_before_crash):
+    """A crash mid-expert with rows every 5 steps, then a rerun, equals an uninterrupted run, byte for byte."""
+    cfg = tiny_config(tmp_path / "crash", **{"experts.snapshot_every": SNAPSHOT})
+    real_epoch = interrupt_after_epochs(monkeypatch, calls_before_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_experts(digits, cfg)
+    directory = expert_cache_dir(cfg, expert_manifest(digits, cfg))
+    assert list(directory.glob("*.partial.npy")) and list(directory.glob("*.state.pt"))
+    resumed_calls = []
+    monkeypatch.setattr(experts_module, "_train_epoch", lambda *a, **k: resumed_calls.append(1) or real_epoch(*a, **k))
+    resumed = train_experts(digits, cfg)
+    assert len(resumed_calls) == 2 * EPOCHS - calls_before_crash
+    assert trajectory_bytes(resumed) == trajectory_bytes(snapshots)
+    assert records(resumed) == records(snapshots)
+    assert [resumed.correctness(i).tobytes() for i in range(2)] == [snapshots.correctness(i).tobytes() for i in range(2)]
+
+
+def test_snapshot_pairs_read_the_right_rows(digits, snapshots):
+    rows = np.load(snapshots.path(1))
+    start, target = snapshots.pair(1, 4, 3)
+    assert np.array_equal(start.numpy(), rows[4]) and np.array_equal(target.numpy(), rows[7])
+    with pytest.raises(InvalidArgument, match="start_epoch \\+ expert_epochs must be <= the 12 stored epochs"):
+        snapshots.pair(0, 10, 3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        expert, t = snapshots.sample_index(generator, max_start_epoch=10, expert_epochs=2)
+        assert 0 <= t < 10
+        start, target = snapshots.pair(expert, t, 2)
+        trajectory = np.load(snapshots.path(expert))
+        assert np.array_equal(start.numpy(), trajectory[t]) and np.array_equal(target.numpy(), trajectory[t + 2])
+
+
+def test_correctness_record_matches_the_training_accuracy(digits, reference):
+    for i in range(reference.num_experts):
+        correct = reference.correctness(i)
+        assert correct.dtype == np.uint8 and correct.shape == (EPOCHS, len(digits.train_index))
+        assert set(np.unique(correct)) <= {0, 1}
+        train_acc = reference.manifest["experts"][str(i)]["train_acc"]
+        assert np.allclose(correct.mean(axis=1), train_acc)
+
+
+def test_corrupt_correctness_record_is_retrained(trained, digits, caplog):
+    cfg, store = trained
+    path = store.directory / "expert_001.correct.npy"
+    good = path.read_bytes()
+    path.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(DataError, match="correctness record .* is missing or corrupt"):
+        store.correctness(1)
+    with caplog.at_level("WARNING", logger="autoselmatch"):
+        train_experts(digits, cfg)
+    assert "missing or corrupt correctness record expert_001.correct.npy" in caplog.text
+    assert path.read_bytes() == good
+
+
+OLD_CACHE = Path(__file__).parent / "fixtures" / "experts-v0.1.0" / "digits-84aafc887a60791b"
+
+
+def test_cache_written_before_snapshots_loads_and_is_reused(digits, cache_dir, monkeypatch):
+    """A folder written by 0.1.0 (one row per epoch, no correctness record) keeps its key and loads as it is."""
+    cfg = tiny_config(cache_dir, **{"experts.num_experts": 1, "experts.epochs": 2})
+    directory = expert_cache_dir(cfg, expert_manifest(digits, cfg))
+    assert directory.name == OLD_CACHE.name  # the default layout's cache key did not change
+    shutil.copytree(OLD_CACHE, directory)
+    monkeypatch.setattr(experts_module, "_train_epoch", lambda *a, **k: pytest.fail("an old expert was retrained"))
+    store = train_experts(digits, cfg)
+    store.verify()
+    assert (store.num_experts, store.num_epochs, store.snapshot_every) == (1, 2, None)
+    start, target = load_experts(digits, cfg).pair(0, 0, 2)
+    rows = np.load(OLD_CACHE / "expert_000.npy")
+    assert np.array_equal(start.numpy(), rows[0]) and np.array_equal(target.numpy(), rows[2])
+    with pytest.raises(DataError, match="trained without a correctness record .*delete the folder"):
+        store.correctness(0)
+
+
+def test_new_code_writes_the_old_layout_byte_for_byte(digits, cache_dir):
+    cfg = tiny_config(cache_dir, **{"experts.num_experts": 1, "experts.epochs": 2})
+    store = train_experts(digits, cfg)
+    assert store.path(0).read_bytes() == (OLD_CACHE / "expert_000.npy").read_bytes()
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,13 +462,14 @@ def test_unwritable_cache_dir_is_a_clear_error(digits, tmp_path):
 
 
 def test_negative_seed_is_rejected(digits, cache_dir):
-    with pytest.raises(InvalidArgument, match="seed must be >= 0"):
+    with pytest.raises(InvalidArgument, match=r"seed must be (>= 0|in \[0, )"):
         train_experts(digits, tiny_config(cache_dir, seed=-1))
 
 
 @pytest.mark.parametrize("field, value, message", [
     ("augment", "combined", "experts.augment must be one of none, simple, dsa"),
     ("epochs", 0, "experts.epochs must be >= 1"),
+    ("snapshot_every", 0, r"experts.snapshot_every must be >= 1 SGD steps \(or unset: one epoch\), got 0"),
     ("lr", 0.0, "experts.lr must be > 0"),
     ("batch_size", 0, "experts.batch_size must be >= 1"),
     ("momentum", -0.1, "experts.momentum must be >= 0"),
@@ -376,12 +517,31 @@ def test_cli_trains_then_reuses(cache_dir):
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0, first.output
     result = json.loads(first.output)
-    assert result["num_experts"] == 1 and result["num_epochs"] == 2 and len(result["test_accuracy"]) == 1
+    assert result["num_experts"] == 1 and result["num_epochs"] == 2 and len(result["validation_accuracy"]) == 1
     path = Path(result["directory"]) / "expert_000.npy"
     stamp = path.stat().st_mtime_ns
     second = CliRunner().invoke(cli, args)
     assert second.exit_code == 0 and json.loads(second.output) == result
     assert path.stat().st_mtime_ns == stamp
+
+
+def test_cli_snapshot_every(cache_dir):
+    args = ["--device", "cpu", "-q", "experts", "--dataset", "digits", "--num-experts", "1", "--epochs", "1",
+            "--snapshot-every", "4", "--set", "experts.model.width=8", "--cache-dir", str(cache_dir), "--output", "json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    steps = steps_per_epoch(len(load_dataset_for_cli().train_index), 64)
+    assert data["snapshot_every"] == 4 and data["num_epochs"] == steps // 4
+    bad = CliRunner().invoke(cli, args[:-2] + ["--snapshot-every", "0"])
+    assert bad.exit_code != 0 and "--snapshot-every" in bad.output
+
+
+def load_dataset_for_cli():
+    """digits as the CLI loads it with the digits preset."""
+    from autoselmatch.data import load_configured
+
+    return load_configured(load_preset("digits").data)
 
 
 def test_cli_rejects_bad_values(cache_dir):
@@ -444,7 +604,8 @@ def test_two_processes_share_the_work_and_match_a_single_process(digits, trained
     shared.verify()
     assert trajectory_bytes(shared) == trajectory_bytes(single) and records(shared) == records(single)
     names = {p.name for p in shared.directory.iterdir()}
-    assert names == {"manifest.json", *(shared.path(i).name for i in range(4))}  # no lock, partial or state file
+    finished = {name for i in range(4) for name in (shared.path(i).name, f"expert_{i:03d}.correct.npy")}
+    assert names == {"manifest.json", *finished}  # no lock, partial or state file
 
 
 def test_expert_whose_trainer_was_killed_is_taken_over(digits, reference, cache_dir):

@@ -67,7 +67,7 @@ def test_export_round_trips_pixels_and_labels(result, result_file, tmp_path):
     out = tmp_path / "export"
     manifest = export_set(result_file, out)
     ds = load_distilled(out)
-    assert torch.equal(ds.pixels, result.to_uint8())
+    assert torch.equal(ds.pixels, result.to_pixels())
     assert torch.equal(ds.images, result.images)  # the exact float values, not the quantised pixels
     assert torch.equal(ds.labels, result.labels) and torch.equal(ds.distill_mask, result.distill_mask)
     image, label = ds[4]
@@ -93,7 +93,7 @@ def test_npz_only_export_round_trips(result, result_file, tmp_path):
     with np.load(tmp_path / "e" / "dataset.npz", allow_pickle=False) as npz:
         assert list(npz["classes"]) == [str(d) for d in range(10)]
     ds = load_distilled(tmp_path / "e")
-    assert torch.equal(ds.pixels, result.to_uint8()) and torch.equal(ds.images, result.images)
+    assert torch.equal(ds.pixels, result.to_pixels()) and torch.equal(ds.images, result.images)
     assert torch.equal(ds.labels, result.labels)
 
 
@@ -102,7 +102,7 @@ def test_pixels_only_result_normalises_on_load(result, tmp_path):
     del raw["images"]
     export_set(raw, tmp_path / "e", formats=["pt"])
     ds = load_distilled(tmp_path / "e")
-    expected = (result.to_uint8().float() / 255 - result.mean[0]) / result.std[0]
+    expected = (result.to_pixels().float() / 255 - result.mean[0]) / result.std[0]
     assert torch.allclose(ds.images, expected) and not torch.equal(ds.images, result.images)
 
 
@@ -116,11 +116,11 @@ def test_png_tree_has_ipc_files_per_class(result, result_file, tmp_path):
         assert len(list(folder.glob("*.png"))) == IPC
     first = sorted((root / "7").glob("*.png"))[0]
     pixels = np.asarray(Image.open(first))
-    assert np.array_equal(pixels, result.to_uint8()[int(first.stem), 0].numpy())
+    assert np.array_equal(pixels, result.to_pixels()[int(first.stem), 0].numpy())
 
 
 def test_grid_marks_select_and_distill(result):
-    grid = np.asarray(image_grid(result.to_uint8(), result.labels, result.distill_mask, [str(d) for d in range(10)]))
+    grid = np.asarray(image_grid(result.to_pixels(), result.labels, result.distill_mask, [str(d) for d in range(10)]))
     colours = {tuple(c) for c in grid.reshape(-1, 3)}
     assert SELECT_COLOUR in colours and DISTILL_COLOUR in colours
     assert grid.shape[0] > 10 * 32  # ten rows of enlarged 8x8 images
@@ -195,7 +195,7 @@ def test_duplicate_class_names_are_refused(result, tmp_path):
 
 
 def test_failure_midway_leaves_nothing(result_file, tmp_path, monkeypatch):
-    import autoselmatch.export as export_module
+    import autoselmatch.export._set as export_module
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
@@ -390,7 +390,7 @@ def test_export_trial_takes_the_best_finished_trial(journal, result, tmp_path):
     assert (manifest["study"], manifest["trial"], manifest["score"], manifest["alpha"]) == (
         "digits-ipc3-alpha", 1, 0.75, best.params["alpha"])
     assert manifest["val_accuracy"] == 0.75 and manifest["test_accuracy"] is None and manifest["final"] is False
-    assert torch.equal(load_distilled(tmp_path / "e").pixels, result.to_uint8())
+    assert torch.equal(load_distilled(tmp_path / "e").pixels, result.to_pixels())
 
 
 @pytest.fixture

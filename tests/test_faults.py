@@ -221,8 +221,8 @@ def test_experts_survive(reference, tmp_path, fault):
     records = json.loads((folder / "manifest.json").read_text())["experts"]
     reference_records = json.loads(expected["manifest.json"])["experts"]
     for index, record in reference_records.items():
-        assert {k: records[index][k] for k in ("sha256", "bytes", "test_acc", "train_acc")} == \
-               {k: record[k] for k in ("sha256", "bytes", "test_acc", "train_acc")}
+        assert {k: records[index][k] for k in ("sha256", "bytes", "val_acc", "train_acc")} == \
+               {k: record[k] for k in ("sha256", "bytes", "val_acc", "train_acc")}
     ExpertStore(folder, num_experts=2).verify()
 
 

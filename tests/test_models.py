@@ -45,6 +45,26 @@ def test_convnet_paper_geometry_parameter_count():
     assert FlatModel(model).num_params == convs + 3 * 2 * 128 + (128 * 16 * 100 + 100)
 
 
+@pytest.mark.parametrize("channels,size,first_padding,feature_sides", [
+    (1, 28, 3, [32, 16, 8, 4]),  # MTT: 28x28 padded by 3 in the first conv, the last pool drops nothing
+    (3, 32, 1, [32, 16, 8, 4]),
+    (1, 8, 1, [8, 4, 2, 1]),
+])
+def test_convnet_feature_path(channels, size, first_padding, feature_sides):
+    model = build_model("convnet", channels=channels, num_classes=10, image_size=size, width=8, depth=3)
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.padding for c in convs] == [(first_padding, first_padding), (1, 1), (1, 1)]
+    x = torch.randn(2, channels, size, size)
+    sides = [convs[0](x).shape[-1]]
+    for layer in model.features:
+        x = layer(x)
+        if isinstance(layer, torch.nn.AvgPool2d):
+            sides.append(x.shape[-1])
+    assert sides == feature_sides
+    assert x.shape == (2, 8, feature_sides[-1], feature_sides[-1])  # the map the classifier reads
+    assert model.classifier.in_features == 8 * feature_sides[-1] ** 2
+
+
 @pytest.mark.parametrize("name,options,channels,size", GEOMETRIES)
 @pytest.mark.parametrize("train", [True, False])
 def test_flat_forward_equals_module_forward(name, options, channels, size, train):

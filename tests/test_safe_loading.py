@@ -28,6 +28,7 @@ from autoselmatch.experts import load_experts, train_experts
 from autoselmatch.export import export_set, load_distilled, load_result
 from autoselmatch.fileio import load_torch, sha256_file
 from autoselmatch.scores import cache_path, get_scores, load_score_file
+from autoselmatch.synset import SyntheticSet
 
 PACKAGE = Path(autoselmatch.__file__).parent
 
@@ -119,6 +120,9 @@ def test_result_loaders_refuse_a_malicious_result(tmp_path, marker):
     with pytest.raises(DataError) as exc_info:
         DistillResult.load(tmp_path / "evil.pt")
     one_line_refusal(exc_info, "refusing to load")
+    with pytest.raises(DataError) as exc_info:
+        SyntheticSet.load(tmp_path / "evil.pt")
+    one_line_refusal(exc_info, "refusing to load set file", "evil.pt", "Python object")
     with pytest.raises(DataError) as exc_info:
         load_result(tmp_path / "evil.pt")
     one_line_refusal(exc_info, "refusing to load")

@@ -1,5 +1,6 @@
-"""Difficulty scores: published files, the C-score download, EL2N and forgetting, the cache."""
+"""Difficulty scores: published files, the C-score download, EL2N, scores from the experts' records, the cache."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ from autoselmatch.registry import UnknownNameError
 from autoselmatch.scores import (
     cache_path,
     check_score_file,
+    forgetting_counts,
     get_scores,
+    learning_speed,
     load_score_file,
     predict_proba,
     train_pool_network,
@@ -165,7 +168,7 @@ def test_check_score_file_rejects_label_shape(digits):
 
 
 def test_unknown_score_raises(digits, cache_dir):
-    with pytest.raises(UnknownNameError, match="choose one of: cscore, el2n, forgetting"):
+    with pytest.raises(UnknownNameError, match="choose one of: cscore, el2n, forgetting, learning-speed"):
         get_scores(digits, ScoreConfig(name="margin"), cache_dir=cache_dir, seed=0)
 
 
@@ -240,42 +243,109 @@ def test_processes_sharing_a_cache_compute_each_score_once(digits, cache_dir, mo
 
 
 def test_cache_key_depends_on_the_validation_split(digits, cache_dir):
-    from dataclasses import replace
-
     cfg = ScoreConfig(name="el2n", epochs=1, networks=1)
     other_split = replace(digits, val_index=digits.val_index[1:])
     assert cache_path(digits, cfg, cache_dir, 0) != cache_path(other_split, cfg, cache_dir, 0)
 
 
-def test_forgetting_counts_correct_to_incorrect_transitions(digits, cache_dir, monkeypatch):
-    # per epoch, whether samples 0..3 are classified correctly; the rest always are
-    history = [[1, 0, 1, 0], [0, 0, 1, 1], [1, 0, 1, 0], [0, 0, 1, 0]]
-    n, k = len(digits.train_labels), digits.num_classes
-    epochs = iter(history)
+# --------------------------------------------------------------------------------------------
+# Scores from the experts' correctness records
+# --------------------------------------------------------------------------------------------
 
-    def fake_predict(model, ds):
-        correct = torch.ones(n, dtype=torch.bool)
-        correct[:4] = torch.tensor(next(epochs), dtype=torch.bool)
-        wrong_label = (ds.train_labels + 1) % k
-        return torch.nn.functional.one_hot(torch.where(correct, ds.train_labels, wrong_label), k).float()
-
-    def fake_train(ds, cfg, *, seed, device, desc="", on_epoch=None):
-        for epoch in range(cfg.epochs):
-            on_epoch(epoch, None)
-
-    monkeypatch.setattr(score_module, "predict_proba", fake_predict)
-    monkeypatch.setattr(score_module, "train_pool_network", fake_train)
-    scores = get_scores(digits, ScoreConfig(name="forgetting", epochs=4, networks=1), cache_dir=cache_dir, seed=0)
-    # sample 0: 1->0 twice; sample 1: never learned = epochs; sample 2: never forgotten; sample 3: once
-    assert scores[:4].tolist() == [2.0, 4.0, 0.0, 1.0]
-    assert float(scores[4:].abs().max()) == 0.0
+# epochs x samples: whether each sample's training forward pass was correct
+RECORD = np.array([
+    [1, 0, 1, 0, 0, 1],
+    [0, 0, 1, 1, 1, 1],
+    [1, 0, 1, 0, 0, 1],
+    [0, 0, 1, 0, 1, 1],
+], dtype=np.uint8)
 
 
-def test_forgetting_is_computed_on_digits(digits, cache_dir):
-    scores = get_scores(digits, ScoreConfig(name="forgetting", epochs=3, networks=1, lr=0.05, batch_size=64),
-                        cache_dir=cache_dir, seed=0)
-    assert scores.shape == (len(digits.train_labels),)
-    assert float(scores.min()) >= 0.0 and float(scores.max()) <= 3.0
+def test_forgetting_counts_of_a_hand_made_record():
+    # sample 0: 1->0 twice; 1: never learned = 4 epochs; 2: never forgotten; 3: once; 4: once; 5: never
+    assert forgetting_counts(RECORD).tolist() == [2.0, 4.0, 0.0, 1.0, 1.0, 0.0]
+    assert forgetting_counts(torch.from_numpy(RECORD).bool()).dtype == torch.float32
+    assert forgetting_counts(RECORD[:1]).tolist() == [0.0, 1.0, 0.0, 1.0, 1.0, 0.0]  # one epoch: learned or not
+
+
+def test_learning_speed_of_a_hand_made_record():
+    assert learning_speed(RECORD).tolist() == [0.5, 0.0, 1.0, 0.25, 0.5, 1.0]
+
+
+def tiny_run(cache_dir: Path, **overrides):
+    """2 experts x 3 epochs of a width-8 ConvNet on digits, on the CPU."""
+    from autoselmatch.config import apply_overrides, load_preset
+
+    values = {"cache_dir": str(cache_dir), "device": "cpu", "experts.num_experts": 2, "experts.epochs": 3,
+              "experts.model.width": 8, "data.val_fraction": 0.1}
+    values.update(overrides)
+    return apply_overrides(load_preset("digits"), values)
+
+
+@pytest.mark.parametrize("name", ["forgetting", "learning-speed"])
+def test_expert_scores_come_from_the_expert_run_without_training(digits, cache_dir, monkeypatch, name):
+    from autoselmatch import experts as experts_module
+
+    run = tiny_run(cache_dir, **{"scores.name": name})
+    store = experts_module.train_experts(digits, run)
+    monkeypatch.setattr(experts_module, "_train_epoch", lambda *a, **k: pytest.fail("an expert was trained"))
+    monkeypatch.setattr(score_module, "train_pool_network", lambda *a, **k: pytest.fail("a network was trained"))
+    scores = get_scores(digits, run.scores, cache_dir=run.cache_path, seed=run.seed, run=run)
+    records = [store.correctness(i) for i in range(2)]
+    pool = digits.train_index
+    if name == "forgetting":
+        expected = (forgetting_counts(records[0]) + forgetting_counts(records[1])) / 2
+    else:  # negated: a sample learned late or never is hard
+        expected = -(learning_speed(records[0]) + learning_speed(records[1])) / 2
+    assert torch.equal(scores[pool], expected)
+    assert torch.isnan(scores[digits.val_index]).all()  # never seen by the experts
+    assert len(set(scores[pool].tolist())) > 3  # samples differ
+    # both orientations put the same samples at the hard end: never-learned samples are the hardest
+    never = torch.from_numpy(~(records[0].any(0) | records[1].any(0)))
+    if never.any():
+        assert bool((scores[pool][never] == scores[pool].max()).all())
+
+
+def test_expert_scores_train_missing_experts_once(digits, cache_dir, monkeypatch):
+    from autoselmatch import experts as experts_module
+
+    run = tiny_run(cache_dir, **{"scores.name": "forgetting", "experts.num_experts": 1})
+    real_epoch, calls = experts_module._train_epoch, []
+    monkeypatch.setattr(experts_module, "_train_epoch", lambda *a, **k: calls.append(1) or real_epoch(*a, **k))
+    first = get_scores(digits, run.scores, cache_dir=run.cache_path, seed=run.seed, run=run)
+    assert len(calls) == 3  # one expert x 3 epochs
+    assert experts_module.load_experts(digits, run).num_experts == 1
+    learning = get_scores(digits, replace(run.scores, name="learning-speed"), cache_dir=run.cache_path, seed=run.seed,
+                          run=run)
+    again = get_scores(digits, run.scores, cache_dir=run.cache_path, seed=0, run=run)
+    assert len(calls) == 3 and torch.equal(again.nan_to_num(-1.0), first.nan_to_num(-1.0))  # NaN: validation samples
+    pool = digits.train_index
+    assert float(first[pool].max()) <= 3.0 and float(learning[pool].min()) >= -1.0
+
+
+def test_expert_scores_need_the_run(digits, cache_dir):
+    with pytest.raises(InvalidArgument, match="scores.name='forgetting' is derived from expert trajectories; pass"):
+        get_scores(digits, ScoreConfig(name="forgetting"), cache_dir=cache_dir, seed=0)
+
+
+def test_experts_without_correctness_records_are_a_clear_error(digits, cache_dir):
+    import shutil
+
+    from autoselmatch.experts import expert_cache_dir, expert_manifest
+
+    run = tiny_run(cache_dir, **{"experts.num_experts": 1, "experts.epochs": 2, "experts.momentum": 0.9})
+    old = Path(__file__).parent / "fixtures" / "experts-v0.1.0" / "digits-84aafc887a60791b"
+    shutil.copytree(old, expert_cache_dir(run, expert_manifest(digits, run)))
+    with pytest.raises(DataError, match="trained without a correctness record"):
+        get_scores(digits, ScoreConfig(name="learning-speed"), cache_dir=cache_dir, seed=0, run=run)
+
+
+def test_a_learning_speed_file_is_negated(digits, tmp_path):
+    speeds = np.linspace(0.0, 1.0, len(digits.train_labels))
+    np.save(tmp_path / "speed.npy", speeds)
+    scores = get_scores(digits, ScoreConfig(name="learning-speed", file=str(tmp_path / "speed.npy")),
+                        cache_dir=tmp_path, seed=0)
+    assert np.allclose(scores.numpy(), -speeds)
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,6 +381,15 @@ def test_cli_shows_per_class_summary(cli_cache):
     assert all(row["min"] <= row["mean"] <= row["max"] for row in data["per_class"])
     text, _ = invoke("--cache-dir", cli_cache, *FAST_ARGS)
     assert text.exit_code == 0 and "higher = harder" in text.output and "mean" in text.output
+
+
+def test_cli_derives_forgetting_from_the_experts(cli_cache):
+    tiny = ("--set", "experts.num_experts=1", "--set", "experts.epochs=2", "--set", "experts.model.width=8")
+    result, data = invoke("--cache-dir", cli_cache, "--score", "forgetting", *tiny, "--output", "json")
+    assert result.exit_code == 0, result.output
+    assert data["score"] == "forgetting" and "experts' correctness records" in data["source"]
+    assert all(0.0 <= row["min"] <= row["max"] <= 2.0 for row in data["per_class"])
+    assert list((Path(cli_cache) / "experts").glob("digits-*/expert_000.correct.npy"))
 
 
 def test_cli_sweep_prints_the_curve_and_saves_it(cli_cache, tmp_path):

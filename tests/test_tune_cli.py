@@ -60,12 +60,12 @@ def test_studies_lists_each_study_with_its_best(tmp_path, monkeypatch):
     _make_studies(tmp_path)
     result = invoke("studies")
     assert result.exit_code == 0
-    lines = result.output.strip().splitlines()
-    assert lines[0].startswith("digits-ipc10-alpha  (maximize; 4 complete)  best 0.9999 at alpha=0.6")
-    assert "test 99.99 %" in lines[0]
-    assert lines[1].startswith("digits-ipc10-beta  (maximize; 4 complete)  best 0.9996 at beta=0.5")
+    lines = result.output.strip().splitlines()  # beta (stage 1) before alpha (stage 2), accuracies in %
+    assert lines[0].startswith("digits-ipc10-beta  (maximize; 4 complete)  best 99.96 % at beta=0.5")
+    assert lines[1].startswith("digits-ipc10-alpha  (maximize; 4 complete)  best 99.99 % at alpha=0.6")
+    assert "test 99.99 %" in lines[1]
     rows = json.loads(invoke("studies", "--dataset", "digits", "--output", "json").output)["studies"]
-    assert [r["name"] for r in rows] == ["digits-ipc10-alpha", "digits-ipc10-beta"]
+    assert [r["name"] for r in rows] == ["digits-ipc10-beta", "digits-ipc10-alpha"]
 
 
 def test_studies_on_a_missing_storage_is_an_error(tmp_path, monkeypatch):

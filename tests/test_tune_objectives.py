@@ -95,7 +95,8 @@ def test_alpha_trials_score_the_mean_of_tune_alpha_seeds_networks(objectives, tm
     from autoselmatch.distill import DistillResult
     from autoselmatch.evaluate import evaluate_set
 
-    cfg = apply_overrides(objectives.cfg, {"tune.alpha_seeds": 2})
+    # 40 epochs: a quick evaluation of 8 epochs, enough for two networks' accuracies to differ
+    cfg = apply_overrides(objectives.cfg, {"tune.alpha_seeds": 2, "evaluate.epochs": 40})
     averaged = SelMatchObjectives(cfg)  # scores and experts come from the module's cache
     (tmp_path / "art").mkdir()
     study = optuna.create_study(direction="maximize")

@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from ._common import print_config_and_exit, resolve_config, run_options
+from ..choices import REPRODUCE_METHODS
+from ._common import check_writable, global_options, out_option, ready, resolve_config, run_options
 
 
 @click.group()
@@ -24,12 +25,10 @@ def bench() -> None:
               help="IPCs (60,300) or shares of each class of the training split (1%,5%,10%) "
                    "(default: the preset's reproduce.ratios).")
 @click.option("--methods", default=None, metavar="LIST",
-              help="Methods of the main table: random, hardest, window, mtt, mtt-init, merge, selmatch, full "
+              help=f"Methods of the main table: {', '.join(REPRODUCE_METHODS)} "
                    "(default: the preset's reproduce.methods, i.e. all).")
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True,
               help="Seeds (networks trained from scratch) per method and IPC.")
-@click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="Output folder: cells/, sets/, table.md/.csv, results.json, ablation.md, coverage.md/.html.")
 @click.option("--alpha", default=None, metavar="A[,A...]",
               help="Given alpha: one value, or one per IPC in --ipc order (default: from --storage, else tuned).")
 @click.option("--beta", default=None, metavar="B[,B...]", help="Given beta, same rules as --alpha.")
@@ -45,17 +44,19 @@ def bench() -> None:
 @click.option("--coverage/--no-coverage", default=True, show_default=True,
               help="Also coverage of easy and hard test halves per set (coverage.md and coverage.html).")
 @click.option("--only", default=None, metavar="CELL_ID", help="Recompute just this cell (ids are in OUT/cells/).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress or per-cell lines; only the table at the end.")
+@out_option(file=False, required=True, metavar="DIR",
+            help="Output folder: cells/, sets/, table.md/.csv, results.json, ablation.md, coverage.md/.html.")
+@global_options
 @click.pass_context
 def reproduce(ctx: click.Context, ipc: str | None, methods: str | None, runs: int, out: str, alpha: str | None,
               beta: str | None, storage: str | None, study_prefix: str | None, scores_file: str | None,
-              ablation: bool, coverage: bool, only: str | None, quiet: bool, print_config: bool,
-              **run: Any) -> None:
+              ablation: bool, coverage: bool, only: str | None, print_config: bool, **run: Any) -> None:
     """Every method at the same IPCs, one evaluation protocol: the paper's Tables 1 and 3 and Figure 1.
 
     Each number is a cell (one network, one seed, test split) saved under
     OUT/cells/ with the command that reruns it; a finished cell is never
-    recomputed, so rerunning the same command resumes. Prints table.md.
+    recomputed, so rerunning the same command resumes. Prints table.md;
+    with -q only that (no progress or per-cell lines).
 
     \b
     Examples:
@@ -65,17 +66,13 @@ def reproduce(ctx: click.Context, ipc: str | None, methods: str | None, runs: in
       autoselmatch bench reproduce -d folder:~/pets --preset digits --scores-file pets-el2n.npy --ipc 10 --out pets
     """
     cfg = resolve_config(ctx, **run, overrides={"scores.file": scores_file})
-    if print_config:
-        print_config_and_exit(cfg)
+    ready(cfg, print_config)
     from pathlib import Path
 
     import optuna
 
     from ..reproduce import ReproducePlan, parse_floats, parse_ipc_tokens, parse_methods, reproduce as run_reproduce
-    from ..runtime import setup_logging
-
-    if quiet:
-        setup_logging(-1)
+    check_writable(out, "--out", folder=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # as in `tune`: its own log says what each trial did
     plan = ReproducePlan(
         cfg=cfg,

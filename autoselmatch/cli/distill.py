@@ -21,7 +21,9 @@ from typing import Any
 
 import click
 
-from ._common import emit, output_option, print_config_and_exit, resolve_config, run_options
+from ..choices import DISTILL_INITS, DISTILL_MODES, MEMORY_MODES
+from ._common import (check_writable, emit, format_accuracy, global_options, out_option, output_option, ready,
+                      resolve_config, run_options)
 
 
 @click.command()
@@ -32,17 +34,18 @@ from ._common import emit, output_option, print_config_and_exit, resolve_config,
 @click.option("--beta", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
               help="Window start: the hardest beta fraction of each class is skipped (init window only).")
 @click.option("--iterations", type=click.IntRange(min=0), default=None, help="Distillation iterations (default: preset).")
-@click.option("--memory", type=click.Choice(["exact", "checkpoint", "tesla"]), default=None,
+@click.option("--memory", type=click.Choice(MEMORY_MODES), default=None,
               help="Unrolled-graph memory mode (default: preset): exact, checkpoint (exact, less memory), tesla (approx).")
-@click.option("--init", "init", type=click.Choice(["window", "random"]), default=None,
+@click.option("--init", "init", type=click.Choice(DISTILL_INITS), default=None,
               help="Initial set: the difficulty window, or random real samples (alpha 1 + random = MTT).")
-@click.option("--mode", type=click.Choice(["selmatch", "merge"]), default=None,
+@click.option("--mode", type=click.Choice(DISTILL_MODES), default=None,
               help="selmatch: students train on the whole set; merge: distil D_distill alone, then concatenate.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output folder for result.pt and checkpoint.pt (default: studies/distill/<run name>).")
-@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt (without one: start, and say so).")
 @click.option("--overwrite", is_flag=True, help="Start over even if OUT already holds a checkpoint.")
+@out_option(file=False, metavar="DIR", help="Output folder for result.pt and checkpoint.pt",
+            default_text="studies/distill/<run name>")
 @output_option
+@global_options
 @click.pass_context
 def distill(ctx: click.Context, ipc: int, alpha: float, beta: float, iterations: int | None, memory: str | None,
             init: str | None, mode: str | None, out: str | None, resume: bool, overwrite: bool, output: str,
@@ -66,19 +69,22 @@ def distill(ctx: click.Context, ipc: int, alpha: float, beta: float, iterations:
         "distill.init": init,
         "distill.mode": mode,
     })
-    if print_config:
-        print_config_and_exit(cfg)
+    ready(cfg, print_config)
     from ..data import load_configured
     from ..distill import CHECKPOINT_FILE, RESULT_FILE, selmatch
     from ..errors import InvalidArgument
-    from ..runtime import resolve_device
+    from ..runtime import LOG, resolve_device
 
     folder = Path(out) if out is not None else default_out_dir(cfg.data.name, ipc, alpha, beta, cfg.distill.init,
                                                                 cfg.distill.mode, cfg.seed)
     if (folder / CHECKPOINT_FILE).is_file() and not (resume or overwrite):
         raise InvalidArgument(f"{folder} already holds a distillation checkpoint; pass --resume to continue it, "
                               f"--overwrite to start over, or choose another --out")
+    if resume and not (folder / CHECKPOINT_FILE).exists():  # the same command reruns after a crash at any point
+        LOG.info("--resume: %s holds no %s yet; starting a new run there", folder, CHECKPOINT_FILE)
+    check_writable(folder, "--out", folder=True)
     ds = load_configured(cfg.data, device=resolve_device(cfg.device))
+    check_batch_fits(cfg, ds.num_classes, ipc=ipc, alpha=alpha)
     result = selmatch(ds, cfg, ipc=ipc, alpha=alpha, beta=beta, checkpoint_dir=folder, resume=resume)
     path = result.save(folder / RESULT_FILE)
 
@@ -90,8 +96,27 @@ def distill(ctx: click.Context, ipc: int, alpha: float, beta: float, iterations:
         "iterations": result.iterations,
         "final_loss": round(result.loss_history[-1], 6) if result.loss_history else None,
         "eta": result.eta,
-        "quick_val_accuracy": None if last_eval is None else round(last_eval[1], 4),
+        "quick_val_accuracy": (None if last_eval is None else
+                               round(last_eval[1], 4) if output == "json" else format_accuracy(last_eval[1])),
     }, output)
+
+
+def check_batch_fits(cfg: Any, classes: int, *, ipc: int, alpha: float) -> None:
+    """distill.batch_syn must fit in the rows students train on (the whole set, or D_distill under
+    ``merge``); checked before scores and experts are computed."""
+    from ..errors import InvalidArgument
+    from ..selection import select_count
+
+    distilled = classes * (ipc - select_count(ipc, alpha))
+    if distilled == 0:  # alpha = 0: nothing is distilled, no student minibatch
+        return
+    if cfg.distill.mode == "merge":
+        rows, part = distilled, f"D_distill ({distilled} images at ipc={ipc}, alpha={alpha:g})"
+    else:
+        rows, part = classes * ipc, f"the synthetic set ({classes * ipc} images at ipc={ipc})"
+    if cfg.distill.batch_syn > rows:
+        raise InvalidArgument(f"distill.batch_syn ({cfg.distill.batch_syn}) is larger than {part}; "
+                              f"lower it with --set distill.batch_syn=N")
 
 
 def default_out_dir(dataset: str, ipc: int, alpha: float, beta: float, init: str, mode: str, seed: int) -> Path:

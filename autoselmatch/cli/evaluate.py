@@ -2,59 +2,50 @@
 
 Two inputs:
 
-* ``autoselmatch evaluate SET.pt`` -- a synthetic set in the interchange
-  format below (what ``distill`` and ``export`` write);
+* ``autoselmatch evaluate SET.pt`` -- a set file (what ``distill``, ``tune``
+  and ``export`` write; the format is specified in :mod:`autoselmatch.synset`:
+  ``images`` and ``labels`` at least, ``distill_mask`` and ``dataset`` read
+  when present, other keys ignored), an export folder or its ``dataset.npz``
+  (see :func:`autoselmatch.export.load_set`);
 * ``autoselmatch evaluate --indices FILE --dataset NAME`` -- a plain subset of
   the training set: a ``.npy`` (integer array) or ``.txt`` (one index per
   line) of indices into the full training set in its original order.
 
-Interchange format of a set file (``torch.save`` of a dict, loaded with
-``weights_only=True``, so only tensors, strings and numbers):
-
-    {
-        "images": float32 (n, C, H, W) in the dataset's normalised space,
-                  or uint8 (n, C, H, W) pixels,
-        "pixels": uint8 (n, C, H, W), read only when "images" is absent
-                  (the ``export`` dataset.pt layout),
-        "labels": int64 (n,), every class of the dataset present,
-        "distill_mask": bool (n,), optional: True for D_distill rows (get DSA
-                  under combined augmentation), False for D_select rows,
-        "dataset": str, optional: the dataset name (else --dataset is required),
-    }
-
-Other keys (e.g. ``alpha``, ``beta``, ``config``) are allowed and ignored.
-
-    autoselmatch evaluate studies/cifar100-ipc100/best.pt --model resnet18 --runs 5 --split test
+    autoselmatch evaluate exports/cifar100-ipc100 --model resnet18 --runs 5 --split test
     autoselmatch evaluate --indices subset.npy -d digits --runs 2 --output json
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ._common import emit, output_option, print_config_and_exit, resolve_config, run_options
+from ..choices import AUGMENTATIONS
+from ._common import (check_writable, emit, format_accuracy, global_options, out_option, output_option, plural,
+                      ready, resolve_config, run_options)
 
-AUGMENT_CHOICES = ("none", "simple", "dsa", "combined")
+if TYPE_CHECKING:
+    from ..synset import SyntheticSet
 
 
 @click.command()
-@click.argument("path", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.argument("path", required=False, type=click.Path(exists=True))
+@run_options
 @click.option("--indices", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Evaluate a plain subset: .npy or .txt of training-set indices (instead of PATH).")
 @click.option("--model", default=None, metavar="NAME", help="Evaluation network (default: the preset's), e.g. resnet18.")
 @click.option("--runs", type=click.IntRange(min=1), default=None, help="Networks trained from scratch (default: preset).")
 @click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True,
               help="Where accuracy is measured; test only for final reports.")
-@click.option("--augment", type=click.Choice(AUGMENT_CHOICES), default=None, help="Training augmentation (default: preset).")
+@click.option("--augment", type=click.Choice(AUGMENTATIONS), default=None, help="Training augmentation (default: preset).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Budget in passes over the set (default: preset).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Budget in optimizer steps (wins over --epochs).")
-@click.option("--save", "save_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the result, with its settings, to this JSON file.")
+@out_option(file=True, metavar="FILE.json", name="save_path", aliases=("--save",),
+            help="Also write the result, with its settings, to this JSON file.")
 @output_option
-@run_options
+@global_options
 @click.pass_context
 def evaluate(ctx: click.Context, path: str | None, indices: str | None, model: str | None, runs: int | None,
              split: str, augment: str | None, epochs: int | None, steps: int | None, save_path: str | None,
@@ -64,13 +55,20 @@ def evaluate(ctx: click.Context, path: str | None, indices: str | None, model: s
     Prints the mean ± std accuracy over --runs networks (population std).
 
     \b
-    PATH is a torch file holding a dict:
+    PATH is an export folder (autoselmatch export), its dataset.npz, or a set
+    file, a torch file holding a dict (format: autoselmatch.synset):
       images        float (n, C, H, W) normalised, or uint8 pixels
                     (uint8 'pixels' is read when 'images' is absent)
       labels        int64 (n,), every class present
       distill_mask  optional bool (n,): True rows get DSA under combined augmentation
       dataset       optional dataset name (else --dataset)
     --indices FILE lists indices into the full training set (original order).
+
+    \b
+    Examples:
+      autoselmatch evaluate studies/distill/digits-ipc10-a0.5-b0.2-window-selmatch-s0/result.pt
+      autoselmatch evaluate exports/digits-ipc10 --runs 5 --split test -o eval.json
+      autoselmatch evaluate --indices subset.npy -d digits --runs 2 --output json
     """
     if (path is None) == (indices is None):
         raise click.UsageError("give either a set file PATH or --indices FILE (exactly one)")
@@ -79,21 +77,23 @@ def evaluate(ctx: click.Context, path: str | None, indices: str | None, model: s
     from ..evaluate import evaluate_set
     from ..fileio import save_json
     from ..runtime import resolve_device
+    from ..export import load_set
 
-    payload = _load_set_file(Path(path)) if path is not None else None
-    dataset = _dataset_name(payload, dataset)
+    synset = load_set(path) if path is not None else None
+    dataset = _dataset_name(synset, dataset)
     overrides: dict[str, Any] = {"evaluate.runs": runs, "evaluate.augment": augment,
                                  "evaluate.epochs": epochs, "evaluate.steps": steps}
     cfg = resolve_config(ctx, dataset=dataset, overrides=overrides, **run_opts)
     if model is not None and model != cfg.evaluate.model.name:  # a new model drops the preset's builder options
         cfg = resolve_config(ctx, dataset=dataset, overrides={**overrides, "evaluate.model": {"name": model}}, **run_opts)
-    if print_config:
-        print_config_and_exit(cfg)
+    ready(cfg, print_config)
+    if save_path is not None:
+        check_writable(save_path, "--out")  # before training, not after it
 
     device = resolve_device(cfg.device)
     ds = load_configured(cfg.data, device=device)
-    if payload is not None:
-        images, labels, mask = payload["images"], payload["labels"], payload.get("distill_mask")
+    if synset is not None:
+        images, labels, mask = synset.images, synset.labels, synset.distill_mask
         source = str(path)
     else:
         index = _read_indices(Path(indices), ds, split)
@@ -110,44 +110,21 @@ def evaluate(ctx: click.Context, path: str | None, indices: str | None, model: s
     else:
         emit({
             "set": f"{source}: {result.n_images} images ({result.n_distill} distilled) of {ds.name}",
-            "accuracy": f"{100 * result.mean:.2f} ± {100 * result.std:.2f} % on {split} "
-                        f"({result.runs} x {result.model}, {result.steps} steps, {result.augment} augmentation)",
-            "runs": ", ".join(f"{100 * a:.2f}" for a in result.accuracies),
+            "accuracy": f"{format_accuracy(result.mean, result.std if result.runs > 1 else None)} on {split} "
+                        f"({plural(result.runs, 'run')} of {result.model}, {result.steps} steps, "
+                        f"{result.augment} augmentation)",
+            "runs": ", ".join(format_accuracy(a) for a in result.accuracies),
             "seconds": f"{result.seconds:.1f}",
         }, "text")
 
 
-def _load_set_file(path: Path) -> dict[str, Any]:
-    """Read and check the interchange dict (see the module docstring)."""
-    import torch
-
-    from ..errors import DataError
-    from ..fileio import load_torch
-
-    payload = load_torch(path, what="set file")
-    if not isinstance(payload, dict):
-        raise DataError(f"set file {path} must hold a dict with 'images' and 'labels', got {type(payload).__name__}")
-    if "images" not in payload and isinstance(payload.get("pixels"), torch.Tensor):
-        payload = {**payload, "images": payload["pixels"]}
-    for key in ("images", "labels"):
-        if not isinstance(payload.get(key), torch.Tensor):
-            raise DataError(f"set file {path} must hold a tensor under {key!r}")
-    mask = payload.get("distill_mask")
-    if mask is not None and not isinstance(mask, torch.Tensor):
-        raise DataError(f"set file {path}: 'distill_mask' must be a bool tensor, got {type(mask).__name__}")
-    name = payload.get("dataset")
-    if name is not None and not isinstance(name, str):
-        raise DataError(f"set file {path}: 'dataset' must be a string, got {type(name).__name__}")
-    return payload
-
-
-def _dataset_name(payload: dict[str, Any] | None, flag: str | None) -> str | None:
+def _dataset_name(synset: SyntheticSet | None, flag: str | None) -> str | None:
     """The dataset named by the set file, checked against --dataset."""
     from ..errors import InvalidArgument
 
-    if payload is None:  # --indices: the dataset of --dataset, else the preset's
+    if synset is None:  # --indices: the dataset of --dataset, else the preset's
         return flag
-    stored = payload.get("dataset")
+    stored = synset.dataset
     if stored is not None and flag is not None and stored != flag:
         raise InvalidArgument(f"--dataset {flag} does not match the set file's dataset {stored}")
     name = stored or flag
@@ -165,6 +142,10 @@ def _read_indices(path: Path, ds, split: str):
 
     try:
         if path.suffix == ".npy":
+            with open(path, "rb") as handle:
+                if handle.read(6) != b"\x93NUMPY":
+                    raise InvalidArgument(f"--indices {path} is not a NumPy array file (no .npy header); "
+                                          f"write it with numpy.save, or list one index per line in a .txt")
             values = np.load(path, allow_pickle=False)
         elif path.suffix == ".txt":
             values = np.loadtxt(path, dtype=np.float64, ndmin=1)

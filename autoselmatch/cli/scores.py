@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from ._common import emit, output_option, print_config_and_exit, resolve_config, run_options
+from ._common import (check_writable, emit, format_accuracy, global_options, out_option, output_option, plural,
+                      ready, resolve_config, run_options)
 
 SHOWN_CLASSES = 10
 
@@ -30,7 +31,8 @@ def parse_betas(text: str) -> list[float]:
 @click.command()
 @run_options
 @click.option("--score", "-s", default=None, metavar="NAME",
-              help="Difficulty score: cscore (CIFAR-10/100), forgetting or el2n (default: the preset's).")
+              help="Difficulty score: cscore (CIFAR-10/100), el2n, or forgetting or learning-speed "
+                   "(from the experts' training, trained if missing) (default: the preset's).")
 @click.option("--scores-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Load scores from a .npz (keys scores[, labels]) or .npy file instead of downloading/computing.")
 @click.option("--sweep-beta", default=None, metavar="START:STOP:STEP",
@@ -42,17 +44,21 @@ def parse_betas(text: str) -> list[float]:
               help="Sweep: share of the evaluation budget per network (default: evaluate.quick_fraction).")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
               help="Sweep: networks trained per beta (default: tune.beta_seeds).")
-@click.option("--save", type=click.Path(dir_okay=False), default=None,
-              help="Also write the result and its settings to this JSON file.")
+@out_option(file=True, metavar="FILE.json", name="save", aliases=("--save",),
+            help="Also write the result and its settings to this JSON file.")
 @output_option
+@global_options
 @click.pass_context
 def scores(ctx: click.Context, score: str | None, scores_file: str | None, sweep_beta: str | None, ipc: int | None,
            epochs: int | None, fraction: float | None, seeds: int | None, save: str | None, output: str,
            print_config: bool, **run: Any) -> None:
-    """Compute, load or show difficulty scores (cscore, forgetting, el2n) and sweep the selection window beta.
+    """Compute, load or show difficulty scores (cscore, el2n, forgetting, learning-speed) and sweep beta.
 
-    Scores are oriented higher = harder and cached under CACHE_DIR/scores;
-    the summary shows them per class over the selectable pool. With
+    Scores are oriented higher = harder; EL2N is cached under CACHE_DIR/scores;
+    forgetting and learning-speed come from the experts' training (the
+    experts of these settings, trained first if missing); --scores-file (for
+    example a published forgetting file) always wins. The summary shows them
+    per class over the selectable pool. With
     --sweep-beta, networks are trained from scratch on the selection-only
     window (IPC per class, starting at beta) and scored on the validation
     split: the paper's Figure 3, without Optuna.
@@ -61,15 +67,22 @@ def scores(ctx: click.Context, score: str | None, scores_file: str | None, sweep
     Examples:
       autoselmatch scores --dataset digits --score el2n
       autoselmatch scores --dataset cifar100 --score cscore
-      autoselmatch scores --dataset fashion-mnist --sweep-beta 0:0.8:0.1 --ipc 60 --epochs 20
+      autoselmatch scores --dataset fashion-mnist --score forgetting
+      autoselmatch scores --dataset fashion-mnist --sweep-beta 0:0.8:0.1 --ipc 60 --epochs 20 -o sweep.json
     """
     cfg = resolve_config(ctx, **run, overrides={"scores.name": score, "scores.file": scores_file,
                                                 "tune.beta_seeds": seeds})
-    if print_config:
-        print_config_and_exit(cfg)
+    ready(cfg, print_config)
     betas = parse_betas(sweep_beta) if sweep_beta is not None else None
     if betas is not None and ipc is None:
         raise click.UsageError("--sweep-beta needs --ipc")
+    if betas is not None and cfg.data.val_fraction == 0:
+        from ..errors import InvalidArgument
+
+        raise InvalidArgument("data.val_fraction is 0, but --sweep-beta scores each beta on the validation split; "
+                              "set it in (0, 0.5], e.g. --set data.val_fraction=0.1")
+    if save is not None:
+        check_writable(save, "--out")
 
     from ..config import to_dict
     from ..data import load_configured
@@ -80,7 +93,7 @@ def scores(ctx: click.Context, score: str | None, scores_file: str | None, sweep
 
     device = resolve_device(cfg.device)
     ds = load_configured(cfg.data, device=device)
-    values = get_scores(ds, cfg.scores, cache_dir=cfg.cache_path, seed=cfg.seed, device=device)
+    values = get_scores(ds, cfg.scores, cache_dir=cfg.cache_path, seed=cfg.seed, device=device, run=cfg)
     result: dict[str, Any] = {
         "dataset": ds.name,
         "score": cfg.scores.name,
@@ -117,6 +130,8 @@ def _source(cfg: Any) -> str:
         return f"file {cfg.scores.file}"
     if cfg.scores.name == "cscore":
         return "published"
+    if cfg.scores.name in ("forgetting", "learning-speed"):
+        return f"from the experts' correctness records under {cfg.cache_path / 'experts'}"
     return f"computed, cached under {cfg.cache_path / 'scores'}"
 
 
@@ -138,8 +153,8 @@ def _print_text(result: dict[str, Any]) -> None:
         return
     budget = f"{sweep['epochs']} epochs" if sweep["epochs"] is not None else f"{sweep['fraction']:g} of the budget"
     click.echo(f"\nwindow sweep, ipc={sweep['ipc']} (beta <= {sweep['max_beta']:.4f}), {budget}, "
-               f"{sweep['seeds']} network(s) per beta; validation accuracy:")
+               f"{plural(sweep['seeds'], 'network')} per beta; validation accuracy:")
     for point in sweep["curve"]:
         bar = "#" * round(40 * point["mean"])
-        click.echo(f"  beta={point['beta']:.3f}  {100 * point['mean']:6.2f} ± {100 * point['std']:5.2f} %  {bar}")
-    click.echo(f"best beta = {sweep['best_beta']:.3f} ({100 * sweep['best_accuracy']:.2f} %)")
+        click.echo(f"  beta={point['beta']:.3f}  {format_accuracy(point['mean'], point['std'] if sweep['seeds'] > 1 else None):>16}  {bar}")
+    click.echo(f"best beta = {sweep['best_beta']:.3f} ({format_accuracy(sweep['best_accuracy'])})")

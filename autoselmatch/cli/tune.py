@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ._common import emit, output_option, print_config_and_exit, resolve_config, run_options
+from ..choices import TUNE_BUDGETS
+from ._common import (check_finite, emit, format_accuracy, global_options, output_option, ready, resolve_config,
+                      run_options)
 
 
 @click.command()
@@ -23,8 +25,8 @@ from ._common import emit, output_option, print_config_and_exit, resolve_config,
 @click.option("--pruner", default=None, metavar="NAME",
               help="Pruner: median (default), successive-halving, hyperband or none.")
 @click.option("--patience", type=int, default=None, help="Drops the line search tolerates before it stops (default 0).")
-@click.option("--score", default=None, metavar="NAME", help="Difficulty score: cscore, forgetting or el2n.")
-@click.option("--budget", default=None, metavar="quick|paper",
+@click.option("--score", default=None, metavar="NAME", help="Difficulty score: cscore, el2n, forgetting or learning-speed.")
+@click.option("--budget", default=None, metavar="|".join(TUNE_BUDGETS),
               help="quick: alpha trials distil tune.trial_iterations, the best is then finished; "
                    "paper: every trial distils the full budget.")
 @click.option("--beta-trials", type=int, default=None, help="Most trials of the beta stage.")
@@ -37,6 +39,7 @@ from ._common import emit, output_option, print_config_and_exit, resolve_config,
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Processes per stage (one per GPU); needs a journal or server storage.")
 @output_option
+@global_options
 @click.pass_context
 def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, assignments, print_config, ipcs,
          storage, artifacts, study_prefix, search, pruner, patience, score, budget, beta_trials, alpha_trials,
@@ -54,6 +57,10 @@ def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, as
       autoselmatch tune --dataset digits --ipc 10
       autoselmatch tune --dataset cifar100 --ipc 25,50 --device cuda
       autoselmatch tune --dataset cifar10 --ipc 50 --storage journal:///studies/c10.log --workers 2
+
+    A file storage gets a lock file beside it (F.db.tune.lock, F.log.tune.lock):
+    workers on one machine take turns on it to claim trials. It holds no data;
+    it is safe to delete when no tune runs.
     """
     overrides = {
         "tune.search": search,
@@ -67,14 +74,17 @@ def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, as
     }
     cfg = resolve_config(ctx, dataset=dataset, preset=preset, data_root=data_root, download=download,
                          cache_dir=cache_dir, assignments=assignments, overrides=overrides)
-    if print_config:
-        print_config_and_exit(cfg)
+    check_finite(timeout, "--timeout")  # (> 0 is checked with the other tune arguments)
+    ready(cfg, print_config)
     if ipcs is None:
         raise click.UsageError("Missing option '--ipc' (e.g. --ipc 10 or --ipc 25,50).")
 
     import optuna
 
-    from ..tune import tune as run_tune
+    from ..records import FinalRecord
+    from ..tune import parse_ipcs, tune as run_tune
+
+    check_tunable(cfg, parse_ipcs(ipcs))
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     result = run_tune(cfg, ipcs, storage=storage, artifacts=artifacts, study_prefix=study_prefix,
@@ -87,8 +97,10 @@ def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, as
         if r.alpha is not None:
             line += f", alpha {_fmt(r.alpha.best_point)}"
         if r.final is not None:
-            acc = r.final["test_accuracy"]
-            line += f", test accuracy {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} %, set {r.final['result_path']}"
+            final = FinalRecord.from_dict(r.final)
+            acc = final.test_accuracy
+            line += (f", test accuracy {format_accuracy(acc['mean'], acc['std'], len(acc.get('accuracies') or []) or None)}, "
+                     f"set {final.result_path}")
         click.echo(line)
     if not result.complete:
         click.echo("stopped before the end (timeout); rerun the same command to resume")
@@ -97,3 +109,23 @@ def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, as
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
+
+
+def check_tunable(cfg, ipcs: list[int]) -> None:
+    """What would stop a tune after minutes of work, checked before any: the trials need a
+    validation split, and the student's minibatch (distill.batch_syn) must fit in the set."""
+    from ..errors import InvalidArgument
+
+    if cfg.data.val_fraction == 0:
+        raise InvalidArgument("data.val_fraction is 0, but tune scores every trial on the validation split; "
+                              "set it in (0, 0.5], e.g. --set data.val_fraction=0.1")
+    merge = cfg.distill.mode == "merge"
+    if not merge and cfg.distill.batch_syn <= 2 * min(ipcs):  # fits whatever the class count (>= 2)
+        return
+    from ..data import load_configured
+    from .distill import check_batch_fits
+
+    classes = load_configured(cfg.data).num_classes
+    alpha = min((a for a in cfg.tune.alpha_grid if a > 0), default=0.0)  # merge: the fewest distilled rows
+    for ipc in ipcs:
+        check_batch_fits(cfg, classes, ipc=ipc, alpha=alpha if merge else 1.0)

@@ -12,20 +12,10 @@ quick evaluations during distillation), searched on grids by a strategy from
 
 from ._controller import GridStatus, Objective, SearchController, StageOutcome, report, summarize
 from ._objectives import SelMatchObjectives
-from ._pipeline import (
-    IpcResult,
-    Objectives,
-    ObjectivesFactory,
-    StageContext,
-    TuneResult,
-    parse_ipcs,
-    stage_settings,
-    study_name,
-    trial_iterations,
-    tune,
-)
+from ._pipeline import IpcResult, TuneResult, parse_ipcs, tune
 from ._pruners import PRUNERS, build_pruner
 from ._search import SEARCHES, GridSearch, LineSearch, SearchStrategy, TPESearch
+from ._stage import Objectives, ObjectivesFactory, StageContext, stage_settings, study_name, trial_iterations
 from ._storage import open_study
 
 __all__ = [

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Literal, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from .. import records
 from ..runtime import LOG, fault_point
 from ..storage import StorageSpec
 from ._search import SearchStrategy, grid_key
@@ -106,7 +107,7 @@ def summarize(trials: list[FrozenTrial], param: str, *, max_failures: int = 2) -
             used += 1
             value = -math.inf if trial.value is None else float(trial.value)
             scores[point] = max(scores.get(point, -math.inf), value)
-        elif trial.state == TrialState.FAIL and "error" in trial.user_attrs:
+        elif trial.state == TrialState.FAIL and records.ERROR in trial.user_attrs:
             used += 1
             failures[point] = failures.get(point, 0) + 1
     for point, count in failures.items():
@@ -229,7 +230,7 @@ class SearchController:
                 free = [p for p in candidates if p not in status.pending]
                 if not free:
                     return _WAIT
-                self.study.enqueue_trial({self.param: free[0]}, user_attrs={**self.trial_attrs, "worker": me})
+                self.study.enqueue_trial({self.param: free[0]}, user_attrs={**self.trial_attrs, records.WORKER: me})
         with warnings.catch_warnings():  # the heartbeat is ours (see _heartbeat), not Study.optimize's
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
             trial = self.study.ask()  # pops the oldest WAITING trial, if any
@@ -239,18 +240,18 @@ class SearchController:
                 trial._trial_id):
             # another worker popped our queued trial first, so ask() made a fresh one whose point the
             # sampler would draw off the grid: give it back unrun (possible only on server databases)
-            trial.set_user_attr("unqueued", True)
+            trial.set_user_attr(records.UNQUEUED, True)
             self.study.tell(trial, state=TrialState.FAIL)
             return _WAIT
-        if trial.user_attrs.get("worker") != me:
+        if trial.user_attrs.get(records.WORKER) != me:
             # not the one we enqueued (a leftover or another worker's): claim it
-            for key, value in {**self.trial_attrs, "worker": me}.items():
+            for key, value in {**self.trial_attrs, records.WORKER: me}.items():
                 trial.set_user_attr(key, value)
         dist = self.strategy.distribution()
         point = grid_key(trial.suggest_float(self.param, dist.low, dist.high, step=dist.step))
         duplicate = self._duplicate_of(trial.number, point)
         if duplicate is not None:
-            trial.set_user_attr("duplicate_of", duplicate)
+            trial.set_user_attr(records.DUPLICATE_OF, duplicate)
             self.study.tell(trial, state=TrialState.FAIL)
             return _WAIT
         return trial, point
@@ -269,7 +270,7 @@ class SearchController:
         name = f"{self.study.study_name} trial {trial.number} ({self.param}={point:g})"
         if point in status.complete:  # a TPE repeat: record the earlier value, do not recompute
             value, number = status.complete[point]
-            trial.set_user_attr("repeat_of", number)
+            trial.set_user_attr(records.REPEAT_OF, number)
             self.study.tell(trial, value)
             LOG.info("%s: repeat of trial %d, value %.4f", name, number, value)
             return
@@ -284,16 +285,16 @@ class SearchController:
             LOG.info("%s: %s", name, exc)
             return
         except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr(records.INTERRUPTED, True)
             self.study.tell(trial, state=TrialState.FAIL)
             raise
         except self.catch as exc:
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
+            trial.set_user_attr(records.ERROR, f"{type(exc).__name__}: {exc}"[:500])
             self.study.tell(trial, state=TrialState.FAIL)
             LOG.warning("%s failed: %s: %s", name, type(exc).__name__, exc)
             return
         except BaseException:
-            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr(records.INTERRUPTED, True)
             self.study.tell(trial, state=TrialState.FAIL)
             raise
         self.study.tell(trial, value)

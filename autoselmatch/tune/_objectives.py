@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import torch
 
+from .. import records
 from ..config import RunConfig
 from ..fileio import atomic_write
 from ..runtime import LOG, resolve_device
 from ._controller import Objective, report
-from ._pipeline import StageContext, trial_iterations
+from ._stage import StageContext, trial_iterations
 
 if TYPE_CHECKING:
     from ..experts import ExpertStore
@@ -77,7 +78,8 @@ class SelMatchObjectives:
         """float (N,) difficulty of every training sample, computed on first use if the cache lacks it."""
         from ..scores import get_scores
 
-        return get_scores(self.ds, self.cfg.scores, cache_dir=self.cfg.cache_path, seed=self.cfg.seed)
+        return get_scores(self.ds, self.cfg.scores, cache_dir=self.cfg.cache_path, seed=self.cfg.seed,
+                          run=self.cfg)
 
     @functools.cached_property
     def experts(self) -> ExpertStore:
@@ -111,9 +113,9 @@ class SelMatchObjectives:
             result = window_accuracy(self.ds, scores, ipc=ctx.ipc, beta=beta, cfg=ecfg,
                                      fraction=ecfg.quick_fraction, seeds=cfg.tune.beta_seeds, seed=cfg.seed,
                                      epoch_callback=on_epoch)
-            trial.set_user_attr("val_accuracy", {"mean": result.mean, "std": result.std,
-                                                 "accuracies": result.accuracies})
-            trial.set_user_attr("seconds", result.seconds)
+            trial.set_user_attr(records.VAL_ACCURACY, {"mean": result.mean, "std": result.std,
+                                                       "accuracies": result.accuracies})
+            trial.set_user_attr(records.SECONDS, result.seconds)
             return result.mean
 
         return objective
@@ -122,7 +124,7 @@ class SelMatchObjectives:
 
     def alpha(self, ctx: StageContext, beta: float) -> Objective:
         from ..distill import RESULT_FILE, DistillStep, quick_evaluator, selmatch
-        from ..export import RESULT_PATH_ATTR, upload_trial_artifacts
+        from ..export import upload_trial_artifacts
 
         scores, experts = self.scores, self.experts
         cfg = _with_iterations(ctx.cfg, trial_iterations(ctx.cfg))
@@ -149,10 +151,10 @@ class SelMatchObjectives:
                 value = evaluator(result.images.to(self.device), result.labels.to(self.device),
                                   result.distill_mask.to(self.device))
             path = result.save(run_dir / RESULT_FILE).resolve()
-            trial.set_user_attr(RESULT_PATH_ATTR, str(path))
-            trial.set_user_attr("val_accuracy", float(value))
-            trial.set_user_attr("iterations", result.iterations)
-            trial.set_user_attr("eta", result.eta)
+            trial.set_user_attr(records.RESULT_PATH, str(path))
+            trial.set_user_attr(records.VAL_ACCURACY, float(value))
+            trial.set_user_attr(records.ITERATIONS, result.iterations)
+            trial.set_user_attr(records.ETA, result.eta)
             upload_trial_artifacts(trial, ctx.artifact_store(), path)
             return float(value)
 
@@ -164,12 +166,12 @@ class SelMatchObjectives:
                study: optuna.Study) -> dict[str, Any]:
         from ..distill import CHECKPOINT_FILE, RESULT_FILE, DistillResult, quick_evaluator, selmatch
         from ..evaluate import evaluate_set
-        from ..export import RESULT_PATH_ATTR, upload_trial_artifacts
+        from ..export import upload_trial_artifacts
 
         cfg = ctx.cfg
         final_dir = ctx.workdir / "final" / f"beta{beta:g}-alpha{alpha:g}"
-        if trial.user_attrs.get("iterations", 0) >= cfg.distill.iterations:
-            result = DistillResult.load(trial.user_attrs[RESULT_PATH_ATTR])
+        if trial.user_attrs.get(records.ITERATIONS, 0) >= cfg.distill.iterations:
+            result = DistillResult.load(trial.user_attrs[records.RESULT_PATH])
         else:
             source = _point_dir(ctx, beta, alpha) / CHECKPOINT_FILE
             if not (final_dir / CHECKPOINT_FILE).is_file() and source.is_file():
@@ -182,15 +184,16 @@ class SelMatchObjectives:
         test = evaluate_set(self.ds, result.images.to(self.device), result.labels.to(self.device), cfg=cfg.evaluate,
                             distill_mask=result.distill_mask.to(self.device), split="test", runs=cfg.evaluate.runs,
                             seed=cfg.seed)
-        LOG.info("%s: test accuracy %.2f ± %.2f %% over %d runs", ctx.study_name, 100 * test.mean, 100 * test.std,
-                 test.runs)
+        spread = f" ± {100 * test.std:.2f}" if test.runs > 1 else ""  # one run has no spread
+        LOG.info("%s: test accuracy %.2f%s %% (%d run%s)", ctx.study_name, 100 * test.mean, spread, test.runs,
+                 "" if test.runs == 1 else "s")
         path = result.save(final_dir / RESULT_FILE).resolve()
         upload_trial_artifacts(study, ctx.artifact_store(), path)
         return {
-            RESULT_PATH_ATTR: str(path),
-            "test_accuracy": {"mean": test.mean, "std": test.std, "accuracies": test.accuracies},
-            "iterations": result.iterations,
-            "evaluation": {"runs": test.runs, "steps": test.steps, "model": test.model, "augment": test.augment,
+            records.RESULT_PATH: str(path),
+            records.TEST_ACCURACY: {"mean": test.mean, "std": test.std, "accuracies": test.accuracies},
+            records.ITERATIONS: result.iterations,
+            records.EVALUATION: {"runs": test.runs, "steps": test.steps, "model": test.model, "augment": test.augment,
                            "seconds": test.seconds},
         }
 

@@ -32,6 +32,7 @@ from typing import Any, Iterator
 import optuna
 from optuna.trial import TrialState
 
+from .. import records
 from .._version import __version__
 from ..errors import InvalidArgument
 from ..fileio import stable_hash
@@ -84,7 +85,7 @@ def fail_orphaned_trials(study: optuna.Study, spec: StorageSpec) -> list[int]:
     me = worker_id()
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get("worker") or {}
+        worker = trial.user_attrs.get(records.WORKER) or {}
         if worker.get("host", me["host"]) != me["host"]:
             continue
         pid = worker.get("pid")
@@ -124,7 +125,7 @@ def check_settings(storage: optuna.storages.BaseStorage, name: str, settings: di
     """
     if force or not study_exists(storage, name):
         return
-    stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get("settings")
+    stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get(records.SETTINGS)
     diffs = [] if stored is None else settings_diff(stored, settings, defaults)
     if not diffs:
         return
@@ -179,29 +180,29 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, *, settings: dic
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
                                     pruner=pruner)
-        study.set_user_attr("uid", uuid.uuid4().hex[:8])
+        study.set_user_attr(records.UID, uuid.uuid4().hex[:8])
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
         _wait_for_uid(study)
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise InvalidArgument(f"study {name!r} exists but minimises; pass --new-study to replace it")
-    stored = study.user_attrs.get("settings")
+    stored = study.user_attrs.get(records.SETTINGS)
     if stored is not None and stable_hash(stored) != stable_hash(settings):
-        history = study.user_attrs.get("settings_history", [])
-        study.set_user_attr("settings_history", [*history, stored])
+        history = study.user_attrs.get(records.SETTINGS_HISTORY, [])
+        study.set_user_attr(records.SETTINGS_HISTORY, [*history, stored])
     if stored is None or stable_hash(stored) != stable_hash(settings):
-        study.set_user_attr("settings", settings)
-        study.set_user_attr("fingerprint", stable_hash(settings))
-        study.set_user_attr("autoselmatch_version", __version__)
-    if "uid" not in study.user_attrs:  # a study whose creator died before naming it
-        study.set_user_attr("uid", uuid.uuid4().hex[:8])
+        study.set_user_attr(records.SETTINGS, settings)
+        study.set_user_attr(records.FINGERPRINT, stable_hash(settings))
+        study.set_user_attr(records.VERSION, __version__)
+    if records.UID not in study.user_attrs:  # a study whose creator died before naming it
+        study.set_user_attr(records.UID, uuid.uuid4().hex[:8])
     return study
 
 
 def _wait_for_uid(study: optuna.Study, timeout: float = 10.0) -> None:
     """Wait until the process that just created ``study`` has set its ``uid`` (or ``timeout`` passes)."""
     deadline = time.monotonic() + timeout
-    while "uid" not in study.user_attrs and time.monotonic() < deadline:
+    while records.UID not in study.user_attrs and time.monotonic() < deadline:
         time.sleep(0.05)
 
 

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import records
 from ..errors import DataError, InvalidArgument
 from ..runtime import LOG
 from ..storage import default_artifacts_dir, default_storage_url, open_existing_storage
@@ -48,7 +49,7 @@ def list_studies(url: str) -> list[dict[str, Any]]:
         maximize = study.direction == StudyDirection.MAXIMIZE
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         best = max(complete, key=lambda t: t.value if maximize else -t.value) if complete else None
-        test = study.user_attrs.get("test_accuracy")
+        test = study.user_attrs.get(records.TEST_ACCURACY)
         rows.append({
             "name": study.study_name,
             "direction": "maximize" if maximize else "minimize",

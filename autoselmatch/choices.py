@@ -1,0 +1,43 @@
+"""The names a user picks a setting from, each list written once.
+
+:mod:`autoselmatch.config` checks a setting against its list, the CLI's
+``click.Choice`` offers it, and the code that acts on the name reads it from
+here. This module imports nothing, so the CLI reads it without importing
+torch (``config`` does, through ``models``). Where a registry holds one
+builder per name (:data:`autoselmatch.augment.AUGMENTATIONS`,
+:data:`autoselmatch.reproduce.METHODS`), the tests check that it registers
+exactly these names; the order here is the one shown to the user.
+"""
+
+from __future__ import annotations
+
+#: Training augmentations of ``evaluate.augment`` (one function each in ``augment.AUGMENTATIONS``).
+AUGMENTATIONS = ("none", "simple", "dsa", "combined")
+#: Augmentations of ``experts.augment``: experts train on real images, so there is no D_distill for ``combined``.
+EXPERT_AUGMENTATIONS = ("none", "simple", "dsa")
+#: How ``distill.TrajectoryMatcher`` keeps the unrolled student graph (``distill.memory``).
+MEMORY_MODES = ("exact", "checkpoint", "tesla")
+#: Initial synthetic set (``distill.init``).
+DISTILL_INITS = ("window", "random")
+#: What students train on (``distill.mode``).
+DISTILL_MODES = ("selmatch", "merge")
+#: ``torch.compile`` modes of ``evaluate.compile_mode``.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: Trial budgets of ``tune.budget``.
+TUNE_BUDGETS = ("quick", "paper")
+#: Methods of ``bench reproduce`` in table order (one set builder each in ``reproduce.METHODS``).
+REPRODUCE_METHODS = ("random", "hardest", "window", "mtt", "mtt-init", "merge", "selmatch", "full")
+#: File formats of an exported set.
+EXPORT_FORMATS = ("pt", "npz", "png")
+
+__all__ = [
+    "AUGMENTATIONS",
+    "COMPILE_MODES",
+    "DISTILL_INITS",
+    "DISTILL_MODES",
+    "EXPORT_FORMATS",
+    "EXPERT_AUGMENTATIONS",
+    "MEMORY_MODES",
+    "REPRODUCE_METHODS",
+    "TUNE_BUDGETS",
+]

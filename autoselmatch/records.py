@@ -1,0 +1,208 @@
+"""What ``tune`` stores in an Optuna storage, in one place: study names and user-attr keys.
+
+Every module that writes or reads a study record imports its names from here
+(as Optuna keeps ``_CONSTRAINTS_KEY`` beside its reader in
+``optuna/study/_constrained_optimization.py``), so renaming a key is one edit
+and a reader that misses it fails to import.
+
+Per IPC, ``tune`` makes two studies, :func:`study_name` ``(prefix, ipc, stage)``:
+
+- ``{prefix}-ipc{N}-beta``: stage 1, the window start beta.
+- ``{prefix}-ipc{N}-alpha``: stage 2, the distillation portion alpha; when
+  the stage ends it holds the :class:`FinalRecord` of the IPC's final set.
+
+Study user attrs (keys below): the settings that shape its trials
+(:data:`SETTINGS`, :data:`FINGERPRINT`, :data:`SETTINGS_HISTORY`,
+:data:`VERSION`), the folder of its files (:data:`UID`), what was searched
+(:data:`DATASET`, :data:`IPC`, :data:`STAGE`, :data:`FIXED`, :data:`SEARCH`,
+:data:`PRIOR`, :data:`RUN_CONFIG`) and, on the alpha study, :data:`FINAL`
+with each of its items but ``key`` copied beside it for the dashboard.
+Trial user attrs: the fixed values (:data:`IPC`, :data:`FINGERPRINT`, the
+fixed knob), :data:`WORKER`, :data:`VAL_ACCURACY`, :data:`RESULT_PATH`,
+:data:`ITERATIONS`, ... and the controller's bookkeeping (:data:`ERROR`, ...).
+
+    name = study_name("digits", 10, "alpha")          # "digits-ipc10-alpha"
+    parse_study_name(name)                            # StudyName(prefix="digits", ipc=10, stage="alpha")
+    final = FinalRecord.from_attrs(study.user_attrs)  # None until the final set is made
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+#: The two stages per IPC, in the order they run.
+BETA, ALPHA = "beta", "alpha"
+STAGES = (BETA, ALPHA)
+
+# ---- study user attrs ------------------------------------------------------------------------
+UID = "uid"  # random id naming the study's folder of checkpoints and sets
+SETTINGS = "settings"  # everything that shapes a trial's value (tune.stage_settings)
+FINGERPRINT = "fingerprint"  # stable hash of SETTINGS (also on each trial)
+SETTINGS_HISTORY = "settings_history"  # earlier SETTINGS replaced by --force
+VERSION = "autoselmatch_version"  # the version that last stored SETTINGS
+DATASET = "dataset"  # the dataset's name
+IPC = "ipc"  # images per class (also on each trial)
+STAGE = "stage"  # BETA or ALPHA
+FIXED = "fixed"  # knobs fixed during the stage: {} or {"beta": b}
+SEARCH = "search"  # {"strategy", "grid", "start", "patience", "pruner", "budget"}
+PRIOR = "prior"  # {"ipc", "alpha", "beta"} of the IPC whose optima bounded the grids, or None
+RUN_CONFIG = "run_config"  # the whole RunConfig as a dict
+FINAL = "final"  # FinalRecord.to_dict() of the IPC's final set (alpha study)
+TEST_ACCURACY = "test_accuracy"  # {"mean", "std", "accuracies"} on the test split (beside FINAL)
+EVALUATION = "evaluation"  # how TEST_ACCURACY was measured: {"runs", "steps", "model", "augment", "seconds"}
+
+# ---- trial user attrs ------------------------------------------------------------------------
+RESULT_PATH = "result_path"  # the trial's distilled set on disk (also in FINAL: the final set)
+VAL_ACCURACY = "val_accuracy"  # the trial's score: a number (alpha) or {"mean", "std", "accuracies"} (beta)
+ITERATIONS = "iterations"  # distillation iterations the trial's set had (also in FINAL)
+ETA = "eta"  # the learned synthetic learning rate
+SECONDS = "seconds"  # wall time of the beta trial's trainings
+WORKER = "worker"  # {"host", "pid"} of the process that runs the trial
+ERROR = "error"  # why the trial failed (counts as a failure of its point)
+INTERRUPTED = "interrupted"  # the trial was stopped (Ctrl-C, crash); not a failure of its point
+DUPLICATE_OF = "duplicate_of"  # an earlier live trial held the same point; this one never ran
+REPEAT_OF = "repeat_of"  # a TPE repeat of a finished point: that trial's value was recorded
+UNQUEUED = "unqueued"  # a trial another worker's claim left without a point; never ran
+
+#: Study attrs that some module reads, with the stages whose studies ``tune`` always writes them to
+#: (tests/test_records.py checks both against the code and a real run).
+STUDY_ATTRS_READ: dict[str, tuple[str, ...]] = {
+    UID: STAGES,
+    SETTINGS: STAGES,
+    DATASET: STAGES,
+    IPC: STAGES,
+    FIXED: STAGES,
+    FINAL: (ALPHA,),
+    TEST_ACCURACY: (ALPHA,),
+}
+#: Trial attrs that some module reads, with the stages whose finished trials carry them (real objectives).
+TRIAL_ATTRS_READ: dict[str, tuple[str, ...]] = {
+    ALPHA: (BETA,),  # 0: stage 1 scores the selection-only window
+    BETA: (ALPHA,),  # the fixed window start
+    WORKER: STAGES,
+    VAL_ACCURACY: STAGES,
+    RESULT_PATH: (ALPHA,),
+    ITERATIONS: (ALPHA,),
+}
+
+# ---- study names -----------------------------------------------------------------------------
+_NAME = re.compile(rf"^(?P<prefix>.+)-ipc(?P<ipc>[1-9][0-9]*)-(?P<stage>{'|'.join(STAGES)})$")
+
+
+@dataclass(frozen=True)
+class StudyName:
+    """The parts of a study name ``{prefix}-ipc{N}-{stage}``.
+
+    Attributes:
+        prefix: The study prefix (by default the dataset's path-safe name).
+        ipc: Images per class.
+        stage: ``"beta"`` or ``"alpha"``.
+    """
+
+    prefix: str
+    ipc: int
+    stage: str
+
+    def __str__(self) -> str:
+        return study_name(self.prefix, self.ipc, self.stage)
+
+
+def study_name(prefix: str, ipc: int, stage: str) -> str:
+    """The study of ``stage`` at ``ipc``, e.g. ``study_name("digits", 10, "alpha") == "digits-ipc10-alpha"``."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    return f"{prefix}-ipc{ipc}-{stage}"
+
+
+def parse_study_name(name: str) -> StudyName | None:
+    """The parts of a name :func:`study_name` made, or ``None`` for any other name.
+
+    The prefix is everything before the last ``-ipc{N}-``, so a prefix may
+    itself hold ``-ipc`` or digits.
+    """
+    match = _NAME.match(name)
+    if match is None:
+        return None
+    return StudyName(match["prefix"], int(match["ipc"]), match["stage"])
+
+
+def prefix_of(name: str) -> str:
+    """The prefix of one of our study names; any other name is its own prefix."""
+    parsed = parse_study_name(name)
+    return name if parsed is None else parsed.prefix
+
+
+# ---- the final record ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinalRecord:
+    """The final set of one IPC: stored in the alpha study's :data:`FINAL` attr.
+
+    ``tune`` writes every field; records written by hand (or by older
+    versions) may lack all but ``alpha`` and ``beta``.
+
+    Attributes:
+        alpha: The distillation portion of the set.
+        beta: The window start of the set.
+        trial: The alpha trial the set was continued from.
+        ipc: Images per class.
+        key: Hash of what shapes the set and its test score (a rerun with the same key reuses it).
+        result_path: The set on disk.
+        test_accuracy: ``{"mean", "std", "accuracies"}`` on the test split.
+        iterations: Distillation iterations of the set.
+        evaluation: How the test accuracy was measured (``{"runs", "steps", "model", "augment", "seconds"}``).
+        extra: Any other JSON-able fact the objectives returned.
+    """
+
+    alpha: float
+    beta: float
+    trial: int | None = None
+    ipc: int | None = None
+    key: str | None = None
+    result_path: str | None = None
+    test_accuracy: dict[str, Any] | None = None
+    iterations: int | None = None
+    evaluation: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored :data:`FINAL` dict (fields that are ``None`` are left out, ``extra`` inlined)."""
+        known = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**self.extra, **{k: v for k, v in known.items() if v is not None}}
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> FinalRecord:
+        """Inverse of :meth:`to_dict`; unknown keys go to ``extra``. ``KeyError`` without alpha or beta."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in record.items() if k in names}
+        return cls(**{**known, "alpha": float(record[ALPHA]), "beta": float(record[BETA])},
+                   extra={k: v for k, v in record.items() if k not in names})
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The study user attrs that record it: :data:`FINAL`, and each of its items but ``key`` beside it."""
+        record = self.to_dict()
+        return {**{k: v for k, v in record.items() if k != "key"}, FINAL: record}
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> FinalRecord | None:
+        """The record in a study's user attrs, or ``None`` when it has none (or one without alpha and beta)."""
+        record = attrs.get(FINAL)
+        if not isinstance(record, Mapping) or ALPHA not in record or BETA not in record:
+            return None
+        return cls.from_dict(record)
+
+
+__all__ = [
+    "ALPHA",
+    "BETA",
+    "STAGES",
+    "FinalRecord",
+    "StudyName",
+    "parse_study_name",
+    "prefix_of",
+    "study_name",
+]

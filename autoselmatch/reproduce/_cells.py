@@ -1,0 +1,84 @@
+"""Cells: the saved numbers of a run (one evaluation network, or one coverage measurement) and their keys."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import torch
+
+from ..config import RunConfig, to_dict
+from ..fileio import stable_hash
+from ._plan import ABLATION_SETS, Cell, Knobs, SetSpec
+from ._sets import BuiltSet, _Inputs, set_key
+
+
+def eval_cell_id(spec: SetSpec, seed: int, augment: str, default_augment: str) -> str:
+    """``{set}-ipc{N}-s{seed}``; ``{set}-ipc{N}-{augment}-s{seed}`` when not the config's augmentation."""
+    middle = "" if augment == default_augment else f"-{augment}"
+    return f"{spec.label}{middle}-s{seed}"
+
+
+def plan_cells(cfg: RunConfig, methods: Sequence[str], ipcs: Sequence[int], knobs: dict[int, Knobs], *, runs: int,
+               ablation_ipc: int | None, coverage: bool) -> list[Cell]:
+    """Every cell of the run: main table, ablation (at ``ablation_ipc``), coverage; no duplicates."""
+    seeds = [cfg.seed + k for k in range(runs)]
+    default = cfg.evaluate.augment
+    cells: dict[str, Cell] = {}
+
+    def add(spec: SetSpec, augment: str) -> None:
+        for seed in seeds:
+            cell_id = eval_cell_id(spec, seed, augment, default)
+            cells.setdefault(cell_id, Cell(cell_id, "eval", spec, seed, augment))
+
+    specs = [_spec(m, ipc, knobs) for m in methods if m != "full" for ipc in ipcs]
+    if "full" in methods:
+        specs.append(SetSpec("full", None))
+    for spec in specs:
+        add(spec, default)
+    if ablation_ipc is not None:
+        for name in ABLATION_SETS:
+            for augment in ("combined", "dsa"):
+                add(_spec(name, ablation_ipc, knobs), _ablation_augment(name, augment))
+    if coverage:
+        for spec in specs:
+            cell_id = f"coverage-{spec.label}"
+            cells[cell_id] = Cell(cell_id, "coverage", spec, cfg.seed)
+    return list(cells.values())
+
+
+def _ablation_augment(name: str, augment: str) -> str:
+    """Sets without D_select (alpha 1) get DSA on every image under ``combined`` too: one cell serves both rows."""
+    return "combined" if name in ("mtt", "mtt-init") else augment
+
+
+def _spec(name: str, ipc: int, knobs: dict[int, Knobs]) -> SetSpec:
+    return SetSpec(name, ipc, knobs.get(ipc))
+
+
+def cell_key(cell: Cell, cfg: RunConfig) -> str:
+    """Hash of what a cell's number depends on; a saved cell with another key is recomputed."""
+    evaluate = {k: v for k, v in to_dict(cfg.evaluate).items() if k not in ("runs", "stack_runs")}  # one network
+    parts = {"set": set_key(cell.set, cfg), "kind": cell.kind, "seed": cell.seed, "augment": cell.augment,
+             "evaluate": evaluate, "split": "test"}
+    if cell.set.name == "full" or cell.kind == "coverage":
+        parts["full_epochs"] = cfg.reproduce.full_epochs
+    return stable_hash(parts)
+
+
+def _eval_config(cfg: RunConfig, cell: Cell):
+    """The ``evaluate`` section for this cell: its augmentation, and the full-data budget for ``full``."""
+    ec = dataclasses.replace(cfg.evaluate, augment=cell.augment or cfg.evaluate.augment)
+    if cell.set.name == "full" and cfg.reproduce.full_epochs is not None:
+        ec = dataclasses.replace(ec, epochs=cfg.reproduce.full_epochs, steps=None)
+    return ec
+
+
+def run_eval_cell(inputs: _Inputs, cell: Cell, built: BuiltSet, device: torch.device) -> dict[str, Any]:
+    """Train one network on the set (seed ``cell.seed``) and measure its test accuracy."""
+    from ..evaluate import evaluate_set
+
+    result = evaluate_set(inputs.ds, built.images.to(device), built.labels.to(device),
+                          cfg=_eval_config(inputs.cfg, cell), distill_mask=built.distill_mask, split="test", runs=1,
+                          seed=cell.seed, device=device)
+    return {"accuracy": result.mean, "evaluation": result.to_dict()}

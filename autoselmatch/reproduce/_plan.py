@@ -1,0 +1,121 @@
+"""The plan of a reproduce run and its pieces: knobs, set specs, cells, and the result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig
+
+#: Sets of the ablation only: random init with the partial update (selection init off, partial update on).
+ABLATION_SETS = ("mtt", "mtt-init", "partial", "selmatch")
+#: (selection-based init, partial update) -> the set that has them (paper Table 3).
+ABLATION_GRID = {(False, False): "mtt", (True, False): "mtt-init", (False, True): "partial", (True, True): "selmatch"}
+NEEDS_ALPHA = frozenset({"merge", "selmatch", "partial"})
+NEEDS_BETA = frozenset({"window", "mtt-init", "merge", "selmatch"})
+DEFAULT_PREFIX = "reproduce"
+
+
+@dataclass(frozen=True)
+class ReproducePlan:
+    """What one ``bench reproduce`` run computes.
+
+    Args:
+        cfg: Run settings; ``evaluate`` is the protocol of every cell, ``reproduce``
+            the defaults (ratios, methods, full-data epochs, ablation IPC).
+        out: Output folder (cells, sets, tables).
+        ipcs: IPCs as integers (``"60"``) or shares of each class of the whole
+            training split (``"1%"``); empty: ``cfg.reproduce.ratios``.
+        methods: Methods of the main table (empty: ``cfg.reproduce.methods``).
+        runs: Seeds per (method, IPC): ``cfg.seed, cfg.seed + 1, ...``.
+        alphas: Given alpha: one value for every IPC, or one per IPC in the
+            order of ``ipcs`` (empty: read from ``storage`` or tuned).
+        betas: Given beta, same rules.
+        storage: Optuna storage URL holding finished tune studies (read only).
+        study_prefix: Studies are ``{prefix}-ipc{N}-beta|alpha`` (default: the
+            dataset name for ``storage``, ``reproduce`` for the studies tuned into OUT).
+        ablation: Also compute the ablation table.
+        coverage: Also compute the coverage table and figure.
+        only: Compute just this cell (recomputed even if it is saved).
+        preset: The preset as given on the command line (for the rerun commands;
+            default ``cfg.preset``).
+    """
+
+    cfg: RunConfig
+    out: Path
+    ipcs: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    runs: int = 3
+    alphas: tuple[float, ...] = ()
+    betas: tuple[float, ...] = ()
+    storage: str | None = None
+    study_prefix: str | None = None
+    ablation: bool = True
+    coverage: bool = True
+    only: str | None = None
+    preset: str | None = None
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """alpha and beta of one IPC, and where each came from (``given``, a study, or ``tuned``)."""
+
+    ipc: int
+    alpha: float | None = None
+    beta: float | None = None
+    alpha_source: str | None = None
+    beta_source: str | None = None
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    """One set to build: a method (or ``partial``) at one IPC with its knobs (``ipc`` None: ``full``)."""
+
+    name: str
+    ipc: int | None
+    knobs: Knobs | None = None
+
+    @property
+    def alpha(self) -> float | None:
+        return self.knobs.alpha if self.knobs is not None and self.name in NEEDS_ALPHA else None
+
+    @property
+    def beta(self) -> float | None:
+        return self.knobs.beta if self.knobs is not None and self.name in NEEDS_BETA else None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.ipc is None else f"{self.name}-ipc{self.ipc}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One saved number: an evaluation (``kind`` ``eval``) or a coverage measurement (``coverage``)."""
+
+    id: str
+    kind: str
+    set: SetSpec
+    seed: int
+    augment: str | None = None
+
+
+@dataclass
+class ReproduceResult:
+    """What :func:`reproduce` wrote, and how much it computed.
+
+    Attributes:
+        out: The output folder.
+        table_md: The main table in Markdown.
+        files: Name -> path of every output file.
+        computed: Cells computed by this call.
+        reused: Cells found finished on disk.
+        results: The content of ``results.json``.
+    """
+
+    out: Path
+    table_md: str
+    files: dict[str, Path]
+    computed: int
+    reused: int
+    results: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,138 @@
+"""The run: compute every missing cell of a plan, save each as it finishes, then write the tables."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..config import RunConfig
+from ..errors import InvalidArgument
+from ..fileio import save_json
+from ..runtime import LOG, progress, resolve_device
+from ._cells import cell_key, plan_cells, run_eval_cell
+from ._checks import _check_plan, resolve_ipcs
+from ._command import rerun_command
+from ._coverage import reference_network, run_coverage_cell
+from ._knobs import resolve_knobs
+from ._plan import NEEDS_ALPHA, NEEDS_BETA, Cell, ReproducePlan, ReproduceResult
+from ._sets import BuiltSet, _Inputs, load_or_build
+from ._tables import RunOutcome, write_outputs
+
+
+def reproduce(plan: ReproducePlan) -> ReproduceResult:
+    """Compute every missing cell of ``plan`` and write the tables (see :mod:`autoselmatch.reproduce`).
+
+    Raises:
+        InvalidArgument: An unknown method, an IPC or ratio out of range, a bad alpha/beta list, an unknown ``only``.
+        DataError: Unfinished studies in ``plan.storage``, unreadable data or score files.
+    """
+    from ..data import load_configured
+    from ..selection import class_sizes, max_beta
+
+    tokens, methods = _check_plan(plan)
+    cfg = plan.cfg
+    device = resolve_device(cfg.device)
+    ds = load_configured(cfg.data, device=device)
+    ipcs = resolve_ipcs(tokens, ds)
+    ablation_ipc = _ablation_ipc(cfg, ipcs) if plan.ablation else None
+    needs_knobs = bool(set(methods) & (NEEDS_ALPHA | NEEDS_BETA)) or ablation_ipc is not None
+    knobs = resolve_knobs(plan, ipcs, needs_knobs)
+    sizes = class_sizes(ds.train_labels, ds.train_index)
+    for knob in knobs.values():
+        if knob.beta is not None and knob.beta > max_beta(knob.ipc, sizes):
+            raise InvalidArgument(f"beta must be in [0, {max_beta(knob.ipc, sizes):.3f}] for ipc={knob.ipc} "
+                                  f"(1 - ipc / smallest class), got {knob.beta} ({knob.beta_source})")
+    cells = plan_cells(cfg, methods, ipcs, knobs, runs=plan.runs, ablation_ipc=ablation_ipc, coverage=plan.coverage)
+    if plan.only is not None and plan.only not in {c.id for c in cells}:
+        shown = ", ".join(c.id for c in cells[:6])
+        raise InvalidArgument(f"--only {plan.only!r} is not a cell of this run; cells are named like {shown}, ...")
+
+    out = plan.out
+    cells_dir, sets_dir = out / "cells", out / "sets"
+    inputs = _Inputs(ds, cfg)
+    if cfg.scores.file is not None:  # a given score file is cheap to read: a bad one fails before any cell runs
+        inputs.scores  # noqa: B018
+    records: dict[str, dict[str, Any]] = {}
+    todo = []
+    for cell in cells:
+        record = _load_cell(cells_dir / f"{cell.id}.json", cell_key(cell, cfg))
+        if record is not None and cell.id != plan.only:
+            records[cell.id] = record
+        elif plan.only is None or cell.id == plan.only:
+            todo.append(cell)
+    reused = len(records)
+    LOG.info("%d cells: %d finished, %d to compute", len(cells), reused, len(todo))
+
+    reference = None
+    for n, cell in enumerate(progress(todo, desc="reproduce cells", total=len(todo)), start=1):
+        started = time.perf_counter()
+        built = load_or_build(inputs, cell.set, sets_dir)
+        if cell.kind == "coverage":
+            reference = reference or reference_network(inputs, sets_dir, device)
+            outcome = run_coverage_cell(inputs, reference, built, device)
+        else:
+            outcome = run_eval_cell(inputs, cell, built, device)
+        record = _cell_record(plan, cell, cfg, outcome, built, time.perf_counter() - started)
+        save_json(record, cells_dir / f"{cell.id}.json")
+        records[cell.id] = record
+        LOG.info("cell %d/%d %s: %s (%.1f s)", n, len(todo), cell.id, _outcome_text(record), record["seconds"])
+
+    run = RunOutcome(dataset=ds.name, methods=methods, ipcs=ipcs, tokens=tokens, knobs=knobs, ablation_ipc=ablation_ipc,
+                     cells=cells, records=records, computed=len(todo), reused=reused)
+    return write_outputs(plan, run)
+
+
+def _ablation_ipc(cfg: RunConfig, ipcs: Sequence[int]) -> int:
+    wanted = cfg.reproduce.ablation_ipc
+    if wanted is None:
+        return max(ipcs)
+    if wanted not in ipcs:
+        raise InvalidArgument(f"reproduce.ablation_ipc must be one of this run's IPCs "
+                              f"({', '.join(map(str, ipcs))}), got {wanted}")
+    return wanted
+
+
+def _load_cell(path: Path, key: str) -> dict[str, Any] | None:
+    """A saved cell if it exists, parses and was made with the same settings; else None (it is recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        LOG.warning("cell file %s is unreadable; recomputing it", path)
+        return None
+    if record.get("key") != key:
+        LOG.warning("cell %s was made with other settings; recomputing it", path.stem)
+        return None
+    return record
+
+
+def _cell_record(plan: ReproducePlan, cell: Cell, cfg: RunConfig, outcome: dict[str, Any], built: BuiltSet,
+                 seconds: float) -> dict[str, Any]:
+    knobs = cell.set.knobs
+    return {
+        "id": cell.id,
+        "kind": cell.kind,
+        "method": cell.set.name,
+        "ipc": cell.set.ipc,
+        "seed": cell.seed,
+        "augment": cell.augment,
+        "alpha": cell.set.alpha,
+        "beta": cell.set.beta,
+        "alpha_source": knobs.alpha_source if knobs is not None and cell.set.alpha is not None else None,
+        "beta_source": knobs.beta_source if knobs is not None and cell.set.beta is not None else None,
+        **outcome,
+        "set": {k: v for k, v in built.settings.items() if k != "indices"},
+        "seconds": seconds,
+        "command": rerun_command(plan, only=cell.id),
+        "key": cell_key(cell, cfg),
+    }
+
+
+def _outcome_text(record: dict[str, Any]) -> str:
+    if record["kind"] == "coverage":
+        c = record["coverage"]
+        return f"coverage {c['coverage']:.3f} (easy {c['easy']:.3f}, hard {c['hard']:.3f})"
+    return f"test accuracy {100 * record['accuracy']:.2f} %"

@@ -1,0 +1,218 @@
+"""The contract between the pipeline and the objectives: one stage of one IPC.
+
+- :class:`StageContext`: what an objective knows about the study it runs in.
+- :class:`Objectives`: what the pipeline evaluates (the real one is
+  :class:`~._objectives.SelMatchObjectives`; tests inject synthetic ones),
+  built per process by an :data:`ObjectivesFactory`.
+- :func:`stage_settings`: every setting that shapes a trial's value, stored
+  in the study so that a rerun with other settings is refused.
+- :class:`TunePlan` and :class:`StageJob`: the checked inputs of a run and
+  one stage of it, picklable, so that any worker process (the pipeline's or
+  a spawned one, :mod:`._workers`) opens the same study and runs the same search.
+
+    job = StageJob(plan, ipc=10, stage="beta", strategy=strategy, fixed={}, trial_attrs={...})
+    study = job.open(storage)
+    job.controller(study, objectives.beta(job.context(plan.cfg, study))).run()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from .. import records
+from ..config import RunConfig, to_dict
+from ..errors import TrainingDiverged
+from ..records import study_name
+from ..storage import StorageSpec
+from ._controller import Objective, SearchController
+from ._pruners import build_pruner
+from ._search import SearchStrategy
+from ._storage import open_study
+
+#: Exceptions that fail one trial but let the study go on (divergence, out of memory).
+TRIAL_ERRORS: tuple[type[Exception], ...] = (TrainingDiverged, RuntimeError)
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What an objective needs to know about the study it runs in.
+
+    Attributes:
+        cfg: The run's settings.
+        ipc: Images per class.
+        study_name: The study, e.g. ``digits-ipc10-alpha``.
+        workdir: This study's folder for checkpoints and sets
+            (``{artifacts}/runs/{study_name}/{study uid}``: a study made anew,
+            e.g. in a fresh storage, never resumes another one's checkpoints).
+        artifacts: The artifact folder (an ``optuna.artifacts.FileSystemArtifactStore`` root).
+    """
+
+    cfg: RunConfig
+    ipc: int
+    study_name: str
+    workdir: Path
+    artifacts: Path
+
+    def artifact_store(self) -> optuna.artifacts.FileSystemArtifactStore:
+        from optuna.artifacts import FileSystemArtifactStore
+
+        return FileSystemArtifactStore(str(self.artifacts))
+
+
+class Objectives(Protocol):
+    """What the pipeline evaluates. Values are maximised (validation accuracy)."""
+
+    def max_beta(self, ipc: int) -> float:
+        """Largest feasible window start at ``ipc``."""
+
+    def beta(self, ctx: StageContext) -> Objective:
+        """``objective(beta, trial) -> score`` of stage 1."""
+
+    def alpha(self, ctx: StageContext, beta: float) -> Objective:
+        """``objective(alpha, trial) -> score`` of stage 2, beta fixed."""
+
+    def finish(self, ctx: StageContext, *, alpha: float, beta: float, trial: FrozenTrial,
+               study: optuna.Study) -> dict[str, Any]:
+        """Make and evaluate the final set from the best alpha ``trial`` of ``study``; JSON-able
+        facts for the study's :class:`~autoselmatch.records.FinalRecord` (``result_path``,
+        ``test_accuracy``, ...)."""
+
+
+ObjectivesFactory = Callable[[RunConfig], Objectives]
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------
+
+
+def trial_iterations(cfg: RunConfig) -> int:
+    """Distillation iterations of one alpha trial under ``cfg.tune.budget``."""
+    full = cfg.distill.iterations
+    if cfg.tune.budget == "paper" or cfg.tune.trial_iterations is None:
+        return full
+    return min(cfg.tune.trial_iterations, full)
+
+
+def stage_settings(cfg: RunConfig, stage: str, ipc: int) -> dict[str, Any]:
+    """Every setting that shapes a trial's value in ``stage`` (stored in the study; changes are refused)."""
+    data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("root", "download")}
+    # runs and stack_runs shape the final report only: trials train tune.beta_seeds / tune.alpha_seeds
+    # networks, and stacking them changes no network's training
+    evaluate = {k: v for k, v in to_dict(cfg.evaluate).items() if k not in ("runs", "stack_runs")}
+    common = {"stage": stage, "ipc": ipc, "seed": cfg.seed, "data": data, "scores": to_dict(cfg.scores),
+              "evaluate": evaluate}
+    if stage == records.BETA:
+        return {**common, "beta_seeds": cfg.tune.beta_seeds}
+    distill = {**to_dict(cfg.distill), "iterations": trial_iterations(cfg)}
+    return {**common, "experts": to_dict(cfg.experts), "distill": distill, "alpha_seeds": cfg.tune.alpha_seeds}
+
+
+def default_settings(stage: str, ipc: int) -> dict[str, Any]:
+    """:func:`stage_settings` of the built-in defaults: what a setting an older study lacks stood for."""
+    return stage_settings(RunConfig(), stage, ipc)
+
+
+# --------------------------------------------------------------------------------------------
+# A run and one of its stages, as every worker process sees them
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TunePlan:
+    """Checked inputs of one tune run (everything a worker process needs, picklable).
+
+    Attributes:
+        cfg: The run's settings.
+        ipcs: Images per class, ascending.
+        spec: The storage.
+        artifacts: The artifact folder.
+        prefix: Study prefix (see :func:`autoselmatch.records.study_name`).
+        workers: Processes per stage.
+        deadline: ``time.monotonic()`` after which no trial starts, or ``None``.
+        new_study: Replace existing studies.
+        force: Continue studies made with other settings.
+        factory: Builds the objectives in each process.
+    """
+
+    cfg: RunConfig
+    ipcs: list[int]
+    spec: StorageSpec
+    artifacts: Path
+    prefix: str
+    workers: int
+    deadline: float | None
+    new_study: bool
+    force: bool
+    factory: ObjectivesFactory
+
+
+def stage_context(plan: TunePlan, cfg: RunConfig, ipc: int, study: optuna.Study) -> StageContext:
+    """The context of ``study`` (its folder is named by the study's uid)."""
+    workdir = plan.artifacts / "runs" / study.study_name / study.user_attrs[records.UID]
+    return StageContext(cfg, ipc, study.study_name, workdir, plan.artifacts)
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """One stage of one IPC: enough for any worker process to rebuild and run it.
+
+    Attributes:
+        plan: The run.
+        ipc: Images per class.
+        stage: ``"beta"`` or ``"alpha"``.
+        strategy: The search over the stage's grid.
+        fixed: Knobs fixed during the stage (``{"beta": b}`` in stage 2).
+        trial_attrs: User attrs set on every trial.
+    """
+
+    plan: TunePlan
+    ipc: int
+    stage: str
+    strategy: SearchStrategy
+    fixed: dict[str, float]
+    trial_attrs: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return study_name(self.plan.prefix, self.ipc, self.stage)
+
+    def context(self, cfg: RunConfig, study: optuna.Study) -> StageContext:
+        return stage_context(self.plan, cfg, self.ipc, study)
+
+    def objective(self, objs: Objectives, ctx: StageContext) -> Objective:
+        """The stage's objective from ``objs``."""
+        return objs.beta(ctx) if self.stage == records.BETA else objs.alpha(ctx, self.fixed[records.BETA])
+
+    def max_trials(self) -> int | None:
+        return self.plan.cfg.tune.beta_trials if self.stage == records.BETA else self.plan.cfg.tune.alpha_trials
+
+    def open(self, storage: optuna.storages.BaseStorage, *, new_study: bool = False) -> optuna.Study:
+        tc = self.plan.cfg.tune
+        pruner = build_pruner(tc.pruner, startup_trials=tc.pruner_startup_trials, warmup_steps=tc.pruner_warmup_steps)
+        return open_study(storage, self.name, settings=stage_settings(self.plan.cfg, self.stage, self.ipc),
+                          sampler=self.strategy.sampler(), pruner=pruner, new_study=new_study, force=self.plan.force,
+                          defaults=default_settings(self.stage, self.ipc))
+
+    def controller(self, study: optuna.Study, objective: Objective) -> SearchController:
+        return SearchController(study, self.plan.spec, self.strategy, param=self.stage, objective=objective,
+                                max_trials=self.max_trials(), deadline=self.plan.deadline,
+                                max_failures=self.plan.cfg.tune.max_failures, catch=TRIAL_ERRORS,
+                                trial_attrs=self.trial_attrs)
+
+
+__all__ = [
+    "Objectives",
+    "ObjectivesFactory",
+    "StageContext",
+    "StageJob",
+    "TunePlan",
+    "stage_settings",
+    "study_name",
+    "trial_iterations",
+]

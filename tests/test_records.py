@@ -1,0 +1,223 @@
+"""The study record: names, the final record, and that every key a reader reads is one tune writes."""
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import optuna
+import pytest
+
+import autoselmatch
+from autoselmatch import records
+from autoselmatch.config import apply_overrides, load_preset
+from autoselmatch.records import FinalRecord, StudyName, parse_study_name, prefix_of, study_name
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+PACKAGE = Path(autoselmatch.__file__).parent
+#: Keys tune writes only when something happens: a trial fails, or --force replaces the settings.
+ON_EVENT = {"ERROR", "INTERRUPTED", "DUPLICATE_OF", "REPEAT_OF", "UNQUEUED", "SETTINGS_HISTORY"}
+
+
+# --------------------------------------------------------------------------------------------
+# Study names
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["digits", "fashion-mnist", "cifar-ipc10", "a-ipc3-x", "fm2", "123",
+                                    "x-ipc5-beta", "folder_pets"])
+@pytest.mark.parametrize("ipc", [1, 10, 250])
+@pytest.mark.parametrize("stage", records.STAGES)
+def test_study_names_round_trip(prefix, ipc, stage):
+    name = study_name(prefix, ipc, stage)
+    assert name == f"{prefix}-ipc{ipc}-{stage}"
+    assert parse_study_name(name) == StudyName(prefix, ipc, stage)
+    assert str(parse_study_name(name)) == name and prefix_of(name) == prefix
+
+
+@pytest.mark.parametrize("name", ["nope", "digits-ipc10", "digits-ipc0-beta", "digits-ipc-beta", "digits-ipcx-alpha",
+                                  "digits-ipc10-gamma", "-ipc10-beta", "digits-ipc10-alpha-copy", "digits-IPC10-beta"])
+def test_other_names_are_not_ours(name):
+    assert parse_study_name(name) is None
+    assert prefix_of(name) == name
+
+
+def test_an_unknown_stage_is_refused():
+    with pytest.raises(ValueError, match="stage must be one of beta, alpha, got 'gamma'"):
+        study_name("digits", 10, "gamma")
+
+
+# --------------------------------------------------------------------------------------------
+# The final record
+# --------------------------------------------------------------------------------------------
+
+FULL = {"result_path": "/runs/final.pt", "test_accuracy": {"mean": 0.8, "std": 0.01, "accuracies": [0.79, 0.81]},
+        "iterations": 400, "evaluation": {"runs": 2, "steps": 900, "model": "convnet", "augment": "dsa",
+                                          "seconds": 12.5},
+        "key": "abc123", "ipc": 10, "alpha": 0.6, "beta": 0.2, "trial": 3, "note": "from a later version"}
+
+
+def test_final_record_round_trips_through_study_attrs():
+    record = FinalRecord.from_dict(FULL)
+    assert (record.alpha, record.beta, record.trial, record.ipc, record.key) == (0.6, 0.2, 3, 10, "abc123")
+    assert record.result_path == "/runs/final.pt" and record.iterations == 400
+    assert record.extra == {"note": "from a later version"}  # unknown facts are kept, not dropped
+    assert record.to_dict() == FULL
+    attrs = record.to_attrs()
+    assert attrs[records.FINAL] == FULL and list(attrs)[-1] == records.FINAL  # written last
+    assert {k: v for k, v in attrs.items() if k != records.FINAL} == {k: v for k, v in FULL.items() if k != "key"}
+    assert FinalRecord.from_attrs(attrs) == record
+
+
+def test_final_record_round_trips_through_a_storage(tmp_path):
+    study = optuna.create_study(study_name=study_name("digits", 10, records.ALPHA),
+                                storage=f"sqlite:///{tmp_path / 's.db'}")
+    for key, value in FinalRecord.from_dict(FULL).to_attrs().items():
+        study.set_user_attr(key, value)
+    again = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 's.db'}")
+    assert FinalRecord.from_attrs(again.user_attrs) == FinalRecord.from_dict(FULL)
+
+
+def test_a_partial_final_record_keeps_what_it_has():
+    partial = {"alpha": 0.4, "beta": 0.6, "ipc": 7}  # written by hand or by an older version
+    record = FinalRecord.from_attrs({records.FINAL: partial})
+    assert record == FinalRecord(alpha=0.4, beta=0.6, ipc=7) and record.trial is None
+    assert record.to_dict() == partial
+
+
+@pytest.mark.parametrize("attrs", [{}, {records.FINAL: None}, {records.FINAL: "done"}, {records.FINAL: {"alpha": 0.5}},
+                                   {records.TEST_ACCURACY: {"mean": 0.8}}])
+def test_attrs_without_a_final_record_read_as_none(attrs):
+    assert FinalRecord.from_attrs(attrs) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Every key that is read is written
+# --------------------------------------------------------------------------------------------
+
+
+def _records_names(tree: ast.Module) -> set[str]:
+    """Names a module imported from autoselmatch.records (``from ..records import ALPHA``)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[-1] == "records":
+            names |= {alias.asname or alias.name for alias in node.names}
+    return names
+
+
+def _key(node: ast.AST, imported: set[str]) -> str | None:
+    """``records.X`` or an imported ``X`` -> "X"; a string literal -> "'literal'"; anything else -> None."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "records":
+        return node.attr
+    if isinstance(node, ast.Name) and node.id in imported and node.id.isupper():
+        return node.id
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return repr(node.value)
+    return None
+
+
+def _is_user_attrs(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "user_attrs"
+
+
+def _scan() -> dict[str, dict[str, set[str]]]:
+    """Per module of the package: the record keys it reads and writes.
+
+    Reads: ``x.user_attrs[K]``, ``x.user_attrs.get(K)``, ``K in x.user_attrs``, and any ``d[K]`` or
+    ``d.get(K)`` with a records key. Writes: ``set_user_attr(K, ...)``, ``user_attrs=`` dicts, dict
+    literal keys and ``d[K] = ...`` with a records key.
+    """
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        imported = _records_names(tree)
+        reads, writes = set(), set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Subscript):
+                key = _key(node.slice, imported)
+                if key is not None and (_is_user_attrs(node.value) or not key.startswith("'")):
+                    (writes if isinstance(node.ctx, ast.Store) else reads).add(key)
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+                key = _key(node.args[0], imported)
+                if key is None:
+                    continue
+                if node.func.attr == "set_user_attr":
+                    writes.add(key)
+                elif node.func.attr == "get" and (_is_user_attrs(node.func.value) or not key.startswith("'")):
+                    reads.add(key)
+            elif isinstance(node, ast.Compare) and len(node.comparators) == 1 and _is_user_attrs(node.comparators[0]):
+                key = _key(node.left, imported)
+                if key is not None:
+                    reads.add(key)
+            elif isinstance(node, ast.Dict):
+                writes |= {k for k in (_key(key, imported) for key in node.keys if key is not None)
+                           if k is not None and not k.startswith("'")}
+        found[str(path.relative_to(PACKAGE))] = {"reads": reads, "writes": writes}
+    return found
+
+
+def test_no_module_spells_a_study_attr_key_itself():
+    literals = {module: sorted(k for k in rw["reads"] | rw["writes"] if k.startswith("'"))
+                for module, rw in _scan().items() if module != "records.py"}
+    assert {m: keys for m, keys in literals.items() if keys} == {}
+
+
+def test_every_key_that_is_read_is_declared_and_written():
+    scan = _scan()
+    read = set().union(*(rw["reads"] for rw in scan.values()))
+    written = set().union(*(rw["writes"] for rw in scan.values()))
+    by_record = {records.FINAL} | {f.name for f in dataclasses.fields(FinalRecord)}  # FinalRecord.to_attrs
+    written |= {name for name, value in vars(records).items() if isinstance(value, str) and value in by_record}
+    keys = {getattr(records, name): name for name in read}
+    declared = set(records.STUDY_ATTRS_READ) | set(records.TRIAL_ATTRS_READ)
+    assert read - written == set()
+    assert {name for value, name in keys.items() if value not in declared} <= ON_EVENT
+    readers = ("report.py", "export/", "reproduce/", "cli/", "tune/_studies.py")
+    outside = set().union(*(rw["reads"] for m, rw in scan.items() if m.startswith(readers)))
+    assert {getattr(records, name) for name in outside} <= declared
+
+
+TINY = {
+    "scores.epochs": 1, "scores.networks": 1,
+    "experts.num_experts": 1, "experts.model.width": 8,
+    "distill.max_start_epoch": 2, "distill.syn_steps": 3, "distill.batch_syn": 20,
+    "distill.iterations": 4, "distill.eval_every": 2, "distill.checkpoint_every": 2,
+    "evaluate.model.width": 8, "evaluate.epochs": 10, "evaluate.runs": 1,
+    "tune.trial_iterations": 2, "tune.beta_seeds": 1, "tune.pruner": "none",
+    "tune.beta_grid": [0.2, 0.3], "tune.alpha_grid": [0.5, 0.6], "tune.beta_trials": 2, "tune.alpha_trials": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """A real tune of digits at IPC 5 on tiny budgets: the studies as a reader finds them."""
+    from autoselmatch.tune import tune
+
+    root = tmp_path_factory.mktemp("records")
+    cfg = apply_overrides(load_preset("digits"), {**TINY, "cache_dir": str(root / "cache"), "device": "cpu"})
+    url = f"sqlite:///{root / 'studies.db'}"
+    result = tune(cfg, [5], storage=url)
+    assert result.complete
+    return {stage: optuna.load_study(study_name=study_name("digits", 5, stage), storage=url)
+            for stage in records.STAGES} | {"result": result}
+
+
+@pytest.mark.slow
+def test_a_real_tune_writes_every_declared_key(tuned):
+    for key, stages in records.STUDY_ATTRS_READ.items():
+        for stage in stages:
+            assert key in tuned[stage].user_attrs, f"{stage} study lacks {key!r}"
+    for key, stages in records.TRIAL_ATTRS_READ.items():
+        for stage in stages:
+            done = [t for t in tuned[stage].trials if t.state == optuna.trial.TrialState.COMPLETE]
+            assert done and all(key in t.user_attrs for t in done), f"a finished {stage} trial lacks {key!r}"
+
+
+@pytest.mark.slow
+def test_a_real_tune_records_a_final_record_that_reads_back(tuned):
+    alpha = tuned[records.ALPHA]
+    final = FinalRecord.from_attrs(alpha.user_attrs)
+    assert final is not None and final.ipc == 5 and final.trial == alpha.best_trial.number
+    assert final.to_dict() == tuned["result"].ipcs[0].final == alpha.user_attrs[records.FINAL]
+    assert all(alpha.user_attrs[k] == v for k, v in final.to_attrs().items())
+    assert Path(final.result_path).is_file() and final.iterations == 4 and final.evaluation["runs"] == 1
+    assert parse_study_name(alpha.study_name) == StudyName("digits", 5, records.ALPHA)
