@@ -17,6 +17,8 @@ AUGMENTATIONS = ("none", "simple", "dsa", "combined")
 EXPERT_AUGMENTATIONS = ("none", "simple", "dsa")
 #: How ``distill.TrajectoryMatcher`` keeps the unrolled student graph (``distill.memory``).
 MEMORY_MODES = ("exact", "checkpoint", "tesla")
+#: Arithmetic of the unrolled student steps (``distill.precision``): strict fp32, TF32 tensor cores, bf16 autocast.
+DISTILL_PRECISIONS = ("fp32", "tf32", "bf16")
 #: Initial synthetic set (``distill.init``).
 DISTILL_INITS = ("window", "random")
 #: What students train on (``distill.mode``).
@@ -35,6 +37,7 @@ __all__ = [
     "COMPILE_MODES",
     "DISTILL_INITS",
     "DISTILL_MODES",
+    "DISTILL_PRECISIONS",
     "EXPORT_FORMATS",
     "EXPERT_AUGMENTATIONS",
     "MEMORY_MODES",

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from .choices import (AUGMENTATIONS, COMPILE_MODES, DISTILL_INITS, DISTILL_MODES, EXPERT_AUGMENTATIONS, MEMORY_MODES,
-                      REPRODUCE_METHODS, TUNE_BUDGETS)
+from .choices import (AUGMENTATIONS, COMPILE_MODES, DISTILL_INITS, DISTILL_MODES, DISTILL_PRECISIONS,
+                      EXPERT_AUGMENTATIONS, MEMORY_MODES, REPRODUCE_METHODS, TUNE_BUDGETS)
 from .data import check_image_size
 from .errors import InvalidArgument
 from .models import ModelSpec
@@ -160,6 +160,10 @@ class DistillConfig:
         lr_teacher: Initial eta.
         momentum: Momentum of both SGD optimizers.
         memory: ``exact``, ``checkpoint`` or ``tesla`` (see the distillation core).
+        precision: Arithmetic of the unrolled student steps: ``fp32`` (strict, no TF32),
+            ``tf32`` (TF32 tensor-core matmuls and convolutions; CUDA with compute capability
+            8.0+) or ``bf16`` (bfloat16 autocast of the student's forward passes; the student's
+            parameters, its steps and the gradients w.r.t. pixels and eta stay fp32).
         eval_every: Iterations between quick validation evaluations (0: never).
         checkpoint_every: Iterations between on-disk checkpoints (0: never).
         segment: Student steps per recomputed segment in ``checkpoint`` mode (0: ceil(sqrt(N))).
@@ -168,6 +172,9 @@ class DistillConfig:
         init: ``window`` (SelMatch's selection-based init) or ``random`` (class-balanced real samples).
         mode: ``selmatch`` (students train on D_select and D_distill) or ``merge`` (the paper's
             ablation: distil D_distill alone, then concatenate D_select).
+        coverage_every: Iterations between measurements of the set's coverage of the easy and
+            hard test halves (paper Figure 7; 0: never). The first measurement trains a reference
+            network on the whole training split (cached; see :mod:`autoselmatch.coverage`).
     """
 
     syn_steps: int = 55
@@ -180,6 +187,7 @@ class DistillConfig:
     lr_teacher: float = 0.001
     momentum: float = 0.5
     memory: str = "exact"
+    precision: str = "fp32"
     eval_every: int = 500
     checkpoint_every: int = 500
     segment: int = 0
@@ -187,12 +195,14 @@ class DistillConfig:
     dsa_strategies: str = "color_crop_cutout_flip_scale_rotate"
     init: str = "window"
     mode: str = "selmatch"
+    coverage_every: int = 0
 
     def __post_init__(self) -> None:
         _check_choice("distill.memory", self.memory, MEMORY_MODES)
+        _check_choice("distill.precision", self.precision, DISTILL_PRECISIONS)
         _check_choice("distill.init", self.init, DISTILL_INITS)
         _check_choice("distill.mode", self.mode, DISTILL_MODES)
-        for name in ("eval_every", "checkpoint_every", "segment"):
+        for name in ("eval_every", "checkpoint_every", "segment", "coverage_every"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"distill.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("syn_steps", "expert_epochs", "max_start_epoch", "batch_syn"):
@@ -209,9 +219,13 @@ class DistillConfig:
 class EvalConfig:
     """Training a fresh network on a (synthetic) set and measuring accuracy.
 
-    The budget is ``steps`` if set, else ``epochs`` if set, else the paper's
-    rule: 25 % of the optimizer steps of 200 epochs on the full training set.
-    ``quick_fraction`` of that budget is used by search objectives.
+    The budget is ``steps`` if set, else ``epochs`` if set, else
+    ``budget_fraction`` of the paper's rule: 25 % of the optimizer steps of
+    200 epochs on the full training set (SelMatch Table 1), the default of
+    ``bench reproduce`` and of tune's final evaluation. Search objectives
+    train for ``quick_fraction`` of that budget (the beta trials' networks
+    and the alpha trials' quick scores: 10-20 % of the final budget in the
+    paper's Appendix E), so the final budget and the trials' stay tied.
     ``compile`` runs the model through ``torch.compile`` (a one-off compile of
     about a minute; worth it for the long paper-budget evaluations on a GPU)
     in ``compile_mode``: ``default``, ``reduce-overhead`` (CUDA graphs: the
@@ -240,6 +254,7 @@ class EvalConfig:
     batch_size: int = 128
     augment: str = "combined"
     runs: int = 5
+    budget_fraction: float = 1.0
     quick_fraction: float = 0.15
     channels_last: bool = False
     amp: bool = False
@@ -251,6 +266,9 @@ class EvalConfig:
         _check_choice("evaluate.augment", self.augment, AUGMENTATIONS)
         _check_choice("evaluate.compile_mode", self.compile_mode, COMPILE_MODES)
         _check_range("evaluate.quick_fraction", self.quick_fraction, 0.0, 1.0)
+        if not 0.0 < self.budget_fraction <= 1.0:  # also refuses nan
+            raise InvalidArgument(f"evaluate.budget_fraction must be in (0, 1] (a share of the paper's budget), "
+                                  f"got {self.budget_fraction}")
         if self.runs < 1:
             raise InvalidArgument(f"evaluate.runs must be >= 1, got {self.runs}")
         if self.lr <= 0:
@@ -277,6 +295,8 @@ class TuneConfig:
         pruner: Optuna pruner of both stages: ``median``, ``successive-halving``, ``hyperband`` or ``none``.
         patience: Drops tolerated by the line search before it stops.
         beta_seeds: Seeds averaged per beta trial.
+        beta_augment: Training augmentation of the beta trials' networks on the
+            selection-only window (``dsa``: as the paper's sliding-window experiment).
         alpha_seeds: Networks averaged per quick validation accuracy of an alpha
             trial (more cost per evaluation, less noise between alphas).
         trial_iterations: Distillation iterations per alpha trial under the ``quick``
@@ -305,6 +325,7 @@ class TuneConfig:
     pruner: str = "median"
     patience: int = 0
     beta_seeds: int = 2
+    beta_augment: str = "dsa"
     alpha_seeds: int = 1
     trial_iterations: int | None = None
     beta_start: float | None = None
@@ -328,6 +349,7 @@ class TuneConfig:
         if self.beta_start is not None:
             _check_range("tune.beta_start", self.beta_start, 0.0, 1.0)
         _check_choice("tune.budget", self.budget, TUNE_BUDGETS)
+        _check_choice("tune.beta_augment", self.beta_augment, AUGMENTATIONS)
         for name in ("patience", "pruner_startup_trials", "pruner_warmup_steps"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"tune.{name} must be >= 0, got {getattr(self, name)}")
@@ -354,12 +376,15 @@ class ReproduceConfig:
         full_epochs: Epochs of the ``full`` row's networks on the whole training
             split (None: the evaluation budget rule applied to the full split).
         ablation_ipc: IPC of the ablation table (None: the largest IPC of the run).
+        barely_distilled: A distilled set whose final matching-loss ratio (end / start) stays
+            above this is marked "barely distilled" in the tables.
     """
 
     ratios: tuple[float, ...] = (0.01, 0.05, 0.1)
     methods: tuple[str, ...] = REPRODUCE_METHODS
     full_epochs: int | None = None
     ablation_ipc: int | None = None
+    barely_distilled: float = 0.8
 
     def __post_init__(self) -> None:
         for ratio in self.ratios:
@@ -371,6 +396,9 @@ class ReproduceConfig:
             raise InvalidArgument(f"reproduce.full_epochs must be >= 1, got {self.full_epochs}")
         if self.ablation_ipc is not None and self.ablation_ipc < 1:
             raise InvalidArgument(f"reproduce.ablation_ipc must be >= 1, got {self.ablation_ipc}")
+        if not self.barely_distilled > 0:  # also refuses nan
+            raise InvalidArgument(f"reproduce.barely_distilled must be > 0 (a ratio of final to initial matching "
+                                  f"loss), got {self.barely_distilled}")
 
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed's largest non-negative seed

@@ -13,8 +13,9 @@ group, see :func:`batch_plan`), DSA strategies are drawn on the host, and the
 loss is checked for NaN/inf once per epoch (or per ~50 steps for tiny sets).
 
 The budget (:func:`budget_steps`) is ``cfg.steps``, else ``cfg.epochs``
-passes over the set, else a named rule; ``paper`` is SelMatch's "25 % of the
-optimizer steps of 200 epochs on the full training set".
+passes over the set, else ``cfg.budget_fraction`` of a named rule; ``paper``
+is SelMatch's "25 % of the optimizer steps of 200 epochs on the full training
+set". Every :class:`EvalResult` states its steps as a share of that rule.
 
 Coverage (:func:`coverage`, SelMatch Sec. 3.2) is the fraction of real test
 samples that lie within radius r of some synthetic sample in a trained
@@ -79,7 +80,8 @@ def budget_steps(cfg: EvalConfig, *, n_set: int, n_full: int, fraction: float = 
     """Optimizer steps of one training run.
 
     Args:
-        cfg: Evaluation settings: ``steps`` wins, then ``epochs`` (passes over the set), then ``rule``.
+        cfg: Evaluation settings: ``steps`` wins, then ``epochs`` (passes over the set), then
+            ``budget_fraction`` of ``rule``.
         n_set: Images in the set being evaluated.
         n_full: Images in the full training set (used by the ``paper`` rule).
         fraction: Share of the budget to use, in (0, 1]; < 1 is the few-epoch mode of search objectives.
@@ -99,8 +101,19 @@ def budget_steps(cfg: EvalConfig, *, n_set: int, n_full: int, fraction: float = 
     elif cfg.epochs is not None:
         steps = cfg.epochs * (len(batch_bounds(n_set, cfg.batch_size)) - 1)
     else:
-        steps = BUDGET_RULES.get(rule)(n_set, n_full, cfg.batch_size)
+        steps = max(1, math.ceil(BUDGET_RULES.get(rule)(n_set, n_full, cfg.batch_size) * cfg.budget_fraction))
     return max(1, math.ceil(steps * fraction))
+
+
+def paper_share(steps: int, *, n_full: int, batch_size: int) -> float:
+    """``steps`` as a share of the paper's budget (:func:`paper_budget`) on a training set of ``n_full`` images."""
+    return steps / paper_budget(n_full, n_full, batch_size)
+
+
+def budget_text(steps: int, share: float | None) -> str:
+    """``"5575 steps per network = 25 % of the paper's budget"``: how tables and summaries state a budget."""
+    of_paper = "" if share is None else f" = {100 * share:.3g} % of the paper's budget"
+    return f"{steps} steps per network{of_paper}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,6 +357,8 @@ class EvalResult:
         seed: Seed of the first run.
         train_seconds: Wall time of each run, training and measuring (runs trained together share
             their group's time equally).
+        paper_share: ``steps`` as a share of the paper's budget rule on this dataset
+            (:func:`paper_share`; ``None`` in records written before it existed).
     """
 
     mean: float
@@ -360,6 +375,7 @@ class EvalResult:
     augment: str
     seed: int
     train_seconds: list[float] = field(default_factory=list)
+    paper_share: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -480,6 +496,7 @@ def evaluate_set(
         augment=cfg.augment,
         seed=seed,
         train_seconds=train_seconds,
+        paper_share=paper_share(steps, n_full=len(ds.train_labels), batch_size=cfg.batch_size),
     )
 
 
@@ -618,6 +635,7 @@ __all__ = [
     "batch_bounds",
     "batch_plan",
     "budget_steps",
+    "budget_text",
     "check_set",
     "coverage",
     "embed",
@@ -625,5 +643,6 @@ __all__ = [
     "model_coverage",
     "nearest_distances",
     "paper_budget",
+    "paper_share",
     "train_network",
 ]

@@ -3,9 +3,12 @@
 For every IPC that has studies (``{dataset}-ipc{N}-beta`` for stage 1,
 ``{dataset}-ipc{N}-alpha`` for stage 2) the page shows the beta curve, the
 alpha curve with pruned trials marked, the intermediate validation
-accuracies of every distillation trial (pruned ones dashed), the final test
-accuracy, the best set's image grid and the settings; above them, the
-optimal alpha and beta against IPC.
+accuracies of every distillation trial (pruned ones dashed), whether each
+distillation did anything (matching-loss ratio, eta and pixel change over
+iterations, and the coverage of the easy and hard test halves when
+``distill.coverage_every`` recorded it), the final test accuracy, the best
+set's image grid and the settings; above them, the optimal alpha and beta
+against IPC.
 
 plotly.js is embedded once in the page (no CDN), images are embedded as
 base64 PNG, so the file opens offline and can be mailed around::
@@ -16,7 +19,9 @@ Read from the studies (keys from :mod:`autoselmatch.records`): trial params
 (or user attrs) ``beta`` / ``alpha``, trial values and intermediate values; on
 the alpha study (or its best trial) the user attr ``test_accuracy`` (a
 number, or ``{"mean", "std"}``); each study's ``settings``; and the
-``*grid.png`` artifact of the study (``best-grid.png``) or of its best trial.
+``*grid.png`` artifact of the study (``best-grid.png``) or of its best trial;
+the activity record (:mod:`autoselmatch.synset`) of the set files that the
+alpha trials' ``result_path`` and the final record's name, where they exist.
 """
 
 from __future__ import annotations
@@ -34,9 +39,10 @@ from . import records
 from ._version import __version__
 from .errors import DataError
 from .fileio import save_text
-from .records import ALPHA, BETA, STAGES, parse_study_name
+from .records import ALPHA, BETA, STAGES, FinalRecord, parse_study_name
 from .runtime import LOG
 from .storage import artifact_dir_of, close_storage, open_existing_storage, safe_name
+from .synset import SyntheticSet
 
 if TYPE_CHECKING:
     import optuna
@@ -175,6 +181,30 @@ def _grid_image(group: IpcStudies, storage: "optuna.storages.BaseStorage", art_d
     return None
 
 
+def _activity(path: Any) -> list[dict[str, Any]]:
+    """The activity record of the set file at ``path`` (empty when there is no such readable file)."""
+    if not isinstance(path, str) or not Path(path).is_file():
+        return []
+    try:
+        return SyntheticSet.load(path).activity
+    except DataError as exc:
+        LOG.warning("no activity record from %s: %s", path, exc)
+        return []
+
+
+def _activities(group: IpcStudies) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(label, activity record) of every alpha trial's set and of the final set that has one."""
+    found = []
+    for t in _trials(group.alpha, "COMPLETE", "PRUNED", "FAIL"):
+        alpha = _knob(t, ALPHA)
+        label = f"trial {t.number}" + (f", alpha={alpha:g}" if alpha is not None else "")
+        found.append((label, _activity(t.user_attrs.get(records.RESULT_PATH))))
+    final = FinalRecord.from_attrs(group.alpha.user_attrs) if group.alpha is not None else None
+    if final is not None:
+        found.append((f"final set, alpha={final.alpha:g}", _activity(final.result_path)))
+    return [(label, points) for label, points in found if points]
+
+
 # --------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------
@@ -229,6 +259,42 @@ def _intermediate_figure(study: "optuna.Study", ipc: int) -> "go.Figure":
             line=dict(dash="dash", color="#d62728") if pruned else None,
         ))
     return _layout(fig, f"IPC {ipc}, stage 2: intermediate validation accuracy", "step", "validation accuracy")
+
+
+ACTIVITY_PANELS = (("loss_ratio", "loss ratio (end / start)"), ("eta", "eta"),
+                   ("pixel_change", "pixel change (std units)"))
+COVERAGE_PANELS = (("coverage_easy", "coverage, easy half"), ("coverage_hard", "coverage, hard half"))
+
+
+def activity_figure(series: list[tuple[str, list[dict[str, Any]]]], title: str) -> "go.Figure":
+    """Whether distillations did anything: one panel per activity quantity against iteration, one line per set.
+
+    Args:
+        series: (label, activity record) per set (see :mod:`autoselmatch.synset`).
+        title: The figure's title.
+
+    Coverage panels (easy and hard test halves) are added when some record holds them.
+    """
+    import plotly.graph_objects as go
+    from plotly.colors import DEFAULT_PLOTLY_COLORS
+    from plotly.subplots import make_subplots
+
+    panels = list(ACTIVITY_PANELS)
+    panels += [p for p in COVERAGE_PANELS if any(p[0] in point for _, points in series for point in points)]
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.04,
+                        subplot_titles=[name for _, name in panels])
+    for k, (label, points) in enumerate(series):
+        colour = DEFAULT_PLOTLY_COLORS[k % len(DEFAULT_PLOTLY_COLORS)]
+        for row, (key, _) in enumerate(panels, start=1):
+            shown = [p for p in points if p.get(key) is not None]
+            if shown:
+                fig.add_trace(go.Scatter(x=[p["iteration"] for p in shown], y=[p[key] for p in shown],
+                                         mode="lines+markers", name=label, legendgroup=label, showlegend=row == 1,
+                                         line=dict(color=colour)), row=row, col=1)
+    _layout(fig, title, "", "")
+    fig.update_xaxes(title_text="iteration", row=len(panels), col=1)
+    fig.update_layout(height=220 * len(panels) + 120)
+    return fig
 
 
 def _accuracy_figure(group: IpcStudies) -> "go.Figure | None":
@@ -299,6 +365,14 @@ def _ipc_section(group: IpcStudies, storage: "optuna.storages.BaseStorage", art_
     if group.alpha is not None:
         parts.append(_figure_html(_curve_figure(group.alpha, ALPHA, group.ipc), f"ipc{group.ipc}-alpha"))
         parts.append(_figure_html(_intermediate_figure(group.alpha, group.ipc), f"ipc{group.ipc}-steps"))
+        activities = _activities(group)
+        if activities:
+            fig = activity_figure(activities, f"IPC {group.ipc}, stage 2: did the distillation move the set?")
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"ipc{group.ipc}-activity",
+                                     config={"displaylogo": False, "responsive": True}))
+        else:
+            parts.append('<p class="note">No activity record found (no readable set file of a distillation '
+                         'trial for this IPC).</p>')
     accuracy = _accuracy_figure(group)
     if accuracy is not None:
         parts.append(_figure_html(accuracy, f"ipc{group.ipc}-test"))
@@ -341,4 +415,4 @@ def _page(dataset: str, storage: str, overview: str, sections: list[str]) -> str
     ])
 
 
-__all__ = ["IpcStudies", "build_report", "find_studies"]
+__all__ = ["IpcStudies", "activity_figure", "build_report", "find_studies"]

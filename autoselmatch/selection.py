@@ -300,12 +300,12 @@ def window_accuracy(
     seeds: int = 1,
     seed: int = 0,
     epoch_callback: Callable[..., None] | None = None,
+    augment: str | None = None,
 ) -> "EvalResult":
     """Validation accuracy of networks trained from scratch on the window at ``beta`` (alpha = 0).
 
     This is stage 1 of the tuning (and one point of the paper's Figure 3):
-    the window's real images only, simple augmentation (crop + flip), scored
-    on the validation split.
+    the window's real images only, scored on the validation split.
 
     Args:
         ds: The dataset; the window is drawn from ``ds.train_index``.
@@ -317,13 +317,17 @@ def window_accuracy(
         seeds: Networks trained (each with its own seed) and averaged.
         seed: Seed of the first network.
         epoch_callback: Passed to the evaluation engine (pruning, progress).
+        augment: Training augmentation (``dsa`` in the tune's beta stage); ``None``: simple
+            (crop + flip), or none when ``cfg.augment`` is ``none``.
     """
     from .evaluate import evaluate_set
 
     window = select_window(scores, ds.train_labels, ds.train_index, ipc=ipc, beta=beta)
     images = ds.train_images[window.indices]  # (K * ipc, C, H, W) uint8
     labels = window.labels(ds)
-    cfg = dataclasses.replace(cfg, augment="simple") if cfg.augment != "none" else cfg
+    if augment is None:
+        augment = "simple" if cfg.augment != "none" else "none"
+    cfg = dataclasses.replace(cfg, augment=augment)
     return evaluate_set(ds, images, labels, cfg=cfg, distill_mask=window.distill_mask, split="val",
                         runs=seeds, fraction=fraction, seed=seed, epoch_callback=epoch_callback)
 

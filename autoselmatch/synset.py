@@ -33,10 +33,33 @@ else is refused). ``n`` images of shape (C, H, W)::
                   trial artifact carries instead of loss_history/evals
     indices       int64 (n,) or (0,), optional: training-set index each row started from
     iterations    int, optional: distillation iterations completed
+    activity      list of dicts, optional: whether the distillation did anything, one
+                  dict at the start, at each evaluation or coverage point and at the end
+                  (see below)
 
 Other keys (``alpha``, ``config``, ...) are allowed and ignored. ``distill``
 writes every key above except ``pixels`` and ``curves``; the smallest valid
 file holds ``images`` and ``labels``.
+
+The activity record
+-------------------
+
+Each entry of ``activity`` describes the run up to one iteration::
+
+    iteration      int, iterations completed
+    loss_ratio     float or None: :func:`loss_ratio` of the losses so far, the mean
+                   matching loss of the last w iterations over that of the first w
+                   (None before the first iteration)
+    eta            float, the learned student learning rate
+    pixel_change   float, mean |x - x0| over the D_distill pixels, x0 their initial
+                   values; in normalised space, where one unit is one std of the data
+                   (0 when there is no D_distill; D_select rows never count)
+    coverage_easy  float, optional (``distill.coverage_every``): coverage of the easy
+    coverage_hard  and hard halves of the test set (:mod:`autoselmatch.coverage`)
+    coverage       float, optional: coverage of the whole test set
+
+A loss ratio near 1 and a pixel change near 0 mean the distillation barely
+moved the set.
 
 Example::
 
@@ -59,6 +82,23 @@ import torch
 
 from .errors import DataError
 from .fileio import load_torch, save_torch
+
+ACTIVITY_WINDOW = 10
+"""w of :func:`loss_ratio` at most: iterations averaged at each end of the loss history."""
+
+
+def loss_ratio(losses: Sequence[float], window: int = ACTIVITY_WINDOW) -> float | None:
+    """Mean of the last w losses over the mean of the first w, w = max(1, min(window, len(losses) // 2)).
+
+    The two windows never overlap once there are two losses, so one noisy
+    iteration does not decide the ratio. None for an empty history (or a
+    start of 0).
+    """
+    if not len(losses):
+        return None
+    w = max(1, min(window, len(losses) // 2))
+    start = float(np.mean(losses[:w]))
+    return float(np.mean(losses[-w:])) / start if start else None
 
 
 def from_pixels(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -95,6 +135,8 @@ class SyntheticSet:
         evals: (iteration, quick validation accuracy) pairs.
         indices: int64 (n,) training-set index each row was initialised from.
         iterations: Distillation iterations completed.
+        activity: The activity record (see the module docstring): one dict at the start,
+            at each evaluation or coverage point and at the end, oldest first.
     """
 
     images: torch.Tensor
@@ -110,6 +152,7 @@ class SyntheticSet:
     evals: list[tuple[int, float]] = field(default_factory=list)
     indices: torch.Tensor | None = None
     iterations: int = 0
+    activity: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -128,6 +171,13 @@ class SyntheticSet:
         if self.evals:
             curves["evals"] = [[i, a] for i, a in self.evals]
         return curves
+
+    @property
+    def loss_ratio(self) -> float | None:
+        """The final matching-loss ratio: the last activity entry's, else :func:`loss_ratio` of the loss history."""
+        if self.activity:
+            return self.activity[-1].get("loss_ratio")
+        return loss_ratio(self.loss_history)
 
     def to_pixels(self) -> torch.Tensor:
         """uint8 (n, C, H, W) pixels (on the images' device): the images mapped back through the normalisation."""
@@ -164,6 +214,7 @@ class SyntheticSet:
             "evals": [[int(i), float(a)] for i, a in self.evals],
             "indices": (self.indices if self.indices is not None else torch.zeros(0, dtype=torch.long)).cpu(),
             "iterations": int(self.iterations),
+            "activity": [dict(point) for point in self.activity],
         })
         return {k: v for k, v in blob.items() if v is not None}
 
@@ -228,6 +279,7 @@ class SyntheticSet:
             evals=[(int(i), float(a)) for i, a in _as_list(evals if evals is not None else curves.get("evals", ()))],
             indices=indices.cpu() if isinstance(indices, torch.Tensor) and len(indices) else None,
             iterations=int(blob.get("iterations", 0)),
+            activity=_activity(blob.get("activity"), source),
         )
         out.check(source)
         return dataclasses.replace(out, labels=out.labels.long())
@@ -261,6 +313,16 @@ def _as_list(value: Any) -> list:
     return value.tolist() if isinstance(value, (torch.Tensor, np.ndarray)) else list(value)
 
 
+def _activity(value: Any, source: str) -> list[dict[str, Any]]:
+    """The stored activity record (absent in files before it existed: empty), checked and made plain numbers."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or not all(isinstance(p, Mapping) and "iteration" in p for p in value):
+        raise DataError(f"{source}: 'activity' must be a list of dicts with an 'iteration' each")
+    return [{str(k): (int(v) if k == "iteration" else None if v is None else float(v)) for k, v in point.items()}
+            for point in value]
+
+
 def _json_dict(value: Any, name: str, source: str) -> dict[str, Any]:
     """A dict stored as a JSON string (or as a dict), made plain JSON (tensors become lists)."""
     if value is None:
@@ -284,4 +346,4 @@ def json_default(value: Any) -> Any:
     return str(value)
 
 
-__all__ = ["SyntheticSet", "from_pixels", "json_default", "to_pixels"]
+__all__ = ["ACTIVITY_WINDOW", "SyntheticSet", "from_pixels", "json_default", "loss_ratio", "to_pixels"]

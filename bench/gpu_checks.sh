@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Every GPU check the issues ask for, as one prepared run for a lent H100/H200
-# (about 12 minutes in all, more than one 10-minute device call: the first
-# check, the open one, takes up to 9, so run it alone or with smoke). Writes logs
-# and JSON under $OUT (default bench/out/gpu).
+# (about 13 minutes in all, more than one 10-minute device call). Estimated
+# durations on an H100/H200: evaluate 4-6 min (cap 540 s: two torch.compile
+# warm-ups), smoke 1-2 min (cap 150 s), precision about 1 min (cap 150 s),
+# distill 1-2 min, experts 2-4 min. `evaluate smoke precision` is the one-call
+# set (about 6-9 min); every check's cap is also cut to what is left of
+# GPU_CHECKS_BUDGET seconds (default 580) since the start, so the script ends
+# inside a 10-minute call whatever runs long, and a check with no time left is
+# skipped and says so. Writes logs and JSON under $OUT (default bench/out/gpu).
 #
-#   bash bench/gpu_checks.sh                    # every check, from the repository root
-#   bash bench/gpu_checks.sh evaluate smoke     # some: evaluate, smoke, distill, experts
+#   bash bench/gpu_checks.sh                             # every check, from the repository root
+#   bash bench/gpu_checks.sh evaluate smoke precision    # some: evaluate, smoke, precision, distill, experts
 #
 # Needs torch on the machine; the package is used from the source tree.
 set -uo pipefail
@@ -14,23 +19,32 @@ mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 AUTOSELMATCH_NO_PROGRESS=1
 DATA=${AUTOSELMATCH_GPU_DATA:-.gpudata}   # holds fashion-mnist/*.gz (idx files)
 CACHE=$(mktemp -d)
-CHECKS=" ${*:-evaluate smoke distill experts} "
+CHECKS=" ${*:-evaluate smoke precision distill experts} "
 for check in $CHECKS; do
-  case $check in evaluate|smoke|distill|experts) ;; *) echo "unknown check '$check' (evaluate, smoke, distill, experts)" >&2; exit 2;; esac
+  case $check in evaluate|smoke|precision|distill|experts) ;;
+    *) echo "unknown check '$check' (evaluate, smoke, precision, distill, experts)" >&2; exit 2;; esac
 done
 want() { [[ $CHECKS == *" $1 "* ]]; }
+BUDGET=${GPU_CHECKS_BUDGET:-580}
+# cap SECONDS: the smaller of SECONDS and what is left of the budget (0: no time left)
+cap() { local left=$((BUDGET - SECONDS)); (( left < 20 )) && left=0; echo $(( left < $1 ? left : $1 )); }
+run_for() {  # run_for NAME SECONDS CMD...: run CMD under `timeout`, or say that no time is left
+  local name=$1 limit; limit=$(cap "$2"); shift 2
+  if (( limit == 0 )); then echo "skipped $name: no time left of GPU_CHECKS_BUDGET=$BUDGET s"; return 0; fi
+  timeout "$limit" "$@"
+}
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 
 if want evaluate; then
   echo "== 1. evaluation engine speed (issue 3): ResNet-18, 10,000 images; eager, compile, CUDA graphs"
-  timeout 540 python bench/evaluate_speed.py --gpu --json "$OUT/evaluate_speed_gpu.json" 2>&1 | tee "$OUT/evaluate_speed.log"
+  run_for evaluate 540 python bench/evaluate_speed.py --gpu --json "$OUT/evaluate_speed_gpu.json" 2>&1 | tee "$OUT/evaluate_speed.log"
 fi
 
 if want smoke; then
   echo "== 2. CUDA smoke: experts, distill (3 memory modes), evaluate on digits"
-  timeout 150 bash -c "
+  run_for smoke 150 bash -c "
     asm() { python -m autoselmatch --device cuda --seed 0 \"\$@\"; }
     asm experts -d digits --cache-dir $CACHE &&
     for mode in exact checkpoint tesla; do
@@ -42,19 +56,27 @@ if want smoke; then
   echo "smoke exit: ${PIPESTATUS[0]}" | tee -a "$OUT/smoke.log"
 fi
 
+if want precision; then
+  echo "== 3. distillation precision (issue 18): fp32 / tf32 / bf16 x exact / checkpoint / tesla, CIFAR-100 geometry;"
+  echo "   time per iteration, gradient agreement with fp32, FLOPs (FlopCounterMode) and the share of the dense peak"
+  run_for precision 150 python bench/distill_speed.py --device cuda --width 128 --image-size 32 --classes 100 \
+      --ipc 100 --batch 125 --syn-steps 55 --iterations 3 --threads 4 --modes exact checkpoint tesla \
+      --precision fp32 tf32 bf16 --no-memory --json "$OUT/distill_precision_gpu.json" 2>&1 | tee "$OUT/distill_precision.log"
+fi
+
 if want distill; then
-  echo "== 3. distillation speed and memory (issue 6): CIFAR-100 geometry"
-  timeout 200 python bench/distill_speed.py --device cuda --width 128 --image-size 32 --classes 100 --ipc 100 \
+  echo "== 4. distillation speed and memory (issue 6): CIFAR-100 geometry"
+  run_for distill 200 python bench/distill_speed.py --device cuda --width 128 --image-size 32 --classes 100 --ipc 100 \
       --batch 125 --syn-steps 55 --iterations 3 --threads 4 --json "$OUT/distill_speed_gpu.json" 2>&1 | tee "$OUT/distill_speed.log"
 fi
 
 if want experts; then
-  echo "== 4. experts on Fashion-MNIST and the memory of loading them (issue 5)"
+  echo "== 5. experts on Fashion-MNIST and the memory of loading them (issue 5)"
   if [ -d "$DATA/fashion-mnist" ]; then
-    timeout 240 python -m autoselmatch --device cuda --seed 0 experts -d fashion-mnist --data-root "$DATA" \
+    run_for experts 240 python -m autoselmatch --device cuda --seed 0 experts -d fashion-mnist --data-root "$DATA" \
         --cache-dir "$CACHE" --output json > "$OUT/experts_fmnist.json" 2> "$OUT/experts_fmnist.err"
     echo "experts exit: $?"; tail -n 5 "$OUT/experts_fmnist.err"
-    timeout 60 python bench/experts_memory.py rss --dir "$CACHE"/experts/fashion-mnist-* 2>&1 | tee "$OUT/experts_memory.log"
+    run_for experts-memory 60 python bench/experts_memory.py rss --dir "$CACHE"/experts/fashion-mnist-* 2>&1 | tee "$OUT/experts_memory.log"
   else
     echo "skipped: no $DATA/fashion-mnist"
 fi

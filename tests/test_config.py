@@ -22,7 +22,7 @@ def test_every_preset_loads():
     for name in names:
         cfg = load_preset(name)
         assert cfg.preset == name
-        assert cfg.data.name == name
+        assert name == cfg.data.name or name.startswith(cfg.data.name + "-")  # e.g. fashion-mnist-active
 
 
 def test_paper_values_in_cifar100_preset():
@@ -129,3 +129,11 @@ def test_settings_refused_when_resolved(overrides, message):
 def test_devices_accepted_when_resolved():
     for device in ("auto", "cpu", "cuda", "cuda:1", "mps"):
         assert apply_overrides(load_preset("digits"), {"device": device}).device == device
+
+
+def test_active_fashion_preset_matches_five_expert_steps_per_student_step():
+    # configs/fashion-mnist-active.toml: M rows x snapshot_every SGD steps = 5 x N (its header says 5:1).
+    cfg = load_preset("configs/fashion-mnist-active.toml")
+    expert_steps = cfg.distill.expert_epochs * cfg.experts.snapshot_every
+    assert expert_steps == 5 * cfg.distill.syn_steps
+    assert cfg.data.name == "fashion-mnist" and cfg.distill.lr_img == 1000.0

@@ -1,4 +1,4 @@
-"""Tests of the distillation core (autoselmatch/distill.py) and `autoselmatch distill`, on digits."""
+"""Tests of the distillation core (autoselmatch/distill/) and `autoselmatch distill`, on digits."""
 
 import json
 import math
@@ -511,3 +511,86 @@ def test_a_checkpoint_of_the_previous_release_resumes_bit_for_bit(digits, expert
     assert resumed.loss_history == whole.loss_history
     assert torch.equal(resumed.images, whole.images) and resumed.eta == whole.eta
     assert load_torch(tmp_path / CHECKPOINT_FILE)["iteration"] == 4
+
+
+# --------------------------------------------------------------------------------------------
+# The activity record: whether a distillation did anything
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_activity_record_has_every_key_at_the_evaluation_points(digits, experts, expert_cache, scores):
+    from autoselmatch.synset import loss_ratio
+
+    cfg = make_cfg(expert_cache, **{"distill.iterations": 6, "distill.eval_every": 4})
+    evaluations = []
+
+    def evaluator(images, labels, mask):
+        evaluations.append(len(labels))
+        return 0.5
+
+    result = selmatch(digits, cfg, ipc=8, alpha=0.5, beta=0.1, scores=scores, experts=experts, evaluator=evaluator)
+    assert [p["iteration"] for p in result.activity] == [0, 4, 6]  # the start, every eval_every, the end
+    for point in result.activity:
+        assert set(point) == {"iteration", "loss_ratio", "eta", "pixel_change"}  # no coverage unless asked
+    start, four, end = result.activity
+    assert start == {"iteration": 0, "loss_ratio": None, "eta": pytest.approx(cfg.distill.lr_teacher),
+                     "pixel_change": 0.0}
+    assert four["loss_ratio"] == pytest.approx(loss_ratio(result.loss_history[:4]))  # last 2 over first 2
+    assert end["loss_ratio"] == pytest.approx(sum(result.loss_history[-3:]) / sum(result.loss_history[:3]))
+    assert end["eta"] == pytest.approx(result.eta) and result.loss_ratio == end["loss_ratio"]
+    initial = digits.normalize(digits.train_images[result.indices])  # pixels in std units
+    moved = (result.images - initial).abs()[result.distill_mask]  # D_select rows excluded
+    assert end["pixel_change"] == pytest.approx(float(moved.mean()), rel=1e-5) and end["pixel_change"] > 0
+    assert 0 < four["pixel_change"]
+    again = SyntheticSet.from_dict(result.to_dict())
+    assert again.activity == result.activity
+
+
+def test_alpha_zero_records_no_change(digits, scores, tmp_path):
+    result = selmatch(digits, make_cfg(tmp_path / "empty-cache"), ipc=6, alpha=0.0, beta=0.3, scores=scores)
+    assert result.activity == [{"iteration": 0, "loss_ratio": None, "eta": 0.01, "pixel_change": 0.0}]
+    assert result.loss_ratio is None
+
+
+def test_an_extended_run_keeps_its_activity_record_across_resume(digits, experts, expert_cache, scores, tmp_path):
+    cfg = make_cfg(expert_cache, **{"distill.iterations": 4, "distill.eval_every": 2, "distill.checkpoint_every": 2})
+    first = selmatch(digits, cfg, ipc=8, alpha=0.5, beta=0.1, scores=scores, experts=experts,
+                     evaluator=lambda *a: 0.5, checkpoint_dir=tmp_path)
+    longer = make_cfg(expert_cache, **{"distill.iterations": 6, "distill.eval_every": 2, "distill.checkpoint_every": 2,
+                                       "distill.coverage_every": 0})
+    second = selmatch(digits, longer, ipc=8, alpha=0.5, beta=0.1, scores=scores, experts=experts,
+                      evaluator=lambda *a: 0.5, checkpoint_dir=tmp_path, resume=True)
+    assert [p["iteration"] for p in first.activity] == [0, 2, 4]
+    assert second.activity[:3] == first.activity and [p["iteration"] for p in second.activity] == [0, 2, 4, 6]
+
+
+def test_coverage_every_records_easy_and_hard_coverage(digits, experts, expert_cache, scores, tmp_path):
+    # experts are passed in; the private cache holds only the coverage reference network
+    cfg = make_cfg(tmp_path / "cache", **{"distill.iterations": 4, "distill.coverage_every": 2, "evaluate.steps": 20})
+    result = selmatch(digits, cfg, ipc=8, alpha=0.5, beta=0.1, scores=scores, experts=experts)
+    assert [p["iteration"] for p in result.activity] == [0, 2, 4]
+    for point in result.activity:
+        assert {"coverage", "coverage_easy", "coverage_hard"} <= set(point)
+        assert 0 <= point["coverage_easy"] <= 1 and 0 <= point["coverage_hard"] <= 1
+    cached = list((tmp_path / "cache" / "coverage").glob("reference-digits-*.pt"))
+    assert len(cached) == 1  # the reference network is trained once and cached
+
+    from autoselmatch.coverage import distill_reference, set_coverage
+
+    reference = distill_reference(digits, cfg, torch.device("cpu"))
+    now = set_coverage(reference, result.images)
+    assert result.activity[-1]["coverage_easy"] == pytest.approx(now.easy)
+    assert result.activity[-1]["coverage_hard"] == pytest.approx(now.hard)
+
+
+def test_cli_prints_the_activity_summary(experts, expert_cache, tmp_path):
+    import re
+
+    result = CliRunner().invoke(cli, ["--device", "cpu", "distill", "-d", "digits", "--cache-dir", str(expert_cache),
+                                      *CLI_SET, "--ipc", "4", "--alpha", "1", "--init", "random", "--iterations", "3",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("activity: "))
+    assert re.fullmatch(r"activity: loss ratio \d\.\d{3} \(end / start\), eta \S+, pixel change \d\.\d{4} std", line)
+    saved = SyntheticSet.load(tmp_path / "run" / "result.pt")
+    assert f"loss ratio {saved.loss_ratio:.3f}" in line and saved.activity[-1]["iteration"] == 3

@@ -1,4 +1,5 @@
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -15,11 +16,13 @@ from autoselmatch.evaluate import (
     batch_bounds,
     batch_plan,
     budget_steps,
+    budget_text,
     coverage,
     evaluate_set,
     model_coverage,
     nearest_distances,
     paper_budget,
+    paper_share,
     train_network,
     train_networks,
 )
@@ -51,6 +54,37 @@ def test_budget_steps_prefers_steps_then_epochs_then_the_paper_rule():
     paper = EvalConfig(batch_size=128)
     assert budget_steps(paper, n_set=5000, n_full=50000) == 50 * 391  # 25 % of 200 epochs of 391 steps
     assert budget_steps(paper, n_set=5000, n_full=50000, fraction=0.1) == 1955
+
+
+def test_the_default_budget_is_the_paper_rule_times_budget_fraction_on_digits():
+    from autoselmatch.config import apply_overrides, load_preset
+
+    cfg = load_preset("digits").evaluate
+    assert cfg.steps is None and cfg.epochs is None  # the preset follows the paper's rule
+    n_full = 1438  # digits' training images (len(ds.train_labels))
+    paper = paper_budget(100, n_full, cfg.batch_size)
+    assert paper == 50 * 12  # 25 % of 200 epochs of ceil(1438 / 128) steps
+    assert budget_steps(cfg, n_set=100, n_full=n_full) == math.ceil(paper * cfg.budget_fraction)
+    half = apply_overrides(load_preset("digits"), {"evaluate.budget_fraction": 0.5}).evaluate
+    assert budget_steps(half, n_set=100, n_full=n_full) == 300
+    assert budget_steps(half, n_set=100, n_full=n_full, fraction=half.quick_fraction) == math.ceil(
+        300 * half.quick_fraction)  # the beta trials' budget stays a share of the final one
+    assert budget_steps(replace(half, steps=30), n_set=100, n_full=n_full) == 30  # steps win
+    assert paper_share(300, n_full=n_full, batch_size=128) == 0.5
+    assert budget_text(300, 0.5) == "300 steps per network = 50 % of the paper's budget"
+
+
+def test_evaluate_set_states_its_share_of_the_papers_budget(digits):
+    idx = per_class(digits.train_labels, 3)
+    result = evaluate_set(digits, digits.train_images[idx], digits.train_labels[idx], cfg=small_cfg(steps=11))
+    assert result.steps == 11
+    assert result.paper_share == pytest.approx(11 / paper_budget(1, len(digits.train_labels), 64))
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.01, float("nan")])
+def test_budget_fraction_outside_zero_one_is_refused(fraction):
+    with pytest.raises(InvalidArgument, match=r"evaluate.budget_fraction must be in \(0, 1\]"):
+        small_cfg(budget_fraction=fraction)
 
 
 def test_paper_rule_gives_the_papers_epochs_per_set_size():

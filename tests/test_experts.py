@@ -13,7 +13,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import autoselmatch.experts as experts_module
 from autoselmatch.cli import cli
 from autoselmatch.config import ExpertConfig, apply_overrides, load_preset
 from autoselmatch.errors import DataError, InvalidArgument
@@ -29,6 +28,7 @@ from autoselmatch.experts import (
     train_experts,
     trajectory_file_problem,
 )
+from autoselmatch.experts import _train as train_module  # owns the training steps the tests replace
 from autoselmatch.models import FlatModel
 
 EPOCHS = 3
@@ -105,7 +105,7 @@ def test_expert_does_not_depend_on_how_many_experts_are_asked_for(digits, traine
 
 def interrupt_after_epochs(monkeypatch, epochs: int):
     """Make expert training raise KeyboardInterrupt once ``epochs`` epochs have run; returns the real epoch function."""
-    real_epoch = experts_module._train_epoch
+    real_epoch = train_module._train_epoch
     calls = []
 
     def crashing_epoch(*args, **kwargs):
@@ -114,7 +114,7 @@ def interrupt_after_epochs(monkeypatch, epochs: int):
         calls.append(1)
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(experts_module, "_train_epoch", crashing_epoch)
+    monkeypatch.setattr(train_module, "_train_epoch", crashing_epoch)
     return real_epoch
 
 
@@ -127,10 +127,10 @@ def test_interrupted_run_resumes_to_identical_files(digits, reference, tmp_path,
         train_experts(digits, cfg)
     directory = expert_cache_dir(cfg, expert_manifest(digits, cfg))
     assert list(directory.glob("*.partial.npy")) and list(directory.glob("*.state.pt"))
-    monkeypatch.setattr(experts_module, "_train_epoch", real_epoch)
+    monkeypatch.setattr(train_module, "_train_epoch", real_epoch)
 
     resumed_calls = []
-    monkeypatch.setattr(experts_module, "_train_epoch",
+    monkeypatch.setattr(train_module, "_train_epoch",
                         lambda *a, **k: resumed_calls.append(1) or real_epoch(*a, **k))
     resumed = train_experts(digits, cfg)
     assert len(resumed_calls) == 2 * EPOCHS - calls_before_crash  # finished epochs were not retrained
@@ -141,7 +141,7 @@ def test_interrupted_run_resumes_to_identical_files(digits, reference, tmp_path,
 
 def test_crash_between_row_write_and_state_save_redoes_that_epoch(digits, reference, tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path / "crash")
-    real_save = experts_module.save_torch
+    real_save = train_module.save_torch
     saves = []
 
     def crashing_save(obj, path):
@@ -150,10 +150,10 @@ def test_crash_between_row_write_and_state_save_redoes_that_epoch(digits, refere
         saves.append(1)
         real_save(obj, path)
 
-    monkeypatch.setattr(experts_module, "save_torch", crashing_save)
+    monkeypatch.setattr(train_module, "save_torch", crashing_save)
     with pytest.raises(KeyboardInterrupt):
         train_experts(digits, cfg)
-    monkeypatch.setattr(experts_module, "save_torch", real_save)
+    monkeypatch.setattr(train_module, "save_torch", real_save)
     assert trajectory_bytes(train_experts(digits, cfg)) == trajectory_bytes(reference)
 
 
@@ -163,7 +163,7 @@ def test_partial_file_that_disagrees_with_its_state_restarts_the_expert(digits, 
     real_epoch = interrupt_after_epochs(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train_experts(digits, cfg)
-    monkeypatch.setattr(experts_module, "_train_epoch", real_epoch)
+    monkeypatch.setattr(train_module, "_train_epoch", real_epoch)
     (partial,) = expert_cache_dir(cfg, expert_manifest(digits, cfg)).glob("*.partial.npy")
     damaged = bytearray(partial.read_bytes())
     damaged[-(EPOCHS - 1) * reference.num_params * 4 - 1] ^= 0xFF  # last byte of row 1, before the saved epoch 2
@@ -241,7 +241,7 @@ def test_interrupted_snapshot_run_resumes_to_identical_files(digits, snapshots, 
     directory = expert_cache_dir(cfg, expert_manifest(digits, cfg))
     assert list(directory.glob("*.partial.npy")) and list(directory.glob("*.state.pt"))
     resumed_calls = []
-    monkeypatch.setattr(experts_module, "_train_epoch", lambda *a, **k: resumed_calls.append(1) or real_epoch(*a, **k))
+    monkeypatch.setattr(train_module, "_train_epoch", lambda *a, **k: resumed_calls.append(1) or real_epoch(*a, **k))
     resumed = train_experts(digits, cfg)
     assert len(resumed_calls) == 2 * EPOCHS - calls_before_crash
     assert trajectory_bytes(resumed) == trajectory_bytes(snapshots)
@@ -295,7 +295,7 @@ def test_cache_written_before_snapshots_loads_and_is_reused(digits, cache_dir, m
     directory = expert_cache_dir(cfg, expert_manifest(digits, cfg))
     assert directory.name == OLD_CACHE.name  # the default layout's cache key did not change
     shutil.copytree(OLD_CACHE, directory)
-    monkeypatch.setattr(experts_module, "_train_epoch", lambda *a, **k: pytest.fail("an old expert was retrained"))
+    monkeypatch.setattr(train_module, "_train_epoch", lambda *a, **k: pytest.fail("an old expert was retrained"))
     store = train_experts(digits, cfg)
     store.verify()
     assert (store.num_experts, store.num_epochs, store.snapshot_every) == (1, 2, None)
@@ -568,7 +568,7 @@ def _train_in_child(cache_dir: str, both_training, trained) -> None:
 
     torch.set_num_threads(1)
     mine = []
-    real_train_expert = experts_module._train_expert
+    real_train_expert = train_module._train_expert
 
     def train_expert(expert, *args):
         if not mine:
@@ -576,7 +576,7 @@ def _train_in_child(cache_dir: str, both_training, trained) -> None:
         mine.append(expert)
         return real_train_expert(expert, *args)
 
-    experts_module._train_expert = train_expert
+    train_module._train_expert = train_expert
     ds = load_dataset("digits", val_fraction=0.1, split_seed=0)
     train_experts(ds, tiny_config(Path(cache_dir), **{"experts.num_experts": 4}))
     trained.put(mine)

@@ -17,7 +17,8 @@ from optuna.trial import TrialState
 from autoselmatch.cli import cli
 from autoselmatch.errors import DataError
 from autoselmatch.export import upload_trial_artifacts
-from autoselmatch.report import build_report
+from autoselmatch.report import activity_figure, build_report
+from autoselmatch.synset import SyntheticSet
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -32,6 +33,17 @@ def small_result(ipc: int) -> dict:
     return {"uint8": torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=generator),
             "labels": torch.arange(n) % 5, "distill_mask": torch.arange(n) < n // 2, "dataset": "digits",
             "classes": ["a", "b", "c", "d", "e"], "mean": [0.5], "std": [0.25], "eta": 0.01, "settings": {}}
+
+
+def activity_set(path, alpha, *, coverage=False):
+    """A set file at ``path`` with an activity record of iterations 10 and 20 (coverage too when asked)."""
+    points = [{"iteration": i, "loss_ratio": 1 - alpha * i / 40, "eta": 0.01 + i / 1000,
+               "pixel_change": alpha * i / 100} for i in (10, 20)]
+    for p in points if coverage else []:
+        p.update(coverage=0.5, coverage_easy=0.6, coverage_hard=0.4)
+    blob = small_result(2)
+    SyntheticSet.from_dict({**blob, "images": blob.pop("uint8"), "activity": points}).save(path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +67,12 @@ def studies(tmp_path_factory):
         trial = alpha.ask({"alpha": optuna.distributions.FloatDistribution(0.0, 1.0)})
         for step in (10, 20):
             trial.report(acc * step / 20, step)
+        if state == TrialState.COMPLETE:  # the pruned trial's set file is gone: it has no activity curve
+            trial.set_user_attr("result_path", str(activity_set(tmp_path / f"alpha-{a}.pt", a, coverage=a == 0.5)))
         alpha.tell(trial, acc if state == TrialState.COMPLETE else None, state=state)
     upload_trial_artifacts(alpha, store, small_result(2), include_set=False)
     alpha.set_user_attr("test_accuracy", {"mean": 0.8, "std": 0.02})
+    alpha.set_user_attr("final", {"alpha": 0.5, "beta": 0.2, "result_path": str(tmp_path / "alpha-0.5.pt")})
     alpha.set_user_attr("settings", {"ipc": 2, "note": "<script>alert(1)</script>"})
     optuna.create_study(study_name="cifar10-ipc2-beta", storage=storage)
     return {"url": f"journal:///{log}", "dir": tmp_path}
@@ -73,14 +88,36 @@ def report(studies):
 def test_report_has_every_section(report):
     summary, page = report
     assert summary["ipcs"] == [2, 4]
-    # overview + IPC 2 (beta, alpha, steps, test) + IPC 4 (beta)
-    assert summary["figures"] == 6 and page.count('class="plotly-graph-div"') == 6
-    for div in ("optimum", "ipc2-beta", "ipc2-alpha", "ipc2-steps", "ipc2-test", "ipc4-beta"):
+    # overview + IPC 2 (beta, alpha, steps, activity, test) + IPC 4 (beta)
+    assert summary["figures"] == 7 and page.count('class="plotly-graph-div"') == 7
+    for div in ("optimum", "ipc2-beta", "ipc2-alpha", "ipc2-steps", "ipc2-activity", "ipc2-test", "ipc4-beta"):
         assert f'id="{div}"' in page
     assert "not run" in page  # IPC 4 has no stage 2
     assert "(pruned)" in page and "pruned (last report)" in page
     assert "best alpha = 0.5" in page and "best beta = 0.2" in page
     assert "80.00 ± 2.00 %" in page  # accuracies as percentages, as everywhere
+
+
+def test_report_plots_each_distillations_activity(report):
+    _, page = report
+    figure = json.loads(re.search(r'Plotly.newPlot\(\s*"ipc2-activity",\s*(\[.*?\]),\s*\{', page, re.S)[1])
+    names = {(t["name"], t["yaxis"]) for t in figure}
+    # three activity panels for each set with a file; the coverage panels (y4, y5) only for the one that has them
+    for label in ("trial 0, alpha=0.5", "trial 1, alpha=0.3", "final set, alpha=0.5"):
+        assert {(label, "y"), (label, "y2"), (label, "y3")} <= names
+    assert ("trial 0, alpha=0.5", "y5") in names and ("trial 1, alpha=0.3", "y4") not in names
+    assert not any(name.startswith("trial 2") for name, _ in names)  # pruned, its file is gone
+    trial1 = next(t for t in figure if t["name"] == "trial 1, alpha=0.3" and t["yaxis"] == "y")
+    assert trial1["x"] == [10, 20] and trial1["y"] == pytest.approx([1 - 0.3 / 4, 1 - 0.3 / 2])
+    for title in ("loss ratio (end", "pixel change (std units)", "coverage, easy half", "coverage, hard half"):
+        assert title in page  # the subplot titles ("/" is written as "\\/" in the page's JSON)
+
+
+def test_activity_figure_without_coverage_has_three_panels():
+    points = [{"iteration": 5, "loss_ratio": 0.9, "eta": 0.01, "pixel_change": 0.1}]
+    fig = activity_figure([("set", points)], "title")
+    assert [a.text for a in fig.layout.annotations] == ["loss ratio (end / start)", "eta", "pixel change (std units)"]
+    assert [t.y[0] for t in fig.data] == [0.9, 0.01, 0.1]
 
 
 def test_report_is_self_contained(report):

@@ -64,6 +64,32 @@ def test_csv_and_json_agree(run):
     assert results["knobs"][0] == {"ipc": 7, "alpha": 0.5, "beta": 0.2, "alpha_source": "given", "beta_source": "given"}
 
 
+def test_selection_only_sets_are_scored_with_dsa_and_the_table_says_so(run):
+    """Paper Table 1: random, hardest and window train with DSA; sets with a D_distill keep combined."""
+    for method, augment in (("random", "dsa"), ("hardest", "dsa"), ("window", "dsa"), ("selmatch", "combined"),
+                            ("mtt", "combined")):
+        name = f"{method}-ipc7-s0" if augment == "combined" else f"{method}-ipc7-dsa-s0"
+        cell = json.loads((run["out"] / "cells" / f"{name}.json").read_text())
+        assert cell["augment"] == augment and cell["evaluation"]["augment"] == augment
+    assert not (run["out"] / "cells" / "random-ipc7-s0.json").exists()  # no crop + flip cell beside the DSA one
+    table = (run["out"] / "table.md").read_text()
+    assert "| random | dsa |" in table and "| window | dsa |" in table and "| selmatch | combined |" in table
+    rows = {(r["method"], r["ipc"]): r for r in csv.DictReader((run["out"] / "table.csv").open())}
+    assert rows[("window", "14")]["augment"] == "dsa" and rows[("merge", "14")]["augment"] == "combined"
+
+
+def test_tables_state_the_evaluation_budget(run):
+    """TINY sets evaluate.steps=10: the tables say so, as a share of the paper's rule on digits' training split."""
+    from autoselmatch.evaluate import paper_budget
+
+    results = json.loads((run["out"] / "results.json").read_text())
+    share = 10 / paper_budget(1438, 1438, 128)  # digits' 1,438 training images: 600 steps
+    line = "Evaluation budget: sets 10 steps per network = 1.67 % of the paper's budget"
+    assert line in (run["out"] / "table.md").read_text()
+    assert line in (run["out"] / "ablation.md").read_text()
+    assert results["cells"]["random-ipc7-dsa-s0"]["evaluation"]["paper_share"] == pytest.approx(share)
+
+
 def test_ablation_and_coverage_outputs(run):
     ablation = (run["out"] / "ablation.md").read_text()
     assert "IPC 14" in ablation and ablation.count("\n| ") == 9  # header + eight rows
@@ -98,11 +124,11 @@ def test_rerun_computes_nothing_and_only_reruns_one_cell(run):
     assert {p.name: p.stat().st_mtime_ns for p in cells} == before
     assert seconds < run["seconds"] / 2
 
-    only = invoke([*run["args"], "--only", "random-ipc7-s0"])
+    only = invoke([*run["args"], "--only", "random-ipc7-dsa-s0"])
     assert only.exit_code == 0, only.output
     assert f"1 cell(s) computed, {len(cells) - 1} reused" in only.output
     after = {p.name: p.stat().st_mtime_ns for p in cells}
-    assert [n for n in after if after[n] != before[n]] == ["random-ipc7-s0.json"]
+    assert [n for n in after if after[n] != before[n]] == ["random-ipc7-dsa-s0.json"]
 
     unknown = invoke([*run["args"], "--only", "nope-ipc7-s0"])
     assert unknown.exit_code == 2 and "is not a cell of this run" in unknown.output
@@ -178,7 +204,7 @@ def test_folder_dataset_with_a_scores_file(tmp_path):
     table = (tmp_path / "out" / "table.md").read_text()
     assert "IPC 2" in table and "IPC 4" in table and "| selmatch |" in table
     assert not (tmp_path / "out" / "ablation.md").exists() and not (tmp_path / "out" / "coverage.md").exists()
-    cell = json.loads((tmp_path / "out" / "cells" / "window-ipc4-s0.json").read_text())
+    cell = json.loads((tmp_path / "out" / "cells" / "window-ipc4-dsa-s0.json").read_text())
     assert f"--scores-file {scores}" in cell["command"]
 
 
@@ -197,3 +223,101 @@ def test_without_given_knobs_it_tunes_them_into_out(tmp_path):
     assert stored["alpha_source"].startswith("tuned: study reproduce-ipc14-alpha")
     cell = json.loads((out / "cells" / "selmatch-ipc14-s0.json").read_text())
     assert (cell["alpha"], cell["beta"]) == (knobs.alpha, knobs.beta)
+
+
+# --------------------------------------------------------------------------------------------
+# Whether a distillation did anything: the loss-ratio column and the "barely distilled" mark
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_set_distilled_5_iterations_at_a_tiny_lr_img_is_marked_barely_distilled(digits, tmp_path):
+    from autoselmatch.config import apply_overrides
+    from autoselmatch.reproduce._plan import Cell
+    from autoselmatch.reproduce._sets import _Inputs, distilled_set
+    from autoselmatch.reproduce._tables import ablation_markdown, main_rows, table_csv, table_markdown
+
+    # one expert, one start epoch, eta frozen: the pixels are the only thing that could lower the loss
+    cfg = apply_overrides(load_preset("digits"), {
+        "device": "cpu", "cache_dir": str(tmp_path / "cache"), "experts.num_experts": 1,
+        "experts.model": {"name": "convnet", "depth": 2, "width": 16, "norm": "batch"},
+        "distill.max_start_epoch": 1, "distill.expert_epochs": 1, "distill.syn_steps": 3, "distill.iterations": 5,
+        "distill.lr_img": 1e-6, "distill.lr_lr": 1e-12, "distill.eval_every": 0, "distill.checkpoint_every": 0})
+    mtt, random = SetSpec("mtt", 5), SetSpec("random", 5)
+    built = distilled_set(_Inputs(digits, cfg), mtt, tmp_path / "work")
+    ratio = built.settings["loss_ratio"]
+    assert built.settings["activity"][-1]["iteration"] == 5 and ratio == built.settings["activity"][-1]["loss_ratio"]
+    assert ratio > cfg.reproduce.barely_distilled  # 5 iterations at lr_img 1e-6 move nothing
+
+    cells = [Cell("mtt-ipc5-s0", "eval", mtt, 0, "combined"), Cell("random-ipc5-dsa-s0", "eval", random, 0, "dsa")]
+    records = {"mtt-ipc5-s0": {"accuracy": 0.5, "seed": 0, "set": built.settings},
+               "random-ipc5-dsa-s0": {"accuracy": 0.6, "seed": 0, "set": {"method": "random"}}}
+    rows = {r["method"]: r for r in main_rows(cfg, ["random", "mtt"], [5], cells, records)}
+    assert rows["mtt"]["loss_ratio"] == ratio and rows["mtt"]["barely_distilled"] is True
+    assert rows["random"]["loss_ratio"] is None and rows["random"]["barely_distilled"] is False
+    table = table_markdown(list(rows.values()), [5], {}, dataset="digits", runs=1)
+    assert "loss ratio (per IPC)" in table and "barely distilled: the ratio stayed above 0.8" in table
+    assert f"| mtt | combined | 50.00 ± 0.00 ‡ | {ratio:.3f} ‡ |" in table
+    assert "| random | dsa | **60.00 ± 0.00** |  |" in table  # nothing distilled: no ratio, no mark
+    csv_rows = {r["method"]: r for r in csv.DictReader(table_csv(list(rows.values())).splitlines())}
+    assert float(csv_rows["mtt"]["loss_ratio"]) == pytest.approx(ratio) and csv_rows["mtt"]["barely_distilled"] == "1"
+    assert csv_rows["random"]["loss_ratio"] == "" and csv_rows["random"]["barely_distilled"] == "0"
+
+    lenient = apply_overrides(cfg, {"reproduce.barely_distilled": ratio + 0.5})
+    rows = {r["method"]: r for r in main_rows(lenient, ["random", "mtt"], [5], cells, records)}
+    assert rows["mtt"]["barely_distilled"] is False
+    table = table_markdown(list(rows.values()), [5], {}, dataset="digits", runs=1,
+                           barely_distilled=lenient.reproduce.barely_distilled)
+    assert "‡" not in next(line for line in table.splitlines() if line.startswith("| mtt "))
+    row = {"select_init": False, "partial_update": False, "combined_augmentation": True, "set": "mtt", "ipc": 5,
+           "alpha": 1.0, "beta": None, "mean": 0.5, "std": 0.0, "loss_ratio": ratio, "barely_distilled": True}
+    assert f"| {ratio:.3f} ‡ |" in ablation_markdown([row], 5)
+
+
+def test_bad_barely_distilled_threshold_is_refused():
+    from autoselmatch.config import apply_overrides
+
+    with pytest.raises(InvalidArgument, match="reproduce.barely_distilled must be > 0"):
+        apply_overrides(load_preset("digits"), {"reproduce.barely_distilled": 0})
+
+
+def test_cell_keys_tell_augmentations_and_budget_fractions_apart():
+    """A DSA cell never reuses a crop + flip number; budget_fraction 1 keys as before the setting existed."""
+    import dataclasses
+
+    from autoselmatch.config import apply_overrides
+    from autoselmatch.reproduce._cells import cell_key
+    from autoselmatch.reproduce._plan import Cell
+
+    cfg = apply_overrides(load_preset("digits"), {"evaluate.budget_fraction": 1.0})
+    spec = SetSpec("random", 7)
+    dsa = Cell("random-ipc7-dsa-s0", "eval", spec, 0, "dsa")
+    combined = Cell("random-ipc7-s0", "eval", spec, 0, "combined")
+    assert cell_key(dsa, cfg) != cell_key(combined, cfg)
+    quarter = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, budget_fraction=0.25))
+    assert cell_key(dsa, quarter) != cell_key(dsa, cfg)
+    from autoselmatch.config import to_dict
+    from autoselmatch.fileio import stable_hash
+
+    before = {k: v for k, v in to_dict(cfg.evaluate).items() if k not in ("runs", "stack_runs", "budget_fraction")}
+    assert cell_key(dsa, cfg) == stable_hash({"set": set_key(spec, cfg), "kind": "eval", "seed": 0, "augment": "dsa",
+                                              "evaluate": before, "split": "test"})  # the key's layout until now
+
+
+def test_coverage_page_plots_coverage_over_iterations_when_recorded():
+    from autoselmatch.reproduce._tables import coverage_activities, coverage_html
+
+    points = [{"iteration": i, "loss_ratio": None if i == 0 else 0.9, "eta": 0.01, "pixel_change": i / 100,
+               "coverage": 0.5, "coverage_easy": 0.6 + i / 100, "coverage_hard": 0.3 + i / 100} for i in (0, 5, 10)]
+    records = {"mtt-ipc5-s0": {"accuracy": 0.5, "seed": 0, "set": {"activity": points, "loss_ratio": 0.9}},
+               "window-ipc5-dsa-s0": {"accuracy": 0.6, "seed": 0, "set": {"method": "window"}},
+               "merge-ipc5-s0": {"accuracy": 0.6, "seed": 0, "set": {"activity": [dict(points[0])]}}}
+    for p in records["merge-ipc5-s0"]["set"]["activity"]:
+        del p["coverage_easy"], p["coverage_hard"], p["coverage"]  # distilled without distill.coverage_every
+    rows = [{"method": c.split("-")[0], "ipc": 5, "cells": [c]} for c in records] + \
+        [{"method": "selmatch", "ipc": 5, "cells": ["selmatch-ipc5-s0"]}]  # not finished
+    found = coverage_activities(rows, records)
+    assert found == [("mtt, IPC 5", points)]
+    page = coverage_html([{"method": "mtt", "ipc": 5, "coverage": 0.5, "easy": 0.7, "hard": 0.4}], "digits", found)
+    assert 'id="coverage-iterations"' in page and 'id="coverage-ipc5"' in page
+    assert "mtt, IPC 5: easy half" in page and "mtt, IPC 5: hard half" in page
+    assert 'id="coverage-iterations"' not in coverage_html([], "digits")

@@ -302,7 +302,7 @@ def test_the_package_never_unpickles_unsafely():
     ("torch.load(p, weights_only=False)", "autoselmatch/fileio.py"),
     ("torch.load(p, weights_only=True)", "autoselmatch/export.py"),
     ("np.load(p)", "autoselmatch/scores.py"),
-    ("np.load(p, mmap_mode='r', allow_pickle=True)", "autoselmatch/experts.py"),
+    ("np.load(p, mmap_mode='r', allow_pickle=True)", "autoselmatch/experts/_store.py"),
     ("pickle.load(f)", "autoselmatch/data.py"),
     ("pickle.loads(blob)", "autoselmatch/data.py"),
     ("class U(pickle.Unpickler):\n    pass", "autoselmatch/data.py"),

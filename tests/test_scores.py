@@ -285,10 +285,11 @@ def tiny_run(cache_dir: Path, **overrides):
 @pytest.mark.parametrize("name", ["forgetting", "learning-speed"])
 def test_expert_scores_come_from_the_expert_run_without_training(digits, cache_dir, monkeypatch, name):
     from autoselmatch import experts as experts_module
+    from autoselmatch.experts import _train as train_module
 
     run = tiny_run(cache_dir, **{"scores.name": name})
     store = experts_module.train_experts(digits, run)
-    monkeypatch.setattr(experts_module, "_train_epoch", lambda *a, **k: pytest.fail("an expert was trained"))
+    monkeypatch.setattr(train_module, "_train_epoch", lambda *a, **k: pytest.fail("an expert was trained"))
     monkeypatch.setattr(score_module, "train_pool_network", lambda *a, **k: pytest.fail("a network was trained"))
     scores = get_scores(digits, run.scores, cache_dir=run.cache_path, seed=run.seed, run=run)
     records = [store.correctness(i) for i in range(2)]
@@ -308,10 +309,11 @@ def test_expert_scores_come_from_the_expert_run_without_training(digits, cache_d
 
 def test_expert_scores_train_missing_experts_once(digits, cache_dir, monkeypatch):
     from autoselmatch import experts as experts_module
+    from autoselmatch.experts import _train as train_module
 
     run = tiny_run(cache_dir, **{"scores.name": "forgetting", "experts.num_experts": 1})
-    real_epoch, calls = experts_module._train_epoch, []
-    monkeypatch.setattr(experts_module, "_train_epoch", lambda *a, **k: calls.append(1) or real_epoch(*a, **k))
+    real_epoch, calls = train_module._train_epoch, []
+    monkeypatch.setattr(train_module, "_train_epoch", lambda *a, **k: calls.append(1) or real_epoch(*a, **k))
     first = get_scores(digits, run.scores, cache_dir=run.cache_path, seed=run.seed, run=run)
     assert len(calls) == 3  # one expert x 3 epochs
     assert experts_module.load_experts(digits, run).num_experts == 1
@@ -401,6 +403,7 @@ def test_cli_sweep_prints_the_curve_and_saves_it(cli_cache, tmp_path):
     assert result.exit_code == 0, result.output
     assert [p["beta"] for p in data["sweep"]["curve"]] == [0.0, 0.25, 0.5]
     assert data["sweep"]["best_beta"] in (0.0, 0.25, 0.5)
+    assert data["sweep"]["augment"] == "dsa"  # the windows train like the beta stage's (tune.beta_augment)
     saved = json.loads((tmp_path / "s.json").read_text())
     assert saved["sweep"] == data["sweep"] and saved["settings"]["scores"]["epochs"] == 1
 

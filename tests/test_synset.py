@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from autoselmatch.errors import DataError
-from autoselmatch.synset import SyntheticSet, from_pixels, to_pixels
+from autoselmatch.synset import SyntheticSet, from_pixels, loss_ratio, to_pixels
 
 PREVIOUS = Path(__file__).parent / "fixtures" / "set-v0.1.0.pt"  # written by 0.1.0; see fixtures/README.md
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -28,6 +28,8 @@ def a_set(n=6, channels=3) -> SyntheticSet:
         evals=[(2, 0.25)],
         indices=torch.arange(n) * 7,
         iterations=2,
+        activity=[{"iteration": 2, "loss_ratio": 0.8 / 0.9, "eta": 0.0125, "pixel_change": 0.03,
+                   "coverage": 0.5, "coverage_easy": 0.75, "coverage_hard": 0.25}],
     )
 
 
@@ -50,14 +52,14 @@ def test_save_load_round_trip_keeps_every_field(tmp_path):
     assert torch.equal(again.distill_mask, s.distill_mask) and torch.equal(again.indices, s.indices)
     assert (again.dataset, again.classes, again.mean, again.std) == (s.dataset, s.classes, s.mean, s.std)
     assert (again.eta, again.settings, again.iterations) == (s.eta, s.settings, s.iterations)
-    assert again.loss_history == s.loss_history and again.evals == s.evals
+    assert again.loss_history == s.loss_history and again.evals == s.evals and again.activity == s.activity
     assert torch.equal(torch.load(tmp_path / "set.pt", weights_only=True)["uint8"], s.to_pixels())
 
 
 def test_saved_keys_are_those_the_previous_release_wrote(tmp_path):
     old = torch.load(PREVIOUS, weights_only=True)
     new = torch.load(a_set().save(tmp_path / "set.pt"), weights_only=True)
-    assert set(new) == set(old)
+    assert set(new) == set(old) | {"activity"}  # the activity record is the one key added since
     assert all(type(new[k]) is type(old[k]) for k in old)
 
 
@@ -74,6 +76,34 @@ def test_the_previous_release_set_file_loads(digits):
     assert torch.equal(s.to_pixels(), torch.load(PREVIOUS, weights_only=True)["uint8"])
     real = ~s.distill_mask  # D_select rows are the real training images they started from
     assert torch.equal(s.to_pixels()[real], digits.train_images[s.indices[real]])
+    assert s.activity == []  # written before the activity record existed
+    assert s.loss_ratio == pytest.approx(s.loss_history[1] / s.loss_history[0])  # from the stored losses
+
+
+@pytest.mark.parametrize("losses, expected", [
+    ([], None),
+    ([2.0], 1.0),
+    ([4.0, 2.0], 0.5),
+    ([4.0, 4.0, 9.0, 1.0, 1.0], 0.25),  # w = 2: the middle loss is in neither window
+    ([2.0] * 10 + [5.0] * 20 + [1.0] * 10, 0.5),  # w = 10 at most
+])
+def test_loss_ratio_compares_the_last_and_first_windows(losses, expected):
+    assert loss_ratio(losses) == (None if expected is None else pytest.approx(expected))
+
+
+def test_loss_ratio_of_a_set_prefers_its_activity_record():
+    s = a_set()
+    assert s.loss_ratio == pytest.approx(0.8 / 0.9)
+    s.activity = [{"iteration": 2, "loss_ratio": 0.5, "eta": 0.01, "pixel_change": 0.0}]
+    assert s.loss_ratio == 0.5
+
+
+def test_a_bad_activity_record_is_refused(tmp_path):
+    blob = a_set().to_dict()
+    torch.save({**blob, "activity": [{"eta": 0.1}]}, tmp_path / "bad.pt")
+    with pytest.raises(DataError) as exc_info:
+        SyntheticSet.load(tmp_path / "bad.pt")
+    one_line(exc_info, "bad.pt", "'activity' must be a list of dicts with an 'iteration' each")
 
 
 def test_a_pixels_only_file_loads_without_mean_and_std(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autoselmatch.config import apply_overrides, load_preset
+from autoselmatch.config import RunConfig, apply_overrides, load_preset
 from autoselmatch.runtime import LOG
 from autoselmatch.tune import SelMatchObjectives, StageContext
 
@@ -63,6 +63,32 @@ def test_beta_objective_reports_validation_accuracy_per_network(objectives, tmp_
     steps = frozen.intermediate_values
     assert sorted(steps) == [2, 4]  # 2 epochs (20 % of 10) per network, reported from the second half on;
     assert (steps[2] + steps[4]) / 2 == pytest.approx(value)  # steps count across networks, the last is the result
+
+
+@pytest.mark.parametrize("augment", ["dsa", "simple"])
+def test_beta_trials_train_the_window_with_tune_beta_augment(objectives, tmp_path, monkeypatch, augment):
+    """The paper's sliding-window experiment trains with DSA (the default); the setting chooses."""
+    import dataclasses
+
+    import autoselmatch.evaluate as evaluate
+
+    used = []
+    real = evaluate.augment_grouped
+
+    def spy(x, n_distill, name, **kwargs):
+        used.append(name)
+        return real(x, n_distill, name, **kwargs)
+
+    monkeypatch.setattr(evaluate, "augment_grouped", spy)
+    cfg = objectives.cfg
+    if augment != cfg.tune.beta_augment:
+        cfg = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, beta_augment=augment))
+    assert RunConfig().tune.beta_augment == "dsa"
+    ctx = StageContext(cfg, 10, "digits-ipc10-beta", tmp_path / "runs", tmp_path / "art")
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    objectives.beta(ctx)(0.3, trial)
+    assert used and set(used) == {augment}
 
 
 def test_an_interrupted_alpha_trial_resumes_from_its_checkpoint(objectives, tmp_path, caplog, monkeypatch):

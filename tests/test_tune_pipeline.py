@@ -96,7 +96,8 @@ def test_one_ipc_runs_both_stages_and_records_the_final_set(tmp_path):
     assert alpha.user_attrs["result_path"] == str(
         tmp_path / "studies-artifacts" / "runs" / "digits-ipc10-alpha" / alpha.user_attrs["uid"] / "final.pt")
     assert beta.user_attrs["settings"]["stage"] == "beta" and beta.user_attrs["search"]["strategy"] == "line"
-    assert beta.user_attrs["settings"]["evaluate"]["epochs"] == 150
+    assert beta.user_attrs["settings"]["evaluate"]["budget_fraction"] == 0.25  # the digits preset's share
+    assert beta.user_attrs["settings"]["beta_augment"] == "dsa"
     assert alpha.user_attrs["settings"]["distill"]["iterations"] == 60  # the digits preset's trial budget
     assert beta.trials[0].user_attrs["fingerprint"] == beta.user_attrs["fingerprint"]
     assert (tmp_path / "studies-artifacts" / "runs" / "digits-ipc10-alpha").is_dir()

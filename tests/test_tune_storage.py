@@ -119,3 +119,34 @@ def test_a_worker_joining_a_study_just_created_elsewhere_uses_its_creators_uid(t
     uid = _open(storage, SETTINGS).user_attrs["uid"]  # the folder this worker's files go to
     naming.join()
     assert uid == "creator1" and created.user_attrs["uid"] == "creator1"
+
+
+# The tiny settings of the command that made tests/fixtures/beta-study-settings-v0.1.0.json (see its README).
+OLD_BETA_STUDY = {
+    "scores.epochs": 1, "scores.networks": 1, "evaluate.model.width": 8, "evaluate.epochs": 2, "evaluate.runs": 1,
+    "tune.beta_seeds": 1, "evaluate.budget_fraction": 1.0,
+}
+
+
+@pytest.mark.parametrize("beta_augment, refused", [("dsa", True), ("simple", False)])
+def test_a_beta_study_from_before_tune_beta_augment_resumes_only_on_crop_and_flip(tmp_path, beta_augment, refused):
+    """Old beta trials trained on crop + flip: under the new DSA default the study is refused, not mixed."""
+    import json
+    from pathlib import Path
+
+    from autoselmatch.config import apply_overrides, load_preset
+    from autoselmatch.tune._stage import default_settings, stage_settings
+
+    stored = json.loads((Path(__file__).parent / "fixtures" / "beta-study-settings-v0.1.0.json").read_text())
+    assert "beta_augment" not in stored
+    storage = open_storage(parse_storage(f"sqlite:///{tmp_path / 's.db'}"))
+    old = optuna.create_study(storage=storage, study_name="d-ipc10-beta", direction="maximize")
+    old.set_user_attr("settings", stored)
+    cfg = apply_overrides(load_preset("digits"), {**OLD_BETA_STUDY, "device": "cpu", "tune.beta_augment": beta_augment})
+    settings = stage_settings(cfg, "beta", 10)
+    if refused:
+        with pytest.raises(InvalidArgument, match=r"\(beta_augment: None in the study, 'dsa' now\)"):
+            _open(storage, settings, defaults=default_settings("beta", 10))
+    else:
+        study = _open(storage, settings, defaults=default_settings("beta", 10))
+        assert study.user_attrs["settings"]["beta_augment"] == "simple"

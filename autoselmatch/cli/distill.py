@@ -2,8 +2,9 @@
 
 The result goes to ``OUT/result.pt`` (the set-file format that ``evaluate``
 and ``export`` read: normalised ``images``, ``uint8`` pixels, ``labels``,
-``distill_mask``, ``eta``, ``settings``, loss and quick-eval history) and
-the run's checkpoint to ``OUT/checkpoint.pt``. The default OUT is
+``distill_mask``, ``eta``, ``settings``, loss and quick-eval history, and
+the activity record: whether the distillation moved the set) and the run's
+checkpoint to ``OUT/checkpoint.pt``. The default OUT is
 ``studies/distill/<dataset>-ipc<N>-a<alpha>-b<beta>-<init>-<mode>-s<seed>``
 under the current directory. Experts must exist already (``autoselmatch
 experts`` with the same preset and ``--set`` options).
@@ -21,7 +22,7 @@ from typing import Any
 
 import click
 
-from ..choices import DISTILL_INITS, DISTILL_MODES, MEMORY_MODES
+from ..choices import DISTILL_INITS, DISTILL_MODES, DISTILL_PRECISIONS, MEMORY_MODES
 from ._common import (check_writable, emit, format_accuracy, global_options, out_option, output_option, ready,
                       resolve_config, run_options)
 
@@ -36,6 +37,9 @@ from ._common import (check_writable, emit, format_accuracy, global_options, out
 @click.option("--iterations", type=click.IntRange(min=0), default=None, help="Distillation iterations (default: preset).")
 @click.option("--memory", type=click.Choice(MEMORY_MODES), default=None,
               help="Unrolled-graph memory mode (default: preset): exact, checkpoint (exact, less memory), tesla (approx).")
+@click.option("--precision", type=click.Choice(DISTILL_PRECISIONS), default=None,
+              help="Student-step arithmetic (default: preset): fp32, tf32 (CUDA, compute capability 8.0+), "
+                   "bf16 (autocast; gradients stay fp32).")
 @click.option("--init", "init", type=click.Choice(DISTILL_INITS), default=None,
               help="Initial set: the difficulty window, or random real samples (alpha 1 + random = MTT).")
 @click.option("--mode", type=click.Choice(DISTILL_MODES), default=None,
@@ -48,11 +52,14 @@ from ._common import (check_writable, emit, format_accuracy, global_options, out
 @global_options
 @click.pass_context
 def distill(ctx: click.Context, ipc: int, alpha: float, beta: float, iterations: int | None, memory: str | None,
-            init: str | None, mode: str | None, out: str | None, resume: bool, overwrite: bool, output: str,
-            print_config: bool, **run: Any) -> None:
+            precision: str | None, init: str | None, mode: str | None, out: str | None, resume: bool, overwrite: bool,
+            output: str, print_config: bool, **run: Any) -> None:
     """Distil one synthetic set with SelMatch (selection init at beta, partial update of a fraction alpha).
 
     Shows progress (iteration, loss, eta, last quick validation accuracy),
+    ends with whether the distillation did anything (final matching loss over
+    the initial one, eta, mean pixel change of D_distill in units of the
+    data's std; coverage of easy/hard test halves with distill.coverage_every),
     writes OUT/result.pt, and checkpoints every distill.checkpoint_every
     iterations so that --resume continues an interrupted run.
 
@@ -66,12 +73,13 @@ def distill(ctx: click.Context, ipc: int, alpha: float, beta: float, iterations:
     cfg = resolve_config(ctx, **run, overrides={
         "distill.iterations": iterations,
         "distill.memory": memory,
+        "distill.precision": precision,
         "distill.init": init,
         "distill.mode": mode,
     })
     ready(cfg, print_config)
     from ..data import load_configured
-    from ..distill import CHECKPOINT_FILE, RESULT_FILE, selmatch
+    from ..distill import CHECKPOINT_FILE, RESULT_FILE, check_precision, selmatch
     from ..errors import InvalidArgument
     from ..runtime import LOG, resolve_device
 
@@ -83,7 +91,9 @@ def distill(ctx: click.Context, ipc: int, alpha: float, beta: float, iterations:
     if resume and not (folder / CHECKPOINT_FILE).exists():  # the same command reruns after a crash at any point
         LOG.info("--resume: %s holds no %s yet; starting a new run there", folder, CHECKPOINT_FILE)
     check_writable(folder, "--out", folder=True)
-    ds = load_configured(cfg.data, device=resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    check_precision(cfg.distill.precision, device)  # before scores and experts are read or computed
+    ds = load_configured(cfg.data, device=device)
     check_batch_fits(cfg, ds.num_classes, ipc=ipc, alpha=alpha)
     result = selmatch(ds, cfg, ipc=ipc, alpha=alpha, beta=beta, checkpoint_dir=folder, resume=resume)
     path = result.save(folder / RESULT_FILE)
@@ -98,7 +108,20 @@ def distill(ctx: click.Context, ipc: int, alpha: float, beta: float, iterations:
         "eta": result.eta,
         "quick_val_accuracy": (None if last_eval is None else
                                round(last_eval[1], 4) if output == "json" else format_accuracy(last_eval[1])),
+        "activity": (result.activity[-1] if result.activity else None) if output == "json" else
+                    activity_line(result.activity[-1] if result.activity else {}),
     }, output)
+
+
+def activity_line(point: dict[str, Any]) -> str:
+    """One line of an activity-record entry (:mod:`autoselmatch.synset`): did the distillation move the set?"""
+    if point.get("loss_ratio") is None:
+        return "nothing distilled"
+    text = (f"loss ratio {point['loss_ratio']:.3f} (end / start), eta {point['eta']:.4g}, "
+            f"pixel change {point['pixel_change']:.4f} std")
+    if point.get("coverage_easy") is not None:
+        text += f", coverage easy {point['coverage_easy']:.3f} / hard {point['coverage_hard']:.3f}"
+    return text
 
 
 def check_batch_fits(cfg: Any, classes: int, *, ipc: int, alpha: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -104,7 +105,9 @@ def scores(ctx: click.Context, score: str | None, scores_file: str | None, sweep
     }
     if betas is not None and ipc is not None:
         sweep_fraction = fraction if fraction is not None else cfg.evaluate.quick_fraction
-        curve = run_sweep(ds, values, ipc=ipc, betas=betas, cfg=cfg.evaluate, fraction=sweep_fraction, epochs=epochs,
+        # the windows train like the beta stage's (tune.beta_augment: DSA by default, as in the paper's Figure 3)
+        window_cfg = dataclasses.replace(cfg.evaluate, augment=cfg.tune.beta_augment)
+        curve = run_sweep(ds, values, ipc=ipc, betas=betas, cfg=window_cfg, fraction=sweep_fraction, epochs=epochs,
                           seeds=cfg.tune.beta_seeds, seed=cfg.seed)
         best = max(curve, key=lambda point: point[1])
         result["sweep"] = {
@@ -113,6 +116,7 @@ def scores(ctx: click.Context, score: str | None, scores_file: str | None, sweep
             "epochs": epochs,
             "fraction": None if epochs is not None else sweep_fraction,
             "seeds": cfg.tune.beta_seeds,
+            "augment": window_cfg.augment,
             "curve": [{"beta": b, "mean": m, "std": s} for b, m, s in curve],
             "best_beta": best[0],
             "best_accuracy": best[1],
@@ -153,7 +157,7 @@ def _print_text(result: dict[str, Any]) -> None:
         return
     budget = f"{sweep['epochs']} epochs" if sweep["epochs"] is not None else f"{sweep['fraction']:g} of the budget"
     click.echo(f"\nwindow sweep, ipc={sweep['ipc']} (beta <= {sweep['max_beta']:.4f}), {budget}, "
-               f"{plural(sweep['seeds'], 'network')} per beta; validation accuracy:")
+               f"{plural(sweep['seeds'], 'network')} per beta ({sweep['augment']} augmentation); validation accuracy:")
     for point in sweep["curve"]:
         bar = "#" * round(40 * point["mean"])
         click.echo(f"  beta={point['beta']:.3f}  {format_accuracy(point['mean'], point['std'] if sweep['seeds'] > 1 else None):>16}  {bar}")

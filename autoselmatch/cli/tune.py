@@ -99,8 +99,13 @@ def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, as
         if r.final is not None:
             final = FinalRecord.from_dict(r.final)
             acc = final.test_accuracy
-            line += (f", test accuracy {format_accuracy(acc['mean'], acc['std'], len(acc.get('accuracies') or []) or None)}, "
-                     f"set {final.result_path}")
+            runs = len(acc.get('accuracies') or []) or None
+            line += f", test accuracy {format_accuracy(acc['mean'], acc['std'], runs)}"
+            if final.evaluation and "steps" in final.evaluation:
+                from ..evaluate import budget_text
+
+                line += f", {budget_text(final.evaluation['steps'], final.evaluation.get('paper_share'))}"
+            line += f", set {final.result_path}"
         click.echo(line)
     if not result.complete:
         click.echo("stopped before the end (timeout); rerun the same command to resume")

@@ -9,7 +9,7 @@ import torch
 
 from ..config import RunConfig, to_dict
 from ..fileio import stable_hash
-from ._plan import ABLATION_SETS, Cell, Knobs, SetSpec
+from ._plan import ABLATION_SETS, SELECTION_ONLY, Cell, Knobs, SetSpec
 from ._sets import BuiltSet, _Inputs, set_key
 
 
@@ -17,6 +17,16 @@ def eval_cell_id(spec: SetSpec, seed: int, augment: str, default_augment: str) -
     """``{set}-ipc{N}-s{seed}``; ``{set}-ipc{N}-{augment}-s{seed}`` when not the config's augmentation."""
     middle = "" if augment == default_augment else f"-{augment}"
     return f"{spec.label}{middle}-s{seed}"
+
+
+def main_augment(method: str, default: str) -> str:
+    """Augmentation of ``method``'s cells in the main table, as in the paper's Table 1.
+
+    Selection-only sets (random, hardest, window) train with DSA on every image; under the
+    ``combined`` protocol they would get crop + flip only, having no D_distill. Other sets, and
+    every set when ``evaluate.augment`` is not ``combined``, use ``default``.
+    """
+    return "dsa" if method in SELECTION_ONLY and default == "combined" else default
 
 
 def plan_cells(cfg: RunConfig, methods: Sequence[str], ipcs: Sequence[int], knobs: dict[int, Knobs], *, runs: int,
@@ -35,7 +45,7 @@ def plan_cells(cfg: RunConfig, methods: Sequence[str], ipcs: Sequence[int], knob
     if "full" in methods:
         specs.append(SetSpec("full", None))
     for spec in specs:
-        add(spec, default)
+        add(spec, main_augment(spec.name, default))
     if ablation_ipc is not None:
         for name in ABLATION_SETS:
             for augment in ("combined", "dsa"):
@@ -59,6 +69,8 @@ def _spec(name: str, ipc: int, knobs: dict[int, Knobs]) -> SetSpec:
 def cell_key(cell: Cell, cfg: RunConfig) -> str:
     """Hash of what a cell's number depends on; a saved cell with another key is recomputed."""
     evaluate = {k: v for k, v in to_dict(cfg.evaluate).items() if k not in ("runs", "stack_runs")}  # one network
+    if evaluate["budget_fraction"] == 1.0:  # the budget before the setting existed: cells saved then stay valid
+        del evaluate["budget_fraction"]
     parts = {"set": set_key(cell.set, cfg), "kind": cell.kind, "seed": cell.seed, "augment": cell.augment,
              "evaluate": evaluate, "split": "test"}
     if cell.set.name == "full" or cell.kind == "coverage":

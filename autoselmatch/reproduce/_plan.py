@@ -14,6 +14,8 @@ ABLATION_SETS = ("mtt", "mtt-init", "partial", "selmatch")
 ABLATION_GRID = {(False, False): "mtt", (True, False): "mtt-init", (False, True): "partial", (True, True): "selmatch"}
 NEEDS_ALPHA = frozenset({"merge", "selmatch", "partial"})
 NEEDS_BETA = frozenset({"window", "mtt-init", "merge", "selmatch"})
+#: Sets of real images only, with no D_distill: the main table scores them with DSA (paper Table 1).
+SELECTION_ONLY = frozenset({"random", "hardest", "window"})
 DEFAULT_PREFIX = "reproduce"
 
 

@@ -135,7 +135,8 @@ def distilled_set(inputs: _Inputs, spec: SetSpec, workdir: Path) -> BuiltSet:
                       experts=inputs.experts if recipe.alpha > 0 else None, checkpoint_dir=workdir, resume=True)
     settings = {"method": spec.name, **result.settings, "batch_syn": cfg.distill.batch_syn,
                 "iterations": result.iterations, "eta": result.eta,
-                "final_loss": result.loss_history[-1] if result.loss_history else None}
+                "final_loss": result.loss_history[-1] if result.loss_history else None,
+                "loss_ratio": result.loss_ratio, "activity": result.activity}
     settings.pop("config", None)
     return BuiltSet(result.images, result.labels, result.distill_mask, settings)
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..config import RunConfig, to_dict
 from ..fileio import save_json, save_text
-from ._cells import _ablation_augment, _spec, eval_cell_id
+from ._cells import _ablation_augment, _spec, eval_cell_id, main_augment
 from ._command import rerun_command
 from ._plan import ABLATION_GRID, Cell, Knobs, ReproducePlan, ReproduceResult
 
@@ -30,25 +30,82 @@ def main_rows(cfg: RunConfig, methods: Sequence[str], ipcs: Sequence[int], cells
     rows = []
     for method in methods:
         for ipc in ([None] if method == "full" else ipcs):
+            augment = main_augment(method, cfg.evaluate.augment)
             ids = [c.id for c in cells if c.kind == "eval" and c.set.name == method and c.set.ipc == ipc
-                   and c.augment == cfg.evaluate.augment]
+                   and c.augment == augment]
             done = [records[i] for i in ids if i in records]
-            row: dict[str, Any] = {"method": method, "ipc": ipc, "cells": ids,
+            row: dict[str, Any] = {"method": method, "ipc": ipc, "cells": ids, "augment": augment,
                                    "accuracies": [r["accuracy"] for r in done], "seeds": [r["seed"] for r in done]}
             row["mean"], row["std"] = _stats(row["accuracies"]) if done else (None, None)
             first = done[0] if done else {}
             for knob in ("alpha", "beta", "alpha_source", "beta_source"):
                 row[knob] = first.get(knob)
+            row.update(activity(done, cfg.reproduce.barely_distilled))
             rows.append(row)
     return rows
 
 
+BARELY_MARK = "‡"
+
+
+def activity(done: Sequence[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    """``{"loss_ratio", "barely_distilled"}`` of a row from its finished cells' records.
+
+    ``loss_ratio``: the final matching-loss ratio (end / start, see
+    :func:`autoselmatch.synset.loss_ratio`) of the row's distilled set, None for a set
+    that was not distilled (or saved before the ratio was recorded);
+    ``barely_distilled``: that ratio stayed above ``threshold`` (``reproduce.barely_distilled``).
+    """
+    ratio = next((r["set"]["loss_ratio"] for r in done if (r.get("set") or {}).get("loss_ratio") is not None), None)
+    return {"loss_ratio": ratio, "barely_distilled": ratio is not None and ratio > threshold}
+
+
+def barely_note(rows: Sequence[dict[str, Any]], threshold: float) -> str:
+    """The legend of the loss-ratio column and of the mark (empty when no row has a loss ratio)."""
+    if not any(r.get("loss_ratio") is not None for r in rows):
+        return ""
+    return (f"Loss ratio: the distillation's final matching loss over its initial one (mean of the last and first "
+            f"iterations); {BARELY_MARK} barely distilled: the ratio stayed above {threshold:g} "
+            f"(reproduce.barely_distilled).")
+
+
+def _ratio_text(row: dict[str, Any] | None) -> str:
+    if row is None or row.get("loss_ratio") is None:
+        return "—"
+    return f"{row['loss_ratio']:.3f}" + (f" {BARELY_MARK}" if row.get("barely_distilled") else "")
+
+
+def budget_markdown(rows: Sequence[dict[str, Any]], records: dict[str, dict[str, Any]]) -> str:
+    """One line: the evaluation budget the main table's cells used (steps, share of the paper's rule)."""
+    from ..evaluate import budget_text
+
+    def used(full: bool) -> str:
+        done = [records[i] for row in rows if (row.get("method") == "full") == full for i in row["cells"]
+                if "evaluation" in records.get(i, {})]
+        seen = {(r["evaluation"]["steps"], r["evaluation"].get("paper_share")) for r in done}
+        return "; ".join(budget_text(steps, share) for steps, share in sorted(seen, key=lambda s: s[0]))
+
+    sets, full = used(False), used(True)
+    if not sets and not full:
+        return ""
+    return "Evaluation budget: " + "; ".join(part for part in (sets and f"sets {sets}",
+                                                               full and f"full split {full}") if part) + "."
+
+
 def table_markdown(rows: Sequence[dict[str, Any]], ipcs: Sequence[int], labels: dict[int, str], *, dataset: str,
-                   runs: int) -> str:
-    """Methods x IPCs, mean ± std (%), the best method of each IPC in bold; ``full`` as the last row."""
-    header = "| method | " + " | ".join(f"IPC {ipc}{labels.get(ipc, '')}" for ipc in ipcs) + " |"
-    lines = [f"Test accuracy (%) on {dataset}, mean ± std over {runs} seed(s); best per IPC in bold.", "",
-             header, "|---|" + "---:|" * len(ipcs)]
+                   runs: int, budget: str = "", barely_distilled: float = 0.8) -> str:
+    """Methods x IPCs, mean ± std (%), the best method of each IPC in bold; ``full`` as the last row.
+
+    Each row names the training augmentation of its cells; ``budget`` (:func:`budget_markdown`) follows the title.
+    When some set was distilled, a last column gives each IPC's final loss ratio (:func:`activity`) and
+    the accuracy of a set whose ratio stayed above ``barely_distilled`` is marked "barely distilled".
+    """
+    ratios = bool(barely_note(rows, barely_distilled))
+    header = "| method | augmentation | " + " | ".join(f"IPC {ipc}{labels.get(ipc, '')}" for ipc in ipcs) + " |"
+    header += " loss ratio (per IPC) |" if ratios else ""
+    lines = [f"Test accuracy (%) on {dataset}, mean ± std over {runs} seed(s); best per IPC in bold.",
+             *([budget] if budget else []), *([barely_note(rows, barely_distilled)] if ratios else []), "", header,
+             "|---|---|" + "---:|" * (len(ipcs) + ratios)]
     best = {}
     for ipc in ipcs:
         scored = [r for r in rows if r["ipc"] == ipc and r["mean"] is not None]
@@ -63,9 +120,15 @@ def table_markdown(rows: Sequence[dict[str, Any]], ipcs: Sequence[int], labels: 
                 cells.append("—")
                 continue
             text = _fmt(row["mean"], row["std"])
-            cells.append(f"**{text}**" if best.get(ipc) == method else text)
+            text = f"**{text}**" if best.get(ipc) == method else text
+            cells.append(f"{text} {BARELY_MARK}" if row.get("barely_distilled") else text)
         name = "full (whole training split)" if method == "full" else method
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        augment = next((r.get("augment") or "" for r in rows if r["method"] == method), "")
+        if ratios:  # blank for a method that distils nothing
+            mine = [next((r for r in rows if r["method"] == method and r["ipc"] == ipc), None) for ipc in ipcs]
+            distilled = any(r is not None and r.get("loss_ratio") is not None for r in mine)
+            cells.append(" / ".join(_ratio_text(r) for r in mine) if distilled else "")
+        lines.append(f"| {name} | {augment} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -76,14 +139,16 @@ def table_csv(rows: Sequence[dict[str, Any]]) -> str:
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["method", "ipc", "mean", "std", "runs", "accuracies", "alpha", "beta", "alpha_source",
-                     "beta_source"])
+    writer.writerow(["method", "augment", "ipc", "mean", "std", "runs", "accuracies", "alpha", "beta", "alpha_source",
+                     "beta_source", "loss_ratio", "barely_distilled"])
     for r in rows:
-        writer.writerow([r["method"], "" if r["ipc"] is None else r["ipc"],
+        writer.writerow([r["method"], r.get("augment") or "", "" if r["ipc"] is None else r["ipc"],
                          "" if r["mean"] is None else f"{r['mean']:.6f}", "" if r["std"] is None else f"{r['std']:.6f}",
                          len(r["accuracies"]), ";".join(f"{a:.6f}" for a in r["accuracies"]),
                          "" if r["alpha"] is None else r["alpha"], "" if r["beta"] is None else r["beta"],
-                         r["alpha_source"] or "", r["beta_source"] or ""])
+                         r["alpha_source"] or "", r["beta_source"] or "",
+                         "" if r.get("loss_ratio") is None else f"{r['loss_ratio']:.6f}",
+                         int(bool(r.get("barely_distilled")))])
     return buffer.getvalue()
 
 
@@ -102,25 +167,28 @@ def ablation_rows(cfg: RunConfig, ipc: int, knobs: dict[int, Knobs],
             rows.append({"select_init": select_init, "partial_update": partial, "combined_augmentation": combined,
                          "set": name, "ipc": ipc, "alpha": spec.alpha if partial else 1.0,
                          "beta": spec.beta if select_init else None, "cells": ids, "accuracies": accuracies,
-                         "mean": mean, "std": std})
+                         "mean": mean, "std": std,
+                         **activity([records[i] for i in ids if i in records], cfg.reproduce.barely_distilled)})
     return rows
 
 
-def ablation_markdown(rows: Sequence[dict[str, Any]], ipc: int) -> str:
+def ablation_markdown(rows: Sequence[dict[str, Any]], ipc: int, budget: str = "",
+                      barely_distilled: float = 0.8) -> str:
     def mark(flag: bool) -> str:
         return "✓" if flag else "–"
 
     lines = [f"Ablation at IPC {ipc} (paper Table 3): test accuracy (%), mean ± std. Combined augmentation off = "
              "DSA on every image, which is what combined gives a set without D_select (alpha 1): those rows share "
-             "their cells.", "",
-             "| selection init | partial update | combined augmentation | set | alpha | beta | accuracy |",
-             "|:-:|:-:|:-:|---|---:|---:|---:|"]
+             "their cells.", *([budget] if budget else []),
+             *([note] if (note := barely_note(rows, barely_distilled)) else []), "",
+             "| selection init | partial update | combined augmentation | set | alpha | beta | accuracy | loss ratio |",
+             "|:-:|:-:|:-:|---|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["select_init"], r["partial_update"], r["combined_augmentation"])):
         acc = "—" if r["mean"] is None else _fmt(r["mean"], r["std"])
         alpha = "" if r["alpha"] is None else f"{r['alpha']:g}"
         beta = "" if r["beta"] is None else f"{r['beta']:g}"
         lines.append(f"| {mark(r['select_init'])} | {mark(r['partial_update'])} | {mark(r['combined_augmentation'])} "
-                     f"| {r['set']} | {alpha} | {beta} | {acc} |")
+                     f"| {r['set']} | {alpha} | {beta} | {acc} | {_ratio_text(r)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -143,14 +211,43 @@ def coverage_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def coverage_html(rows: Sequence[dict[str, Any]], dataset: str) -> str:
-    """A self-contained page (plotly.js inline): easy and hard coverage per method, one figure per IPC."""
+def coverage_activities(rows: Sequence[dict[str, Any]],
+                        records: dict[str, dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(``"{method}, IPC {ipc}"``, activity record) of each main-table set whose distillation recorded coverage."""
+    found = []
+    for row in rows:
+        sets = [records[i].get("set") or {} for i in row["cells"] if i in records]
+        points = next((s["activity"] for s in sets if s.get("activity")), [])
+        if any("coverage_easy" in p for p in points):
+            found.append((f"{row['method']}, IPC {row['ipc']}", points))
+    return found
+
+
+def coverage_html(rows: Sequence[dict[str, Any]], dataset: str,
+                  activities: Sequence[tuple[str, list[dict[str, Any]]]] = ()) -> str:
+    """A self-contained page (plotly.js inline): easy and hard coverage per method, one figure per IPC, and,
+    for the sets in ``activities`` (:func:`coverage_activities`), their coverage over the distillation's iterations."""
     import html
 
     import plotly.graph_objects as go
+    from plotly.colors import DEFAULT_PLOTLY_COLORS
     from plotly.offline import get_plotlyjs
 
     figures = []
+    if activities:
+        fig = go.Figure()
+        for k, (label, points) in enumerate(activities):
+            shown = [p for p in points if p.get("coverage_easy") is not None]
+            colour = DEFAULT_PLOTLY_COLORS[k % len(DEFAULT_PLOTLY_COLORS)]
+            for half, dash in (("easy", None), ("hard", "dash")):
+                fig.add_trace(go.Scatter(x=[p["iteration"] for p in shown], y=[p[f"coverage_{half}"] for p in shown],
+                                         mode="lines+markers", name=f"{label}: {half} half",
+                                         line=dict(color=colour, dash=dash)))
+        fig.update_layout(title="Coverage of easy (solid) and hard (dashed) test samples during distillation",
+                          xaxis_title="iteration", yaxis_title="coverage", yaxis_range=[0, 1],
+                          template="plotly_white")
+        figures.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id="coverage-iterations",
+                                   config={"displaylogo": False, "responsive": True}))
     for ipc in dict.fromkeys(r["ipc"] for r in rows if r["ipc"] is not None):
         group = [r for r in rows if r["ipc"] in (ipc, None)]
         fig = go.Figure([go.Bar(name=half, x=[r["method"] for r in group], y=[r[half] for r in group])
@@ -199,7 +296,8 @@ def write_outputs(plan: ReproducePlan, run: RunOutcome) -> ReproduceResult:
     out, cfg, ipcs, records = plan.out, plan.cfg, run.ipcs, run.records
     labels = {ipc: f" ({t})" for ipc, t in zip(ipcs, run.tokens) if t.endswith("%")}
     rows = main_rows(cfg, run.methods, ipcs, run.cells, records)
-    table_md = table_markdown(rows, ipcs, labels, dataset=run.dataset, runs=plan.runs)
+    table_md = table_markdown(rows, ipcs, labels, dataset=run.dataset, runs=plan.runs,
+                              budget=budget_markdown(rows, records), barely_distilled=cfg.reproduce.barely_distilled)
     files = {"table.md": out / "table.md", "table.csv": out / "table.csv", "results.json": out / "results.json"}
     save_text(table_md, files["table.md"])
     save_text(table_csv(rows), files["table.csv"])
@@ -213,13 +311,16 @@ def write_outputs(plan: ReproducePlan, run: RunOutcome) -> ReproduceResult:
         rows_ab = ablation_rows(cfg, run.ablation_ipc, run.knobs, records, plan.runs)
         results["ablation"] = rows_ab
         files["ablation.md"] = out / "ablation.md"
-        save_text(ablation_markdown(rows_ab, run.ablation_ipc), files["ablation.md"])
-    if plan.coverage:
+        save_text(ablation_markdown(rows_ab, run.ablation_ipc, budget_markdown(rows_ab, records),
+                                    cfg.reproduce.barely_distilled), files["ablation.md"])
+    activities = coverage_activities(rows, records)
+    if plan.coverage or activities:
         rows_cov = coverage_rows(run.cells, records)
         results["coverage"] = rows_cov
-        files["coverage.md"] = out / "coverage.md"
         files["coverage.html"] = out / "coverage.html"
+        save_text(coverage_html(rows_cov, run.dataset, activities), files["coverage.html"])
+    if plan.coverage:
+        files["coverage.md"] = out / "coverage.md"
         save_text(coverage_markdown(rows_cov), files["coverage.md"])
-        save_text(coverage_html(rows_cov, run.dataset), files["coverage.html"])
     save_json(results, files["results.json"])
     return ReproduceResult(out, table_md, files, run.computed, run.reused, results)

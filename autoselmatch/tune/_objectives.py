@@ -1,8 +1,10 @@
 """The real objectives of the two stages and the final set (SelMatch on a dataset).
 
 - stage 1, beta: mean validation accuracy of ``tune.beta_seeds`` networks
-  trained for ``evaluate.quick_fraction`` of the evaluation budget on the
-  selection-only window (:func:`autoselmatch.selection.window_accuracy`);
+  trained with ``tune.beta_augment`` (DSA by default, as the paper's
+  sliding-window experiment) for ``evaluate.quick_fraction`` of the final
+  evaluation budget (Appendix E: 10-20 %) on the selection-only window
+  (:func:`autoselmatch.selection.window_accuracy`);
   validation accuracy is reported a few times in the second half of each
   network's training for the pruner (the first epochs on a few hundred
   images are close to chance, and pruning on them cuts windows on noise).
@@ -91,7 +93,7 @@ class SelMatchObjectives:
     # ---- stage 1 -----------------------------------------------------------------------------
 
     def beta(self, ctx: StageContext) -> Objective:
-        from ..evaluate import accuracy, batch_bounds, budget_steps
+        from ..evaluate import accuracy, batch_bounds, budget_steps, budget_text, paper_share
         from ..selection import window_accuracy
 
         cfg, ecfg = ctx.cfg, ctx.cfg.evaluate
@@ -99,7 +101,12 @@ class SelMatchObjectives:
         val_images, val_y = self.ds.split("val")
         val_x = self.ds.normalize(val_images)  # (V, C, H, W) float, on the dataset's device
         n_set = ctx.ipc * self.ds.num_classes
-        steps = budget_steps(ecfg, n_set=n_set, n_full=len(self.ds.train_labels), fraction=ecfg.quick_fraction)
+        n_full = len(self.ds.train_labels)
+        steps = budget_steps(ecfg, n_set=n_set, n_full=n_full, fraction=ecfg.quick_fraction)
+        final = budget_steps(ecfg, n_set=n_set, n_full=n_full)
+        LOG.info("%s: beta trials train %d networks with %s augmentation, %d steps each: evaluate.quick_fraction "
+                 "%g of the final budget, %s", ctx.study_name, cfg.tune.beta_seeds, cfg.tune.beta_augment, steps,
+                 ecfg.quick_fraction, budget_text(final, paper_share(final, n_full=n_full, batch_size=ecfg.batch_size)))
         epochs_per_run = math.ceil(steps / (len(batch_bounds(n_set, ecfg.batch_size)) - 1))
         first = epochs_per_run // 2 + 1  # the first reported epoch of each network (1-based)
         stride = max(1, (epochs_per_run - first + 1) // REPORTS_PER_NETWORK)
@@ -112,7 +119,7 @@ class SelMatchObjectives:
 
             result = window_accuracy(self.ds, scores, ipc=ctx.ipc, beta=beta, cfg=ecfg,
                                      fraction=ecfg.quick_fraction, seeds=cfg.tune.beta_seeds, seed=cfg.seed,
-                                     epoch_callback=on_epoch)
+                                     epoch_callback=on_epoch, augment=cfg.tune.beta_augment)
             trial.set_user_attr(records.VAL_ACCURACY, {"mean": result.mean, "std": result.std,
                                                        "accuracies": result.accuracies})
             trial.set_user_attr(records.SECONDS, result.seconds)
@@ -193,8 +200,8 @@ class SelMatchObjectives:
             records.RESULT_PATH: str(path),
             records.TEST_ACCURACY: {"mean": test.mean, "std": test.std, "accuracies": test.accuracies},
             records.ITERATIONS: result.iterations,
-            records.EVALUATION: {"runs": test.runs, "steps": test.steps, "model": test.model, "augment": test.augment,
-                           "seconds": test.seconds},
+            records.EVALUATION: {"runs": test.runs, "steps": test.steps, "paper_share": test.paper_share,
+                                 "model": test.model, "augment": test.augment, "seconds": test.seconds},
         }
 
 

@@ -337,8 +337,11 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
     name = study_name(plan.prefix, ipc, ALPHA)
     study = optuna.load_study(study_name=name, storage=storage)
     trial = study.trials[alpha_out.best_trial]
+    evaluate = to_dict(plan.cfg.evaluate)
+    if evaluate["budget_fraction"] == 1.0:  # the budget before the setting existed: final sets made then are kept
+        del evaluate["budget_fraction"]
     key = stable_hash({"trial": trial.number, "beta": beta, "distill": to_dict(plan.cfg.distill),
-                       "evaluate": to_dict(plan.cfg.evaluate)})  # what shapes the final set and its test score
+                       "evaluate": evaluate})  # what shapes the final set and its test score
     ctx = stage_context(plan, plan.cfg, ipc, study)
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     with file_lock(ctx.workdir / ".final.lock"):

@@ -108,14 +108,23 @@ def stage_settings(cfg: RunConfig, stage: str, ipc: int) -> dict[str, Any]:
     common = {"stage": stage, "ipc": ipc, "seed": cfg.seed, "data": data, "scores": to_dict(cfg.scores),
               "evaluate": evaluate}
     if stage == records.BETA:
-        return {**common, "beta_seeds": cfg.tune.beta_seeds}
+        return {**common, "beta_seeds": cfg.tune.beta_seeds, "beta_augment": cfg.tune.beta_augment}
     distill = {**to_dict(cfg.distill), "iterations": trial_iterations(cfg)}
     return {**common, "experts": to_dict(cfg.experts), "distill": distill, "alpha_seeds": cfg.tune.alpha_seeds}
 
 
+#: What a setting that older studies lack stood for, where that differs from today's default: beta trials
+#: trained on crop + flip before ``tune.beta_augment`` existed (so such a study is refused under ``dsa``).
+LEGACY_SETTINGS: dict[str, dict[str, Any]] = {records.BETA: {"beta_augment": "simple"}, records.ALPHA: {}}
+
+
 def default_settings(stage: str, ipc: int) -> dict[str, Any]:
-    """:func:`stage_settings` of the built-in defaults: what a setting an older study lacks stood for."""
-    return stage_settings(RunConfig(), stage, ipc)
+    """:func:`stage_settings` of the built-in defaults: what a setting an older study lacks stood for.
+
+    A setting added since the study was stored counts as unchanged only at this value; it is the
+    built-in default, except in :data:`LEGACY_SETTINGS`.
+    """
+    return {**stage_settings(RunConfig(), stage, ipc), **LEGACY_SETTINGS[stage]}
 
 
 # --------------------------------------------------------------------------------------------

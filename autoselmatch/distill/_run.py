@@ -1,0 +1,517 @@
+"""The distillation loop: its run state and checkpoint, the loop itself and the checks of its inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+import torch
+import torch.nn as nn
+
+from ..augment import DSA_STRATEGIES
+from ..config import DistillConfig, RunConfig, to_dict
+from ..data import ImageDataset
+from ..errors import DataError, InvalidArgument, TrainingDiverged
+from ..fileio import load_torch, save_torch, stable_hash
+from ..models import FlatModel
+from ..runtime import LOG, fault_point, progress, resolve_device
+from ..synset import SyntheticSet, loss_ratio
+from ._trajectory import MatchOutput, TrajectoryMatcher
+
+RESULT_FILE = "result.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_VERSION = 1
+DistillResult = SyntheticSet  # what distill() and selmatch() return; the name this module always exported
+
+Evaluator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float]
+CoverageProbe = Callable[[torch.Tensor], Mapping[str, float]]  # images -> {"coverage", "coverage_easy", ...}
+
+
+class ExpertSource(Protocol):
+    """What the core needs from an expert store (see :mod:`autoselmatch.experts`)."""
+
+    num_experts: int
+    num_params: int
+    num_epochs: int
+    manifest: Mapping[str, Any]
+
+    def sample(self, generator: torch.Generator, *, max_start_epoch: int,
+               expert_epochs: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class DistillStep:
+    """What the per-iteration callback receives.
+
+    Args:
+        iteration: Iterations completed so far (1 after the first).
+        loss: Matching loss (1) of this iteration, before the update.
+        eta: The learnable student learning rate after the update.
+        accuracy: Quick validation accuracy of the current set, when one was
+            measured at this iteration (every ``distill.eval_every``), else None.
+    """
+
+    iteration: int
+    loss: float
+    eta: float
+    accuracy: float | None = None
+
+
+Callback = Callable[[DistillStep], None]
+
+
+# --------------------------------------------------------------------------------------------
+# The run state: what an iteration changes, and its checkpoint
+# --------------------------------------------------------------------------------------------
+
+
+class RunState:
+    """Everything a distillation run changes as it goes (after nanoGPT's train.py: state_dicts in one dict).
+
+    The D_distill pixels and eta with their SGD-with-momentum optimizers,
+    the CPU generator that every random draw comes from, the iteration count
+    and the history. :meth:`state_dict` is what a checkpoint holds, so a run
+    restored with :meth:`load_state_dict` continues bit for bit on CPU.
+
+    Args:
+        images: float32 (n, C, H, W), the initial set in normalised space on the
+            run's device; rows outside ``rows`` (D_select) are only read.
+        rows: int64 (d,) positions of the D_distill rows in ``images``.
+        dc: The ``distill`` settings (``lr_teacher`` starts eta; ``lr_img``,
+            ``lr_lr`` and ``momentum`` set the optimizers).
+        seed: Seed of the generator.
+    """
+
+    def __init__(self, images: torch.Tensor, rows: torch.Tensor, dc: DistillConfig, seed: int) -> None:
+        self.base = images
+        self.rows = rows
+        self.pixels = images[rows].clone().requires_grad_(True)  # (d, C, H, W): the only pixels that learn
+        self.lr = torch.tensor(dc.lr_teacher, device=images.device, requires_grad=True)  # eta ()
+        self.opt_img = torch.optim.SGD([self.pixels], lr=dc.lr_img, momentum=dc.momentum)
+        self.opt_lr = torch.optim.SGD([self.lr], lr=dc.lr_lr, momentum=dc.momentum)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.iteration = 0
+        self.losses: list[float] = []
+        self.evals: list[tuple[int, float]] = []
+        self.initial = self.pixels.detach().clone()  # (d, C, H, W): x0 of the activity record's pixel change
+        self.activity: list[dict[str, Any]] = []
+
+    def images(self) -> torch.Tensor:
+        """float32 (n, C, H, W): the current set, D_select rows as given and D_distill rows as learned."""
+        return self.base.index_put((self.rows,), self.pixels.detach())
+
+    def step(self, out: MatchOutput) -> tuple[float, float]:
+        """Apply one iteration's gradients to the pixels and eta; return (loss, eta after the update).
+
+        Sync point: reads the loss and eta from the device.
+        """
+        self.pixels.grad = out.grad_images[self.rows]
+        self.lr.grad = out.grad_lr.reshape(())
+        self.opt_img.step()
+        self.opt_lr.step()
+        self.iteration += 1
+        loss, eta = torch.stack([out.loss.float(), self.lr.detach().float()]).tolist()
+        self.losses.append(loss)
+        return loss, eta
+
+    def record(self, coverage: Mapping[str, float] | None = None) -> dict[str, Any]:
+        """Append and return the activity-record entry of the current iteration (see :mod:`autoselmatch.synset`).
+
+        Loss ratio of the losses so far (:func:`~autoselmatch.synset.loss_ratio`), eta, and the
+        mean |x - x0| over the D_distill pixels: normalised pixels are in units of the data's std,
+        so this is the mean change in stds. ``coverage``: entries to add (``coverage_easy``, ...).
+        Sync point.
+        """
+        change = float((self.pixels.detach() - self.initial).abs().mean()) if self.pixels.numel() else 0.0
+        point = {"iteration": self.iteration, "loss_ratio": loss_ratio(self.losses),
+                 "eta": float(self.lr.detach()), "pixel_change": change, **(coverage or {})}
+        self.activity.append(point)
+        return point
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors (CPU), numbers and lists: loads with ``weights_only=True``.
+
+        As with torch's own state_dicts, the tensors may be the live ones: save
+        the dict (or deep-copy it) before the run takes another step.
+        """
+        return {
+            "iteration": self.iteration,
+            "pixels": self.pixels.detach().cpu(),
+            "lr": self.lr.detach().cpu(),
+            "opt_img": self.opt_img.state_dict(),
+            "opt_lr": self.opt_lr.state_dict(),
+            "generator": self.generator.get_state(),
+            "losses": torch.tensor(self.losses, dtype=torch.float64),
+            "evals": [[i, a] for i, a in self.evals],
+            "activity": [dict(point) for point in self.activity],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` of a run on the same initial set."""
+        with torch.no_grad():
+            self.pixels.copy_(state["pixels"].to(self.pixels.device))
+            self.lr.copy_(state["lr"].to(self.lr.device))
+        self.opt_img.load_state_dict(state["opt_img"])
+        self.opt_lr.load_state_dict(state["opt_lr"])
+        self.generator.set_state(state["generator"])
+        self.iteration = int(state["iteration"])
+        self.losses = [float(v) for v in state["losses"].tolist()]
+        self.evals = [(int(i), float(a)) for i, a in state["evals"]]
+        self.activity = [dict(point) for point in state.get("activity", [])]  # absent in older checkpoints
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """``checkpoint.pt``: ``{"version", "fingerprint", **RunState.state_dict()}``, written atomically.
+
+    Args:
+        path: The file; None: a run without checkpoints (:meth:`save` does nothing).
+        fingerprint: What the run shares with any run that may resume it (:func:`_fingerprint`).
+    """
+
+    path: Path | None
+    fingerprint: str
+
+    def save(self, state: RunState) -> None:
+        if self.path is not None:
+            blob = {"version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, **state.state_dict()}
+            save_torch(blob, self.path)
+
+    def restore(self, state: RunState) -> bool:
+        """Load the file into ``state`` if it exists (True); refuse one made with other settings."""
+        if self.path is None or not self.path.is_file():
+            return False
+        blob = load_torch(self.path, what="distillation checkpoint", remedy="delete it to start over")
+        if blob.get("version") != CHECKPOINT_VERSION or blob.get("fingerprint") != self.fingerprint:
+            raise InvalidArgument(f"checkpoint {self.path} was made with other settings (dataset, seed, distill "
+                                  f"settings, experts or initial set differ); use another output folder or start "
+                                  f"without --resume")
+        state.load_state_dict(blob)
+        return True
+
+
+# --------------------------------------------------------------------------------------------
+# The distillation loop
+# --------------------------------------------------------------------------------------------
+
+
+def student_network(cfg: RunConfig, ds: ImageDataset) -> nn.Module:
+    """The experts' architecture (``cfg.experts.model``) for ``ds``, as a student (see :func:`batch_stats_only`)."""
+    channels, size, _ = ds.image_shape
+    return batch_stats_only(cfg.experts.model.build(channels=channels, num_classes=ds.num_classes, image_size=size))
+
+
+def batch_stats_only(module: nn.Module) -> nn.Module:
+    """Make every BatchNorm of ``module`` use batch statistics only, and put it in training mode.
+
+    Running statistics are removed (not tracked, no buffers): the student
+    only ever runs in training mode, and without buffer updates it is a
+    pure function of theta, so recomputed segments and replays see the same
+    network and nothing is written per step.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.track_running_stats = False
+            layer.running_mean = layer.running_var = layer.num_batches_tracked = None
+    return module.train()
+
+
+def dsa_strategies(cfg: RunConfig) -> tuple[str, ...]:
+    """The DSA strategies of ``cfg.distill`` (empty when ``distill.dsa`` is off)."""
+    if not cfg.distill.dsa:
+        return ()
+    strategies = tuple(s for s in cfg.distill.dsa_strategies.split("_") if s)
+    unknown = [s for s in strategies if s not in DSA_STRATEGIES]
+    if unknown or not strategies:
+        raise InvalidArgument(f"distill.dsa_strategies must join names from {', '.join(DSA_STRATEGIES)} with '_', "
+                              f"got {cfg.distill.dsa_strategies!r}")
+    return strategies
+
+
+def quick_evaluator(ds: ImageDataset, cfg: RunConfig, *, runs: int = 1) -> Evaluator:
+    """Mean validation accuracy of ``runs`` networks (seeds ``cfg.seed``, ``cfg.seed + 1``, ...) trained
+    on the set for ``evaluate.quick_fraction`` of the budget."""
+    from ..evaluate import evaluate_set
+
+    def evaluate(images: torch.Tensor, labels: torch.Tensor, distill_mask: torch.Tensor) -> float:
+        result = evaluate_set(ds, images, labels, cfg=cfg.evaluate, distill_mask=distill_mask, split="val",
+                              runs=runs, fraction=cfg.evaluate.quick_fraction, seed=cfg.seed)
+        return float(result.mean)
+
+    return evaluate
+
+
+def coverage_probe(ds: ImageDataset, cfg: RunConfig, device: torch.device) -> CoverageProbe:
+    """Coverage of the test set's easy and hard halves by a set (``distill.coverage_every``, paper Figure 7).
+
+    Returns ``images (n, C, H, W), normalised -> {"coverage", "coverage_easy", "coverage_hard"}``
+    in the feature space of :func:`autoselmatch.coverage.distill_reference`. Cost: the first call
+    trains that reference network on the whole training split (one full-data training run, as
+    long as ``bench reproduce``'s ``full`` row) unless ``cfg.cache_path`` holds it; every call
+    then embeds the set and computes its distances to the M test samples.
+    """
+    from ..coverage import Reference, distill_reference, set_coverage
+
+    reference: Reference | None = None
+
+    def measure(images: torch.Tensor) -> dict[str, float]:
+        nonlocal reference
+        if reference is None:
+            reference = distill_reference(ds, cfg, device)
+        result = set_coverage(reference, images)
+        return {"coverage": result.coverage, "coverage_easy": result.easy, "coverage_hard": result.hard}
+
+    return measure
+
+
+def distill(
+    ds: ImageDataset,
+    *,
+    cfg: RunConfig,
+    experts: ExpertSource | None,
+    init_images: torch.Tensor,
+    labels: torch.Tensor,
+    distill_mask: torch.Tensor,
+    indices: torch.Tensor | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    callback: Callback | None = None,
+    evaluator: Evaluator | None = None,
+    settings: Mapping[str, Any] | None = None,
+    coverage: CoverageProbe | None = None,
+) -> SyntheticSet:
+    """Run trajectory matching on an initial synthetic set; update only the ``distill_mask`` rows.
+
+    Each iteration draws an expert and a start epoch t < T+ (``experts.sample``),
+    runs N student steps from theta*_t on minibatches of the whole set with
+    DSA, and takes one SGD-with-momentum step on the D_distill pixels
+    and on eta against loss (1). All randomness comes from one generator
+    seeded with ``cfg.seed`` (batches, augmentation seeds, expert draws), so
+    a run is reproducible and a resumed run continues bit for bit on CPU.
+
+    Args:
+        ds: The dataset (names, classes, normalisation, image shape).
+        cfg: Run settings; ``cfg.distill`` drives the loop, ``cfg.experts.model``
+            is the student architecture, ``cfg.seed`` and ``cfg.device`` apply.
+        experts: Expert trajectories for ``cfg.experts`` on ``ds``; may be
+            None only when nothing is to be distilled (no True in the mask).
+        init_images: float (n, C, H, W) in normalised space.
+        labels: int64 (n,) hard labels.
+        distill_mask: bool (n,): rows that are updated (D_distill).
+        indices: Optional int64 (n,) training-set indices the rows came from (kept in the result).
+        checkpoint_dir: Where ``checkpoint.pt`` is written every
+            ``distill.checkpoint_every`` iterations (None: no checkpoints).
+        resume: Continue from ``checkpoint_dir/checkpoint.pt`` if present; its
+            settings must match (``distill.iterations`` may differ, to extend a run).
+        callback: Called after every iteration with a :class:`DistillStep`;
+            an exception it raises (e.g. ``optuna.TrialPruned``) propagates
+            after a checkpoint of the finished iteration is written.
+        evaluator: ``(images, labels, distill_mask) -> accuracy``, run every
+            ``distill.eval_every`` iterations and at the end; None uses
+            :func:`quick_evaluator` when ``eval_every > 0``.
+        settings: Extra settings stored with the result (ipc, alpha, beta, ...).
+        coverage: ``images -> {"coverage", "coverage_easy", "coverage_hard"}``, run every
+            ``distill.coverage_every`` iterations and at the end; None uses :func:`coverage_probe`
+            when ``coverage_every > 0``.
+
+    The result's activity record (:mod:`autoselmatch.synset`) gets an entry at the
+    start (iteration 0), every ``eval_every`` and ``coverage_every`` iterations and at the end.
+
+    Raises:
+        InvalidArgument: Bad shapes, batch larger than the set, experts too short.
+        DataError: Experts missing or made for another dataset or model.
+        TrainingDiverged: The loss became NaN/inf or eta became <= 0.
+    """
+    device = resolve_device(cfg.device)
+    dc = cfg.distill
+    if resume and checkpoint_dir is None:
+        raise InvalidArgument("resume=True needs the checkpoint_dir to resume from")
+    _check_set(ds, init_images, labels, distill_mask)
+    n = len(labels)
+    provenance = {"dataset": ds.name, "classes": tuple(ds.classes), "mean": tuple(ds.mean), "std": tuple(ds.std),
+                  "settings": _settings(ds, cfg, settings), "indices": indices.cpu() if indices is not None else None}
+    rows = torch.nonzero(distill_mask.cpu()).flatten()
+    if len(rows) == 0:  # nothing to learn: the initial set is the answer (alpha = 0)
+        return SyntheticSet(init_images.detach().cpu().float().clone(), labels.cpu().clone(),
+                            distill_mask.cpu().clone(), eta=dc.lr_teacher, **provenance,
+                            activity=[{"iteration": 0, "loss_ratio": None, "eta": dc.lr_teacher, "pixel_change": 0.0}])
+    if dc.batch_syn > n:
+        raise InvalidArgument(f"distill.batch_syn ({dc.batch_syn}) must be at most the synthetic set's size {n}; "
+                              f"lower it with --set distill.batch_syn=N")
+    flat = FlatModel(student_network(cfg, ds).to(device))
+    check_experts(experts, ds, cfg, flat.num_params)
+    if evaluator is None and dc.eval_every > 0:
+        evaluator = quick_evaluator(ds, cfg)
+    if coverage is None and dc.coverage_every > 0:
+        coverage = coverage_probe(ds, cfg, device)
+    matcher = TrajectoryMatcher(flat, labels.to(device).long(), syn_steps=dc.syn_steps, batch_syn=dc.batch_syn,
+                                memory=dc.memory, segment=dc.segment, strategies=dsa_strategies(cfg),
+                                precision=dc.precision)
+
+    state = RunState(init_images.detach().to(device, torch.float32).clone(), rows.to(device), dc, cfg.seed)
+    checkpoint = Checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None,
+                            _fingerprint(ds, cfg, experts, init_images, labels, distill_mask))
+    if resume and checkpoint.restore(state):
+        LOG.info("resuming distillation from %s at iteration %d", checkpoint.path, state.iteration)
+
+    def record(final: bool = False) -> None:
+        at_coverage = coverage is not None and (final or state.iteration % dc.coverage_every == 0)
+        point = state.record(coverage(state.images()) if at_coverage else None)
+        covered = f", coverage easy {point['coverage_easy']:.3f} / hard {point['coverage_hard']:.3f}" \
+            if at_coverage and point.get("coverage_easy") is not None else ""
+        LOG.info("iteration %d: loss ratio %s, eta %.4g, pixel change %.4f std%s", state.iteration,
+                 "-" if point["loss_ratio"] is None else f"{point['loss_ratio']:.3f}", point["eta"],
+                 point["pixel_change"], covered)
+
+    if state.iteration == 0 and not state.activity:
+        record()
+    bar: Any = progress(range(state.iteration, dc.iterations), desc="distill", total=dc.iterations - state.iteration)
+    draws = None
+    try:  # whatever stops the run (Ctrl-C, a callback's exception) leaves a checkpoint of the last finished iteration
+        for _ in bar:
+            draws = state.generator.get_state()  # an unfinished iteration reruns from the same draws
+            start, target = experts.sample(state.generator, max_start_epoch=dc.max_start_epoch,
+                                           expert_epochs=dc.expert_epochs)
+            out = matcher(state.images(), state.lr, start.to(device, torch.float32), target.to(device, torch.float32),
+                          state.generator)
+            fault_point("distill.iteration")
+            draws = None
+            loss, eta = state.step(out)
+            _check_diverged(loss, eta, state.iteration, dc)
+
+            accuracy = None
+            if evaluator is not None and dc.eval_every > 0 and (state.iteration % dc.eval_every == 0
+                                                                or state.iteration == dc.iterations):
+                accuracy = float(evaluator(state.images(), matcher.labels, distill_mask.to(device)))
+                state.evals.append((state.iteration, accuracy))
+                LOG.info("iteration %d: loss %.4f, eta %.4g, quick validation accuracy %.2f %%", state.iteration,
+                         loss, eta, 100 * accuracy)
+            if ((dc.eval_every > 0 and state.iteration % dc.eval_every == 0) or state.iteration == dc.iterations
+                    or (dc.coverage_every > 0 and state.iteration % dc.coverage_every == 0)):
+                record(final=state.iteration == dc.iterations)
+            shown = {"loss": f"{loss:.4f}", "eta": f"{eta:.3g}"}
+            if state.evals:  # no val column before the first evaluation
+                shown["val"] = f"{100 * state.evals[-1][1]:.2f} %"
+            if state.activity and state.activity[-1]["loss_ratio"] is not None:  # the loss ratio at the last record
+                shown["ratio"] = f"{state.activity[-1]['loss_ratio']:.3f}"
+            bar.set_postfix(refresh=False, **shown)
+            if dc.checkpoint_every > 0 and state.iteration % dc.checkpoint_every == 0:
+                checkpoint.save(state)
+            if callback is not None:
+                callback(DistillStep(state.iteration, loss, eta, accuracy))
+    except TrainingDiverged:
+        raise  # the state holds the diverged step: no checkpoint of it
+    except BaseException:
+        if draws is not None:
+            state.generator.set_state(draws)
+        checkpoint.save(state)
+        raise
+    if not state.activity or state.activity[-1]["iteration"] != state.iteration:  # e.g. resumed at its end
+        record(final=True)
+    checkpoint.save(state)
+    return SyntheticSet(state.images().cpu(), labels.cpu().long(), distill_mask.cpu().bool(),
+                        eta=float(state.lr.detach()), loss_history=list(state.losses), evals=list(state.evals),
+                        iterations=state.iteration, activity=list(state.activity), **provenance)
+
+
+def _check_diverged(loss: float, eta: float, iteration: int, dc: DistillConfig) -> None:
+    """Raise :class:`TrainingDiverged` when the matching loss is not finite or eta is not positive."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"distillation diverged at iteration {iteration}: matching loss is {loss}; "
+                               f"lower distill.lr_img ({dc.lr_img}) or distill.lr_lr ({dc.lr_lr})")
+    if not eta > 0:
+        raise TrainingDiverged(f"distillation diverged at iteration {iteration}: learned lr eta became {eta:.3g}; "
+                               f"lower distill.lr_lr ({dc.lr_lr})")
+
+
+def _check_set(ds: ImageDataset, images: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> None:
+    if images.dim() != 4 or tuple(images.shape[1:]) != ds.image_shape:
+        raise InvalidArgument(f"init_images must be (n, {', '.join(map(str, ds.image_shape))}) for {ds.name}, "
+                              f"got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise InvalidArgument(f"init_images must be float in normalised space (see ds.normalize), got {images.dtype}")
+    if labels.shape != (len(images),):
+        raise InvalidArgument(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= ds.num_classes):
+        raise InvalidArgument(f"labels must be in [0, {ds.num_classes - 1}], got [{int(labels.min())}, {int(labels.max())}]")
+    if mask.shape != (len(images),) or mask.dtype != torch.bool:
+        raise InvalidArgument(f"distill_mask must be bool of shape ({len(images)},), got {mask.dtype} {tuple(mask.shape)}")
+
+
+def check_experts(experts: ExpertSource | None, ds: ImageDataset, cfg: RunConfig, num_params: int) -> None:
+    """Refuse experts that are missing, were made for another dataset or model, or are too short."""
+    make = f"make them with `autoselmatch experts --dataset {ds.name}` (same preset and --set options)"
+    if experts is None:
+        raise DataError(f"no expert trajectories for {ds.name}; {make}")
+    key = experts.manifest.get("key", {})
+    trained_on = key.get("dataset", {}).get("name")
+    if trained_on != ds.name:
+        raise DataError(f"experts were trained on {trained_on!r}, not {ds.name!r}; {make}")
+    student = {"name": cfg.experts.model.name, "options": dict(sorted(cfg.experts.model.options.items()))}
+    if _plain(key.get("model")) != _plain(student):
+        raise DataError(f"experts were trained with model {key.get('model')}, but the student is {student}; {make}")
+    if experts.num_params != num_params:
+        raise DataError(f"experts have {experts.num_params} parameters but the student {cfg.experts.model.name} has "
+                        f"{num_params}; they belong to another model; {make}")
+    if getattr(experts, "zca", None) is not None:
+        raise InvalidArgument("experts trained with ZCA whitening cannot be matched: synthetic sets live in the "
+                              "normalised space; use experts with experts.zca = false")
+    needed = cfg.distill.max_start_epoch + cfg.distill.expert_epochs
+    if needed > experts.num_epochs:
+        every = key.get("snapshot_every")  # SGD steps between stored snapshots; absent: one per epoch
+        stored, epochs = f"{experts.num_epochs} epochs", needed
+        if every is not None:
+            steps = math.ceil(len(ds.split("train")[1]) / key["optimizer"]["batch_size"])  # per epoch
+            stored = f"{experts.num_epochs} snapshots (every {every} SGD steps)"
+            epochs = math.ceil(needed * every / steps)
+        raise InvalidArgument(f"distill.max_start_epoch + distill.expert_epochs = {needed} exceeds the "
+                              f"{stored} stored per expert; lower them or retrain with "
+                              f"`autoselmatch experts --dataset {ds.name} --epochs {epochs}`")
+
+
+def _plain(model: Any) -> Any:
+    """A model spec in a comparable form (JSON round trip: tuples and lists compare equal)."""
+    return json.loads(json.dumps(model, sort_keys=True, default=str))
+
+
+def _settings(ds: ImageDataset, cfg: RunConfig, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    values: dict[str, Any] = {"dataset": ds.name, "seed": cfg.seed, "config": to_dict(cfg)}
+    values.update(extra or {})
+    return values
+
+
+def _tensor_digest(*tensors: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+# distill settings added since CHECKPOINT_VERSION 1, with the value that older runs implicitly used
+_ADDED_SETTINGS = {"precision": "fp32"}
+
+
+def _fingerprint(ds: ImageDataset, cfg: RunConfig, experts: ExpertSource, images: torch.Tensor,
+                 labels: torch.Tensor, mask: torch.Tensor) -> str:
+    """What a checkpoint must share with the run that resumes it (the iteration budget and what is
+    only observed, such as evaluations and coverage, may differ).
+
+    A setting added after checkpoints of this version were first written is left out while it is at
+    its default, so that a checkpoint of an older release still resumes (``_ADDED_SETTINGS``).
+    """
+    dc = to_dict(cfg.distill)
+    for key in ("iterations", "eval_every", "checkpoint_every", "coverage_every"):
+        dc.pop(key, None)
+    for key, default in _ADDED_SETTINGS.items():
+        if dc.get(key) == default:
+            dc.pop(key)
+    return stable_hash({
+        "dataset": ds.name, "seed": cfg.seed, "distill": dc, "model": cfg.experts.model.to_dict(),
+        "experts": {"key": experts.manifest.get("key"), "num_experts": experts.num_experts,
+                    "num_params": experts.num_params},
+        "init": _tensor_digest(images, labels, mask),
+    })
