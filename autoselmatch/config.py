@@ -296,6 +296,8 @@ class TuneConfig:
         heartbeat_interval: Server databases: seconds between heartbeats of a running trial.
         grace_period: Server databases: seconds without a heartbeat after which a
             running trial counts as crashed; it is failed and its point retried.
+        baselines: Per IPC, also score random selection (a beta-stage trial) and plain MTT
+            (alpha 1, random init; an alpha-stage trial); the final set is the best of all on validation.
     """
 
     beta_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -317,6 +319,7 @@ class TuneConfig:
     max_failures: int = 2
     heartbeat_interval: int = HEARTBEAT_INTERVAL
     grace_period: int = GRACE_PERIOD
+    baselines: bool = True
 
     def __post_init__(self) -> None:
         for name in ("beta_grid", "alpha_grid"):
