@@ -421,6 +421,8 @@ def _summary(chosen: str, selmatch: float, others: dict[str, float], alpha: floa
     if not others:
         return f"{point} chosen; no baseline finished (pruned or failed), so none could be compared"
     runner = max(others, key=others.get)
+    if others[runner] >= selmatch:
+        return f"{point} tied the best baseline on validation ({LABELS[runner]}); a tie goes to SelMatch"
     return (f"{point} beat every baseline on validation, the best of them ({LABELS[runner]}) by "
             f"{100 * (selmatch - others[runner]):.2f} points")
 
