@@ -284,8 +284,11 @@ class SearchController:
         if baseline is not None:
             trial.suggest_categorical(records.INIT, ["random"])
             duplicate = self._duplicate_of(trial.number, baseline=baseline)
-            if duplicate is not None or baseline not in self.baselines:  # not ours to run (baselines turned off)
-                trial.set_user_attr(records.DUPLICATE_OF, duplicate)
+            if duplicate is not None or baseline not in self.baselines:
+                if duplicate is not None:
+                    trial.set_user_attr(records.DUPLICATE_OF, duplicate)
+                else:  # queued by a run with baselines on, claimed by one with them off: give it back unrun
+                    trial.set_user_attr(records.UNQUEUED, True)
                 self.study.tell(trial, state=TrialState.FAIL)
                 return _WAIT
             return trial, baseline
