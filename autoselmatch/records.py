@@ -20,6 +20,10 @@ with each of its items but ``key`` copied beside it for the dashboard.
 Trial user attrs: the fixed values (:data:`IPC`, :data:`FINGERPRINT`, the
 fixed knob), :data:`WORKER`, :data:`VAL_ACCURACY`, :data:`RESULT_PATH`,
 :data:`ITERATIONS`, ... and the controller's bookkeeping (:data:`ERROR`, ...).
+A baseline trial (:data:`BASELINES`: random selection in the beta study, MTT
+in the alpha study) has :data:`BASELINE` set to its name and the categorical
+param :data:`INIT` instead of the stage's grid param; the final record
+compares the chosen set with each of them.
 
     name = study_name("digits", 10, "alpha")          # "digits-ipc10-alpha"
     parse_study_name(name)                            # StudyName(prefix="digits", ipc=10, stage="alpha")
