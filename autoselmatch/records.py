@@ -174,6 +174,8 @@ class FinalRecord:
         chosen: Which candidate the set is: :data:`SELMATCH` (the best grid trial) or a baseline
             (:data:`RANDOM`, :data:`MTT`), the best on validation (``None``: written before baselines).
         val_accuracy: The chosen candidate's validation score.
+        selmatch: The best grid point, ``{"alpha", "beta", "trial", "val_accuracy"}``, whichever
+            candidate was chosen (``alpha`` and ``beta`` above are the chosen set's own).
         baselines: Per baseline measured: ``{"label", "study", "trial", "state", "val_accuracy",
             "test_accuracy", "result_path", "iterations"}`` (``None`` with ``tune.baselines = false``).
         summary: One line on the choice, e.g. "MTT (alpha 1, random init) beat every SelMatch point ...".
@@ -191,6 +193,7 @@ class FinalRecord:
     evaluation: dict[str, Any] | None = None
     chosen: str | None = None
     val_accuracy: float | None = None
+    selmatch: dict[str, Any] | None = None
     baselines: dict[str, dict[str, Any]] | None = None
     summary: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)

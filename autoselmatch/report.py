@@ -324,8 +324,9 @@ def _baselines_table(group: IpcStudies) -> str:
     if final is None or final.baselines is None:
         return ""
     best = _best(group.alpha)
-    point = f"alpha {final.alpha:g}, beta {final.beta:g}" if final.chosen == SELMATCH else ""
-    rows = [(SELMATCH, f" (best grid point{': ' + point if point else ''})", None if best is None else best.value,
+    grid = final.selmatch or {}
+    point = f": alpha {grid[ALPHA]:g}, beta {grid[BETA]:g}" if ALPHA in grid and BETA in grid else ""
+    rows = [(SELMATCH, f" (best grid point{point})", grid.get(records.VAL_ACCURACY, None if best is None else best.value),
              final.test_accuracy if final.chosen == SELMATCH else None, "")]
     for name, baseline in final.baselines.items():
         state = baseline.get("state")

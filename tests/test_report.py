@@ -152,6 +152,7 @@ def test_report_renders_the_baselines_of_a_tuned_study(tmp_path):
     table = table[:table.index("</table>")]
     assert re.search(r"<td>MTT \(alpha 1, random init\)</td><td>125\.00 %</td><td>70\.00 %</td><td>exported</td>", table)
     assert re.search(r"<td>random selection \(class-balanced\)</td><td>50\.00 %</td><td>40\.00 %</td><td></td>", table)
-    assert re.search(r"<td>SelMatch \(best grid point\)</td><td>99\.99 %</td><td>not evaluated \(not chosen\)</td>", table)
+    assert re.search(r"<td>SelMatch \(best grid point: alpha 0\.6, beta 0\.5\)</td><td>99\.99 %</td>"
+                     r"<td>not evaluated \(not chosen\)</td>", table)
     assert f"<p>{final['summary']}</p>" in page and "test accuracy vs baselines" in page
     assert "best alpha = 0.6" in page  # the grid's best, not the baseline that beat it

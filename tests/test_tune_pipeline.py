@@ -326,6 +326,8 @@ def test_a_baseline_that_wins_on_validation_becomes_the_exported_set(tmp_path):
     assert final["summary"] == ("MTT (alpha 1, random init) beat every SelMatch point on validation by "
                                 f"{100 * (1.25 - result.ipcs[0].alpha.best_value):.2f} points; exporting it")
     assert result.ipcs[0].alpha.best_point == 0.6  # the search itself never saw the baseline
+    assert final["selmatch"] == {"alpha": 0.6, "beta": 0.5, "trial": result.ipcs[0].alpha.best_trial,
+                                 "val_accuracy": result.ipcs[0].alpha.best_value}  # what reproduce reads
     manifest = export_trial(f"sqlite:///{tmp_path / 'studies.db'}", "digits-ipc10-alpha", tmp_path / "out")
     assert manifest["chosen"] == "mtt" and manifest["trial"] == mtt.number and manifest["alpha"] == 1.0
     assert manifest["summary"] == final["summary"] and set(manifest["baselines"]) == {"random", "mtt"}

@@ -379,8 +379,10 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
             LOG.info("%s: %s", name, summary)
         final = FinalRecord.from_dict(facts)
         if plan.cfg.tune.baselines:
-            final = dataclasses.replace(final, chosen=chosen, val_accuracy=scores[chosen], baselines=baselines,
-                                        summary=summary)
+            best = {ALPHA: alpha_out.best_point, BETA: beta, "trial": trial.number,
+                    records.VAL_ACCURACY: float(trial.value)}
+            final = dataclasses.replace(final, chosen=chosen, val_accuracy=scores[chosen], selmatch=best,
+                                        baselines=baselines, summary=summary)
         final = dataclasses.replace(final, key=key, ipc=ipc, trial=number)
         for attr, value in final.to_attrs().items():  # FINAL last: a record is complete once it is there
             study.set_user_attr(attr, value)
