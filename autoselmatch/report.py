@@ -326,8 +326,8 @@ def _baselines_table(group: IpcStudies) -> str:
     best = _best(group.alpha)
     grid = final.selmatch or {}
     point = f": alpha {grid[ALPHA]:g}, beta {grid[BETA]:g}" if ALPHA in grid and BETA in grid else ""
-    rows = [(SELMATCH, f" (best grid point{point})", grid.get(records.VAL_ACCURACY, None if best is None else best.value),
-             final.test_accuracy if final.chosen == SELMATCH else None, "")]
+    val = grid.get(records.VAL_ACCURACY, None if best is None else best.value)
+    rows = [(SELMATCH, f" (best grid point{point})", val, final.test_accuracy if final.chosen == SELMATCH else None, "")]
     for name, baseline in final.baselines.items():
         state = baseline.get("state")
         rows.append((name, "", baseline.get(records.VAL_ACCURACY), baseline.get(records.TEST_ACCURACY),

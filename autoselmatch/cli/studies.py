@@ -60,9 +60,10 @@ def studies(storage: str | None, dataset: str | None, output: str) -> None:
             line += f"  baseline {name} {format_accuracy(value)}"
         if row.get("test_accuracy") is not None:
             chosen = f" ({LABELS.get(row['chosen'], row['chosen'])} chosen)" if row.get("chosen") else ""
-            tests = ", ".join(f"{LABELS.get(n, n)} {format_accuracy(v)}" for n, v in row.get("baseline_tests", {}).items()
-                              if v is not None)
-            line += f"  test {format_accuracy(row['test_accuracy'])}{chosen}" + (f"; baselines {tests}" if tests else "")
+            tests = ", ".join(f"{LABELS.get(n, n)} {format_accuracy(v)}"
+                              for n, v in row.get("baseline_tests", {}).items() if v is not None)
+            line += f"  test {format_accuracy(row['test_accuracy'])}{chosen}"
+            line += f"; baselines {tests}" if tests else ""
         click.echo(line)
         if row.get("summary"):
             click.echo(f"  {row['summary']}")
