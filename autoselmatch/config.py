@@ -316,6 +316,8 @@ class TuneConfig:
         heartbeat_interval: Server databases: seconds between heartbeats of a running trial.
         grace_period: Server databases: seconds without a heartbeat after which a
             running trial counts as crashed; it is failed and its point retried.
+        baselines: Per IPC, also score random selection (a beta-stage trial) and plain MTT
+            (alpha 1, random init; an alpha-stage trial); the final set is the best of all on validation.
     """
 
     beta_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -338,6 +340,7 @@ class TuneConfig:
     max_failures: int = 2
     heartbeat_interval: int = HEARTBEAT_INTERVAL
     grace_period: int = GRACE_PERIOD
+    baselines: bool = True
 
     def __post_init__(self) -> None:
         for name in ("beta_grid", "alpha_grid"):
@@ -450,6 +453,29 @@ def to_dict(cfg: Any) -> Any:
     if isinstance(cfg, dict):
         return {k: to_dict(v) for k, v in cfg.items()}
     return cfg
+
+
+# Settings added after files keyed by their section were first written (expert caches, checkpoints,
+# final sets, reproduce's sets and cells), with the value that older versions implicitly used.
+ADDED_SETTINGS: dict[str, dict[str, Any]] = {
+    "data": {"image_size": None},
+    "experts": {"snapshot_every": None},
+    "distill": {"precision": "fp32", "coverage_every": 0},
+    "evaluate": {"budget_fraction": 1.0},
+}
+
+
+def key_dict(section: str, cfg: Any) -> dict[str, Any]:
+    """``to_dict(cfg)`` of config section ``section`` (``"distill"``, ...) as cache keys hash it.
+
+    A setting of :data:`ADDED_SETTINGS` is left out while it holds the value older versions
+    implicitly used, so a file keyed before the setting existed keeps its key.
+    """
+    values = to_dict(cfg)
+    for key, legacy in ADDED_SETTINGS.get(section, {}).items():
+        if key in values and values[key] == legacy:
+            del values[key]
+    return values
 
 
 def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
@@ -636,6 +662,8 @@ def toml_value(value: Any) -> str:
 
 
 __all__ = [
+    "ADDED_SETTINGS",
+    "key_dict",
     "AUGMENTATIONS",
     "EXPERT_AUGMENTATIONS",
     "MEMORY_MODES",

@@ -20,6 +20,10 @@ with each of its items but ``key`` copied beside it for the dashboard.
 Trial user attrs: the fixed values (:data:`IPC`, :data:`FINGERPRINT`, the
 fixed knob), :data:`WORKER`, :data:`VAL_ACCURACY`, :data:`RESULT_PATH`,
 :data:`ITERATIONS`, ... and the controller's bookkeeping (:data:`ERROR`, ...).
+A baseline trial (:data:`BASELINES`: random selection in the beta study, MTT
+in the alpha study) has :data:`BASELINE` set to its name and the categorical
+param :data:`INIT` instead of the stage's grid param; the final record
+compares the chosen set with each of them.
 
     name = study_name("digits", 10, "alpha")          # "digits-ipc10-alpha"
     parse_study_name(name)                            # StudyName(prefix="digits", ipc=10, stage="alpha")
@@ -66,6 +70,17 @@ INTERRUPTED = "interrupted"  # the trial was stopped (Ctrl-C, crash); not a fail
 DUPLICATE_OF = "duplicate_of"  # an earlier live trial held the same point; this one never ran
 REPEAT_OF = "repeat_of"  # a TPE repeat of a finished point: that trial's value was recorded
 UNQUEUED = "unqueued"  # a trial another worker's claim left without a point; never ran
+BASELINE = "baseline"  # None on a grid trial; on a baseline trial its name (RANDOM or MTT)
+
+# ---- baselines -------------------------------------------------------------------------------
+#: Baseline trials carry the categorical param INIT (their only param), never the stage's grid param.
+INIT = "init"
+RANDOM, MTT = "random", "mtt"
+#: The baseline measured in each stage's study (``tune.baselines``).
+BASELINES: dict[str, tuple[str, ...]] = {BETA: (RANDOM,), ALPHA: (MTT,)}
+#: How summaries and the report name each candidate of the final choice.
+SELMATCH = "selmatch"  # FinalRecord.chosen when the best grid point won
+LABELS = {SELMATCH: "SelMatch", RANDOM: "random selection (class-balanced)", MTT: "MTT (alpha 1, random init)"}
 
 #: Study attrs that some module reads, with the stages whose studies ``tune`` always writes them to
 #: (tests/test_records.py checks both against the code and a real run).
@@ -86,6 +101,7 @@ TRIAL_ATTRS_READ: dict[str, tuple[str, ...]] = {
     VAL_ACCURACY: STAGES,
     RESULT_PATH: (ALPHA,),
     ITERATIONS: (ALPHA,),
+    BASELINE: STAGES,
 }
 
 # ---- study names -----------------------------------------------------------------------------
@@ -155,6 +171,14 @@ class FinalRecord:
         test_accuracy: ``{"mean", "std", "accuracies"}`` on the test split.
         iterations: Distillation iterations of the set.
         evaluation: How the test accuracy was measured (``{"runs", "steps", "model", "augment", "seconds"}``).
+        chosen: Which candidate the set is: :data:`SELMATCH` (the best grid trial) or a baseline
+            (:data:`RANDOM`, :data:`MTT`), the best on validation (``None``: written before baselines).
+        val_accuracy: The chosen candidate's validation score.
+        selmatch: The best grid point, ``{"alpha", "beta", "trial", "val_accuracy"}``, whichever
+            candidate was chosen (``alpha`` and ``beta`` above are the chosen set's own).
+        baselines: Per baseline measured: ``{"label", "study", "trial", "state", "val_accuracy",
+            "test_accuracy", "result_path", "iterations"}`` (``None`` with ``tune.baselines = false``).
+        summary: One line on the choice, e.g. "MTT (alpha 1, random init) beat every SelMatch point ...".
         extra: Any other JSON-able fact the objectives returned.
     """
 
@@ -167,6 +191,11 @@ class FinalRecord:
     test_accuracy: dict[str, Any] | None = None
     iterations: int | None = None
     evaluation: dict[str, Any] | None = None
+    chosen: str | None = None
+    val_accuracy: float | None = None
+    selmatch: dict[str, Any] | None = None
+    baselines: dict[str, dict[str, Any]] | None = None
+    summary: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,7 +227,12 @@ class FinalRecord:
 
 __all__ = [
     "ALPHA",
+    "BASELINES",
     "BETA",
+    "LABELS",
+    "MTT",
+    "RANDOM",
+    "SELMATCH",
     "STAGES",
     "FinalRecord",
     "StudyName",

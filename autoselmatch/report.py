@@ -6,9 +6,10 @@ alpha curve with pruned trials marked, the intermediate validation
 accuracies of every distillation trial (pruned ones dashed), whether each
 distillation did anything (matching-loss ratio, eta and pixel change over
 iterations, and the coverage of the easy and hard test halves when
-``distill.coverage_every`` recorded it), the final test accuracy, the best
-set's image grid and the settings; above them, the optimal alpha and beta
-against IPC.
+``distill.coverage_every`` recorded it), the final test accuracy against the
+baselines (random selection, MTT) on validation and test, the best set's
+image grid and the settings; above them, the optimal alpha and beta against
+IPC.
 
 plotly.js is embedded once in the page (no CDN), images are embedded as
 base64 PNG, so the file opens offline and can be mailed around::
@@ -18,8 +19,9 @@ base64 PNG, so the file opens offline and can be mailed around::
 Read from the studies (keys from :mod:`autoselmatch.records`): trial params
 (or user attrs) ``beta`` / ``alpha``, trial values and intermediate values; on
 the alpha study (or its best trial) the user attr ``test_accuracy`` (a
-number, or ``{"mean", "std"}``); each study's ``settings``; and the
-``*grid.png`` artifact of the study (``best-grid.png``) or of its best trial;
+number, or ``{"mean", "std"}``) and the :class:`~autoselmatch.records.FinalRecord`
+(its ``chosen``, ``baselines`` and ``summary``); each study's ``settings``; the
+``*grid.png`` artifact of the study (``best-grid.png``) or of its best trial; and
 the activity record (:mod:`autoselmatch.synset`) of the set files that the
 alpha trials' ``result_path`` and the final record's name, where they exist.
 """
@@ -39,7 +41,7 @@ from . import records
 from ._version import __version__
 from .errors import DataError
 from .fileio import save_text
-from .records import ALPHA, BETA, STAGES, FinalRecord, parse_study_name
+from .records import ALPHA, BETA, LABELS, SELMATCH, STAGES, FinalRecord, parse_study_name
 from .runtime import LOG
 from .storage import artifact_dir_of, close_storage, open_existing_storage, safe_name
 from .synset import SyntheticSet
@@ -148,7 +150,13 @@ def _trials(study: "optuna.Study | None", *states: str) -> list["optuna.trial.Fr
 
 
 def _best(study: "optuna.Study | None") -> "optuna.trial.FrozenTrial | None":
-    return max(_trials(study, "COMPLETE"), key=lambda t: t.value, default=None)
+    """The best finished grid trial (baseline trials aside)."""
+    return max((t for t in _trials(study, "COMPLETE") if t.user_attrs.get(records.BASELINE) is None),
+               key=lambda t: t.value, default=None)
+
+
+def _final(group: IpcStudies) -> FinalRecord | None:
+    return None if group.alpha is None else FinalRecord.from_attrs(group.alpha.user_attrs)
 
 
 def _mean_std(value: Any) -> tuple[float, float | None] | None:
@@ -250,8 +258,9 @@ def _intermediate_figure(study: "optuna.Study", ipc: int) -> "go.Figure":
         if not t.intermediate_values:
             continue
         steps = sorted(t.intermediate_values)
-        alpha = _knob(t, ALPHA)
-        label = f"trial {t.number}" + (f", alpha={alpha:g}" if alpha is not None else "")
+        alpha, baseline = _knob(t, ALPHA), t.user_attrs.get(records.BASELINE)
+        label = f"trial {t.number}" + (f", {LABELS.get(baseline, baseline)}" if baseline is not None
+                                       else f", alpha={alpha:g}" if alpha is not None else "")
         pruned = t.state.name != "COMPLETE"
         fig.add_trace(go.Scatter(
             x=steps, y=[t.intermediate_values[s] for s in steps], mode="lines+markers",
@@ -298,15 +307,24 @@ def activity_figure(series: list[tuple[str, list[dict[str, Any]]]], title: str) 
 
 
 def _accuracy_figure(group: IpcStudies) -> "go.Figure | None":
-    """Test accuracy of the chosen set (``None`` when none was recorded)."""
+    """Test accuracy of the chosen set beside each baseline's (``None`` when none was recorded)."""
     import plotly.graph_objects as go
 
     test = _mean_std(_result_attrs(group).get(records.TEST_ACCURACY))
     if test is None:
         return None
-    fig = go.Figure(go.Bar(x=["autoselmatch"], y=[test[0]], error_y=dict(type="data", array=[test[1] or 0.0]),
-                           marker_color=["#2ca02c"]))
-    return _layout(fig, f"IPC {group.ipc}: test accuracy", "", "test accuracy")
+    final = _final(group)
+    chosen = final.chosen if final is not None else None
+    bars = {f"chosen: {LABELS.get(chosen, chosen)}" if chosen else "autoselmatch": test}
+    for name, baseline in ((final.baselines or {}) if final is not None else {}).items():
+        value = _mean_std(baseline.get(records.TEST_ACCURACY))
+        if value is not None and name != chosen:
+            bars[LABELS.get(name, name)] = value
+    fig = go.Figure(go.Bar(x=list(bars), y=[v[0] for v in bars.values()],
+                           error_y=dict(type="data", array=[v[1] or 0.0 for v in bars.values()]),
+                           marker_color=["#2ca02c"] + ["#7f7f7f"] * (len(bars) - 1)))
+    title = "test accuracy vs baselines" if len(bars) > 1 else "test accuracy"
+    return _layout(fig, f"IPC {group.ipc}: {title}", "", "test accuracy")
 
 
 def _optimum_figure(groups: list[IpcStudies]) -> "go.Figure":
@@ -358,6 +376,38 @@ def _summary_table(group: IpcStudies) -> str:
     return f"<table>{body}</table>"
 
 
+def _percent(value: Any) -> str:
+    shown = _mean_std(value)
+    if shown is None:
+        return "-"
+    spread = f" ± {100 * shown[1]:.2f}" if shown[1] and len(value.get("accuracies") or []) != 1 else ""
+    return f"{100 * shown[0]:.2f}{spread} %"
+
+
+def _baselines_table(group: IpcStudies) -> str:
+    """Every candidate of the final choice: validation score, test accuracy, which one was exported."""
+    final = _final(group)
+    if final is None or final.baselines is None:
+        return ""
+    best = _best(group.alpha)
+    grid = final.selmatch or {}
+    point = f": alpha {grid[ALPHA]:g}, beta {grid[BETA]:g}" if ALPHA in grid and BETA in grid else ""
+    val = grid.get(records.VAL_ACCURACY, None if best is None else best.value)
+    rows = [(SELMATCH, f" (best grid point{point})", val, final.test_accuracy if final.chosen == SELMATCH else None, "")]
+    for name, baseline in final.baselines.items():
+        state = baseline.get("state")
+        rows.append((name, "", baseline.get(records.VAL_ACCURACY), baseline.get(records.TEST_ACCURACY),
+                     "" if state == "complete" else f" ({state})"))
+    body = "".join(
+        f"<tr><td>{html.escape(LABELS.get(name, name) + detail)}</td><td>{html.escape(_percent(val) + note)}</td>"
+        f"<td>{html.escape(_percent(test) if test is not None else 'not evaluated (not chosen)')}</td>"
+        f"<td>{'exported' if name == final.chosen else ''}</td></tr>"
+        for name, detail, val, test, note in rows)
+    summary = f"<p>{html.escape(final.summary)}</p>" if final.summary else ""
+    return (f'<h3>Baselines</h3>{summary}<table id="ipc{group.ipc}-baselines"><tr><th>candidate</th>'
+            f"<th>validation accuracy</th><th>test accuracy</th><th></th></tr>{body}</table>")
+
+
 def _ipc_section(group: IpcStudies, storage: "optuna.storages.BaseStorage", art_dir: Path | None) -> str:
     parts = [f'<section id="ipc-{group.ipc}"><h2>IPC {group.ipc}</h2>', _summary_table(group)]
     if group.beta is not None:
@@ -374,6 +424,7 @@ def _ipc_section(group: IpcStudies, storage: "optuna.storages.BaseStorage", art_
             parts.append('<p class="note">No activity record found (no readable set file of a distillation '
                          'trial for this IPC).</p>')
     accuracy = _accuracy_figure(group)
+    parts.append(_baselines_table(group))
     if accuracy is not None:
         parts.append(_figure_html(accuracy, f"ipc{group.ipc}-test"))
     else:

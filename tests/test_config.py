@@ -137,3 +137,13 @@ def test_active_fashion_preset_matches_five_expert_steps_per_student_step():
     expert_steps = cfg.distill.expert_epochs * cfg.experts.snapshot_every
     assert expert_steps == 5 * cfg.distill.syn_steps
     assert cfg.data.name == "fashion-mnist" and cfg.distill.lr_img == 1000.0
+
+
+def test_key_dict_leaves_out_added_settings_only_at_their_legacy_values():
+    from autoselmatch.config import ADDED_SETTINGS, DistillConfig, key_dict, to_dict
+
+    plain = key_dict("distill", DistillConfig())
+    assert set(to_dict(DistillConfig())) - set(plain) == set(ADDED_SETTINGS["distill"])  # keys as older versions hashed
+    changed = key_dict("distill", DistillConfig(precision="bf16"))
+    assert changed["precision"] == "bf16" and "coverage_every" not in changed
+    assert key_dict("tune", load_preset("digits").tune) == to_dict(load_preset("digits").tune)  # no added settings

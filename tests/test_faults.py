@@ -266,16 +266,17 @@ def test_distill_survives(reference, tmp_path, fault):
 # Hits of one run: beta trials 1-3 (claimed, 2 reports, told each), alpha trials 1-2 (claimed, 2 iterations
 # each with a checkpoint, 1 report, a last checkpoint, result.pt, told), final set (checkpoint 7: the best
 # trial's checkpoint copied, then 2 more iterations, checkpoints 8-10, result.pt 3).
-TUNE_FAULTS = [
-    "tune.claimed:1:KILL",  # the first trial claimed (RUNNING), not started
-    "tune.claimed:2:INT",  # Ctrl-C between two beta trials
-    "tune.report:3:KILL",  # mid-way through the second beta trial
-    "tune.told:3:KILL",  # after the last beta trial, before the alpha stage
-    "distill.iteration:4:KILL",  # mid-way through the second alpha trial (its checkpoint of iteration 1 exists)
-    "tune.report:8:INT",  # Ctrl-C in the second alpha trial, after its report
-    "write:result.pt:2:KILL",  # the second alpha trial's set written, not renamed, the trial not told
-    "write:checkpoint.pt:7:KILL",  # while the best trial's checkpoint is copied for the final set
-    "write:result.pt:3:INT",  # Ctrl-C while the final set is written
+TUNE_FAULTS = [  # per study the baseline trial comes first (random selection, then MTT), then the grid's
+    "tune.claimed:1:KILL",  # the first trial claimed (RUNNING), not started: the random-selection baseline
+    "tune.claimed:2:INT",  # Ctrl-C between the baseline and the first beta grid trial
+    "tune.report:3:KILL",  # mid-way through the first beta grid trial
+    "tune.told:4:KILL",  # after the last beta trial, before the alpha stage
+    "distill.iteration:2:KILL",  # mid-way through the MTT baseline (its checkpoint of iteration 1 exists)
+    "distill.iteration:4:KILL",  # mid-way through the first alpha grid trial
+    "tune.report:10:INT",  # Ctrl-C in the first alpha grid trial, after its report
+    "write:result.pt:2:KILL",  # the first alpha grid trial's set written, not renamed, the trial not told
+    "write:checkpoint.pt:10:KILL",  # while MTT's checkpoint is copied for its final set
+    "write:result.pt:5:INT",  # Ctrl-C while a final set (here MTT's, continued to distill.iterations) is written
 ]
 RANDOM_KILLS = [0, 1]  # seeds of the random delays
 

@@ -216,8 +216,24 @@ def test_a_real_tune_writes_every_declared_key(tuned):
 def test_a_real_tune_records_a_final_record_that_reads_back(tuned):
     alpha = tuned[records.ALPHA]
     final = FinalRecord.from_attrs(alpha.user_attrs)
-    assert final is not None and final.ipc == 5 and final.trial == alpha.best_trial.number
+    assert final is not None and final.ipc == 5 and final.trial == tuned["result"].ipcs[0].alpha.best_trial
     assert final.to_dict() == tuned["result"].ipcs[0].final == alpha.user_attrs[records.FINAL]
     assert all(alpha.user_attrs[k] == v for k, v in final.to_attrs().items())
     assert Path(final.result_path).is_file() and final.iterations == 4 and final.evaluation["runs"] == 1
     assert parse_study_name(alpha.study_name) == StudyName("digits", 5, records.ALPHA)
+
+
+@pytest.mark.slow
+def test_a_real_tune_measures_both_baselines_and_evaluates_their_sets(tuned):
+    final = FinalRecord.from_attrs(tuned[records.ALPHA].user_attrs)
+    assert final.chosen in (records.SELMATCH, records.RANDOM, records.MTT) and final.summary
+    assert set(final.baselines) == {records.RANDOM, records.MTT}
+    for name, stage in ((records.RANDOM, records.BETA), (records.MTT, records.ALPHA)):
+        baseline = final.baselines[name]
+        (trial,) = [t for t in tuned[stage].trials if t.user_attrs[records.BASELINE] == name]
+        assert baseline["trial"] == trial.number and baseline[records.VAL_ACCURACY] == trial.value
+        assert trial.params == {records.INIT: "random"}
+        assert Path(baseline[records.RESULT_PATH]).is_file() and baseline[records.EVALUATION]["runs"] == 1
+        assert 0.0 <= baseline[records.TEST_ACCURACY]["mean"] <= 1.0
+    assert final.baselines[records.MTT][records.ITERATIONS] == 4  # continued to distill.iterations like the winner
+    assert final.baselines[records.RANDOM][records.ITERATIONS] == 0  # selection only: nothing distilled

@@ -175,3 +175,21 @@ def test_report_renders_offline_in_headless_chromium(report, studies, tmp_path):
     # plotly draws each figure into <svg class="main-svg"> elements once plotly.js has run
     assert dom.count('class="main-svg"') >= summary["figures"]
     assert dom.count('class="plot-container plotly"') == summary["figures"]
+
+
+def test_report_renders_the_baselines_of_a_tuned_study(tmp_path):
+    """A study that tune made (synthetic objectives): the final record's comparison with the baselines."""
+    from test_tune_pipeline import MttWins, run  # the tests folder is on sys.path, as in test_tune_processes
+
+    final = run(tmp_path, objectives=MttWins).ipcs[0].final
+    out = tmp_path / "report.html"
+    build_report(f"sqlite:///{tmp_path / 'studies.db'}", "digits", out)
+    page = out.read_text()
+    table = page[page.index('id="ipc10-baselines"'):]
+    table = table[:table.index("</table>")]
+    assert re.search(r"<td>MTT \(alpha 1, random init\)</td><td>125\.00 %</td><td>70\.00 %</td><td>exported</td>", table)
+    assert re.search(r"<td>random selection \(class-balanced\)</td><td>50\.00 %</td><td>40\.00 %</td><td></td>", table)
+    assert re.search(r"<td>SelMatch \(best grid point: alpha 0\.6, beta 0\.5\)</td><td>99\.99 %</td>"
+                     r"<td>not evaluated \(not chosen\)</td>", table)
+    assert f"<p>{final['summary']}</p>" in page and "test accuracy vs baselines" in page
+    assert "best alpha = 0.6" in page  # the grid's best, not the baseline that beat it

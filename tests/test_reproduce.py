@@ -186,6 +186,17 @@ def test_alpha_and_beta_are_read_from_finished_studies(tmp_path):
         study_knobs(url, "fm", [30])
 
 
+def test_a_study_whose_baseline_won_still_gives_selmatchs_alpha_and_beta(tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = optuna.create_study(study_name="fm-ipc7-alpha", storage=url, direction="maximize")
+    study.set_user_attr("final", {"alpha": 1.0, "beta": 0.0, "ipc": 7, "chosen": "mtt",
+                                  "selmatch": {"alpha": 0.4, "beta": 0.6, "trial": 3, "val_accuracy": 0.5}})
+    knobs = study_knobs(url, "fm", [7])
+    assert (knobs[7].alpha, knobs[7].beta) == (0.4, 0.6)  # the best grid point, not MTT's set
+
+
 def test_folder_dataset_with_a_scores_file(tmp_path):
     rng = np.random.default_rng(0)
     for split, n in (("train", 14), ("test", 4)):

@@ -31,7 +31,7 @@ def concave(peak):
 
 
 def points(study, states=(TrialState.COMPLETE,)):
-    return [t.params["beta"] for t in study.get_trials(states=states)]
+    return [t.params["beta"] for t in study.get_trials(states=states) if "beta" in t.params]
 
 
 def test_line_search_runs_as_enqueued_trials_and_finds_the_peak(tmp_path):
@@ -208,3 +208,36 @@ def test_invalid_controller_arguments():
         SearchController(None, None, GridSearch(GRID), param="beta", objective=lambda x, t: x, max_trials=0)
     with pytest.raises(ValueError, match="max_failures must be >= 1"):
         SearchController(None, None, GridSearch(GRID), param="beta", objective=lambda x, t: x, max_failures=0)
+
+
+def test_a_baseline_runs_first_once_outside_the_budget_and_is_never_a_grid_point(tmp_path):
+    spec, study = make_study(tmp_path)
+    calls = []
+
+    def baseline(trial):
+        calls.append("baseline")
+        report(trial, 2.0, 1)
+        return 5.0  # above every grid value: the search must not see it
+
+    for _ in range(2):  # a rerun neither repeats it nor adds grid trials
+        outcome = SearchController(study, spec, LineSearch(GRID, start=0.5), param="beta", objective=concave(0.72),
+                                   max_trials=5, trial_attrs={"baseline": None}, baselines={"mtt": baseline}).run()
+    assert calls == ["baseline"]
+    first = study.trials[0]
+    assert first.user_attrs["baseline"] == "mtt" and first.params == {"init": "random"} and first.value == 5.0
+    assert points(study) == [0.5, 0.6, 0.4, 0.7, 0.8]  # the full budget of 5 grid trials besides it
+    assert outcome.best_point == 0.7 and outcome.scores == summarize(study.trials[1:], "beta").scores
+    assert all(t.user_attrs["baseline"] is None for t in study.trials[1:])
+
+
+def test_a_failing_baseline_is_retried_up_to_max_failures_then_left(tmp_path):
+    spec, study = make_study(tmp_path)
+
+    def broken(trial):
+        raise TrainingDiverged("loss is nan")
+
+    outcome = SearchController(study, spec, GridSearch((0.1, 0.2)), param="beta", objective=lambda x, t: x,
+                               catch=(TrainingDiverged,), max_failures=2, baselines={"random": broken}).run()
+    failed = [t for t in study.trials if t.user_attrs.get("baseline") == "random"]
+    assert [t.state for t in failed] == [TrialState.FAIL] * 2 and all("error" in t.user_attrs for t in failed)
+    assert outcome.stopped == "done" and outcome.best_point == 0.2

@@ -70,6 +70,29 @@ class Synthetic:
         time.sleep(self.finish_delay)
         return {"result_path": str(ctx.workdir / "final.pt"), "test_accuracy": {"mean": trial.value, "std": 0.0}}
 
+    #: Validation scores of the baselines: below every grid point near the optima, so SelMatch wins.
+    baseline_values = {"random": 0.5, "mtt": 0.9}
+
+    def baseline(self, ctx, name):
+        def objective(trial):
+            if self.log is not None:  # no waiting for peers: one worker runs each baseline
+                with open(self.log, "a") as f:
+                    f.write(f"{name} 0 {os.getpid()}\n")
+            value = self.baseline_values[name]
+            if name == "mtt":
+                for step in (1, 2, 3):
+                    report(trial, value * step / 3, step)
+            return value
+
+        return objective
+
+    def finish_baseline(self, ctx, *, name, trial, study, upload):
+        if self.log is not None:
+            with open(self.log, "a") as f:
+                f.write(f"finish-{name} 0 {os.getpid()}\n")
+        return {"result_path": str(ctx.workdir / f"final-{name}.pt"), "test_accuracy": {"mean": trial.value - 0.1,
+                                                                                         "std": 0.0}}
+
 
 def config(**overrides):
     return apply_overrides(load_preset("digits"), {"tune.pruner": "none", **overrides})
@@ -111,8 +134,8 @@ def test_prior_bounds_the_later_ipc_by_the_earlier_optimum(tmp_path):
     beta20, alpha20 = load(tmp_path, "digits-ipc20-beta"), load(tmp_path, "digits-ipc20-alpha")
     assert max(beta20.user_attrs["search"]["grid"]) == 0.5 and beta20.user_attrs["search"]["start"] == 0.5
     assert max(alpha20.user_attrs["search"]["grid"]) == 0.6
-    assert max(t.params["beta"] for t in beta20.trials) <= 0.5
-    assert max(t.params["alpha"] for t in alpha20.trials) <= 0.6
+    assert max(t.params["beta"] for t in beta20.trials if "beta" in t.params) <= 0.5  # baselines have no beta
+    assert max(t.params["alpha"] for t in alpha20.trials if "alpha" in t.params) <= 0.6
     assert beta20.user_attrs["prior"] == {"ipc": 10, "alpha": 0.6, "beta": 0.5}
     assert (large.beta.best_point, large.alpha.best_point) == (0.4, 0.5)
 
@@ -153,7 +176,7 @@ def test_a_study_made_with_other_settings_is_refused_before_any_work(tmp_path):
     forced = run(tmp_path, cfg=config(**{"evaluate.lr": 0.05}), force=True)
     assert forced.ipcs[0].beta.ran == 0
     fresh = run(tmp_path, cfg=config(**{"evaluate.lr": 0.05}), new_study=True)
-    assert fresh.ipcs[0].beta.ran == 4
+    assert fresh.ipcs[0].beta.ran == 4 + 1  # and the random-selection baseline
     assert load(tmp_path, "digits-ipc10-beta").user_attrs["settings"]["evaluate"]["lr"] == 0.05
 
 
@@ -204,7 +227,7 @@ def test_timeout_stops_before_the_next_trial_and_leaves_a_resumable_study(tmp_pa
 
 def test_grid_search_runs_every_point(tmp_path):
     result = run(tmp_path, cfg=config(**{"tune.search": "grid"}))
-    assert result.ipcs[0].beta.ran == 9 and result.ipcs[0].alpha.ran == 10
+    assert result.ipcs[0].beta.ran == 9 + 1 and result.ipcs[0].alpha.ran == 10 + 1  # + each stage's baseline
     assert result.ipcs[0].beta.best_point == 0.5
 
 
@@ -235,3 +258,121 @@ def test_unknown_search_and_pruner_are_refused_before_work(tmp_path):
     with pytest.raises(InvalidArgument, match="unknown pruner 'asha'"):
         run(tmp_path, cfg=config(**{"tune.pruner": "asha"}))
     assert not (tmp_path / "studies.db").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Baselines: random selection (beta study) and MTT (alpha study)
+# --------------------------------------------------------------------------------------------
+
+
+def baseline_trials(study, name):
+    return [t for t in study.trials if t.user_attrs.get("baseline") == name]
+
+
+class MttWins(Synthetic):
+    """MTT scores above every grid point; its final set is a real set file (so that it exports)."""
+
+    baseline_values = {"random": 0.5, "mtt": 1.25}
+
+    def finish_baseline(self, ctx, *, name, trial, study, upload):
+        import torch
+
+        from autoselmatch.synset import SyntheticSet
+
+        n = 3 * ctx.ipc
+        result = SyntheticSet(images=torch.zeros(n, 1, 4, 4), labels=torch.arange(n) % 3,
+                              distill_mask=torch.full((n,), name == "mtt"), dataset="digits", classes=("a", "b", "c"),
+                              mean=(0.5,), std=(0.25,), eta=0.01, settings={"baseline": name})
+        path = result.save(ctx.workdir / "final" / name / "result.pt")
+        return {"result_path": str(path), "test_accuracy": {"mean": 0.7 if name == "mtt" else 0.4, "std": 0.0,
+                                                            "accuracies": [0.7 if name == "mtt" else 0.4]}}
+
+
+def test_both_baselines_are_trials_once_per_ipc_and_are_not_rerun_on_resume(tmp_path):
+    log = tmp_path / "calls.log"
+    result = run(tmp_path, "10,20", objectives=functools.partial(Synthetic, log=log))
+    for r in result.ipcs:
+        beta, alpha = load(tmp_path, f"digits-ipc{r.ipc}-beta"), load(tmp_path, f"digits-ipc{r.ipc}-alpha")
+        (rand,), (mtt,) = baseline_trials(beta, "random"), baseline_trials(alpha, "mtt")
+        assert baseline_trials(beta, "mtt") == [] and baseline_trials(alpha, "random") == []
+        assert rand.params == {"init": "random"} and mtt.params == {"init": "random"}  # never a grid point
+        assert (rand.value, mtt.value) == (0.5, 0.9) and sorted(mtt.intermediate_values) == [1, 2, 3]
+        assert all(t.user_attrs["baseline"] is None for t in beta.trials + alpha.trials if "init" not in t.params)
+        assert (r.beta.best_point, r.alpha.best_point) == ((0.5, 0.6) if r.ipc == 10 else (0.4, 0.5))
+        final = r.final
+        assert final["chosen"] == "selmatch" and final["val_accuracy"] == pytest.approx(r.alpha.best_value)
+        assert final["baselines"]["random"]["val_accuracy"] == 0.5 and final["baselines"]["mtt"]["val_accuracy"] == 0.9
+        assert final["baselines"]["random"]["trial"] == rand.number and final["baselines"]["random"]["study"] == beta.study_name
+        assert final["baselines"]["mtt"]["test_accuracy"]["mean"] == pytest.approx(0.8)
+        assert final["summary"] == (f"SelMatch (alpha {r.alpha.best_point:g}, beta {r.beta.best_point:g}) beat every "
+                                    f"baseline on validation, the best of them (MTT (alpha 1, random init)) by "
+                                    f"{100 * (r.alpha.best_value - 0.9):.2f} points")
+        assert alpha.user_attrs["final"] == final
+    calls = log.read_text().splitlines()
+    assert sum(line.startswith("random ") for line in calls) == 2 and sum(line.startswith("mtt ") for line in calls) == 2
+    again = run(tmp_path, "10,20", objectives=functools.partial(Synthetic, log=log))
+    assert log.read_text().splitlines() == calls  # nothing rerun, no final set remade
+    assert [r.final for r in again.ipcs] == [r.final for r in result.ipcs]
+
+
+def test_a_baseline_that_wins_on_validation_becomes_the_exported_set(tmp_path):
+    from autoselmatch.export import export_trial
+
+    result = run(tmp_path, objectives=MttWins)
+    final = result.ipcs[0].final
+    alpha = load(tmp_path, "digits-ipc10-alpha")
+    (mtt,) = baseline_trials(alpha, "mtt")
+    assert final["chosen"] == "mtt" and final["trial"] == mtt.number and (final["alpha"], final["beta"]) == (1.0, 0.0)
+    assert final["result_path"].endswith("final/mtt/result.pt") and final["test_accuracy"]["mean"] == 0.7
+    assert final["summary"] == ("MTT (alpha 1, random init) beat every SelMatch point on validation by "
+                                f"{100 * (1.25 - result.ipcs[0].alpha.best_value):.2f} points; exporting it")
+    assert result.ipcs[0].alpha.best_point == 0.6  # the search itself never saw the baseline
+    assert final["selmatch"] == {"alpha": 0.6, "beta": 0.5, "trial": result.ipcs[0].alpha.best_trial,
+                                 "val_accuracy": result.ipcs[0].alpha.best_value}  # what reproduce reads
+    manifest = export_trial(f"sqlite:///{tmp_path / 'studies.db'}", "digits-ipc10-alpha", tmp_path / "out")
+    assert manifest["chosen"] == "mtt" and manifest["trial"] == mtt.number and manifest["alpha"] == 1.0
+    assert manifest["summary"] == final["summary"] and set(manifest["baselines"]) == {"random", "mtt"}
+    assert manifest["test_accuracy"]["mean"] == 0.7 and manifest["settings"] == {"baseline": "mtt"}
+
+
+def test_random_selection_that_wins_is_exported_from_the_beta_study(tmp_path):
+    from autoselmatch.export import export_trial
+
+    class RandomWins(MttWins):
+        baseline_values = {"random": 1.5, "mtt": 1.25}
+
+    final = run(tmp_path, objectives=RandomWins).ipcs[0].final
+    assert final["chosen"] == "random" and "trial" not in final and final["alpha"] == 0.0
+    assert final["summary"].startswith("random selection (class-balanced) beat every SelMatch point on validation by ")
+    manifest = export_trial(f"sqlite:///{tmp_path / 'studies.db'}", "digits-ipc10-alpha", tmp_path / "out")
+    assert manifest["chosen"] == "random" and manifest["trial"] is None and manifest["settings"] == {"baseline": "random"}
+
+
+def test_baselines_off_measures_none_and_records_the_best_grid_point(tmp_path):
+    log = tmp_path / "calls.log"
+    result = run(tmp_path, cfg=config(**{"tune.baselines": False}), objectives=functools.partial(MttWins, log=log))
+    final = result.ipcs[0].final
+    assert "baselines" not in final and "chosen" not in final and "summary" not in final
+    assert final["alpha"] == 0.6 and final["result_path"].endswith("final.pt")
+    assert not any(line.split()[0] in ("random", "mtt") or line.startswith("finish-") for line in open(log))
+    for stage in ("beta", "alpha"):
+        study = load(tmp_path, f"digits-ipc10-{stage}")
+        assert all("init" not in t.params for t in study.trials)
+        assert study.user_attrs["settings"]["baselines"] is False
+    with pytest.raises(InvalidArgument, match=r"baselines: False in the study, True now"):
+        run(tmp_path)  # a setting of the studies: turning them on asks for --force
+
+
+def test_a_study_made_before_baselines_existed_resumes_and_gets_them(tmp_path):
+    log = tmp_path / "calls.log"
+    run(tmp_path, cfg=config(**{"tune.baselines": False}))
+    for stage in ("beta", "alpha"):  # as an older version stored it: no baselines setting at all
+        study = load(tmp_path, f"digits-ipc10-{stage}")
+        settings = study.user_attrs["settings"]
+        del settings["baselines"]
+        study.set_user_attr("settings", settings)
+    again = run(tmp_path, objectives=functools.partial(Synthetic, log=log))
+    calls = [line.split()[0] for line in log.read_text().splitlines()]
+    assert calls == ["random", "mtt", "finish-random", "finish-mtt", "final"]  # no grid point rerun
+    assert again.ipcs[0].beta.ran == 1 and again.ipcs[0].alpha.ran == 1
+    assert again.ipcs[0].final["chosen"] == "selmatch" and set(again.ipcs[0].final["baselines"]) == {"random", "mtt"}

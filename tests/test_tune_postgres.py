@@ -85,7 +85,12 @@ def start_worker(tmp_path, url, rank, fault=None):
 def settled_per_point(study, param):
     """Grid point -> number of trials that settled it (COMPLETE or PRUNED)."""
     settled = (TrialState.COMPLETE, TrialState.PRUNED)
-    return Counter(t.params[param] for t in study.trials if t.state in settled)
+    return Counter(t.params[param] for t in study.trials if t.state in settled and param in t.params)
+
+
+def point_of(trial, param):
+    """A trial's grid point, or the name of the baseline it measures."""
+    return trial.user_attrs.get("baseline") or trial.params.get(param)
 
 
 @pytest.mark.slow
@@ -111,10 +116,10 @@ def test_three_workers_lose_nothing_and_retry_a_killed_workers_trial(tmp_path, d
     unrun = ("duplicate_of", "unqueued")  # simultaneous claims, failed before their objective ran
     owned = [(stage, t) for stage, study in studies.items() for t in study.trials
              if t.user_attrs.get("worker", {}).get("pid") == workers[0].pid and not any(k in t.user_attrs for k in unrun)]
-    (stage, dead), = owned  # a beta trial, unless worker 0 lost every beta claim
+    (stage, dead), = owned  # a beta trial (or the random-selection baseline), unless worker 0 lost every beta claim
     assert len(dead.intermediate_values) == 1  # killed right after its first report
     assert dead.state == TrialState.FAIL and "error" not in dead.user_attrs  # failed by the heartbeat check
-    retries = [t for t in studies[stage].trials if t.params.get(stage) == dead.params[stage]
+    retries = [t for t in studies[stage].trials if point_of(t, stage) == point_of(dead, stage)
                and t.number > dead.number and not any(k in t.user_attrs for k in unrun)]
     assert [t.state for t in retries] == [TrialState.COMPLETE]
     assert retries[0].user_attrs["worker"]["pid"] != dead.user_attrs["worker"]["pid"]
@@ -124,19 +129,23 @@ def test_three_workers_lose_nothing_and_retry_a_killed_workers_trial(tmp_path, d
         lost = [p for p in grid if per_point[p] == 0]
         duplicated = [p for p, n in per_point.items() if n > 1]
         assert (lost, duplicated) == ([], []), (param, per_point)
+        baselines = Counter(t.user_attrs["baseline"] for t in study.trials
+                            if t.state == TrialState.COMPLETE and t.user_attrs.get("baseline"))
+        assert list(baselines.values()) == [1], baselines  # the stage's baseline, measured once
         unsettled = [t.number for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
         assert unsettled == []
         failed = [t for t in study.trials if t.state == TrialState.FAIL and t not in (dead,)]
         assert [t.user_attrs for t in failed if not any(k in t.user_attrs for k in unrun)] == []  # only claims failed unrun
     assert [p.name for p in (tmp_path / "artifacts" / "runs" / "digits-ipc10-alpha").iterdir()] == [
         alpha.user_attrs["uid"]]  # every worker used the one folder of the study
-    assert alpha.user_attrs["final"]["alpha"] in ALPHA_GRID
+    assert alpha.user_attrs["final"]["alpha"] in (0.0, *ALPHA_GRID)  # 0: random selection won
     trials = beta.trials + alpha.trials
     duplicates = sum("duplicate_of" in t.user_attrs or "unqueued" in t.user_attrs for t in trials)
     listing = "\n".join(f"{t.number} {t.state.name} {t.params!r} {t.system_attrs.get('fixed_params')} "
                         f"{ {k: v for k, v in t.user_attrs.items() if k in ('worker', 'duplicate_of', 'unqueued')} }"
                         for t in trials)
-    assert len(trials) == len(BETA_GRID) + len(ALPHA_GRID) + 1 + duplicates, listing  # every trial accounted for
+    # every trial accounted for: each point and baseline once, the killed one, the claims failed unrun
+    assert len(trials) == len(BETA_GRID) + len(ALPHA_GRID) + 2 + 1 + duplicates, listing
     pids = {t.user_attrs["worker"]["pid"] for t in trials if "worker" in t.user_attrs}  # unqueued: no owner
     print(f"\npostgres: {WORKERS} workers ({len(pids)} ran trials), {len(trials)} trials for "
           f"{len(BETA_GRID)} + {len(ALPHA_GRID)} points: {stage} trial {dead.number} killed, failed by heartbeat and retried; "

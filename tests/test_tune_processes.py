@@ -71,12 +71,13 @@ def test_sigkill_then_rerun_completes_without_rerunning_finished_trials(tmp_path
     after = [line.split()[:2] for line in log.read_text().splitlines()]
     beta = load(tmp_path, "digits-ipc10-beta")
     assert beta.trials[killed[0].number].state == TrialState.FAIL
-    complete = Counter(t.params["beta"] for t in beta.get_trials(states=(TrialState.COMPLETE,)))
+    complete = Counter(t.params["beta"] for t in beta.get_trials(states=(TrialState.COMPLETE,)) if "beta" in t.params)
     assert len(complete) == 9 and set(complete.values()) == {1}
     evaluations = Counter(point for stage, point in after if stage == "beta")
     running_point = f"{killed[0].params['beta']:g}"
     assert evaluations[running_point] == 2  # killed mid-trial, retried once
     assert all(n == 1 for point, n in evaluations.items() if point != running_point)
+    assert [stage for stage, _ in after].count("random") == 1  # the baseline ran first and is not rerun
 
 
 def test_two_workers_on_one_journal_finish_without_duplicate_parameters(tmp_path):
@@ -85,11 +86,13 @@ def test_two_workers_on_one_journal_finish_without_duplicate_parameters(tmp_path
     subprocess.run([sys.executable, str(script)], check=True, timeout=240)
     for stage, size in (("beta", 9), ("alpha", 10)):
         study = load(tmp_path, f"digits-ipc10-{stage}", storage=storage)
-        values = [t.params[stage] for t in study.trials]
+        values = [t.params[stage] for t in study.trials if stage in t.params]
         assert len(values) == size and len(set(values)) == size
+        assert len(study.trials) == size + 1  # and the stage's baseline, once
         assert {t.state for t in study.trials} == {TrialState.COMPLETE}
         assert len({t.user_attrs["worker"]["pid"] for t in study.trials}) == 2  # both workers ran trials
     assert len(stage_lines(log, "beta")) + len(stage_lines(log, "alpha")) == 9 + 10  # every point evaluated once
+    assert len(stage_lines(log, "random")) == len(stage_lines(log, "mtt")) == 1
 
 
 def test_two_machines_ending_together_make_the_final_set_once(tmp_path):
@@ -101,5 +104,7 @@ def test_two_machines_ending_together_make_the_final_set_once(tmp_path):
     assert [proc.returncode for proc in procs] == [0, 0]
     assert len({line[2] for line in stage_lines(log, "alpha")}) == 2  # both processes reached the alpha stage
     assert len(stage_lines(log, "final")) == 1
+    assert len(stage_lines(log, "finish-random")) == len(stage_lines(log, "finish-mtt")) == 1
+    assert len(stage_lines(log, "random")) == len(stage_lines(log, "mtt")) == 1
     (path,) = {out.strip().splitlines()[-1] for out in outputs}
     assert path == load(tmp_path, "digits-ipc10-alpha", storage=storage).user_attrs["result_path"]

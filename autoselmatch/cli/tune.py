@@ -107,6 +107,8 @@ def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, as
                 line += f", {budget_text(final.evaluation['steps'], final.evaluation.get('paper_share'))}"
             line += f", set {final.result_path}"
         click.echo(line)
+        if r.final is not None and final.summary:
+            click.echo(f"  {final.summary}")
     if not result.complete:
         click.echo("stopped before the end (timeout); rerun the same command to resume")
     click.echo(f"studies: {result.storage}   (autoselmatch dashboard --storage {result.storage})")

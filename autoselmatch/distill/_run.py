@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..augment import DSA_STRATEGIES
-from ..config import DistillConfig, RunConfig, to_dict
+from ..config import DistillConfig, RunConfig, key_dict, to_dict
 from ..data import ImageDataset
 from ..errors import DataError, InvalidArgument, TrainingDiverged
 from ..fileio import load_torch, save_torch, stable_hash
@@ -491,24 +491,17 @@ def _tensor_digest(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
-# distill settings added since CHECKPOINT_VERSION 1, with the value that older runs implicitly used
-_ADDED_SETTINGS = {"precision": "fp32"}
-
-
 def _fingerprint(ds: ImageDataset, cfg: RunConfig, experts: ExpertSource, images: torch.Tensor,
                  labels: torch.Tensor, mask: torch.Tensor) -> str:
     """What a checkpoint must share with the run that resumes it (the iteration budget and what is
     only observed, such as evaluations and coverage, may differ).
 
-    A setting added after checkpoints of this version were first written is left out while it is at
-    its default, so that a checkpoint of an older release still resumes (``_ADDED_SETTINGS``).
+    A setting added since checkpoints were first written is left out at the value older releases
+    used (:func:`~autoselmatch.config.key_dict`), so a checkpoint of an older release still resumes.
     """
-    dc = to_dict(cfg.distill)
+    dc = key_dict("distill", cfg.distill)
     for key in ("iterations", "eval_every", "checkpoint_every", "coverage_every"):
         dc.pop(key, None)
-    for key, default in _ADDED_SETTINGS.items():
-        if dc.get(key) == default:
-            dc.pop(key)
     return stable_hash({
         "dataset": ds.name, "seed": cfg.seed, "distill": dc, "model": cfg.experts.model.to_dict(),
         "experts": {"key": experts.manifest.get("key"), "num_experts": experts.num_experts,

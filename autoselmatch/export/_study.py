@@ -190,9 +190,10 @@ def export_trial(
 ) -> dict[str, Any]:
     """Export a study's final set, or a given trial's set, with :func:`export_set`.
 
-    Without ``trial``: the final set that ``tune`` made from the best trial
-    (the study's ``final`` user attr: distilled for the full iteration budget
-    and scored on the test set) when there is one, else the best trial's own
+    Without ``trial``: the final set that ``tune`` made from the best candidate
+    on validation (the study's ``final`` user attr: the best trial's set or a
+    baseline's, distilled for the full iteration budget and scored on the test
+    set; the manifest holds the comparison) when there is one, else the best trial's own
     set. A set is read from its ``result_path``; when that file is gone (a
     study copied to another machine) from the matching ``*distilled.pt``
     artifact.
@@ -219,7 +220,9 @@ def export_trial(
             names = ", ".join(s.study_name for s in source.get_all_studies()) or "none"
             raise InvalidArgument(f"unknown study {study_name!r}; the storage holds: {names}") from None
         final = FinalRecord.from_attrs(study.user_attrs) if trial is None else None
-        chosen = pick_trial(study, final.trial if final is not None else trial)
+        # a random-selection final set comes from a trial of the beta study, not of this one
+        chosen = None if final is not None and final.chosen == records.RANDOM else \
+            pick_trial(study, final.trial if final is not None else trial)
         dataset = study.user_attrs.get(records.DATASET) or records.prefix_of(study_name)
         art_dir = Path(artifacts).expanduser() if artifacts is not None else artifact_dir_of(spec, dataset)
         if final is not None:
@@ -230,16 +233,22 @@ def export_trial(
                                   get_all_artifact_meta(chosen, storage=source), art_dir, f"trial {chosen.number}")
     finally:
         close_storage(source)
+    params = {} if chosen is None else chosen.params
     meta = {
         "study": study_name,
-        "trial": chosen.number,
+        "trial": None if chosen is None else chosen.number,
         "final": final is not None,
-        "score": chosen.value,
-        "alpha": chosen.params.get(records.ALPHA, final.alpha if final is not None else None),
-        "beta": chosen.params.get(records.BETA, final.beta if final is not None else None),
-        "val_accuracy": chosen.user_attrs.get(records.VAL_ACCURACY, chosen.value),
+        "score": final.val_accuracy if chosen is None else chosen.value,
+        "alpha": params.get(records.ALPHA, final.alpha if final is not None else None),
+        "beta": params.get(records.BETA, final.beta if final is not None else None),
+        "val_accuracy": final.val_accuracy if chosen is None else chosen.user_attrs.get(records.VAL_ACCURACY,
+                                                                                         chosen.value),
         "test_accuracy": None if final is None else final.test_accuracy,
         "evaluation": None if final is None else final.evaluation,
+        # the comparison tune made (tune.baselines): which candidate this set is, and every baseline's scores
+        "chosen": None if final is None else final.chosen,
+        "baselines": None if final is None else final.baselines,
+        "summary": None if final is None else final.summary,
         "study_settings": study.user_attrs.get(records.SETTINGS),
     }
     meta = {key: value for key, value in meta.items() if value is not None}

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..config import RunConfig, to_dict
+from ..config import RunConfig, key_dict
 from ..fileio import stable_hash
 from ._plan import ABLATION_SETS, SELECTION_ONLY, Cell, Knobs, SetSpec
 from ._sets import BuiltSet, _Inputs, set_key
@@ -68,9 +68,8 @@ def _spec(name: str, ipc: int, knobs: dict[int, Knobs]) -> SetSpec:
 
 def cell_key(cell: Cell, cfg: RunConfig) -> str:
     """Hash of what a cell's number depends on; a saved cell with another key is recomputed."""
-    evaluate = {k: v for k, v in to_dict(cfg.evaluate).items() if k not in ("runs", "stack_runs")}  # one network
-    if evaluate["budget_fraction"] == 1.0:  # the budget before the setting existed: cells saved then stay valid
-        del evaluate["budget_fraction"]
+    evaluate = {k: v for k, v in key_dict("evaluate", cfg.evaluate).items()
+                if k not in ("runs", "stack_runs")}  # one network
     parts = {"set": set_key(cell.set, cfg), "kind": cell.kind, "seed": cell.seed, "augment": cell.augment,
              "evaluate": evaluate, "split": "test"}
     if cell.set.name == "full" or cell.kind == "coverage":

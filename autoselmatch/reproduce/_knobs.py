@@ -45,7 +45,8 @@ def study_knobs(storage: str, prefix: str, ipcs: Sequence[int]) -> dict[int, Kno
             if final is None:
                 raise DataError(f"study {alpha_name} in {spec.display()} is not finished (no final set yet); "
                                 f"finish the tune run, pass --alpha/--beta, or leave out --storage")
-            knobs[ipc] = Knobs(ipc, final.alpha, final.beta,
+            point = final.selmatch or {ALPHA: final.alpha, BETA: final.beta}  # SelMatch's, even if a baseline won
+            knobs[ipc] = Knobs(ipc, point[ALPHA], point[BETA],
                                f"study {alpha_name} ({spec.display()})", f"study {beta_name} ({spec.display()})")
     finally:
         close_storage(source)

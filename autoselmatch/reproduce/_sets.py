@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import RunConfig, to_dict
+from ..config import RunConfig, key_dict, to_dict
 from ..data import ImageDataset
 from ..fileio import stable_hash
 from ..registry import Registry
@@ -168,7 +168,7 @@ def _builder(name: str) -> SetBuilder:
 
 def set_key(spec: SetSpec, cfg: RunConfig) -> str:
     """Hash of everything a set depends on (its cache file name carries it)."""
-    data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("root", "download")}
+    data = {k: v for k, v in key_dict("data", cfg.data).items() if k not in ("root", "download")}
     recipe = distill_recipe(spec)
     if recipe is None:
         parts: dict[str, Any] = {"name": spec.name, "ipc": spec.ipc, "beta": spec.beta, "data": data, "seed": cfg.seed}
@@ -176,7 +176,7 @@ def set_key(spec: SetSpec, cfg: RunConfig) -> str:
             parts["scores"] = to_dict(cfg.scores)
         return stable_hash(parts)
     parts = {"recipe": dataclasses.asdict(recipe), "ipc": spec.ipc, "data": data, "seed": cfg.seed,
-             "experts": to_dict(cfg.experts), "distill": to_dict(cfg.distill)}
+             "experts": key_dict("experts", cfg.experts), "distill": key_dict("distill", cfg.distill)}
     if recipe.init == "window":
         parts["scores"] = to_dict(cfg.scores)
     return stable_hash(parts)

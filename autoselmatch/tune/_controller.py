@@ -36,6 +36,9 @@ Objective = Callable[[float, optuna.Trial], float]
 """``objective(point, trial) -> value``: evaluates one grid point; may call
 :func:`report` (which raises ``optuna.TrialPruned``) and set trial user attrs."""
 
+BaselineObjective = Callable[[optuna.Trial], float]
+"""``objective(trial) -> value``: scores one baseline (may :func:`report` like a grid objective)."""
+
 StopReason = Literal["done", "budget", "timeout"]
 
 
@@ -164,6 +167,10 @@ class SearchController:
         max_failures: Failed runs of one point before it counts as ``-inf``.
         catch: Exceptions that fail a trial but not the study.
         trial_attrs: User attrs set on every trial (settings that shaped it).
+        baselines: Baselines to score once each, ``{name: objective(trial)}``, before the grid
+            (not counted in ``max_trials``). A baseline trial has the user attr
+            ``baseline`` = name and the categorical param ``init`` = ``"random"``, never
+            ``param``, so the search never sees it as a grid point.
         poll_seconds: Wait between looks when every useful point is being
             evaluated by another worker.
 
@@ -175,7 +182,8 @@ class SearchController:
     def __init__(self, study: optuna.Study, spec: StorageSpec, strategy: SearchStrategy, *, param: str,
                  objective: Objective, max_trials: int | None = None, deadline: float | None = None,
                  max_failures: int = 2, catch: tuple[type[Exception], ...] = (),
-                 trial_attrs: Mapping[str, Any] | None = None, poll_seconds: float = 2.0) -> None:
+                 trial_attrs: Mapping[str, Any] | None = None,
+                 baselines: Mapping[str, BaselineObjective] | None = None, poll_seconds: float = 2.0) -> None:
         if max_trials is not None and max_trials < 1:
             raise ValueError(f"max_trials must be >= 1, got {max_trials}")
         if max_failures < 1:
@@ -190,6 +198,7 @@ class SearchController:
         self.max_failures = max_failures
         self.catch = catch
         self.trial_attrs = dict(trial_attrs or {})
+        self.baselines = dict(baselines or {})
         self.poll_seconds = poll_seconds
 
     def run(self) -> StageOutcome:
@@ -201,16 +210,21 @@ class SearchController:
             with storage_lock(self.spec):
                 fail_orphaned_trials(self.study, self.spec)
                 status = self._status()
-                if self.max_trials is not None and status.used >= self.max_trials and not status.waiting:
+                due = self._due_baselines()
+                if self.max_trials is not None and status.used >= self.max_trials and not status.waiting \
+                        and not due:
                     return self.outcome(ran, "budget")
-                claim = self._claim(status)
+                claim = self._claim(status, due)
             if claim == _DONE:
                 return self.outcome(ran, "done")
             if claim == _WAIT:
                 time.sleep(self.poll_seconds)
                 continue
             trial, point = claim
-            self._run_trial(trial, point, status)
+            if isinstance(point, str):
+                self._run_baseline(trial, point)
+            else:
+                self._run_trial(trial, point, status)
             fault_point("tune.told")
             ran += 1
 
@@ -219,14 +233,33 @@ class SearchController:
     def _status(self) -> GridStatus:
         return summarize(self.study.get_trials(deepcopy=False), self.param, max_failures=self.max_failures)
 
-    def _claim(self, status: GridStatus) -> tuple[optuna.Trial, float] | str:
-        """Under the lock: pick a point and turn it into a RUNNING trial of ours."""
+    def _due_baselines(self) -> list[str]:
+        """Baselines without a settled or live trial: finished, pruned, running, waiting, or failed
+        ``max_failures`` times (trials failed by an interruption or as duplicates do not count)."""
+        if not self.baselines:
+            return []
+        settled: dict[str, int] = {}
+        for trial in self.study.get_trials(deepcopy=False):
+            name = trial.user_attrs.get(records.BASELINE)
+            if name is None:
+                continue
+            if trial.state != TrialState.FAIL:
+                settled[name] = self.max_failures
+            elif records.ERROR in trial.user_attrs:
+                settled[name] = settled.get(name, 0) + 1
+        return [name for name in self.baselines if settled.get(name, 0) < self.max_failures]
+
+    def _claim(self, status: GridStatus, due: list[str]) -> tuple[optuna.Trial, float | str] | str:
+        """Under the lock: pick a baseline or a point and turn it into a RUNNING trial of ours."""
         me = worker_id()
         candidates = self.strategy.candidates(status.scores)
         if not status.waiting:
-            if not candidates:
+            if due:
+                self.study.enqueue_trial({records.INIT: "random"},
+                                         user_attrs={**self.trial_attrs, records.BASELINE: due[0], records.WORKER: me})
+            elif not candidates:
                 return _DONE
-            if not self.strategy.samples:
+            elif not self.strategy.samples:
                 free = [p for p in candidates if p not in status.pending]
                 if not free:
                     return _WAIT
@@ -243,26 +276,43 @@ class SearchController:
             trial.set_user_attr(records.UNQUEUED, True)
             self.study.tell(trial, state=TrialState.FAIL)
             return _WAIT
+        baseline = trial.user_attrs.get(records.BASELINE)
         if trial.user_attrs.get(records.WORKER) != me:
             # not the one we enqueued (a leftover or another worker's): claim it
-            for key, value in {**self.trial_attrs, records.WORKER: me}.items():
+            for key, value in {**self.trial_attrs, records.BASELINE: baseline, records.WORKER: me}.items():
                 trial.set_user_attr(key, value)
+        if baseline is not None:
+            trial.suggest_categorical(records.INIT, ["random"])
+            duplicate = self._duplicate_of(trial.number, baseline=baseline)
+            if duplicate is not None or baseline not in self.baselines:
+                if duplicate is not None:
+                    trial.set_user_attr(records.DUPLICATE_OF, duplicate)
+                else:  # queued by a run with baselines on, claimed by one with them off: give it back unrun
+                    trial.set_user_attr(records.UNQUEUED, True)
+                self.study.tell(trial, state=TrialState.FAIL)
+                return _WAIT
+            return trial, baseline
         dist = self.strategy.distribution()
         point = grid_key(trial.suggest_float(self.param, dist.low, dist.high, step=dist.step))
-        duplicate = self._duplicate_of(trial.number, point)
+        duplicate = self._duplicate_of(trial.number, point=point)
         if duplicate is not None:
             trial.set_user_attr(records.DUPLICATE_OF, duplicate)
             self.study.tell(trial, state=TrialState.FAIL)
             return _WAIT
         return trial, point
 
-    def _duplicate_of(self, number: int, point: float) -> int | None:
-        """An earlier live trial at ``point`` (possible only on server databases, or a TPE repeat)."""
-        if self.strategy.samples:
+    def _duplicate_of(self, number: int, *, point: float | None = None, baseline: str | None = None) -> int | None:
+        """An earlier live trial at ``point``, or of ``baseline`` (possible only on server databases,
+        or a TPE repeat)."""
+        if self.strategy.samples and baseline is None:
             return None
         live = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
         for other in self.study.get_trials(deepcopy=False, states=live):
-            if other.number < number and _point_of(other, self.param) == point:
+            if other.number >= number:
+                continue
+            if baseline is not None and other.user_attrs.get(records.BASELINE) == baseline:
+                return other.number
+            if baseline is None and _point_of(other, self.param) == point:
                 return other.number
         return None
 
@@ -274,10 +324,18 @@ class SearchController:
             self.study.tell(trial, value)
             LOG.info("%s: repeat of trial %d, value %.4f", name, number, value)
             return
+        self._evaluate(trial, name, lambda: self.objective(point, trial))
+
+    def _run_baseline(self, trial: optuna.Trial, baseline: str) -> None:
+        name = f"{self.study.study_name} trial {trial.number} (baseline {records.LABELS.get(baseline, baseline)})"
+        self._evaluate(trial, name, lambda: self.baselines[baseline](trial))
+
+    def _evaluate(self, trial: optuna.Trial, name: str, run: Callable[[], float]) -> None:
+        """Run one trial's objective and tell the study how it ended."""
         try:  # from here on, an interruption fails the trial (before, the next run's orphan check does)
             fault_point("tune.claimed")
             with _heartbeat(self.study, self.spec, trial):
-                value = float(self.objective(point, trial))
+                value = float(run())
             if not math.isfinite(value):
                 raise RuntimeError(f"objective returned {value}")
         except optuna.TrialPruned as exc:
@@ -332,4 +390,4 @@ def _heartbeat(study: optuna.Study, spec: StorageSpec, trial: optuna.Trial) -> I
         thread.join()
 
 
-__all__ = ["GridStatus", "Objective", "SearchController", "StageOutcome", "report", "summarize"]
+__all__ = ["BaselineObjective", "GridStatus", "Objective", "SearchController", "StageOutcome", "report", "summarize"]

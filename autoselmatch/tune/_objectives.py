@@ -17,6 +17,10 @@
 - final: the best trial continued to ``distill.iterations`` (from a copy of
   its checkpoint), evaluated on the **test** split with ``evaluate.runs``
   seeds, saved, and uploaded as the study's artifacts.
+- baselines: random selection (class-balanced, ``seed``) is scored by the
+  stage-1 objective as the window of seeded random scores; MTT is the stage-2
+  objective at alpha 1 from a random real init (``distill.init = random``);
+  their final sets are made and evaluated like the best trial's.
 
 Building :class:`SelMatchObjectives` loads the dataset only; the difficulty
 scores are loaded or computed (and cached) when a stage first needs them,
@@ -39,7 +43,7 @@ from .. import records
 from ..config import RunConfig
 from ..fileio import atomic_write
 from ..runtime import LOG, resolve_device
-from ._controller import Objective, report
+from ._controller import BaselineObjective, Objective, report
 from ._stage import StageContext, trial_iterations
 
 if TYPE_CHECKING:
@@ -48,9 +52,10 @@ if TYPE_CHECKING:
 REPORTS_PER_NETWORK = 3  # validation reports per trained network in the beta stage (second half)
 
 
-def _point_dir(ctx: StageContext, beta: float, alpha: float) -> Path:
-    """Checkpoint folder of one (beta, alpha) of a study: retried trials resume from it."""
-    return ctx.workdir / f"beta{beta:g}-alpha{alpha:g}"
+def _point_dir(ctx: StageContext, beta: float, alpha: float, init: str | None = None) -> Path:
+    """Checkpoint folder of one (beta, alpha) of a study, or of alpha from a ``random`` init (MTT):
+    retried trials resume from it."""
+    return ctx.workdir / (f"random-alpha{alpha:g}" if init == "random" else f"beta{beta:g}-alpha{alpha:g}")
 
 
 class SelMatchObjectives:
@@ -92,12 +97,13 @@ class SelMatchObjectives:
 
     # ---- stage 1 -----------------------------------------------------------------------------
 
-    def beta(self, ctx: StageContext) -> Objective:
+    def beta(self, ctx: StageContext, *, scores: torch.Tensor | None = None) -> Objective:
+        """Stage 1's objective; ``scores`` (float (N,)) replaces the difficulty scores (random selection)."""
         from ..evaluate import accuracy, batch_bounds, budget_steps, budget_text, paper_share
         from ..selection import window_accuracy
 
         cfg, ecfg = ctx.cfg, ctx.cfg.evaluate
-        scores = self.scores
+        scores = self.scores if scores is None else scores
         val_images, val_y = self.ds.split("val")
         val_x = self.ds.normalize(val_images)  # (V, C, H, W) float, on the dataset's device
         n_set = ctx.ipc * self.ds.num_classes
@@ -129,16 +135,18 @@ class SelMatchObjectives:
 
     # ---- stage 2 -----------------------------------------------------------------------------
 
-    def alpha(self, ctx: StageContext, beta: float) -> Objective:
+    def alpha(self, ctx: StageContext, beta: float, *, init: str | None = None) -> Objective:
+        """Stage 2's objective; ``init`` overrides ``distill.init`` (``random``: MTT at alpha 1)."""
         from ..distill import RESULT_FILE, DistillStep, quick_evaluator, selmatch
         from ..export import upload_trial_artifacts
 
         scores, experts = self.scores, self.experts
         cfg = _with_iterations(ctx.cfg, trial_iterations(ctx.cfg))
+        cfg = cfg if init is None else _with_init(cfg, init)
         evaluator = quick_evaluator(self.ds, cfg, runs=cfg.tune.alpha_seeds)
 
         def objective(alpha: float, trial: optuna.Trial) -> float:
-            run_dir = _point_dir(ctx, beta, alpha)
+            run_dir = _point_dir(ctx, beta, alpha, init)
             reported: set[int] = set()
 
             def on_step(step: DistillStep) -> None:
@@ -171,31 +179,63 @@ class SelMatchObjectives:
 
     def finish(self, ctx: StageContext, *, alpha: float, beta: float, trial: optuna.trial.FrozenTrial,
                study: optuna.Study) -> dict[str, Any]:
+        return self._final_set(ctx, ctx.cfg, alpha=alpha, beta=beta, trial=trial, study=study, upload=True,
+                               final_dir=ctx.workdir / "final" / f"beta{beta:g}-alpha{alpha:g}")
+
+    # ---- baselines ---------------------------------------------------------------------------
+
+    def baseline(self, ctx: StageContext, name: str) -> BaselineObjective:
+        if name == records.RANDOM:
+            from ..selection import select
+
+            labels = self.ds.train_labels
+            chosen = select("random", None, labels, self.ds.train_index, ipc=ctx.ipc, seed=ctx.cfg.seed)
+            marked = torch.zeros(len(labels), dtype=torch.float64, device=labels.device)  # (N,)
+            marked[chosen] = 1.0  # the window at beta 0 of these scores is exactly the random selection
+            window = self.beta(ctx, scores=marked)
+            return lambda trial: window(0.0, trial)
+        if name == records.MTT:
+            mtt = self.alpha(ctx, 0.0, init="random")
+            return lambda trial: mtt(1.0, trial)
+        raise ValueError(f"unknown baseline {name!r}")
+
+    def finish_baseline(self, ctx: StageContext, *, name: str, trial: optuna.trial.FrozenTrial, study: optuna.Study,
+                        upload: bool) -> dict[str, Any]:
+        alpha = 1.0 if name == records.MTT else 0.0
+        return self._final_set(ctx, _with_init(ctx.cfg, "random"), alpha=alpha, beta=0.0, trial=trial, study=study,
+                               upload=upload, final_dir=ctx.workdir / "final" / name, init="random")
+
+    # ---- final sets --------------------------------------------------------------------------
+
+    def _final_set(self, ctx: StageContext, cfg: RunConfig, *, alpha: float, beta: float,
+                   trial: optuna.trial.FrozenTrial, study: optuna.Study, upload: bool, final_dir: Path,
+                   init: str | None = None) -> dict[str, Any]:
+        """``trial``'s set continued to ``distill.iterations`` in ``final_dir``, evaluated on the test split."""
         from ..distill import CHECKPOINT_FILE, RESULT_FILE, DistillResult, quick_evaluator, selmatch
         from ..evaluate import evaluate_set
         from ..export import upload_trial_artifacts
 
-        cfg = ctx.cfg
-        final_dir = ctx.workdir / "final" / f"beta{beta:g}-alpha{alpha:g}"
         if trial.user_attrs.get(records.ITERATIONS, 0) >= cfg.distill.iterations:
             result = DistillResult.load(trial.user_attrs[records.RESULT_PATH])
         else:
-            source = _point_dir(ctx, beta, alpha) / CHECKPOINT_FILE
+            source = _point_dir(ctx, beta, alpha, init) / CHECKPOINT_FILE
             if not (final_dir / CHECKPOINT_FILE).is_file() and source.is_file():
                 with open(source, "rb") as src, atomic_write(final_dir / CHECKPOINT_FILE) as dst:
                     shutil.copyfileobj(src, dst)  # a crash mid-copy must not leave a truncated checkpoint
-            LOG.info("%s: continuing alpha=%g to %d iterations", ctx.study_name, alpha, cfg.distill.iterations)
+            if alpha > 0:
+                LOG.info("%s: continuing alpha=%g to %d iterations", ctx.study_name, alpha, cfg.distill.iterations)
             result = selmatch(self.ds, cfg, ipc=ctx.ipc, alpha=alpha, beta=beta, scores=self.scores,
-                              experts=self.experts, checkpoint_dir=final_dir, resume=True,
+                              experts=self.experts if alpha > 0 else None, checkpoint_dir=final_dir, resume=True,
                               evaluator=quick_evaluator(self.ds, cfg))
         test = evaluate_set(self.ds, result.images.to(self.device), result.labels.to(self.device), cfg=cfg.evaluate,
                             distill_mask=result.distill_mask.to(self.device), split="test", runs=cfg.evaluate.runs,
                             seed=cfg.seed)
         spread = f" ± {100 * test.std:.2f}" if test.runs > 1 else ""  # one run has no spread
-        LOG.info("%s: test accuracy %.2f%s %% (%d run%s)", ctx.study_name, 100 * test.mean, spread, test.runs,
-                 "" if test.runs == 1 else "s")
+        LOG.info("%s: test accuracy %.2f%s %% (%d run%s)%s", ctx.study_name, 100 * test.mean, spread, test.runs,
+                 "" if test.runs == 1 else "s", "" if init is None else f" ({final_dir.name})")
         path = result.save(final_dir / RESULT_FILE).resolve()
-        upload_trial_artifacts(study, ctx.artifact_store(), path)
+        if upload:
+            upload_trial_artifacts(study, ctx.artifact_store(), path)
         return {
             records.RESULT_PATH: str(path),
             records.TEST_ACCURACY: {"mean": test.mean, "std": test.std, "accuracies": test.accuracies},
@@ -207,6 +247,10 @@ class SelMatchObjectives:
 
 def _with_iterations(cfg: RunConfig, iterations: int) -> RunConfig:
     return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, iterations=iterations))
+
+
+def _with_init(cfg: RunConfig, init: str) -> RunConfig:
+    return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, init=init))
 
 
 __all__ = ["SelMatchObjectives"]

@@ -9,9 +9,12 @@ For each IPC, in ascending order:
 2. **alpha** (study ``{prefix}-ipc{N}-alpha``): beta fixed at stage 1's best;
    each trial distils with one alpha and reports quick validation
    accuracies so the pruner can stop it.
-3. **final**: the objectives' ``finish`` continues the best trial to the full
-   budget, evaluates it on the test split and saves it; what it returns goes
-   into the alpha study as its :class:`~autoselmatch.records.FinalRecord`.
+3. **final**: the best candidate on validation is chosen among the best alpha
+   trial and the baselines (``tune.baselines``: random selection, a trial of the
+   beta study, and MTT, a trial of the alpha study); the objectives'
+   ``finish`` / ``finish_baseline`` continue it to the full budget, evaluate it on the
+   test split and save it, and every baseline's set is finished and evaluated the
+   same way; it all goes into the alpha study as its :class:`~autoselmatch.records.FinalRecord`.
 
 What is evaluated comes from an :class:`Objectives` object built by a
 factory from the config; :class:`~._objectives.SelMatchObjectives` is the
@@ -33,12 +36,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from .. import records
-from ..config import RunConfig, to_dict
+from ..config import RunConfig, key_dict, to_dict
 from ..errors import DataError, InvalidArgument
 from ..fileio import file_lock, stable_hash
-from ..records import ALPHA, BETA, STAGES, FinalRecord, study_name
+from ..records import ALPHA, BASELINES, BETA, LABELS, MTT, SELMATCH, STAGES, FinalRecord, study_name
 from ..runtime import LOG
 from ..storage import default_artifacts_dir, default_storage_url, open_storage, parse_storage, safe_name
 from ._controller import StageOutcome
@@ -276,7 +280,7 @@ def _run_stage(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objec
     cfg = plan.cfg
     strategy = SEARCHES.get(cfg.tune.search)(grid, start=start, patience=cfg.tune.patience, seed=cfg.seed)
     settings = stage_settings(cfg, stage, ipc)
-    attrs = {records.IPC: ipc, records.FINGERPRINT: stable_hash(settings), **fixed}
+    attrs = {records.IPC: ipc, records.FINGERPRINT: stable_hash(settings), records.BASELINE: None, **fixed}
     if stage == BETA:
         attrs[ALPHA] = 0.0  # stage 1 scores the selection-only window
     job = StageJob(plan, ipc, stage, strategy, fixed, attrs)
@@ -286,12 +290,11 @@ def _run_stage(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objec
     _record_stage(study, job, prior)
     ctx = job.context(cfg, study)
     ctx.workdir.mkdir(parents=True, exist_ok=True)
-    objective = job.objective(objs, ctx)
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     finished = len(study.get_trials(deepcopy=False, states=done))
     LOG.info("%s: %s search over %s from %s%s", job.name, strategy.name, list(strategy.grid), strategy.start,
              f"; resuming: {finished} finished trial{'' if finished == 1 else 's'} reused" if finished else "")
-    controller = job.controller(study, objective)
+    controller = job.controller(study, objs, ctx)
     if plan.workers == 1:
         return controller.run()
     return run_parallel(job, controller)
@@ -329,19 +332,23 @@ def _record_stage(study: optuna.Study, job: StageJob, prior: dict[str, Any] | No
 
 def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectives, ipc: int, beta: float,
             alpha_out: StageOutcome) -> dict[str, Any]:
-    """Make, evaluate and record the final set, unless the study already holds it for this best trial.
+    """Choose, make, evaluate and record the final set, unless the study already holds it for these trials.
 
-    Workers that end the alpha stage together take turns on a lock in the
-    study's folder: the first makes the set, the others wait and reuse it.
+    The final set is the best on validation among the best alpha trial and the
+    finished baselines (a tie goes to SelMatch); every baseline's set is made and
+    evaluated on the test split too. Workers that end the alpha stage together
+    take turns on a lock in the study's folder: the first makes the sets, the
+    others wait and reuse them.
     """
     name = study_name(plan.prefix, ipc, ALPHA)
     study = optuna.load_study(study_name=name, storage=storage)
     trial = study.trials[alpha_out.best_trial]
-    evaluate = to_dict(plan.cfg.evaluate)
-    if evaluate["budget_fraction"] == 1.0:  # the budget before the setting existed: final sets made then are kept
-        del evaluate["budget_fraction"]
-    key = stable_hash({"trial": trial.number, "beta": beta, "distill": to_dict(plan.cfg.distill),
-                       "evaluate": evaluate})  # what shapes the final set and its test score
+    shaped = {"trial": trial.number, "beta": beta, "distill": key_dict("distill", plan.cfg.distill),
+              "evaluate": key_dict("evaluate", plan.cfg.evaluate)}  # what shapes the final set and its test score
+    measured = _baseline_trials(plan, storage, ipc) if plan.cfg.tune.baselines else {}
+    if plan.cfg.tune.baselines:  # without baselines the key is the one older versions wrote
+        shaped["baselines"] = {n: [t.number, t.state.name] for n, (t, _) in measured.items()}
+    key = stable_hash(shaped)
     ctx = stage_context(plan, plan.cfg, ipc, study)
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     with file_lock(ctx.workdir / ".final.lock"):
@@ -349,14 +356,77 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
         if done is not None and done.key == key:
             LOG.info("%s: final set already made (%s)", name, done.result_path)
             return done.to_dict()
-        alpha = alpha_out.best_point
-        LOG.info("%s: final set from trial %d (alpha=%g, beta=%g)", name, trial.number, alpha, beta)
-        facts = objs.finish(ctx, alpha=alpha, beta=beta, trial=trial, study=study)
-        final = dataclasses.replace(FinalRecord.from_dict({**facts, ALPHA: alpha, BETA: beta}), key=key, ipc=ipc,
-                                    trial=trial.number)
+        others = {n: float(t.value) for n, (t, _) in measured.items() if t.state == TrialState.COMPLETE}
+        scores = {SELMATCH: float(trial.value), **others}
+        chosen = max(scores, key=lambda n: (scores[n], n == SELMATCH))
+        baselines: dict[str, dict[str, Any]] = {}
+        made: dict[str, dict[str, Any]] = {}  # what finish_baseline returned, per baseline
+        for n, (t, source) in measured.items():
+            LOG.info("%s: final set of the baseline %s (trial %d of %s)", name, LABELS[n], t.number, source)
+            made[n] = objs.finish_baseline(ctx, name=n, trial=t, study=study, upload=n == chosen)
+            baselines[n] = {"label": LABELS[n], "study": source, "trial": t.number, "state": t.state.name.lower(),
+                            records.VAL_ACCURACY: _trial_score(t), **made[n]}
+        if chosen == SELMATCH:
+            alpha, number = alpha_out.best_point, trial.number
+            LOG.info("%s: final set from trial %d (alpha=%g, beta=%g)", name, number, alpha, beta)
+            facts = {**objs.finish(ctx, alpha=alpha, beta=beta, trial=trial, study=study), ALPHA: alpha, BETA: beta}
+        else:  # the baseline's own set: random selection distils nothing, MTT all of it; neither has a window
+            number = measured[chosen][0].number if chosen == MTT else None  # random's trial is the beta study's
+            facts = {**made[chosen], ALPHA: 1.0 if chosen == MTT else 0.0, BETA: 0.0}
+        summary = _summary(chosen, float(trial.value), others, alpha_out.best_point, beta) \
+            if plan.cfg.tune.baselines else None
+        if summary is not None:
+            LOG.info("%s: %s", name, summary)
+        final = FinalRecord.from_dict(facts)
+        if plan.cfg.tune.baselines:
+            best = {ALPHA: alpha_out.best_point, BETA: beta, "trial": trial.number,
+                    records.VAL_ACCURACY: float(trial.value)}
+            final = dataclasses.replace(final, chosen=chosen, val_accuracy=scores[chosen], selmatch=best,
+                                        baselines=baselines, summary=summary)
+        final = dataclasses.replace(final, key=key, ipc=ipc, trial=number)
         for attr, value in final.to_attrs().items():  # FINAL last: a record is complete once it is there
             study.set_user_attr(attr, value)
     return final.to_dict()
+
+
+def _baseline_trials(plan: TunePlan, storage: optuna.storages.BaseStorage,
+                     ipc: int) -> dict[str, tuple[FrozenTrial, str]]:
+    """Each baseline's settled trial (finished, else pruned) and its study's name; unsettled ones are left out."""
+    found: dict[str, tuple[FrozenTrial, str]] = {}
+    for stage in STAGES:
+        name = study_name(plan.prefix, ipc, stage)
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        for baseline in BASELINES[stage]:
+            mine = [t for t in trials if t.user_attrs.get(records.BASELINE) == baseline]
+            if mine:
+                best = max(mine, key=lambda t: (t.state == TrialState.COMPLETE, -t.number))
+                found[baseline] = (best, name)
+    return found
+
+
+def _trial_score(trial: FrozenTrial) -> float | None:
+    """A finished trial's value, a pruned one's last report."""
+    if trial.value is not None:
+        return float(trial.value)
+    steps = trial.intermediate_values
+    return float(steps[max(steps)]) if steps else None
+
+
+def _summary(chosen: str, selmatch: float, others: dict[str, float], alpha: float, beta: float) -> str:
+    """One line on the final choice: ``chosen`` among the best grid point (score ``selmatch``) and the
+    finished baselines (``others``); differences in percentage points of validation accuracy."""
+    if chosen != SELMATCH:
+        return (f"{LABELS[chosen]} beat every SelMatch point on validation by "
+                f"{100 * (others[chosen] - selmatch):.2f} points; exporting it")
+    point = f"SelMatch (alpha {alpha:g}, beta {beta:g})"
+    if not others:
+        return f"{point} chosen; no baseline finished (pruned or failed), so none could be compared"
+    runner = max(others, key=others.get)
+    if others[runner] >= selmatch:
+        return f"{point} tied the best baseline on validation ({LABELS[runner]}); a tie goes to SelMatch"
+    return (f"{point} beat every baseline on validation, the best of them ({LABELS[runner]}) by "
+            f"{100 * (selmatch - others[runner]):.2f} points")
 
 
 __all__ = ["IpcResult", "TuneResult", "parse_ipcs", "tune"]

@@ -29,7 +29,7 @@ from ..config import RunConfig, to_dict
 from ..errors import TrainingDiverged
 from ..records import study_name
 from ..storage import StorageSpec
-from ._controller import Objective, SearchController
+from ._controller import BaselineObjective, Objective, SearchController
 from ._pruners import build_pruner
 from ._search import SearchStrategy
 from ._storage import open_study
@@ -82,6 +82,17 @@ class Objectives(Protocol):
         facts for the study's :class:`~autoselmatch.records.FinalRecord` (``result_path``,
         ``test_accuracy``, ...)."""
 
+    def baseline(self, ctx: StageContext, name: str) -> BaselineObjective:
+        """``objective(trial) -> score`` of baseline ``name`` in its stage's study: ``random``
+        (random selection, scored like a window in stage 1) or ``mtt`` (alpha 1 from a random
+        real init, scored like an alpha trial in stage 2)."""
+
+    def finish_baseline(self, ctx: StageContext, *, name: str, trial: FrozenTrial, study: optuna.Study,
+                        upload: bool) -> dict[str, Any]:
+        """Make and evaluate baseline ``name``'s final set (MTT continued to ``distill.iterations``,
+        random selection as it is) from its ``trial``, like :meth:`finish`; ``ctx`` and ``study`` are
+        the alpha study's. ``upload``: the set is the chosen one (store it as the study's artifacts)."""
+
 
 ObjectivesFactory = Callable[[RunConfig], Objectives]
 
@@ -106,7 +117,7 @@ def stage_settings(cfg: RunConfig, stage: str, ipc: int) -> dict[str, Any]:
     # networks, and stacking them changes no network's training
     evaluate = {k: v for k, v in to_dict(cfg.evaluate).items() if k not in ("runs", "stack_runs")}
     common = {"stage": stage, "ipc": ipc, "seed": cfg.seed, "data": data, "scores": to_dict(cfg.scores),
-              "evaluate": evaluate}
+              "evaluate": evaluate, "baselines": cfg.tune.baselines}
     if stage == records.BETA:
         return {**common, "beta_seeds": cfg.tune.beta_seeds, "beta_augment": cfg.tune.beta_augment}
     distill = {**to_dict(cfg.distill), "iterations": trial_iterations(cfg)}
@@ -198,6 +209,12 @@ class StageJob:
         """The stage's objective from ``objs``."""
         return objs.beta(ctx) if self.stage == records.BETA else objs.alpha(ctx, self.fixed[records.BETA])
 
+    def baselines(self, objs: Objectives, ctx: StageContext) -> dict[str, BaselineObjective]:
+        """The stage's baselines from ``objs`` (none with ``tune.baselines = false``)."""
+        if not self.plan.cfg.tune.baselines:
+            return {}
+        return {name: objs.baseline(ctx, name) for name in records.BASELINES[self.stage]}
+
     def max_trials(self) -> int | None:
         return self.plan.cfg.tune.beta_trials if self.stage == records.BETA else self.plan.cfg.tune.alpha_trials
 
@@ -208,11 +225,13 @@ class StageJob:
                           sampler=self.strategy.sampler(), pruner=pruner, new_study=new_study, force=self.plan.force,
                           defaults=default_settings(self.stage, self.ipc))
 
-    def controller(self, study: optuna.Study, objective: Objective) -> SearchController:
-        return SearchController(study, self.plan.spec, self.strategy, param=self.stage, objective=objective,
-                                max_trials=self.max_trials(), deadline=self.plan.deadline,
-                                max_failures=self.plan.cfg.tune.max_failures, catch=TRIAL_ERRORS,
-                                trial_attrs=self.trial_attrs)
+    def controller(self, study: optuna.Study, objs: Objectives, ctx: StageContext) -> SearchController:
+        """The search of this stage in ``study``, with the objective and baselines of ``objs``."""
+        return SearchController(study, self.plan.spec, self.strategy, param=self.stage,
+                                objective=self.objective(objs, ctx), max_trials=self.max_trials(),
+                                deadline=self.plan.deadline, max_failures=self.plan.cfg.tune.max_failures,
+                                catch=TRIAL_ERRORS, trial_attrs=self.trial_attrs,
+                                baselines=self.baselines(objs, ctx))
 
 
 __all__ = [

@@ -37,7 +37,8 @@ def resolve_storage_url(storage: str | None, dataset: str | None) -> str:
 
 
 def list_studies(url: str) -> list[dict[str, Any]]:
-    """One row per study: name, direction, trial counts by state, best value/params, test accuracy."""
+    """One row per study: name, direction, trial counts by state, best value/params (baseline trials
+    aside), test accuracy, the baselines' validation scores, and the final record's choice and comparison."""
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
@@ -47,9 +48,12 @@ def list_studies(url: str) -> list[dict[str, Any]]:
         trials = storage.get_all_trials(storage.get_study_id_from_name(study.study_name), deepcopy=False)
         counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
         maximize = study.direction == StudyDirection.MAXIMIZE
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get(records.BASELINE) is None]
         best = max(complete, key=lambda t: t.value if maximize else -t.value) if complete else None
         test = study.user_attrs.get(records.TEST_ACCURACY)
+        final = records.FinalRecord.from_attrs(study.user_attrs)
+        baselines = {t.user_attrs[records.BASELINE]: t.value for t in trials
+                     if t.user_attrs.get(records.BASELINE) is not None and t.state == TrialState.COMPLETE}
         rows.append({
             "name": study.study_name,
             "direction": "maximize" if maximize else "minimize",
@@ -58,6 +62,11 @@ def list_studies(url: str) -> list[dict[str, Any]]:
             "best_params": {} if best is None else dict(best.params),
             "best_trial": None if best is None else best.number,
             "test_accuracy": test.get("mean") if isinstance(test, dict) else test,
+            "baselines": baselines,
+            "chosen": None if final is None else final.chosen,
+            "baseline_tests": {} if final is None else {
+                name: (b.get(records.TEST_ACCURACY) or {}).get("mean") for name, b in (final.baselines or {}).items()},
+            "summary": None if final is None else final.summary,
         })
     return rows
 

@@ -75,7 +75,7 @@ def _worker_main(job: StageJob, rank: int, levels: tuple[int, int]) -> None:
         storage = open_storage(job.plan.spec, heartbeat_interval=cfg.tune.heartbeat_interval,
                                grace_period=cfg.tune.grace_period)
         study = job.open(storage)
-        job.controller(study, job.objective(objs, job.context(cfg, study))).run()
+        job.controller(study, objs, job.context(cfg, study)).run()
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except AutoSelMatchError as exc:
