@@ -335,6 +335,8 @@ CASES = [
     case("distill", [*DIGITS, "--ipc", "10", "--alpha", "0.5", "--device", "cpu", "--precision", "tf32", "--out",
                      "bad/never"], "distill.precision 'tf32' needs a CUDA GPU of compute capability 8.0 or later",
          "distill-tf32-on-cpu"),
+    case("tune", [*DIGITS, "--ipc", "10", "--device", "cpu", "--set", "distill.precision=tf32"],
+         "distill.precision 'tf32' needs a CUDA GPU of compute capability 8.0 or later", "tune-tf32-on-cpu"),
     case("distill", [*DIGITS, "--ipc", "10", "--alpha", "0.5", "--set", "scores.name=vibes"],
          "unknown score 'vibes'", "distill-unknown-score"),
     case("distill", [*DIGITS, "--ipc", "10", "--alpha", "0.5", "--set", "distill.syn_steps=0"],
@@ -545,6 +547,8 @@ CASES = [
     case("dashboard", ["--dataset", "digits", "--storage", STUDY], "not both", "dashboard-storage-and-dataset"),
     # ---- bench reproduce ----------------------------------------------------------------------------------
     case("bench", ["reproduce", *DIGITS, "--out", "bad/never", "--ipc", "ten"], "got 'ten'", "bench-ipc-not-int"),
+    case("bench", ["reproduce", *DIGITS, "--out", "bad/never", "--device", "cpu", "--set", "distill.precision=tf32"],
+         "distill.precision 'tf32' needs a CUDA GPU of compute capability 8.0 or later", "bench-tf32-on-cpu"),
     case("bench", ["reproduce", *DIGITS, "--out", "bad/never", "--ipc", "0"],
          "--ipc values must be >= 1, got 0", "bench-ipc-zero"),
     case("bench", ["reproduce", *DIGITS, "--out", "bad/never", "--ipc", "500", "--alpha", "0.5", "--beta", "0.1"],

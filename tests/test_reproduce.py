@@ -45,7 +45,7 @@ def test_table_has_every_method_and_ipc(run):
     for method in REPRODUCE_METHODS:
         row = next(line for line in table.splitlines() if line.startswith(f"| {method} ") or
                    (method == "full" and line.startswith("| full (")))
-        assert "—" not in row and row.count("±") == 2
+        assert "—" not in row and row.count("±") == 0  # one seed: the value alone, no "± 0.00"
     assert table.count("**") == 4  # one bold best per IPC
     assert table in run["output"]
 
@@ -267,8 +267,8 @@ def test_a_set_distilled_5_iterations_at_a_tiny_lr_img_is_marked_barely_distille
     assert rows["random"]["loss_ratio"] is None and rows["random"]["barely_distilled"] is False
     table = table_markdown(list(rows.values()), [5], {}, dataset="digits", runs=1)
     assert "loss ratio (per IPC)" in table and "barely distilled: the ratio stayed above 0.8" in table
-    assert f"| mtt | combined | 50.00 ± 0.00 ‡ | {ratio:.3f} ‡ |" in table
-    assert "| random | dsa | **60.00 ± 0.00** |  |" in table  # nothing distilled: no ratio, no mark
+    assert f"| mtt | combined | 50.00 ‡ | {ratio:.3f} ‡ |" in table  # one seed: no "± 0.00"
+    assert "| random | dsa | **60.00** |  |" in table  # nothing distilled: no ratio, no mark
     csv_rows = {r["method"]: r for r in csv.DictReader(table_csv(list(rows.values())).splitlines())}
     assert float(csv_rows["mtt"]["loss_ratio"]) == pytest.approx(ratio) and csv_rows["mtt"]["barely_distilled"] == "1"
     assert csv_rows["random"]["loss_ratio"] == "" and csv_rows["random"]["barely_distilled"] == "0"
@@ -280,7 +280,8 @@ def test_a_set_distilled_5_iterations_at_a_tiny_lr_img_is_marked_barely_distille
                            barely_distilled=lenient.reproduce.barely_distilled)
     assert "‡" not in next(line for line in table.splitlines() if line.startswith("| mtt "))
     row = {"select_init": False, "partial_update": False, "combined_augmentation": True, "set": "mtt", "ipc": 5,
-           "alpha": 1.0, "beta": None, "mean": 0.5, "std": 0.0, "loss_ratio": ratio, "barely_distilled": True}
+           "alpha": 1.0, "beta": None, "mean": 0.5, "std": 0.0, "accuracies": [0.5], "loss_ratio": ratio,
+           "barely_distilled": True}
     assert f"| {ratio:.3f} ‡ |" in ablation_markdown([row], 5)
 
 
@@ -332,3 +333,18 @@ def test_coverage_page_plots_coverage_over_iterations_when_recorded():
     assert 'id="coverage-iterations"' in page and 'id="coverage-ipc5"' in page
     assert "mtt, IPC 5: easy half" in page and "mtt, IPC 5: hard half" in page
     assert 'id="coverage-iterations"' not in coverage_html([], "digits")
+
+
+def test_one_seed_shows_the_value_alone_and_two_seeds_their_spread():
+    from autoselmatch.reproduce._plan import Cell
+    from autoselmatch.reproduce._tables import main_rows, table_markdown
+
+    cfg = load_preset("digits")
+    random = SetSpec("random", 5)
+    cells = [Cell(f"random-ipc5-dsa-s{seed}", "eval", random, seed, "dsa") for seed in (0, 1)]
+    records = {"random-ipc5-dsa-s0": {"accuracy": 0.5, "seed": 0, "set": {"method": "random"}},
+               "random-ipc5-dsa-s1": {"accuracy": 0.7, "seed": 1, "set": {"method": "random"}}}
+    one = main_rows(cfg, ["random"], [5], cells[:1], records)
+    two = main_rows(cfg, ["random"], [5], cells, records)
+    assert "| **50.00** |" in table_markdown(one, [5], {}, dataset="digits", runs=1)
+    assert "| **60.00 ± 10.00** |" in table_markdown(two, [5], {}, dataset="digits", runs=2)

@@ -74,6 +74,11 @@ def _check_plan(plan: ReproducePlan) -> tuple[tuple[str, ...], tuple[str, ...]]:
         METHODS.get(name)
     if plan.runs < 1:
         raise InvalidArgument(f"--runs must be >= 1, got {plan.runs}")
+    if plan.cfg.distill.precision != "fp32":  # before any set is built, not at the first distillation
+        from ..distill import check_precision
+        from ..runtime import resolve_device
+
+        check_precision(plan.cfg.distill.precision, resolve_device(plan.cfg.device))
     for option, values in (("--alpha", plan.alphas), ("--beta", plan.betas)):
         if len(values) not in (0, 1, len(tokens)):
             raise InvalidArgument(f"{option} takes one value or one per IPC ({len(tokens)}), got {len(values)}")

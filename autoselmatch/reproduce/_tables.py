@@ -20,8 +20,11 @@ def _stats(values: Sequence[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
-def _fmt(mean: float, std: float) -> str:
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+def _fmt(row: dict[str, Any]) -> str:
+    """A row's accuracy in %: ``mean ± std`` over its seeds, the value alone for one seed (no spread)."""
+    if len(row["accuracies"]) == 1:
+        return f"{100 * row['mean']:.2f}"
+    return f"{100 * row['mean']:.2f} ± {100 * row['std']:.2f}"
 
 
 def main_rows(cfg: RunConfig, methods: Sequence[str], ipcs: Sequence[int], cells: Sequence[Cell],
@@ -103,7 +106,8 @@ def table_markdown(rows: Sequence[dict[str, Any]], ipcs: Sequence[int], labels: 
     ratios = bool(barely_note(rows, barely_distilled))
     header = "| method | augmentation | " + " | ".join(f"IPC {ipc}{labels.get(ipc, '')}" for ipc in ipcs) + " |"
     header += " loss ratio (per IPC) |" if ratios else ""
-    lines = [f"Test accuracy (%) on {dataset}, mean ± std over {runs} seed(s); best per IPC in bold.",
+    spread = "one seed" if runs == 1 else f"mean ± std over {runs} seeds"
+    lines = [f"Test accuracy (%) on {dataset}, {spread}; best per IPC in bold.",
              *([budget] if budget else []), *([barely_note(rows, barely_distilled)] if ratios else []), "", header,
              "|---|---|" + "---:|" * (len(ipcs) + ratios)]
     best = {}
@@ -119,7 +123,7 @@ def table_markdown(rows: Sequence[dict[str, Any]], ipcs: Sequence[int], labels: 
             if row is None or row["mean"] is None:
                 cells.append("—")
                 continue
-            text = _fmt(row["mean"], row["std"])
+            text = _fmt(row)
             text = f"**{text}**" if best.get(ipc) == method else text
             cells.append(f"{text} {BARELY_MARK}" if row.get("barely_distilled") else text)
         name = "full (whole training split)" if method == "full" else method
@@ -177,14 +181,14 @@ def ablation_markdown(rows: Sequence[dict[str, Any]], ipc: int, budget: str = ""
     def mark(flag: bool) -> str:
         return "✓" if flag else "–"
 
-    lines = [f"Ablation at IPC {ipc} (paper Table 3): test accuracy (%), mean ± std. Combined augmentation off = "
+    lines = [f"Ablation at IPC {ipc} (paper Table 3): test accuracy (%), mean ± std over the seeds (the value alone for one seed). Combined augmentation off = "
              "DSA on every image, which is what combined gives a set without D_select (alpha 1): those rows share "
              "their cells.", *([budget] if budget else []),
              *([note] if (note := barely_note(rows, barely_distilled)) else []), "",
              "| selection init | partial update | combined augmentation | set | alpha | beta | accuracy | loss ratio |",
              "|:-:|:-:|:-:|---|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["select_init"], r["partial_update"], r["combined_augmentation"])):
-        acc = "—" if r["mean"] is None else _fmt(r["mean"], r["std"])
+        acc = "—" if r["mean"] is None else _fmt(r)
         alpha = "" if r["alpha"] is None else f"{r['alpha']:g}"
         beta = "" if r["beta"] is None else f"{r['beta']:g}"
         lines.append(f"| {mark(r['select_init'])} | {mark(r['partial_update'])} | {mark(r['combined_augmentation'])} "

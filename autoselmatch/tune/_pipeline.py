@@ -193,6 +193,7 @@ def _check(cfg: RunConfig, ipcs: Sequence[int] | str, *, storage: str | None, ar
                  warmup_steps=cfg.tune.pruner_warmup_steps)
     check_grid(BETA, cfg.tune.beta_grid)
     check_grid(ALPHA, cfg.tune.alpha_grid)
+    _check_precision(cfg)
     if workers < 1:
         raise InvalidArgument(f"--workers must be >= 1, got {workers}")
     if timeout is not None and timeout <= 0:
@@ -210,6 +211,15 @@ def _check(cfg: RunConfig, ipcs: Sequence[int] | str, *, storage: str | None, ar
     deadline = None if timeout is None else time.monotonic() + timeout
     return TunePlan(cfg, ipc_list, spec, art, prefix, workers, deadline, new_study, force,
                     objectives or SelMatchObjectives)
+
+
+def _check_precision(cfg: RunConfig) -> None:
+    """Refuse a ``distill.precision`` the device cannot run before the beta stage, not at the first alpha trial."""
+    if cfg.distill.precision != "fp32":
+        from ..distill import check_precision
+        from ..runtime import resolve_device
+
+        check_precision(cfg.distill.precision, resolve_device(cfg.device))
 
 
 def _preflight(plan: TunePlan, storage: optuna.storages.BaseStorage) -> None:
