@@ -376,3 +376,18 @@ def test_a_study_made_before_baselines_existed_resumes_and_gets_them(tmp_path):
     assert calls == ["random", "mtt", "finish-random", "finish-mtt", "final"]  # no grid point rerun
     assert again.ipcs[0].beta.ran == 1 and again.ipcs[0].alpha.ran == 1
     assert again.ipcs[0].final["chosen"] == "selmatch" and set(again.ipcs[0].final["baselines"]) == {"random", "mtt"}
+
+
+def test_the_cli_names_a_winning_baseline_as_the_chosen_set(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import autoselmatch.tune._pipeline as pipeline
+    from autoselmatch.cli import cli
+
+    monkeypatch.setattr(pipeline, "SelMatchObjectives", MttWins)
+    result = CliRunner().invoke(cli, ["--quiet", "tune", "--dataset", "digits", "--ipc", "10", "--pruner", "none",
+                                      "--storage", f"sqlite:///{tmp_path / 'studies.db'}"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("ipc 10:"))
+    assert line.startswith("ipc 10: beta 0.5, alpha 0.6; chosen set: MTT (alpha 1, random init), test accuracy 70.00")
+    assert "MTT (alpha 1, random init) beat every SelMatch point on validation" in result.output

@@ -81,7 +81,7 @@ def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, as
 
     import optuna
 
-    from ..records import FinalRecord
+    from ..records import LABELS, SELMATCH, FinalRecord
     from ..tune import parse_ipcs, tune as run_tune
 
     check_tunable(cfg, parse_ipcs(ipcs))
@@ -98,6 +98,8 @@ def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, as
             line += f", alpha {_fmt(r.alpha.best_point)}"
         if r.final is not None:
             final = FinalRecord.from_dict(r.final)
+            if final.chosen not in (None, SELMATCH):  # beta and alpha above are SelMatch's best point, not the set's
+                line += f"; chosen set: {LABELS[final.chosen]}"
             acc = final.test_accuracy
             runs = len(acc.get('accuracies') or []) or None
             line += f", test accuracy {format_accuracy(acc['mean'], acc['std'], runs)}"
