@@ -383,16 +383,15 @@ def distill(
             loss, eta = state.step(out)
             _check_diverged(loss, eta, state.iteration, dc)
 
+            at_eval = dc.eval_every > 0 and (state.iteration % dc.eval_every == 0 or state.iteration == dc.iterations)
             accuracy = None
-            if evaluator is not None and dc.eval_every > 0 and (state.iteration % dc.eval_every == 0
-                                                                or state.iteration == dc.iterations):
+            if evaluator is not None and at_eval:
                 accuracy = float(evaluator(state.images(), matcher.labels, distill_mask.to(device)))
                 state.evals.append((state.iteration, accuracy))
                 LOG.info("iteration %d: loss %.4f, eta %.4g, quick validation accuracy %.2f %%", state.iteration,
                          loss, eta, 100 * accuracy)
-            if ((dc.eval_every > 0 and state.iteration % dc.eval_every == 0) or state.iteration == dc.iterations
-                    or (dc.coverage_every > 0 and state.iteration % dc.coverage_every == 0)):
-                record(final=state.iteration == dc.iterations)
+            if at_eval or (dc.coverage_every > 0 and state.iteration % dc.coverage_every == 0):
+                record(final=state.iteration == dc.iterations)  # the last iteration is recorded after the loop too
             shown = {"loss": f"{loss:.4f}", "eta": f"{eta:.3g}"}
             if state.evals:  # no val column before the first evaluation
                 shown["val"] = f"{100 * state.evals[-1][1]:.2f} %"

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import RunConfig
+from ..coverage import distill_reference
 from ..errors import InvalidArgument
 from ..fileio import save_json
 from ..runtime import LOG, progress, resolve_device
 from ._cells import cell_key, plan_cells, run_eval_cell
 from ._checks import _check_plan, resolve_ipcs
 from ._command import rerun_command
-from ._coverage import reference_network, run_coverage_cell
+from ._coverage import run_coverage_cell
 from ._knobs import resolve_knobs
 from ._plan import NEEDS_ALPHA, NEEDS_BETA, Cell, ReproducePlan, ReproduceResult
 from ._sets import BuiltSet, _Inputs, load_or_build
@@ -70,7 +71,7 @@ def reproduce(plan: ReproducePlan) -> ReproduceResult:
         started = time.perf_counter()
         built = load_or_build(inputs, cell.set, sets_dir)
         if cell.kind == "coverage":
-            reference = reference or reference_network(inputs, sets_dir, device)
+            reference = reference or distill_reference(inputs.ds, inputs.cfg, device)
             outcome = run_coverage_cell(inputs, reference, built, device)
         else:
             outcome = run_eval_cell(inputs, cell, built, device)
