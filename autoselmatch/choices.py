@@ -32,6 +32,8 @@ REPRODUCE_METHODS = ("random", "hardest", "window", "mtt", "mtt-init", "merge", 
 #: File formats of an exported set.
 EXPORT_FORMATS = ("pt", "npz", "png")
 
+MAX_SEED = 2**63 - 1  # the largest seed: torch.manual_seed's largest non-negative value
+
 __all__ = [
     "AUGMENTATIONS",
     "COMPILE_MODES",
@@ -40,6 +42,7 @@ __all__ = [
     "DISTILL_PRECISIONS",
     "EXPORT_FORMATS",
     "EXPERT_AUGMENTATIONS",
+    "MAX_SEED",
     "MEMORY_MODES",
     "REPRODUCE_METHODS",
     "TUNE_BUDGETS",

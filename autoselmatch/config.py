@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .choices import (AUGMENTATIONS, COMPILE_MODES, DISTILL_INITS, DISTILL_MODES, DISTILL_PRECISIONS,
-                      EXPERT_AUGMENTATIONS, MEMORY_MODES, REPRODUCE_METHODS, TUNE_BUDGETS)
+                      EXPERT_AUGMENTATIONS, MAX_SEED, MEMORY_MODES, REPRODUCE_METHODS, TUNE_BUDGETS)
 from .data import check_image_size
 from .errors import InvalidArgument
 from .models import ModelSpec
@@ -402,9 +402,6 @@ class ReproduceConfig:
         if not self.barely_distilled > 0:  # also refuses nan
             raise InvalidArgument(f"reproduce.barely_distilled must be > 0 (a ratio of final to initial matching "
                                   f"loss), got {self.barely_distilled}")
-
-
-MAX_SEED = 2**63 - 1  # torch.manual_seed's largest non-negative seed
 
 
 @dataclass(frozen=True)

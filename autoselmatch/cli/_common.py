@@ -20,11 +20,11 @@ from typing import Any, Callable
 
 import click
 
+from ..choices import MAX_SEED
 from ..errors import InvalidArgument
 from ..runtime import DEVICES
 
 DEVICE_CHOICES = DEVICES  # what runtime.resolve_device accepts (without the :N of cuda:N)
-MAX_SEED = 2**63 - 1  # as autoselmatch.config.MAX_SEED (not imported: it would import torch on --help)
 
 
 @dataclass
