@@ -380,6 +380,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="The card's dense peaks (e.g. tf32=494.5 bf16=989.5 fp32=67), over the built-in table.")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads.")
     p.add_argument("--json", default=None, help="Also write all measurements and settings here.")
+    p.add_argument("--profile", default=None, metavar="MODE/PRECISION",
+                   help="Instead of the tables: profile one iteration of this variant (e.g. exact/tf32) after a "
+                        "warm-up, at the first --syn-steps, and print where its time goes.")
     p.add_argument("--worker", nargs=2, metavar=("WHAT", "N"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for item in args.peak_tflops:
@@ -403,6 +406,41 @@ def _worker(args: argparse.Namespace, what: str, steps: int, forwarded: list[str
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def profile_iteration(args: argparse.Namespace, variant: Variant, syn_steps: int) -> dict[str, Any]:
+    """Where one iteration's time goes: torch.profiler over one iteration of ``variant`` after a warm-up.
+
+    Prints the wall time, the summed device-kernel time (on CUDA; a sum well
+    below the wall time means the GPU waits for the host to launch), the number
+    of kernels per student step, and the operators with the most device (else
+    host) time. Returns the same as a dict.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    iteration = build_iteration(args, variant, syn_steps)
+    iteration()  # warm-up: cuDNN autotuning, allocator
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
+        iteration()
+        sync()
+        wall = time.perf_counter() - started
+    events = prof.events()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernel_seconds = sum(e.device_time_total for e in kernels) / 1e6 if kernels else None
+    table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
+                                      row_limit=25)
+    print(f"{variant_name(variant)}, N = {syn_steps}: wall {wall:.3f} s per iteration"
+          + (f", device kernels {kernel_seconds:.3f} s ({kernel_seconds / wall:.0%} of wall), "
+             f"{len(kernels) / syn_steps:.0f} kernels per student step" if kernels else "") + f"\n{table}", flush=True)
+    return {"variant": variant_name(variant), "syn_steps": syn_steps, "wall_s": wall, "kernel_s": kernel_seconds,
+            "kernels_per_step": len(kernels) / syn_steps if kernels else None, "table": table,
+            "device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__}
+
+
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:{spec}}{suffix}"
 
@@ -410,6 +448,12 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     torch.set_num_threads(args.threads)
+    if args.profile:
+        result = profile_iteration(args, parse_variant(args.profile), args.syn_steps[0])
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+        return
     if args.worker:
         what, steps = args.worker[0], int(args.worker[1])
         answer = measure_time(args, steps) if what == "time" else measure_memory(args, parse_variant(what), steps)
