@@ -7,7 +7,9 @@
 # set (about 6-9 min); every check's cap is also cut to what is left of
 # GPU_CHECKS_BUDGET seconds (default 580) since the start, so the script ends
 # inside a 10-minute call whatever runs long, and a check with no time left is
-# skipped and says so. Writes logs and JSON under $OUT (default bench/out/gpu).
+# skipped and says so. Writes logs and JSON under $OUT (default bench/out/gpu): about a dozen files,
+# so tar them when the machine returns only a few. Measured on an H200 (2026-11-30): precision, evaluate
+# and smoke took 275 s together.
 #
 #   bash bench/gpu_checks.sh                             # every check, from the repository root
 #   bash bench/gpu_checks.sh evaluate smoke precision    # some: evaluate, smoke, precision, distill, experts

@@ -52,7 +52,7 @@ def test_bf16_agrees_with_instance_norm_too():
 def test_tf32_is_refused_on_cpu_in_one_line():
     flat = FlatModel(build_model("convnet", channels=1, num_classes=2, image_size=8, width=4, depth=1))
     message = ("distill.precision 'tf32' needs a CUDA GPU of compute capability 8.0 or later (TF32 tensor cores); "
-               "device cpu cannot run it; use fp32 or bf16")
+               "device cpu cannot run it; use --set distill.precision=fp32 (or bf16)")
     with pytest.raises(InvalidArgument, match=f"^{re.escape(message)}$"):
         TrajectoryMatcher(flat, torch.tensor([0, 1]), syn_steps=1, batch_syn=2, precision="tf32")
     with pytest.raises(InvalidArgument, match="^distill.precision must be one of fp32, tf32, bf16, got 'fp16'$"):

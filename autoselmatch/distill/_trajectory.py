@@ -254,7 +254,7 @@ def check_precision(precision: str, device: torch.device) -> None:
     capable = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
     if precision == "tf32" and not capable:
         raise InvalidArgument(f"distill.precision 'tf32' needs a CUDA GPU of compute capability 8.0 or later (TF32 "
-                              f"tensor cores); device {_describe(device)} cannot run it; use fp32 or bf16")
+                              f"tensor cores); device {_describe(device)} cannot run it; use --set distill.precision=fp32 (or bf16)")
     if precision == "bf16" and not (capable or device.type == "cpu"):
         raise InvalidArgument(f"distill.precision 'bf16' runs on a CPU or a CUDA GPU of compute capability 8.0 or "
                               f"later; device {_describe(device)} cannot run it; use fp32")
