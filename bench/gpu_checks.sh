@@ -12,7 +12,8 @@
 # and smoke took 275 s together.
 #
 #   bash bench/gpu_checks.sh                             # every check, from the repository root
-#   bash bench/gpu_checks.sh evaluate smoke precision    # some: evaluate, smoke, precision, distill, experts
+#   bash bench/gpu_checks.sh evaluate smoke precision    # some: evaluate, smoke, precision, distill, experts, fidelity
+#   bash bench/gpu_checks.sh fidelity                     # issue 15 on Fashion-MNIST (bench/fidelity.sh): minutes
 #
 # Needs torch on the machine; the package is used from the source tree.
 set -uo pipefail
@@ -21,10 +22,10 @@ mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 AUTOSELMATCH_NO_PROGRESS=1
 DATA=${AUTOSELMATCH_GPU_DATA:-.gpudata}   # holds fashion-mnist/*.gz (idx files)
 CACHE=$(mktemp -d)
-CHECKS=" ${*:-evaluate smoke precision distill experts} "
+CHECKS=" ${*:-evaluate smoke precision distill experts fidelity} "
 for check in $CHECKS; do
-  case $check in evaluate|smoke|precision|distill|experts) ;;
-    *) echo "unknown check '$check' (evaluate, smoke, precision, distill, experts)" >&2; exit 2;; esac
+  case $check in evaluate|smoke|precision|distill|experts|fidelity) ;;
+    *) echo "unknown check '$check' (evaluate, smoke, precision, distill, experts, fidelity)" >&2; exit 2;; esac
 done
 want() { [[ $CHECKS == *" $1 "* ]]; }
 BUDGET=${GPU_CHECKS_BUDGET:-580}
@@ -82,4 +83,14 @@ if want experts; then
   else
     echo "skipped: no $DATA/fashion-mnist"
 fi
+fi
+
+if want fidelity; then
+  echo "== 6. issue 15 on Fashion-MNIST: random, window, MTT and SelMatch at IPC 600 and 60 (bench/fidelity.sh)"
+  if [ -d "$DATA/fashion-mnist" ]; then
+    FIDELITY_BUDGET=$(cap 100000) bash bench/fidelity.sh "$OUT/fidelity" --device cuda --data-root "$DATA" \
+        2>&1 | tee "$OUT/fidelity.log" | grep -v "^[0-9:]* INFO"
+  else
+    echo "skipped: no $DATA/fashion-mnist"
+  fi
 fi
