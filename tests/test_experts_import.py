@@ -158,6 +158,24 @@ def test_round_trip_native_experts_export_and_import_bit_identical(digits, tmp_p
                 assert torch.equal(a, b)
 
 
+def test_experts_of_many_pages_import_exactly_and_their_pages_are_released(digits, tmp_path, cache_dir):
+    cfg = tiny_config(cache_dir, **{"experts.model.width": 64})  # 64 x 64 x 3 x 3 floats: 36 pages of 4 KB
+    folder = tmp_path / "buffers" / "DIGITS" / "ConvNetBN"
+    experts = write_buffers(folder, model_of(cfg, digits), files=1, epochs=EPOCHS)
+    store = import_mtt_experts(folder, digits, cfg)
+    for i, expert in enumerate(experts):
+        expected = torch.stack([torch.cat([p.reshape(-1) for p in epoch]) for epoch in expert])
+        assert np.array_equal(store.trajectory(i), expected.numpy())
+    # released pages of a mapped file read back as the file's bytes (clean private pages, never zeros)
+    from autoselmatch.experts._import import _release
+    from autoselmatch.fileio import load_torch
+
+    mapped = load_torch(folder / "replay_buffer_0.pt", mmap=True)
+    before = [[t.clone() for t in epoch] for epoch in mapped[1]]
+    _release(mapped[1])
+    assert all(torch.equal(a, b) for x, y in zip(before, mapped[1]) for a, b in zip(x, y))
+
+
 def test_fewer_epochs_than_stored_imports_the_first_ones_and_num_experts_limits(digits, buffers, cache_dir):
     folder, experts = buffers
     store = import_mtt_experts(folder, digits, tiny_config(cache_dir, **{"experts.epochs": 1}), num_experts=3)

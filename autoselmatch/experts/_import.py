@@ -32,8 +32,12 @@ changed since is an error.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import re
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -219,6 +223,7 @@ def _import_file(path: Path, digest: str, first: int, limit: int | None, cache: 
     """Convert the experts of one buffer file (from expert index ``first``); returns the next index."""
     experts = load_torch(path, what="expert buffer", mmap=True,
                          remedy="copy it again from where the experts were trained")
+    mapped = zipfile.is_zipfile(path)  # load_torch maps torch's zip format; a legacy file was read whole
     if not isinstance(experts, list) or not experts:
         raise DataError(f"expert buffer {path} holds {_describe(experts)}, expected a list of experts (MTT's layout)")
     stop = first + len(experts)
@@ -236,7 +241,9 @@ def _import_file(path: Path, digest: str, first: int, limit: int | None, cache: 
         if str(index) not in manifest["experts"] or not (cache / _expert_name(index)).is_file():
             _write_expert(cache, index, [expert[e] for e in range(epochs + 1)], names, shapes, where,
                           {"source_file": path.name, "source_index": j, "source_epochs": len(expert) - 1})
-        experts[j] = None  # drop this expert's tensors before the next one is read
+        if mapped:
+            _release(expert)  # its pages leave this process's memory before the next expert is read
+        experts[j] = None
     _update_manifest(cache, lambda fresh: fresh["imported"]["files"].update(
         {path.name: {"bytes": path.stat().st_size, "sha256": digest, "experts": [first, stop]}}))
     return stop if limit is None else min(stop, limit)
@@ -260,6 +267,42 @@ def _write_expert(cache: Path, index: int, epochs: Sequence[Any], names: Sequenc
               "bytes": partial.stat().st_size, "sha256": sha256_file(partial)}
     _update_manifest(cache, lambda fresh: fresh["experts"].update({str(index): record}))
     os.replace(partial, cache / _expert_name(index))
+
+
+def _release(expert: Any) -> None:
+    """Drop the resident pages of an expert's memory-mapped tensors (``madvise(MADV_DONTNEED)``, Linux).
+
+    ``torch.load(mmap=True)`` maps the whole file once; pages read stay
+    resident until the mapping goes, so without this a file's import would
+    hold the whole file. The pages are clean copies of the file (only ever
+    read), so dropping them loses nothing. Elsewhere, or for tensors not
+    mapped from a file, nothing happens.
+    """
+    if _MADVISE is None:
+        return
+    page = mmap.PAGESIZE
+    for epoch in expert if isinstance(expert, (list, tuple)) else ():
+        for tensor in epoch if isinstance(epoch, (list, tuple)) else ():
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+            first, last = -(-start // page) * page, end // page * page  # whole pages inside the storage only
+            if last > first:
+                _MADVISE(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
+
+
+def _libc_madvise():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+
+
+_MADV_DONTNEED = 4
+_MADVISE = _libc_madvise()
 
 
 def _check_provenance(cache: Path, manifest: dict[str, Any], source: Path) -> dict[str, Any]:
