@@ -169,6 +169,8 @@ def _builder(name: str) -> SetBuilder:
 def set_key(spec: SetSpec, cfg: RunConfig) -> str:
     """Hash of everything a set depends on (its cache file name carries it)."""
     data = {k: v for k, v in key_dict("data", cfg.data).items() if k not in ("root", "download")}
+    if spec.source is not None:  # made elsewhere: its files decide it
+        return stable_hash({"name": spec.name, "ipc": spec.ipc, "sha256": spec.source_sha256, "data": data})
     recipe = distill_recipe(spec)
     if recipe is None:
         parts: dict[str, Any] = {"name": spec.name, "ipc": spec.ipc, "beta": spec.beta, "data": data, "seed": cfg.seed}
@@ -183,7 +185,14 @@ def set_key(spec: SetSpec, cfg: RunConfig) -> str:
 
 
 def load_or_build(inputs: _Inputs, spec: SetSpec, sets_dir: Path) -> BuiltSet:
-    """The cached set of ``spec`` from ``sets_dir``, or build and save it (a set file: :mod:`autoselmatch.synset`)."""
+    """The cached set of ``spec`` from ``sets_dir``, or build and save it (a set file: :mod:`autoselmatch.synset`).
+
+    A set made elsewhere (``spec.source``) is read from its folder each time.
+    """
+    if spec.source is not None:
+        from ._extras import extra_set
+
+        return extra_set(spec, inputs.ds, inputs.cfg)
     kind = spec.name if distill_recipe(spec) is None else "distilled"  # methods with one recipe share the file
     stem = f"{kind if spec.ipc is None else f'{kind}-ipc{spec.ipc}'}-{set_key(spec, inputs.cfg)}"
     path = sets_dir / f"{stem}.pt"
