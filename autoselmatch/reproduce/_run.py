@@ -15,7 +15,7 @@ from ..runtime import LOG, progress, resolve_device
 from ._cells import cell_key, plan_cells, run_eval_cell
 from ._checks import _check_plan, resolve_ipcs
 from ._command import rerun_command
-from ._extras import extra_specs
+from ._extras import extra_set, extra_specs
 from ._coverage import run_coverage_cell
 from ._knobs import resolve_knobs
 from ._plan import NEEDS_ALPHA, NEEDS_BETA, Cell, ReproducePlan, ReproduceResult
@@ -72,7 +72,10 @@ def reproduce(plan: ReproducePlan) -> ReproduceResult:
     reference = None
     for n, cell in enumerate(progress(todo, desc="reproduce cells", total=len(todo)), start=1):
         started = time.perf_counter()
-        built = load_or_build(inputs, cell.set, sets_dir)
+        if cell.set.source is not None:  # made elsewhere (--extra): read from its folder
+            built = extra_set(cell.set, ds, cfg)
+        else:
+            built = load_or_build(inputs, cell.set, sets_dir)
         if cell.kind == "coverage":
             reference = reference or distill_reference(inputs.ds, inputs.cfg, device)
             outcome = run_coverage_cell(inputs, reference, built, device)

@@ -185,14 +185,7 @@ def set_key(spec: SetSpec, cfg: RunConfig) -> str:
 
 
 def load_or_build(inputs: _Inputs, spec: SetSpec, sets_dir: Path) -> BuiltSet:
-    """The cached set of ``spec`` from ``sets_dir``, or build and save it (a set file: :mod:`autoselmatch.synset`).
-
-    A set made elsewhere (``spec.source``) is read from its folder each time.
-    """
-    if spec.source is not None:
-        from ._extras import extra_set
-
-        return extra_set(spec, inputs.ds, inputs.cfg)
+    """The cached set of ``spec`` from ``sets_dir``, or build and save it (a set file: :mod:`autoselmatch.synset`)."""
     kind = spec.name if distill_recipe(spec) is None else "distilled"  # methods with one recipe share the file
     stem = f"{kind if spec.ipc is None else f'{kind}-ipc{spec.ipc}'}-{set_key(spec, inputs.cfg)}"
     path = sets_dir / f"{stem}.pt"
