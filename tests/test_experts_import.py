@@ -139,23 +139,40 @@ def test_manifest_records_where_the_experts_came_from(digits, buffers, cache_dir
                                                            "experts": [2 * n, 2 * n + 2]} for n in range(2)}
     assert store.manifest["experts"]["3"]["imported"] == {"source_file": "replay_buffer_1.pt", "source_index": 1,
                                                           "source_epochs": 5}
+    with pytest.raises(DataError, match="imported from reference buffers, which hold no correctness record"):
+        store.correctness(0)
 
 
-def test_round_trip_native_experts_export_and_import_bit_identical(digits, tmp_path):
-    native = train_experts(digits, tiny_config(tmp_path / "native", **{"experts.epochs": 2}))
+DISTILL = {"experts.epochs": 2, "distill.max_start_epoch": 1, "distill.expert_epochs": 1, "distill.syn_steps": 3,
+           "distill.iterations": 3, "distill.init": "random", "distill.batch_syn": 20, "distill.eval_every": 0,
+           "distill.checkpoint_every": 0}
+
+
+def test_round_trip_native_experts_export_and_import_bit_identical(digits, tmp_path, monkeypatch):
+    native_cfg = tiny_config(tmp_path / "native", **DISTILL)
+    imported_cfg = tiny_config(tmp_path / "imported", **DISTILL)
+    native = train_experts(digits, native_cfg)
     folder = tmp_path / "buffers" / "DIGITS" / "ConvNetBN"
     shapes = [tuple(p.shape) for p in model_of(tiny_config(tmp_path), digits).parameters()]
     write_mtt_buffer(native, folder, shapes, experts_per_file=1)
     # the written files are exactly buffer.py's layout: lists of per-epoch lists of tensors
     loaded = torch.load(folder / "replay_buffer_1.pt", weights_only=True)
     assert len(loaded) == 1 and len(loaded[0]) == 3 and [tuple(t.shape) for t in loaded[0][0]] == shapes
-    imported = import_mtt_experts(folder, digits, tiny_config(tmp_path / "imported", **{"experts.epochs": 2}))
+    imported = import_mtt_experts(folder, digits, imported_cfg)
     assert imported.directory.name == native.directory.name  # the same key, in another cache
     for i in range(2):
         assert native.path(i).read_bytes() == imported.path(i).read_bytes()
         for start in range(2):
             for a, b in zip(native.pair(i, start, 1), imported.pair(i, start, 1)):
                 assert torch.equal(a, b)
+    # distill (load_experts) and tune (train_experts) use them as they are: nothing trains, the same set comes out
+    from autoselmatch.distill import selmatch
+    from autoselmatch.experts import _train
+
+    monkeypatch.setattr(_train, "_train_expert", lambda *a, **k: pytest.fail("an imported expert was retrained"))
+    assert train_experts(digits, imported_cfg).num_experts == 2
+    ours, theirs = (selmatch(digits, cfg, ipc=2, alpha=1.0) for cfg in (native_cfg, imported_cfg))
+    assert torch.equal(ours.images, theirs.images) and ours.eta == theirs.eta
 
 
 def test_experts_of_many_pages_import_exactly_and_their_pages_are_released(digits, tmp_path, cache_dir):

@@ -72,7 +72,8 @@ def mtt_buffer_files(directory: str | os.PathLike) -> list[Path]:
     numbers = sorted(found)
     gaps = sorted(set(range(numbers[-1] + 1)) - set(numbers))
     if gaps:
-        raise DataError(f"{directory} lacks replay_buffer_{gaps[0]}.pt (it has {', '.join(found[n].name for n in numbers)}); "
+        present = ", ".join(found[n].name for n in numbers)
+        raise DataError(f"{directory} lacks replay_buffer_{gaps[0]}.pt (it has {present}); "
                         "copy the missing file, or move the later ones away")
     return [found[n] for n in numbers]
 
@@ -340,13 +341,14 @@ def _check_norm(source: Path, cfg: RunConfig, norm: str | None) -> None:
     elif theirs != ours:
         remedy = (f'or set experts.model to {{ name = "{spec.name}", ..., norm = "{theirs}" }}'
                   if theirs in ("batch", "instance", "none") else f"autoselmatch's ConvNet has no {theirs} norm")
+        mtt_name = {"batch": "ConvNetBN", "instance": "ConvNet", "none": "ConvNetNN"}.get(ours, "matching")
         raise InvalidArgument(f"the experts in {source} use {theirs} norm but experts.model uses norm={ours}: "
-                              f"{theirs}-norm experts do not fit a {ours}-norm student; import ConvNet{'BN' if ours == 'batch' else ''} "
-                              f"buffers (or pass --norm if the folder name misleads), {remedy}")
+                              f"{theirs}-norm experts do not fit a {ours}-norm student; import {mtt_name} buffers "
+                              f"(or pass --norm if the folder name misleads), {remedy}")
 
 
 def _check_zca(source: Path, cfg: RunConfig) -> None:
-    """Warn when MTT's folder name (``CIFAR100_NO_ZCA/...``: without; ``CIFAR100/...``: with) contradicts experts.zca."""
+    """Warn when MTT's folder name (``CIFAR100_NO_ZCA/...``: no ZCA; ``CIFAR100/...``: ZCA) contradicts experts.zca."""
     parent = source.parent.name
     theirs = False if parent.endswith("_NO_ZCA") else True if parent in ("CIFAR10", "CIFAR100") else None
     if theirs is not None and theirs != cfg.experts.zca:
