@@ -138,6 +138,8 @@ def test_usage_errors(digits, tmp_path, cache_dir):
     assert no_dataset.exit_code == 2 and "pass --dataset" in no_dataset.output
     flag_alone = evaluate(str(folder / "images_best.pt"), "--zca", "-d", "digits")
     assert flag_alone.exit_code == 2 and "need --from-reference" in flag_alone.output
+    bare = evaluate(str(folder / "images_best.pt"), "-d", "digits", "--cache-dir", str(cache_dir))
+    assert bare.exit_code != 0 and "use `autoselmatch evaluate --from-reference" in bare.output
     two_paths = evaluate(str(folder / "images_best.pt"), str(folder / "labels_best.pt"), "-d", "digits")
     assert two_paths.exit_code == 2 and "only with --from-reference" in two_paths.output
     small = save_like_mtt(tmp_path / "small", images[:, :, :4, :4], labels)
