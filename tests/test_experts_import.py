@@ -360,3 +360,11 @@ def test_cli_imports_and_refuses_training_options(buffers, cache_dir):
     assert bad.exit_code == 2 and "--snapshot-every does not apply" in bad.output
     bad = CliRunner().invoke(cli, args[:-4] + ["--norm", "batch"])
     assert bad.exit_code == 2 and "--norm" in bad.output
+
+
+def test_zca_experts_get_the_transform_the_settings_describe(digits, tmp_path, cache_dir):
+    cfg = tiny_config(cache_dir, **{"experts.zca": True})
+    folder = tmp_path / "buffers" / "CIFAR10" / "ConvNetBN"  # MTT's name for ZCA buffers
+    write_buffers(folder, model_of(cfg, digits), files=1)
+    store = import_mtt_experts(folder, digits, cfg)
+    assert store.zca is not None and load_experts(digits, cfg).zca is not None
