@@ -131,9 +131,9 @@ def import_mtt_experts(directory: str | os.PathLike, ds: ImageDataset, cfg: RunC
     shapes = [tuple(p.shape) for p in model.parameters()]
     num_params = sum(p.numel() for p in model.parameters())
     epochs = key["epochs"]
-    layout = _Layout(epochs, steps_per_epoch(key["dataset"]["num_train"], cfg.experts.batch_size),
-                     steps_per_epoch(key["dataset"]["num_train"], cfg.experts.batch_size), num_params,
-                     key["dataset"]["num_train"])
+    num_train = key["dataset"]["num_train"]
+    steps = steps_per_epoch(num_train, cfg.experts.batch_size)
+    layout = _Layout(epochs, steps, steps, num_params, num_train)  # one row per epoch, as a trained expert's
     cache = expert_cache_dir(cfg, key)
     _ensure_writable(cache)
     with file_lock(cache / IMPORT_LOCK, blocking=False) as held:
