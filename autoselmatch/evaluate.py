@@ -200,7 +200,8 @@ def train_networks(
 
     Args:
         images: Float (n, C, H, W) in normalised space.
-        labels: Int64 (n,) in [0, num_classes).
+        labels: Int64 (n,) in [0, num_classes), or float (n, num_classes) class probabilities
+            (soft labels: the loss is the soft cross-entropy ``-sum_k p_k log softmax(logits)_k``).
         num_classes: Output logits of the model.
         cfg: Evaluation settings.
         steps: Optimizer steps (see :func:`budget_steps`), >= 1.
@@ -236,7 +237,8 @@ def train_networks(
     n_distill = int(mask.sum())
     order = order.to(device)
     x_all = images.detach().to(device)[order]  # (n, C, H, W)
-    y_all = labels.to(device, torch.long)[order]  # (n,)
+    soft = labels.dim() == 2
+    y_all = labels.to(device, torch.float32 if soft else torch.long)[order]  # (n,), or (n, num_classes) soft
     plan = batch_plan(n_distill, n - n_distill, cfg.batch_size)
 
     models = []
@@ -273,7 +275,8 @@ def train_networks(
                                           host_generator=host_gen))
                 ys.append(y_all[idx])
             x = (xs[0] if k == 1 else torch.cat(xs, dim=1)).contiguous(memory_format=memory_format)  # (B, k*C, H, W)
-            y = ys[0] if k == 1 else torch.stack(ys, dim=1).view(-1)  # (B * k,), row b * k + r: network r, sample b
+            # (B * k,) or (B * k, num_classes) soft; row b * k + r: network r, sample b
+            y = ys[0] if k == 1 else torch.stack(ys, dim=1).flatten(0, 1)
             if cfg.compile:
                 torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -382,7 +385,10 @@ class EvalResult:
 
 
 def check_set(ds: ImageDataset, images: torch.Tensor, labels: torch.Tensor, distill_mask: torch.Tensor | None) -> None:
-    """Raise :class:`InvalidArgument` unless ``images``/``labels`` form a trainable set for ``ds``."""
+    """Raise :class:`InvalidArgument` unless ``images``/``labels`` form a trainable set for ``ds``.
+
+    ``labels`` are int (n,), every class present, or float (n, num_classes) class probabilities.
+    """
     expected = ds.image_shape
     if images.dim() != 4 or tuple(images.shape[1:]) != expected:
         raise InvalidArgument(
@@ -390,6 +396,24 @@ def check_set(ds: ImageDataset, images: torch.Tensor, labels: torch.Tensor, dist
         )
     if images.dtype != torch.uint8 and not images.is_floating_point():
         raise InvalidArgument(f"images must be uint8 pixels or float normalised values, got {images.dtype}")
+    if labels.dim() == 2 and labels.is_floating_point():  # soft labels: class probabilities
+        if tuple(labels.shape) != (len(images), ds.num_classes):
+            raise InvalidArgument(f"soft labels must have shape ({len(images)}, {ds.num_classes}) for dataset "
+                                  f"{ds.name}, got {tuple(labels.shape)}")
+        if not bool(torch.isfinite(labels).all()) or bool((labels < 0).any()):
+            raise InvalidArgument("soft labels must be finite class probabilities (>= 0)")
+        if len(labels) == 0:
+            raise InvalidArgument("the set is empty")
+    else:
+        _check_hard_labels(ds, images, labels)
+    if distill_mask is not None and (distill_mask.dtype != torch.bool or tuple(distill_mask.shape) != (len(images),)):
+        raise InvalidArgument(
+            f"distill_mask must be a bool tensor of shape ({len(images)},), got {distill_mask.dtype} {tuple(distill_mask.shape)}"
+        )
+
+
+def _check_hard_labels(ds: ImageDataset, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Int (n,) labels in range, every class present."""
     if labels.dim() != 1 or len(labels) != len(images):
         raise InvalidArgument(f"labels must have shape ({len(images)},) to match the images, got {tuple(labels.shape)}")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
@@ -405,10 +429,6 @@ def check_set(ds: ImageDataset, images: torch.Tensor, labels: torch.Tensor, dist
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
         raise InvalidArgument(f"the set has no images of class {shown}; every one of the {ds.num_classes} classes needs one")
-    if distill_mask is not None and (distill_mask.dtype != torch.bool or tuple(distill_mask.shape) != (len(images),)):
-        raise InvalidArgument(
-            f"distill_mask must be a bool tensor of shape ({len(images)},), got {distill_mask.dtype} {tuple(distill_mask.shape)}"
-        )
 
 
 def evaluate_set(
@@ -424,13 +444,15 @@ def evaluate_set(
     seed: int = 0,
     epoch_callback: EpochCallback | None = None,
     device: torch.device | str | None = None,
+    eval_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> EvalResult:
     """Train ``runs`` fresh networks on a set and measure their accuracy on a split of ``ds``.
 
     Args:
         ds: The dataset the set was made from (shape, classes, normalisation, evaluation split).
         images: Float (n, C, H, W) in normalised space, or uint8 pixels (normalised with ``ds``).
-        labels: Int (n,) in [0, ds.num_classes); every class must be present.
+        labels: Int (n,) in [0, ds.num_classes), every class present; or float (n, ds.num_classes)
+            class probabilities (soft labels, see :func:`train_networks`).
         cfg: Evaluation settings (model, budget, optimizer, augmentation, runs).
         distill_mask: Bool (n,), True for D_distill rows (DSA under ``combined``); ``None``: none are.
         split: ``val`` (search objectives) or ``test`` (final report only).
@@ -440,6 +462,8 @@ def evaluate_set(
         epoch_callback: Called after each epoch of each run as ``epoch_callback(run * epochs_per_run + epoch,
             model)``, so steps keep increasing across runs (Optuna reports and prunes on it).
         device: Where to train; default the device of ``images``.
+        eval_transform: Applied to the normalised (m, C, H, W) evaluation images, into the set's space
+            (e.g. the ZCA whitening of a set saved whitened); None: the set is in normalised space.
 
     Raises:
         InvalidArgument: A class is missing, a label is out of range, the images have the wrong
@@ -458,6 +482,8 @@ def evaluate_set(
     if len(eval_y) == 0:
         raise InvalidArgument(f"dataset {ds.name} has an empty {split} split; set data.val_fraction > 0")
     eval_x, eval_y = ds.normalize(eval_x.to(device)), eval_y.to(device)
+    if eval_transform is not None:
+        eval_x = eval_transform(eval_x)
     train_x = ds.normalize(images.to(device)) if images.dtype == torch.uint8 else images.to(device, torch.float32)
     train_y = labels.to(device, torch.long)
     steps_per_epoch = len(batch_bounds(len(images), cfg.batch_size)) - 1

@@ -173,7 +173,7 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu", *, what: str = "",
-               remedy: str = "") -> Any:
+               remedy: str = "", mmap: bool = False) -> Any:
     """``torch.load`` with ``weights_only=True``: tensors, dicts, lists and numbers only.
 
     A file that would import anything else (a class, a function: code run while
@@ -186,11 +186,17 @@ def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         map_location: Where tensors are put.
         what: What the file should be (``"set file"``), named before the path in errors.
         remedy: What the user can do about a bad file (``"delete it to recompute"``), after the error.
+        mmap: Map the tensors' storage from the file instead of reading it (a large file is read
+            as its tensors are used; CPU only). A file in torch's legacy (non-zip) format is read whole.
     """
     name = f"{what} {path}" if what else str(path)
     then = f"; {remedy}" if remedy else ""
+    if mmap:
+        import zipfile
+
+        mmap = zipfile.is_zipfile(path)  # torch maps only its zip format
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap or None)
     except pickle.UnpicklingError as exc:
         raise DataError(f"refusing to load {name}: {_refusal(exc)}{then}") from None
     except (EOFError, IndexError, RuntimeError):  # what torch raises on a truncated or foreign file

@@ -149,6 +149,7 @@ def fault_point(name: str) -> None:
 
     - ``experts.epoch``: an epoch's row written, its state not yet saved;
     - ``experts.recorded``: a finished expert in the manifest, its file not yet renamed;
+    - ``experts.import_row``: a row of an imported expert written, the expert not yet recorded;
     - ``distill.iteration``: an iteration's gradients computed, the update not applied;
     - ``tune.claimed``: a trial claimed (RUNNING), its objective not yet called;
     - ``tune.report``: an intermediate value reported;

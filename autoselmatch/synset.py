@@ -236,6 +236,9 @@ class SyntheticSet:
         if not path.is_file():
             raise DataError(f"{what} {path} does not exist")
         blob = load_torch(path, what=what)
+        if isinstance(blob, torch.Tensor):  # what MTT, FTD and DATM save: images_best.pt, labels_best.pt
+            raise DataError(f"{what} {path} holds a bare tensor, not a set file; for images and labels saved by "
+                            "MTT, FTD or DATM use `autoselmatch evaluate --from-reference IMAGES LABELS`")
         if not isinstance(blob, dict):
             raise DataError(f"{what} {path} must hold a dict with 'images' and 'labels', got {type(blob).__name__}")
         return cls.from_dict(blob, source=f"{what} {path}")

@@ -17,10 +17,19 @@
     with the preset's geometry (e.g. cifar100: 83 x 504,420 floats each) and
     measures those: memory depends on the shapes only, not on the values.
 
+(c) ``import``: peak RSS of ``autoselmatch experts --from-mtt`` (:func:`import_mtt_experts`)
+    converting synthetic MTT buffers (``replay_buffer_<n>.pt``, written as
+    buffer.py does, CIFAR-100 ConvNet-BN geometry, random values) in a fresh
+    process, against ``torch.load`` of one buffer file as the reference code
+    does (the same process kind, nothing else done). The dataset is a
+    stand-in with CIFAR-100's shapes (the import reads only its shapes and
+    key), so no download is needed.
+
     python bench/experts_memory.py sizes
     autoselmatch --device cpu experts --dataset fashion-mnist --cache-dir /tmp/asm-bench/cache
     python bench/experts_memory.py rss --dir /tmp/asm-bench/cache/experts/fashion-mnist-<hash>
     python bench/experts_memory.py rss --synthetic cifar100 --synthetic-experts 3 --dir /tmp/asm-bench/synthetic
+    python bench/experts_memory.py import --dir /tmp/asm-bench/import --files 3 --experts-per-file 10 --epochs 16
 """
 
 from __future__ import annotations
@@ -246,6 +255,87 @@ def rss(directory: Path, synthetic: str | None, synthetic_experts: int) -> dict:
     }
 
 
+# --------------------------------------------------------------------------------------------
+# (c) peak RSS of importing MTT buffers
+# --------------------------------------------------------------------------------------------
+
+
+def stand_in_cifar100():
+    """An ImageDataset with CIFAR-100's shapes and constants (200 random training images, 100 classes)."""
+    from autoselmatch.data import ImageDataset
+
+    generator = torch.Generator().manual_seed(0)
+    channels, side, classes = GEOMETRY["cifar100"]
+    images = torch.randint(0, 256, (200, channels, side, side), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(200) % classes
+    return ImageDataset(name="synthetic-cifar100", train_images=images, train_labels=labels, test_images=images[:10],
+                        test_labels=labels[:10], classes=tuple(str(c) for c in range(classes)),
+                        mean=(0.5071, 0.4866, 0.4409), std=(0.2673, 0.2564, 0.2762),
+                        train_index=torch.arange(200), val_index=torch.zeros(0, dtype=torch.long))
+
+
+def import_config(cache: Path, epochs: int):
+    from autoselmatch.config import apply_overrides, load_preset
+
+    return apply_overrides(load_preset("cifar100"), {"cache_dir": str(cache), "device": "cpu", "experts.epochs": epochs,
+                                                      "data.val_fraction": 0.0})
+
+
+def write_mtt_buffers(folder: Path, files: int, experts_per_file: int, epochs: int) -> None:
+    """Random experts in buffer.py's layout: per file a list of experts, each E + 1 lists of parameter tensors."""
+    shapes = cifar100_parameter_shapes()
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(0)
+    for n in range(files):
+        trajectories = [[[torch.randn(s, generator=generator) for s in shapes] for _ in range(epochs + 1)]
+                        for _ in range(experts_per_file)]
+        torch.save(trajectories, folder / f"replay_buffer_{n}.pt")
+        del trajectories
+
+
+def import_probe(mode: str, folder: Path, cache: Path, epochs: int) -> dict:
+    """Fresh interpreter: ``import`` the buffers, ``reference``-load one file, or nothing (``baseline``)."""
+    from autoselmatch.experts import import_mtt_experts
+
+    ds = stand_in_cifar100()
+    began = time.perf_counter()
+    store = None
+    if mode == "import":
+        store = import_mtt_experts(folder, ds, import_config(cache, epochs))
+    elif mode == "reference":
+        held = torch.load(folder / "replay_buffer_0.pt", weights_only=True)  # as MTT's distill.py
+        del held
+    return {"mode": mode, "peak_rss": peak_rss_bytes(), "seconds": time.perf_counter() - began,
+            "num_experts": None if store is None else store.num_experts}
+
+
+def import_rss(directory: Path, files: int, experts_per_file: int, epochs: int) -> dict:
+    folder = directory / "buffers" / "CIFAR100_NO_ZCA" / "ConvNetBN"
+    cache = directory / "cache"
+    if not (folder / f"replay_buffer_{files - 1}.pt").is_file():
+        write_mtt_buffers(folder, files, experts_per_file, epochs)
+    results = {}
+    for mode in ("baseline", "reference", "import"):
+        out = subprocess.run([sys.executable, __file__, "_import_probe", mode, "--dir", str(folder), "--cache",
+                              str(cache), "--epochs", str(epochs)], check=True, capture_output=True, text=True)
+        results[mode] = json.loads(out.stdout)
+    buffer_bytes = sorted(p.stat().st_size for p in folder.glob("replay_buffer_*.pt"))
+    base = results["baseline"]["peak_rss"]
+    return {
+        "buffer_files": len(buffer_bytes),
+        "buffer_file_bytes": buffer_bytes[-1],
+        "buffer_total_bytes": sum(buffer_bytes),
+        "experts": results["import"]["num_experts"],
+        "epochs": epochs,
+        "num_params": sum(int(np.prod(s)) for s in cifar100_parameter_shapes()),
+        "expert_bytes": our_bytes_per_expert(sum(int(np.prod(s)) for s in cifar100_parameter_shapes()), epochs),
+        "baseline_peak_rss": base,
+        "reference_load_one_file_over_baseline": results["reference"]["peak_rss"] - base,
+        "import_all_files_over_baseline": results["import"]["peak_rss"] - base,
+        "import_seconds": results["import"]["seconds"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -256,6 +346,16 @@ def main() -> None:
                             help="Write random experts with PRESET's geometry (model, epochs) into --dir first.")
     rss_parser.add_argument("--synthetic-experts", type=int, default=5, metavar="K",
                             help="How many synthetic experts (default 5).")
+    import_parser = sub.add_parser("import", help="(c) peak RSS of importing MTT buffers (CIFAR-100 geometry)")
+    import_parser.add_argument("--dir", type=Path, required=True, help="Where the buffers and the cache go.")
+    import_parser.add_argument("--files", type=int, default=3, help="replay_buffer_<n>.pt files (default 3).")
+    import_parser.add_argument("--experts-per-file", type=int, default=10, help="Experts per file (default 10).")
+    import_parser.add_argument("--epochs", type=int, default=16, help="Epochs per expert (default 16).")
+    import_probe_parser = sub.add_parser("_import_probe")
+    import_probe_parser.add_argument("mode", choices=["baseline", "reference", "import"])
+    import_probe_parser.add_argument("--dir", type=Path, required=True)
+    import_probe_parser.add_argument("--cache", type=Path, required=True)
+    import_probe_parser.add_argument("--epochs", type=int, required=True)
     probe_parser = sub.add_parser("_probe")
     probe_parser.add_argument("mode", choices=["baseline", "pair", "all", "reference"])
     probe_parser.add_argument("--dir", type=Path, required=True)
@@ -269,6 +369,10 @@ def main() -> None:
         print(json.dumps(sizes(), indent=2))
     elif args.command == "rss":
         print(json.dumps(rss(args.dir, args.synthetic, args.synthetic_experts), indent=2))
+    elif args.command == "import":
+        print(json.dumps(import_rss(args.dir, args.files, args.experts_per_file, args.epochs), indent=2))
+    elif args.command == "_import_probe":
+        print(json.dumps(import_probe(args.mode, args.dir, args.cache, args.epochs)))
     elif args.command == "_probe":
         print(json.dumps(probe(args.mode, args.dir, args.reference)))
     elif args.command == "_reference":

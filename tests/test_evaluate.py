@@ -5,6 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 
 from autoselmatch.cli import cli
@@ -194,6 +195,26 @@ def test_evaluate_set_stacks_runs_to_the_same_accuracies(digits):
     stacked = evaluate_set(digits, x[subset], y[subset], cfg=small_cfg(epochs=3, stack_runs=2), distill_mask=mask,
                            runs=5, seed=1)  # groups of 2, 2 and 1
     assert stacked.accuracies == pytest.approx(one.accuracies, abs=0.01) and len(stacked.train_seconds) == 5
+
+
+@pytest.mark.parametrize("stack_runs", [1, 2])
+def test_one_hot_soft_labels_train_as_hard_labels_and_soft_ones_differ(digits, stack_runs):
+    x, y = digits.split("train")
+    subset = per_class(y, 5)
+    images, labels = x[subset], y[subset]
+    cfg = small_cfg(epochs=3, stack_runs=stack_runs, augment="none")
+    hard = train_networks(digits.normalize(images), labels, num_classes=10, cfg=cfg, steps=6, seeds=[0, 1][:stack_runs])
+    one_hot = F.one_hot(labels, 10).float()
+    soft = train_networks(digits.normalize(images), one_hot, num_classes=10, cfg=cfg, steps=6, seeds=[0, 1][:stack_runs])
+    for a, b in zip(hard.parameters(), soft.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
+    smoothed = train_networks(digits.normalize(images), 0.5 * one_hot + 0.05, num_classes=10, cfg=cfg, steps=6,
+                              seeds=[0, 1][:stack_runs])
+    assert not torch.allclose(next(smoothed.parameters()), next(hard.parameters()))
+    result = evaluate_set(digits, images, one_hot, cfg=cfg, runs=2)
+    assert len(result.accuracies) == 2
+    with pytest.raises(InvalidArgument, match="soft labels must have shape"):
+        evaluate_set(digits, images, one_hot[:, :9], cfg=cfg)
 
 
 def test_an_epoch_callback_watches_one_network(digits):

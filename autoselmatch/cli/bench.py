@@ -43,6 +43,9 @@ def bench() -> None:
               help="Also the ablation table (selection init x partial update x combined augmentation).")
 @click.option("--coverage/--no-coverage", default=True, show_default=True,
               help="Also coverage of easy and hard test halves per set (coverage.md and coverage.html).")
+@click.option("--extra", "extras", multiple=True, metavar="NAME=PATH",
+              help="Also score a set made elsewhere as row NAME: a folder with images_best.pt and labels_best.pt "
+                   "(MTT, FTD, DATM; hard or soft labels) at one of the run's IPCs (repeatable).")
 @click.option("--only", default=None, metavar="CELL_ID", help="Recompute just this cell (ids are in OUT/cells/).")
 @out_option(file=False, required=True, metavar="DIR",
             help="Output folder: cells/, sets/, table.md/.csv, results.json, ablation.md, coverage.md/.html.")
@@ -50,7 +53,8 @@ def bench() -> None:
 @click.pass_context
 def reproduce(ctx: click.Context, ipc: str | None, methods: str | None, runs: int, out: str, alpha: str | None,
               beta: str | None, storage: str | None, study_prefix: str | None, scores_file: str | None,
-              ablation: bool, coverage: bool, only: str | None, print_config: bool, **run: Any) -> None:
+              ablation: bool, coverage: bool, extras: tuple[str, ...], only: str | None, print_config: bool,
+              **run: Any) -> None:
     """Every method at the same IPCs, one evaluation protocol: the paper's Tables 1 and 3 and Figure 1.
 
     Each number is a cell (one network, one seed, test split) saved under
@@ -64,6 +68,7 @@ def reproduce(ctx: click.Context, ipc: str | None, methods: str | None, runs: in
       autoselmatch bench reproduce -d fashion-mnist --ipc 1%,5%,10% --storage sqlite:///studies/fashion-mnist.db \\
           --out bench-fmnist
       autoselmatch bench reproduce -d folder:~/pets --preset digits --scores-file pets-el2n.npy --ipc 10 --out pets
+      autoselmatch bench reproduce -d cifar10 --ipc 10 --extra DATM=logged_files/CIFAR10/datm-ipc10 --out c10
     """
     cfg = resolve_config(ctx, **run, overrides={"scores.file": scores_file})
     ready(cfg, print_config)
@@ -71,7 +76,8 @@ def reproduce(ctx: click.Context, ipc: str | None, methods: str | None, runs: in
 
     import optuna
 
-    from ..reproduce import ReproducePlan, parse_floats, parse_ipc_tokens, parse_methods, reproduce as run_reproduce
+    from ..reproduce import (ReproducePlan, parse_extras, parse_floats, parse_ipc_tokens, parse_methods,
+                             reproduce as run_reproduce)
     check_writable(out, "--out", folder=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # as in `tune`: its own log says what each trial did
     plan = ReproducePlan(
@@ -88,6 +94,7 @@ def reproduce(ctx: click.Context, ipc: str | None, methods: str | None, runs: in
         coverage=coverage,
         only=only,
         preset=run.get("preset"),
+        extras=parse_extras(extras),
     )
     result = run_reproduce(plan)
     click.echo(result.table_md, nl=False)

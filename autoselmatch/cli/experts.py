@@ -20,11 +20,19 @@ from ._common import emit, format_accuracy, global_options, output_option, ready
 @click.option("--augment", type=click.Choice(EXPERT_AUGMENTATIONS), default=None,
               help="Augmentation while training experts (default: the preset's).")
 @click.option("--zca/--no-zca", default=None, help="ZCA-whiten the images (fitted on the training split).")
+@click.option("--from-mtt", "from_mtt", type=click.Path(exists=True, file_okay=False), default=None, metavar="DIR",
+              help="Import experts instead of training them: a folder of replay_buffer_<n>.pt files written by "
+                   "MTT's buffer.py (or SelMatch, FTD, DATM), e.g. buffers/CIFAR100/ConvNetBN. They are filed "
+                   "under these settings: import with the preset and --set options you distill with.")
+@click.option("--norm", type=click.Choice(["batch", "instance", "none"]), default=None,
+              help="With --from-mtt: the norm of the experts' ConvNet (default: from the folder name, "
+                   "ConvNetBN = batch, ConvNet = instance).")
 @output_option
 @global_options
 @click.pass_context
 def experts(ctx: click.Context, num_experts: int | None, epochs: int | None, snapshot_every: int | None,
-            augment: str | None, zca: bool | None, output: str, print_config: bool, **run: object) -> None:
+            augment: str | None, zca: bool | None, from_mtt: str | None, norm: str | None, output: str,
+            print_config: bool, **run: object) -> None:
     """Train and cache expert trajectories on the real training split.
 
     Each expert stores its flat parameters after every epoch (or every
@@ -36,11 +44,17 @@ def experts(ctx: click.Context, num_experts: int | None, epochs: int | None, sna
     interrupted run resumes from the last finished epoch. Files live in
     CACHE_DIR/experts/<dataset>-<hash of the settings>/.
 
+    --from-mtt DIR converts existing reference experts instead (one file at a
+    time; the first --epochs epochs of each, all experts unless
+    --num-experts): distill and tune with the same settings then use them
+    without training. An interrupted import resumes.
+
     \b
     Examples:
       autoselmatch experts --dataset fashion-mnist --num-experts 5
       autoselmatch experts --dataset digits --set experts.epochs=8 --print-config
       autoselmatch experts --dataset fashion-mnist --snapshot-every 50
+      autoselmatch experts --dataset cifar100 --from-mtt buffers/CIFAR100_NO_ZCA/ConvNetBN --epochs 50
     """
     cfg = resolve_config(ctx, **run, overrides={  # type: ignore[arg-type]
         "experts.num_experts": num_experts,
@@ -50,12 +64,19 @@ def experts(ctx: click.Context, num_experts: int | None, epochs: int | None, sna
         "experts.zca": zca,
     })
     ready(cfg, print_config)
+    if from_mtt is None and norm is not None:
+        raise click.UsageError("--norm describes imported experts; it needs --from-mtt DIR")
+    if from_mtt is not None and snapshot_every is not None:
+        raise click.UsageError("--snapshot-every does not apply to --from-mtt: MTT buffers hold one row per epoch")
 
     from ..data import load_configured
-    from ..experts import train_experts
+    from ..experts import import_mtt_experts, train_experts
 
     ds = load_configured(cfg.data)
-    store = train_experts(ds, cfg)
+    if from_mtt is not None:
+        store = import_mtt_experts(from_mtt, ds, cfg, num_experts=num_experts, norm=norm)
+    else:
+        store = train_experts(ds, cfg)
     accuracies = [a for a in store.val_accuracies if a is not None]  # held out: validation, not test
     mean = sum(accuracies) / len(accuracies) if accuracies else None
     emit({

@@ -21,6 +21,8 @@ Storage (one folder per setting, ``<cache>/experts/<dataset>-<hash>/``)::
                         training sample n (``ds.split("train")`` order) correctly; augmentation on
     expert_001.npy      ...
     zca.pt              the whitening transform (only with experts.zca)
+                        (imported experts: manifest "imported" names the source folder and each
+                        source file's sha256; their records have "imported" instead of a seed)
     .expert_000.lock    present while a process trains expert 0 (or left by one that was killed)
 
 The folder name hashes :func:`expert_manifest`, i.e. everything that decides
@@ -65,6 +67,7 @@ Modules::
     _key      what decides a trajectory (the hashed key, epochs, seeds), its cache folder, ZCA whitening
     _store    ExpertStore, load_experts, the manifest, .npy header checks and row reads and writes
     _train    train_experts: per-expert locks, crash-safe resume, the correctness record
+    _import   import_mtt_experts: MTT's replay_buffer_<n>.pt folders into this layout (and back)
 """
 
 from ._key import (
@@ -78,6 +81,7 @@ from ._key import (
     snapshot_steps,
     steps_per_epoch,
 )
+from ._import import import_mtt_experts, mtt_buffer_files, mtt_model_norm, write_mtt_buffer
 from ._store import DTYPE, FORMAT, ExpertStore, load_experts, read_manifest, trajectory_file_problem
 from ._train import train_experts
 
@@ -92,10 +96,14 @@ __all__ = [
     "expert_epochs_for",
     "expert_manifest",
     "expert_seed",
+    "import_mtt_experts",
     "load_experts",
+    "mtt_buffer_files",
+    "mtt_model_norm",
     "read_manifest",
     "snapshot_steps",
     "steps_per_epoch",
     "train_experts",
     "trajectory_file_problem",
+    "write_mtt_buffer",
 ]

@@ -165,6 +165,9 @@ class ExpertStore:
         """
         self._check_expert(expert)
         record = self.manifest["experts"][str(expert)].get("correct")
+        if record is None and "imported" in self.manifest["experts"][str(expert)]:
+            raise DataError(f"expert {expert} in {self.directory} was imported from reference buffers, which hold "
+                            "no correctness record; train experts (another --cache-dir) for these scores")
         if record is None:
             raise DataError(f"expert {expert} in {self.directory} was trained without a correctness record "
                             "(by an older autoselmatch); delete the folder, or pass another --cache-dir, to retrain it")

@@ -26,6 +26,10 @@ selmatch    SelMatch (window init at beta, partial update of alpha)
 full        the whole training split (one row; ``reproduce.full_epochs``)
 ==========  ================================================================
 
+Sets made elsewhere (MTT, FTD, DATM's ``images_best.pt``/``labels_best.pt``)
+join the main table as extra rows, scored by the same cells
+(``ReproducePlan.extras``, ``--extra NAME=PATH``; see ``_extras``).
+
 alpha and beta per IPC are given, or read from finished tune studies
 ``{prefix}-ipc{N}-beta|alpha`` in a storage, or tuned into ``OUT/studies.db``
 with :func:`autoselmatch.tune.tune`; each cell records where they came from.
@@ -50,6 +54,7 @@ by that network's EL2N on each test sample, ``||softmax - onehot||_2``.
 from ._checks import parse_floats, parse_ipc_tokens, parse_methods, resolve_ipcs
 from ._cells import plan_cells
 from ._command import rerun_command
+from ._extras import parse_extras
 from ._knobs import given_knobs, resolve_knobs, study_knobs
 from ._plan import ABLATION_GRID, Cell, Knobs, ReproducePlan, ReproduceResult, SetSpec
 from ._run import reproduce
@@ -66,6 +71,7 @@ __all__ = [
     "SetSpec",
     "distill_recipe",
     "given_knobs",
+    "parse_extras",
     "parse_floats",
     "parse_ipc_tokens",
     "parse_methods",

@@ -30,8 +30,11 @@ def main_augment(method: str, default: str) -> str:
 
 
 def plan_cells(cfg: RunConfig, methods: Sequence[str], ipcs: Sequence[int], knobs: dict[int, Knobs], *, runs: int,
-               ablation_ipc: int | None, coverage: bool) -> list[Cell]:
-    """Every cell of the run: main table, ablation (at ``ablation_ipc``), coverage; no duplicates."""
+               ablation_ipc: int | None, coverage: bool, extras: Sequence[SetSpec] = ()) -> list[Cell]:
+    """Every cell of the run: main table, ablation (at ``ablation_ipc``), coverage; no duplicates.
+
+    ``extras``: sets made elsewhere (``--extra``), main-table cells only.
+    """
     seeds = [cfg.seed + k for k in range(runs)]
     default = cfg.evaluate.augment
     cells: dict[str, Cell] = {}
@@ -44,7 +47,7 @@ def plan_cells(cfg: RunConfig, methods: Sequence[str], ipcs: Sequence[int], knob
     specs = [_spec(m, ipc, knobs) for m in methods if m != "full" for ipc in ipcs]
     if "full" in methods:
         specs.append(SetSpec("full", None))
-    for spec in specs:
+    for spec in [*specs, *extras]:
         add(spec, main_augment(spec.name, default))
     if ablation_ipc is not None:
         for name in ABLATION_SETS:

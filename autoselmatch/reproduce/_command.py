@@ -50,6 +50,8 @@ def rerun_command(plan: ReproducePlan, *, only: str | None = None) -> str:
         argv += ["--no-ablation"]
     if not plan.coverage:
         argv += ["--no-coverage"]
+    for name, path in plan.extras:
+        argv += ["--extra", f"{name}={path}"]
     for key, value in _changed_settings(to_dict(base), to_dict(cfg)):
         argv += ["--set", f"{key}={toml_value(value)}"]
     if only is not None:

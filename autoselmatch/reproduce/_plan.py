@@ -42,6 +42,8 @@ class ReproducePlan:
         only: Compute just this cell (recomputed even if it is saved).
         preset: The preset as given on the command line (for the rerun commands;
             default ``cfg.preset``).
+        extras: (name, folder) of sets made elsewhere (MTT/FTD/DATM's images_best.pt and
+            labels_best.pt), each an extra row of the main table (``--extra NAME=PATH``).
     """
 
     cfg: RunConfig
@@ -57,6 +59,7 @@ class ReproducePlan:
     coverage: bool = True
     only: str | None = None
     preset: str | None = None
+    extras: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,16 @@ class Knobs:
 
 @dataclass(frozen=True)
 class SetSpec:
-    """One set to build: a method (or ``partial``) at one IPC with its knobs (``ipc`` None: ``full``)."""
+    """One set to build: a method (or ``partial``) at one IPC with its knobs (``ipc`` None: ``full``).
+
+    ``source`` (and the sha256 of its files): the folder of a set made elsewhere (``--extra``), read, not built.
+    """
 
     name: str
     ipc: int | None
     knobs: Knobs | None = None
+    source: str | None = None
+    source_sha256: str | None = None
 
     @property
     def alpha(self) -> float | None:

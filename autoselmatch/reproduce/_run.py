@@ -15,6 +15,7 @@ from ..runtime import LOG, progress, resolve_device
 from ._cells import cell_key, plan_cells, run_eval_cell
 from ._checks import _check_plan, resolve_ipcs
 from ._command import rerun_command
+from ._extras import extra_set, extra_specs
 from ._coverage import run_coverage_cell
 from ._knobs import resolve_knobs
 from ._plan import NEEDS_ALPHA, NEEDS_BETA, Cell, ReproducePlan, ReproduceResult
@@ -45,7 +46,9 @@ def reproduce(plan: ReproducePlan) -> ReproduceResult:
         if knob.beta is not None and knob.beta > max_beta(knob.ipc, sizes):
             raise InvalidArgument(f"beta must be in [0, {max_beta(knob.ipc, sizes):.3f}] for ipc={knob.ipc} "
                                   f"(1 - ipc / smallest class), got {knob.beta} ({knob.beta_source})")
-    cells = plan_cells(cfg, methods, ipcs, knobs, runs=plan.runs, ablation_ipc=ablation_ipc, coverage=plan.coverage)
+    extras = extra_specs(plan.extras, ds, ipcs, cfg)
+    cells = plan_cells(cfg, methods, ipcs, knobs, runs=plan.runs, ablation_ipc=ablation_ipc, coverage=plan.coverage,
+                       extras=extras)
     if plan.only is not None and plan.only not in {c.id for c in cells}:
         shown = ", ".join(c.id for c in cells[:6])
         raise InvalidArgument(f"--only {plan.only!r} is not a cell of this run; cells are named like {shown}, ...")
@@ -69,7 +72,10 @@ def reproduce(plan: ReproducePlan) -> ReproduceResult:
     reference = None
     for n, cell in enumerate(progress(todo, desc="reproduce cells", total=len(todo)), start=1):
         started = time.perf_counter()
-        built = load_or_build(inputs, cell.set, sets_dir)
+        if cell.set.source is not None:  # made elsewhere (--extra): read from its folder
+            built = extra_set(cell.set, ds, cfg)
+        else:
+            built = load_or_build(inputs, cell.set, sets_dir)
         if cell.kind == "coverage":
             reference = reference or distill_reference(inputs.ds, inputs.cfg, device)
             outcome = run_coverage_cell(inputs, reference, built, device)
@@ -80,7 +86,7 @@ def reproduce(plan: ReproducePlan) -> ReproduceResult:
         records[cell.id] = record
         LOG.info("cell %d/%d %s: %s (%.1f s)", n, len(todo), cell.id, _outcome_text(record), record["seconds"])
 
-    run = RunOutcome(dataset=ds.name, methods=methods, ipcs=ipcs, tokens=tokens, knobs=knobs, ablation_ipc=ablation_ipc,
+    run = RunOutcome(dataset=ds.name, methods=methods + tuple(e.name for e in extras), ipcs=ipcs, tokens=tokens, knobs=knobs, ablation_ipc=ablation_ipc,
                      cells=cells, records=records, computed=len(todo), reused=reused)
     return write_outputs(plan, run)
 

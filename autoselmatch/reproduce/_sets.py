@@ -169,6 +169,8 @@ def _builder(name: str) -> SetBuilder:
 def set_key(spec: SetSpec, cfg: RunConfig) -> str:
     """Hash of everything a set depends on (its cache file name carries it)."""
     data = {k: v for k, v in key_dict("data", cfg.data).items() if k not in ("root", "download")}
+    if spec.source is not None:  # made elsewhere: its files decide it
+        return stable_hash({"name": spec.name, "ipc": spec.ipc, "sha256": spec.source_sha256, "data": data})
     recipe = distill_recipe(spec)
     if recipe is None:
         parts: dict[str, Any] = {"name": spec.name, "ipc": spec.ipc, "beta": spec.beta, "data": data, "seed": cfg.seed}
