@@ -47,7 +47,7 @@ by that network's EL2N on each test sample, ``||softmax - onehot||_2``.
 """
 
 
-from ._checks import parse_floats, parse_ipc_tokens, parse_methods, resolve_ipcs
+from ._checks import parse_floats, parse_ipc_tokens, parse_methods, parse_models, resolve_ipcs
 from ._cells import plan_cells
 from ._command import rerun_command
 from ._knobs import given_knobs, resolve_knobs, study_knobs
@@ -69,6 +69,7 @@ __all__ = [
     "parse_floats",
     "parse_ipc_tokens",
     "parse_methods",
+    "parse_models",
     "plan_cells",
     "rerun_command",
     "reproduce",

@@ -45,7 +45,8 @@ def reproduce(plan: ReproducePlan) -> ReproduceResult:
         if knob.beta is not None and knob.beta > max_beta(knob.ipc, sizes):
             raise InvalidArgument(f"beta must be in [0, {max_beta(knob.ipc, sizes):.3f}] for ipc={knob.ipc} "
                                   f"(1 - ipc / smallest class), got {knob.beta} ({knob.beta_source})")
-    cells = plan_cells(cfg, methods, ipcs, knobs, runs=plan.runs, ablation_ipc=ablation_ipc, coverage=plan.coverage)
+    cells = plan_cells(cfg, methods, ipcs, knobs, runs=plan.runs, ablation_ipc=ablation_ipc, coverage=plan.coverage,
+                       models=plan.models)
     if plan.only is not None and plan.only not in {c.id for c in cells}:
         shown = ", ".join(c.id for c in cells[:6])
         raise InvalidArgument(f"--only {plan.only!r} is not a cell of this run; cells are named like {shown}, ...")
