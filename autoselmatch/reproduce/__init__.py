@@ -4,7 +4,9 @@ One run of :func:`reproduce` fills a folder with the main table (SelMatch
 Table 1 style: test accuracy per method and IPC), the ablation (Table 3:
 selection-based init, partial update and combined augmentation on and off)
 and the coverage of each set on the easy and hard halves of the test set
-(Figure 1). Every number comes from a *cell*: one network trained from
+(Figure 1); with ``plan.models``, also the cross-architecture table (Table 2:
+every main-table set scored with each listed network, ``cross_arch.md``).
+Every number comes from a *cell*: one network trained from
 scratch on one set with one seed, or one coverage measurement. A cell is
 saved as its own JSON file (with its seed, wall time and the shell command
 that reruns it alone) and is never recomputed once it is there, so an
