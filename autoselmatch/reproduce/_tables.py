@@ -221,7 +221,8 @@ def cross_arch_csv(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         for name, e in r["models"].items():
             writer.writerow([r["method"], r["augment"], "" if r["ipc"] is None else r["ipc"], name,
-                             "" if e["mean"] is None else f"{e['mean']:.6f}", "" if e["std"] is None else f"{e['std']:.6f}",
+                             "" if e["mean"] is None else f"{e['mean']:.6f}",
+                             "" if e["std"] is None else f"{e['std']:.6f}",
                              len(e["accuracies"]), ";".join(f"{a:.6f}" for a in e["accuracies"])])
     return buffer.getvalue()
 
