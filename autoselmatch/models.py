@@ -6,8 +6,9 @@
     logits = flat(theta, images)          # same as model(images), as a function of theta
 
 Registered: ``convnet`` (depth, width, norm in {batch, instance, none}),
-``convnetd4`` (depth 4, for 64x64), ``resnet18`` (CIFAR stem: 3x3 stride-1
-conv, no max-pool; BatchNorm) and ``vgg11`` (BatchNorm). Every builder takes
+``convnetd4`` (depth 4, for 64x64), ``resnet18``, ``resnet34`` and ``resnet50``
+(CIFAR stem: 3x3 stride-1 conv, no max-pool; BatchNorm), ``vgg11`` and ``vgg16``
+(BatchNorm); the last five take ``norm``. Every builder takes
 keyword-only ``channels``, ``num_classes`` and ``image_size``.
 
 Small inputs: a pooling stage is skipped once the feature map is 1x1, so the
@@ -134,11 +135,15 @@ def convnetd4(*, channels: int, num_classes: int, image_size: int, width: int = 
 
 
 # --------------------------------------------------------------------------------------------
-# ResNet-18 with the CIFAR stem
+# ResNets with the CIFAR stem
 # --------------------------------------------------------------------------------------------
 
 
 class BasicBlock(nn.Module):
+    """Two 3x3 convolutions and a shortcut (ResNet-18/34); ``out_ch`` output channels."""
+
+    expansion = 1
+
     def __init__(self, in_ch: int, out_ch: int, stride: int, norm: str) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
@@ -155,21 +160,64 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-class ResNet18(nn.Module):
-    """ResNet-18 for small images: 3x3 stride-1 stem, no max-pool, stages of 64/128/256/512."""
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carrying the stride), 1x1 expand to ``4 * planes``, and a shortcut (ResNet-50)."""
 
-    def __init__(self, *, channels: int, num_classes: int, image_size: int, norm: str = "batch") -> None:
+    expansion = 4
+
+    def __init__(self, in_ch: int, planes: int, stride: int, norm: str) -> None:
+        super().__init__()
+        out_ch = self.expansion * planes
+        self.conv1 = nn.Conv2d(in_ch, planes, 1, bias=False)
+        self.bn1 = _norm(norm, planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = _norm(norm, planes)
+        self.conv3 = nn.Conv2d(planes, out_ch, 1, bias=False)
+        self.bn3 = _norm(norm, out_ch)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), _norm(norm, out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """ResNet for small images, as in the reference codes' CIFAR ResNets.
+
+    3x3 stride-1 stem and no max-pool, then four stages of 64/128/256/512
+    planes (stride 1, 2, 2, 2), global average pooling and a linear
+    classifier on ``512 * block.expansion`` features. On 8x8 input the last
+    stages run on 1x1 maps (a 3x3 convolution with padding 1 still applies).
+
+    Args:
+        block: :class:`BasicBlock` (ResNet-18/34) or :class:`Bottleneck` (ResNet-50).
+        num_blocks: Blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+        channels: Input channels.
+        num_classes: Output logits.
+        image_size: Input side (unused: the network is fully convolutional up to the pooling).
+        norm: ``batch``, ``instance`` or ``none``.
+    """
+
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], num_blocks: tuple[int, int, int, int], *,
+                 channels: int, num_classes: int, image_size: int, norm: str = "batch") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(channels, 64, 3, 1, 1, bias=False)
         self.bn1 = _norm(norm, 64)
-        blocks, in_ch = [], 64
-        for out_ch, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            blocks += [BasicBlock(in_ch, out_ch, stride, norm), BasicBlock(out_ch, out_ch, 1, norm)]
-            in_ch = out_ch
+        blocks: list[nn.Module] = []
+        in_ch = 64
+        for planes, stride, count in zip((64, 128, 256, 512), (1, 2, 2, 2), num_blocks):
+            for k in range(count):
+                blocks.append(block(in_ch, planes, stride if k == 0 else 1, norm))
+                in_ch = planes * block.expansion
         self.layers = nn.Sequential(*blocks)
-        self.classifier = nn.Linear(512, num_classes)
+        self.classifier = nn.Linear(in_ch, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, 512 * expansion) pooled features before the classifier."""
         out = self.layers(torch.relu(self.bn1(self.conv1(x))))
         return torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1)
 
@@ -178,25 +226,51 @@ class ResNet18(nn.Module):
 
 
 @MODELS.register("resnet18")
-def resnet18(*, channels: int, num_classes: int, image_size: int, norm: str = "batch") -> ResNet18:
-    return ResNet18(channels=channels, num_classes=num_classes, image_size=image_size, norm=norm)
+def resnet18(*, channels: int, num_classes: int, image_size: int, norm: str = "batch") -> ResNet:
+    return ResNet(BasicBlock, (2, 2, 2, 2), channels=channels, num_classes=num_classes, image_size=image_size,
+                  norm=norm)
+
+
+@MODELS.register("resnet34")
+def resnet34(*, channels: int, num_classes: int, image_size: int, norm: str = "batch") -> ResNet:
+    return ResNet(BasicBlock, (3, 4, 6, 3), channels=channels, num_classes=num_classes, image_size=image_size,
+                  norm=norm)
+
+
+@MODELS.register("resnet50")
+def resnet50(*, channels: int, num_classes: int, image_size: int, norm: str = "batch") -> ResNet:
+    return ResNet(Bottleneck, (3, 4, 6, 3), channels=channels, num_classes=num_classes, image_size=image_size,
+                  norm=norm)
 
 
 # --------------------------------------------------------------------------------------------
-# VGG-11 with BatchNorm
+# VGG with BatchNorm
 # --------------------------------------------------------------------------------------------
 
-VGG11_LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+#: Conv widths and max-pools ("M") of torchvision's configurations "A" (VGG-11) and "D" (VGG-16).
+VGG_LAYOUTS = {
+    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+}
 
 
-class VGG11(nn.Module):
-    """VGG-11 (BatchNorm) for small images: max-pools stop at 1x1, one linear classifier."""
+class VGG(nn.Module):
+    """VGG (BatchNorm) for small images: max-pools stop at 1x1, one linear classifier on 512 pooled features.
 
-    def __init__(self, *, channels: int, num_classes: int, image_size: int, norm: str = "batch") -> None:
+    Args:
+        layout: Conv widths and ``"M"`` (max-pool 2), one of :data:`VGG_LAYOUTS`.
+        channels: Input channels.
+        num_classes: Output logits.
+        image_size: Input side (square images).
+        norm: ``batch``, ``instance`` or ``none``.
+    """
+
+    def __init__(self, layout: tuple[int | str, ...], *, channels: int, num_classes: int, image_size: int,
+                 norm: str = "batch") -> None:
         super().__init__()
         layers: list[nn.Module] = []
         size, in_ch = image_size, channels
-        for item in VGG11_LAYOUT:
+        for item in layout:
             if item == "M":
                 if size >= 2:
                     layers.append(nn.MaxPool2d(2))
@@ -205,9 +279,10 @@ class VGG11(nn.Module):
             layers += [nn.Conv2d(in_ch, item, 3, padding=1), _norm(norm, item), nn.ReLU(inplace=True)]
             in_ch = item
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(512, num_classes)
+        self.classifier = nn.Linear(in_ch, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, 512) pooled features before the classifier."""
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -215,8 +290,13 @@ class VGG11(nn.Module):
 
 
 @MODELS.register("vgg11")
-def vgg11(*, channels: int, num_classes: int, image_size: int, norm: str = "batch") -> VGG11:
-    return VGG11(channels=channels, num_classes=num_classes, image_size=image_size, norm=norm)
+def vgg11(*, channels: int, num_classes: int, image_size: int, norm: str = "batch") -> VGG:
+    return VGG(VGG_LAYOUTS["vgg11"], channels=channels, num_classes=num_classes, image_size=image_size, norm=norm)
+
+
+@MODELS.register("vgg16")
+def vgg16(*, channels: int, num_classes: int, image_size: int, norm: str = "batch") -> VGG:
+    return VGG(VGG_LAYOUTS["vgg16"], channels=channels, num_classes=num_classes, image_size=image_size, norm=norm)
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,12 +426,15 @@ class FlatModel:
 
 __all__ = [
     "MODELS",
+    "BasicBlock",
+    "Bottleneck",
     "ConvNet",
     "FlatModel",
     "ModelSpec",
-    "ResNet18",
+    "ResNet",
     "StackedLinear",
-    "VGG11",
+    "VGG",
+    "VGG_LAYOUTS",
     "build_model",
     "list_models",
     "stack_models",

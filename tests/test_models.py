@@ -13,14 +13,28 @@ GEOMETRIES = [
     ("convnet", dict(width=16, depth=3, norm="none"), 1, 28),
     ("convnetd4", dict(width=8), 3, 64),
     ("resnet18", {}, 3, 32),
+    ("resnet34", {}, 1, 8),
+    ("resnet50", {"norm": "instance"}, 1, 8),
     ("vgg11", {}, 1, 8),
+    ("vgg16", {}, 1, 8),
 ]
 
 
 def test_registry_lists_models():
-    assert {"convnet", "convnetd4", "resnet18", "vgg11"} <= set(list_models())
+    assert {"convnet", "convnetd4", "resnet18", "resnet34", "resnet50", "vgg11", "vgg16"} <= set(list_models())
     with pytest.raises(UnknownNameError, match="resnet18"):
-        build_model("resnet50", channels=3, num_classes=10, image_size=32)
+        build_model("resnet101", channels=3, num_classes=10, image_size=32)
+
+
+@pytest.mark.parametrize("name,params", [
+    ("resnet18", 11_173_962), ("resnet34", 21_282_122), ("resnet50", 23_520_842),
+    ("vgg11", 9_231_114), ("vgg16", 14_728_266),
+])
+def test_cifar_geometry_parameter_counts(name, params):
+    """The parameter counts of the reference codes' CIFAR-10 networks (3x3 stride-1 stem, no max-pool)."""
+    model = build_model(name, channels=3, num_classes=10, image_size=32)
+    assert FlatModel(model).num_params == params
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules()) or name.startswith("vgg")
 
 
 def test_bad_options():

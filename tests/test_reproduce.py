@@ -143,11 +143,14 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         (["--ipc", "7,14", "--alpha", "0.5,0.4,0.3"], "--alpha takes one value or one per IPC (2), got 3"),
         (["--ipc", "7", "--beta", "1.5"], "--beta values must be in [0, 1], got 1.5"),
         (["--ipc", "500", "--methods", "random"], "more than the smallest class"),
+        (["--models", "convnet,resnet99"], "--models: unknown model 'resnet99'; known: convnet, convnetd4, resnet18"),
+        (["--models", " , "], "--models must name at least one of: convnet"),
     ]
     for extra, message in cases:
         result = invoke([*base, *extra])
         assert result.exit_code == 2, (extra, result.output)
         assert message in result.output and result.output.strip().count("\n") == 0
+        assert not (tmp_path / "out").exists()
 
 
 def test_ratios_are_shares_of_each_class_of_the_training_split(digits):
@@ -348,3 +351,55 @@ def test_one_seed_shows_the_value_alone_and_two_seeds_their_spread():
     two = main_rows(cfg, ["random"], [5], cells, records)
     assert "| **50.00** |" in table_markdown(one, [5], {}, dataset="digits", runs=1)
     assert "| **60.00 ± 10.00** |" in table_markdown(two, [5], {}, dataset="digits", runs=2)
+
+
+def test_cross_architecture_table_scores_every_set_with_each_network(tmp_path):
+    """Paper Table 2 layout: sets x networks; the evaluation model's column is the main table's cells.
+
+    Eight networks of 10 steps (two seeds x two sets x two networks; no distillation): ~8 s of CPU."""
+    out = tmp_path / "out"
+    args = ["-d", "digits", "--cache-dir", str(tmp_path / "cache"), *TINY, "--ipc", "5%", "--methods", "random,hardest",
+            "--runs", "2", "--no-ablation", "--no-coverage", "--models", "convnet,convnetd4", "--out", str(out)]
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    cross = (out / "cross_arch.md").read_text()
+    assert cross in result.output and "convnet (the evaluation model, depth=2" in cross
+    lines = cross.splitlines()
+    assert "| method | IPC | augmentation | convnet | convnetd4 |" in lines
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines if line.startswith(("| random", "| hardest"))}
+    assert set(rows) == {"random", "hardest"} and rows["random"][1:3] == ["7", "dsa"] == rows["hardest"][1:3]
+    assert all("±" in row[3] and "±" in row[4] for row in rows.values())  # two seeds per network
+    assert cross.count("**") == 2 * 2  # one best set per network at the one IPC
+
+    # The convnet column is the main table's numbers; convnetd4 has cells of its own, built with its defaults.
+    main = {r["method"]: r for r in json.loads((out / "results.json").read_text())["table"]}
+    results = json.loads((out / "results.json").read_text())
+    assert results["cross_arch"]["models"] == ["convnet", "convnetd4"]
+    for row in results["cross_arch"]["rows"]:
+        assert row["models"]["convnet"]["cells"] == main[row["method"]]["cells"]
+        assert row["models"]["convnet"]["mean"] == main[row["method"]]["mean"]
+        assert len(row["models"]["convnetd4"]["accuracies"]) == 2
+    cell = json.loads((out / "cells" / "random-ipc7-dsa-convnetd4-s1.json").read_text())
+    assert cell["evaluation"]["model"] == "convnetd4" and cell["seed"] == 1
+    assert "--models convnet,convnetd4" in cell["command"]
+    assert cell["command"].endswith("--only random-ipc7-dsa-convnetd4-s1")
+    assert not list((out / "cells").glob("*-convnet-s*.json"))
+    assert "convnetd4" not in (out / "table.md").read_text()
+    assert len((out / "cross_arch.csv").read_text().splitlines()) == 1 + 2 * 2
+
+    again = invoke(args)  # cells resume like the main table's
+    assert again.exit_code == 0 and "0 cell(s) computed, 8 reused" in again.output
+
+
+def test_a_cross_architecture_cell_keys_its_network():
+    from autoselmatch.reproduce._cells import cell_key, plan_cells
+    from autoselmatch.reproduce._plan import Cell
+
+    cfg = load_preset("digits")
+    spec = SetSpec("random", 7)
+    main = Cell("random-ipc7-dsa-s0", "eval", spec, 0, "dsa")
+    assert cell_key(main, cfg) != cell_key(Cell("random-ipc7-dsa-vgg11-s0", "eval", spec, 0, "dsa", "vgg11"), cfg)
+    cells = plan_cells(cfg, ["random"], [7], {}, runs=1, ablation_ipc=None, coverage=False,
+                       models=("vgg11", "convnet"))
+    assert [(c.id, c.model) for c in cells] == [("random-ipc7-dsa-s0", None), ("random-ipc7-dsa-vgg11-s0", "vgg11")]
+    assert plan_cells(cfg, ["random"], [7], {}, runs=1, ablation_ipc=None, coverage=False) == cells[:1]

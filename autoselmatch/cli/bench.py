@@ -27,6 +27,10 @@ def bench() -> None:
 @click.option("--methods", default=None, metavar="LIST",
               help=f"Methods of the main table: {', '.join(REPRODUCE_METHODS)} "
                    "(default: the preset's reproduce.methods, i.e. all).")
+@click.option("--models", default=None, metavar="LIST",
+              help="Cross-architecture table (paper Table 2, cross_arch.md): also score every main-table set with "
+                   "each of these evaluation networks, e.g. convnet,resnet18,vgg11 (registered models; the "
+                   "evaluation model's name uses its options and cells, the others their builders' defaults).")
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True,
               help="Seeds (networks trained from scratch) per method and IPC.")
 @click.option("--alpha", default=None, metavar="A[,A...]",
@@ -51,11 +55,15 @@ def bench() -> None:
             help="Output folder: cells/, sets/, table.md/.csv, results.json, ablation.md, coverage.md/.html.")
 @global_options
 @click.pass_context
-def reproduce(ctx: click.Context, ipc: str | None, methods: str | None, runs: int, out: str, alpha: str | None,
+def reproduce(ctx: click.Context, ipc: str | None, methods: str | None, models: str | None, runs: int, out: str,
+              alpha: str | None,
               beta: str | None, storage: str | None, study_prefix: str | None, scores_file: str | None,
               ablation: bool, coverage: bool, extras: tuple[str, ...], only: str | None, print_config: bool,
               **run: Any) -> None:
     """Every method at the same IPCs, one evaluation protocol: the paper's Tables 1 and 3 and Figure 1.
+
+    With --models, also the cross-architecture table (Table 2): every set of
+    the main table scored with each listed network.
 
     Each number is a cell (one network, one seed, test split) saved under
     OUT/cells/ with the command that reruns it; a finished cell is never
@@ -67,6 +75,8 @@ def reproduce(ctx: click.Context, ipc: str | None, methods: str | None, runs: in
       autoselmatch bench reproduce -d digits --ipc 5%,10% --alpha 0.5 --beta 0.2 --out bench-digits
       autoselmatch bench reproduce -d fashion-mnist --ipc 1%,5%,10% --storage sqlite:///studies/fashion-mnist.db \\
           --out bench-fmnist
+      autoselmatch bench reproduce -d digits --ipc 10% --alpha 0.5 --beta 0.2 --models convnet,resnet18,vgg11 \\
+          --out bench-digits
       autoselmatch bench reproduce -d folder:~/pets --preset digits --scores-file pets-el2n.npy --ipc 10 --out pets
       autoselmatch bench reproduce -d cifar10 --ipc 10 --extra DATM=logged_files/CIFAR10/datm-ipc10 --out c10
     """
@@ -77,7 +87,7 @@ def reproduce(ctx: click.Context, ipc: str | None, methods: str | None, runs: in
     import optuna
 
     from ..reproduce import (ReproducePlan, parse_extras, parse_floats, parse_ipc_tokens, parse_methods,
-                             reproduce as run_reproduce)
+                             parse_models, reproduce as run_reproduce)
     check_writable(out, "--out", folder=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # as in `tune`: its own log says what each trial did
     plan = ReproducePlan(
@@ -95,8 +105,11 @@ def reproduce(ctx: click.Context, ipc: str | None, methods: str | None, runs: in
         only=only,
         preset=run.get("preset"),
         extras=parse_extras(extras),
+        models=parse_models(models) if models is not None else (),
     )
     result = run_reproduce(plan)
     click.echo(result.table_md, nl=False)
+    if result.cross_arch_md:
+        click.echo("\n" + result.cross_arch_md, nl=False)
     click.echo(f"\n{result.computed} cell(s) computed, {result.reused} reused; outputs in {result.out}/: "
                + ", ".join(sorted(result.files)))

@@ -4,7 +4,9 @@ One run of :func:`reproduce` fills a folder with the main table (SelMatch
 Table 1 style: test accuracy per method and IPC), the ablation (Table 3:
 selection-based init, partial update and combined augmentation on and off)
 and the coverage of each set on the easy and hard halves of the test set
-(Figure 1). Every number comes from a *cell*: one network trained from
+(Figure 1); with ``plan.models``, also the cross-architecture table (Table 2:
+every main-table set scored with each listed network, ``cross_arch.md``).
+Every number comes from a *cell*: one network trained from
 scratch on one set with one seed, or one coverage measurement. A cell is
 saved as its own JSON file (with its seed, wall time and the shell command
 that reruns it alone) and is never recomputed once it is there, so an
@@ -51,7 +53,7 @@ by that network's EL2N on each test sample, ``||softmax - onehot||_2``.
 """
 
 
-from ._checks import parse_floats, parse_ipc_tokens, parse_methods, resolve_ipcs
+from ._checks import parse_floats, parse_ipc_tokens, parse_methods, parse_models, resolve_ipcs
 from ._cells import plan_cells
 from ._command import rerun_command
 from ._extras import parse_extras
@@ -75,6 +77,7 @@ __all__ = [
     "parse_floats",
     "parse_ipc_tokens",
     "parse_methods",
+    "parse_models",
     "plan_cells",
     "rerun_command",
     "reproduce",

@@ -7,16 +7,19 @@ from typing import Any, Sequence
 
 import torch
 
-from ..config import RunConfig, key_dict
+from ..config import EvalConfig, RunConfig, key_dict
 from ..fileio import stable_hash
+from ..models import ModelSpec
 from ._plan import ABLATION_SETS, SELECTION_ONLY, Cell, Knobs, SetSpec
 from ._sets import BuiltSet, _Inputs, set_key
 
 
-def eval_cell_id(spec: SetSpec, seed: int, augment: str, default_augment: str) -> str:
-    """``{set}-ipc{N}-s{seed}``; ``{set}-ipc{N}-{augment}-s{seed}`` when not the config's augmentation."""
+def eval_cell_id(spec: SetSpec, seed: int, augment: str, default_augment: str, model: str | None = None) -> str:
+    """``{set}-ipc{N}-s{seed}``; ``{set}-ipc{N}-{augment}-s{seed}`` when not the config's augmentation;
+    ``...-{model}-s{seed}`` for a cross-architecture cell (``model`` not None)."""
     middle = "" if augment == default_augment else f"-{augment}"
-    return f"{spec.label}{middle}-s{seed}"
+    suffix = "" if model is None else f"-{model}"
+    return f"{spec.label}{middle}{suffix}-s{seed}"
 
 
 def main_augment(method: str, default: str) -> str:
@@ -30,8 +33,10 @@ def main_augment(method: str, default: str) -> str:
 
 
 def plan_cells(cfg: RunConfig, methods: Sequence[str], ipcs: Sequence[int], knobs: dict[int, Knobs], *, runs: int,
-               ablation_ipc: int | None, coverage: bool, extras: Sequence[SetSpec] = ()) -> list[Cell]:
-    """Every cell of the run: main table, ablation (at ``ablation_ipc``), coverage; no duplicates.
+               ablation_ipc: int | None, coverage: bool, extras: Sequence[SetSpec] = (),
+               models: Sequence[str] = ()) -> list[Cell]:
+    """Every cell of the run: main table, cross-architecture (each main-table set with each of ``models``),
+    ablation (at ``ablation_ipc``), coverage; no duplicates.
 
     ``extras``: sets made elsewhere (``--extra``), main-table cells only.
     """
@@ -39,16 +44,19 @@ def plan_cells(cfg: RunConfig, methods: Sequence[str], ipcs: Sequence[int], knob
     default = cfg.evaluate.augment
     cells: dict[str, Cell] = {}
 
-    def add(spec: SetSpec, augment: str) -> None:
+    def add(spec: SetSpec, augment: str, model: str | None = None) -> None:
         for seed in seeds:
-            cell_id = eval_cell_id(spec, seed, augment, default)
-            cells.setdefault(cell_id, Cell(cell_id, "eval", spec, seed, augment))
+            cell_id = eval_cell_id(spec, seed, augment, default, model)
+            cells.setdefault(cell_id, Cell(cell_id, "eval", spec, seed, augment, model))
 
     specs = [_spec(m, ipc, knobs) for m in methods if m != "full" for ipc in ipcs]
     if "full" in methods:
         specs.append(SetSpec("full", None))
     for spec in [*specs, *extras]:
         add(spec, main_augment(spec.name, default))
+    for spec in specs:
+        for model in models:
+            add(spec, main_augment(spec.name, default), cross_model(cfg, model))
     if ablation_ipc is not None:
         for name in ABLATION_SETS:
             for augment in ("combined", "dsa"):
@@ -58,6 +66,16 @@ def plan_cells(cfg: RunConfig, methods: Sequence[str], ipcs: Sequence[int], knob
             cell_id = f"coverage-{spec.label}"
             cells[cell_id] = Cell(cell_id, "coverage", spec, cfg.seed)
     return list(cells.values())
+
+
+def cross_model(cfg: RunConfig, name: str) -> str | None:
+    """A cross-architecture cell's ``model``: None for the evaluation model's name (its cells are the main table's)."""
+    return None if name == cfg.evaluate.model.name else name
+
+
+def cell_evaluate(cfg: RunConfig, cell: Cell) -> EvalConfig:
+    """``cfg.evaluate`` with the cell's network: ``cell.model`` with its builder's defaults, if set."""
+    return cfg.evaluate if cell.model is None else dataclasses.replace(cfg.evaluate, model=ModelSpec(cell.model))
 
 
 def _ablation_augment(name: str, augment: str) -> str:
@@ -71,7 +89,7 @@ def _spec(name: str, ipc: int, knobs: dict[int, Knobs]) -> SetSpec:
 
 def cell_key(cell: Cell, cfg: RunConfig) -> str:
     """Hash of what a cell's number depends on; a saved cell with another key is recomputed."""
-    evaluate = {k: v for k, v in key_dict("evaluate", cfg.evaluate).items()
+    evaluate = {k: v for k, v in key_dict("evaluate", cell_evaluate(cfg, cell)).items()
                 if k not in ("runs", "stack_runs")}  # one network
     parts = {"set": set_key(cell.set, cfg), "kind": cell.kind, "seed": cell.seed, "augment": cell.augment,
              "evaluate": evaluate, "split": "test"}
@@ -82,7 +100,7 @@ def cell_key(cell: Cell, cfg: RunConfig) -> str:
 
 def _eval_config(cfg: RunConfig, cell: Cell):
     """The ``evaluate`` section for this cell: its augmentation, and the full-data budget for ``full``."""
-    ec = dataclasses.replace(cfg.evaluate, augment=cell.augment or cfg.evaluate.augment)
+    ec = dataclasses.replace(cell_evaluate(cfg, cell), augment=cell.augment or cfg.evaluate.augment)
     if cell.set.name == "full" and cfg.reproduce.full_epochs is not None:
         ec = dataclasses.replace(ec, epochs=cfg.reproduce.full_epochs, steps=None)
     return ec

@@ -7,6 +7,7 @@ from typing import Sequence
 from ..choices import REPRODUCE_METHODS
 from ..data import ImageDataset
 from ..errors import InvalidArgument
+from ..models import MODELS, list_models
 from ._plan import ReproducePlan
 from ._sets import METHODS
 
@@ -64,6 +65,21 @@ def parse_methods(text: str) -> tuple[str, ...]:
     return names
 
 
+def parse_models(text: str) -> tuple[str, ...]:
+    """``"convnet,resnet18"`` -> checked names of registered models, in order, without repeats."""
+    names = tuple(dict.fromkeys(m.strip().lower() for m in text.split(",") if m.strip()))
+    if not names:
+        raise InvalidArgument(f"--models must name at least one of: {', '.join(list_models())}")
+    _check_models(names)
+    return names
+
+
+def _check_models(names: tuple[str, ...]) -> None:
+    for name in names:
+        if name not in MODELS:
+            raise InvalidArgument(f"--models: unknown model {name!r}; known: {', '.join(list_models())}")
+
+
 def _check_plan(plan: ReproducePlan) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Every argument check that needs no data; returns (ipc tokens, methods)."""
     tokens = plan.ipcs or tuple(f"{100 * r:g}%" for r in plan.cfg.reproduce.ratios)
@@ -72,6 +88,7 @@ def _check_plan(plan: ReproducePlan) -> tuple[tuple[str, ...], tuple[str, ...]]:
     methods = plan.methods or plan.cfg.reproduce.methods
     for name in methods:
         METHODS.get(name)
+    _check_models(plan.models)
     if plan.runs < 1:
         raise InvalidArgument(f"--runs must be >= 1, got {plan.runs}")
     if plan.cfg.distill.precision != "fp32":  # before any set is built, not at the first distillation

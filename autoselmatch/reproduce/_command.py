@@ -29,6 +29,8 @@ def rerun_command(plan: ReproducePlan, *, only: str | None = None) -> str:
         argv += ["--ipc", ",".join(plan.ipcs)]
     if plan.methods:
         argv += ["--methods", ",".join(plan.methods)]
+    if plan.models:
+        argv += ["--models", ",".join(plan.models)]
     argv += ["--runs", str(plan.runs), "--out", str(plan.out)]
     if cfg.cache_dir != base.cache_dir:
         argv += ["--cache-dir", cfg.cache_dir]

@@ -40,6 +40,11 @@ class ReproducePlan:
         ablation: Also compute the ablation table.
         coverage: Also compute the coverage table and figure.
         only: Compute just this cell (recomputed even if it is saved).
+        models: Evaluation networks of the cross-architecture table (paper Table 2):
+            every main-table set is also scored with each of these registered
+            models (empty: no such table). A name equal to ``cfg.evaluate.model``'s
+            uses its options and shares the main table's cells; the others are
+            built with their builder's defaults under the same protocol.
         preset: The preset as given on the command line (for the rerun commands;
             default ``cfg.preset``).
         extras: (name, folder) of sets made elsewhere (MTT/FTD/DATM's images_best.pt and
@@ -60,6 +65,7 @@ class ReproducePlan:
     only: str | None = None
     preset: str | None = None
     extras: tuple[tuple[str, str], ...] = ()
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,13 +107,18 @@ class SetSpec:
 
 @dataclass(frozen=True)
 class Cell:
-    """One saved number: an evaluation (``kind`` ``eval``) or a coverage measurement (``coverage``)."""
+    """One saved number: an evaluation (``kind`` ``eval``) or a coverage measurement (``coverage``).
+
+    ``model``: the evaluation network of a cross-architecture cell (a registered name, built with its
+    defaults); None: ``cfg.evaluate.model``.
+    """
 
     id: str
     kind: str
     set: SetSpec
     seed: int
     augment: str | None = None
+    model: str | None = None
 
 
 @dataclass
@@ -121,6 +132,7 @@ class ReproduceResult:
         computed: Cells computed by this call.
         reused: Cells found finished on disk.
         results: The content of ``results.json``.
+        cross_arch_md: The cross-architecture table in Markdown (empty without ``plan.models``).
     """
 
     out: Path
@@ -129,3 +141,4 @@ class ReproduceResult:
     computed: int
     reused: int
     results: dict[str, Any] = field(default_factory=dict)
+    cross_arch_md: str = ""

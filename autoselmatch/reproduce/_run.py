@@ -48,7 +48,7 @@ def reproduce(plan: ReproducePlan) -> ReproduceResult:
                                   f"(1 - ipc / smallest class), got {knob.beta} ({knob.beta_source})")
     extras = extra_specs(plan.extras, ds, ipcs, cfg)
     cells = plan_cells(cfg, methods, ipcs, knobs, runs=plan.runs, ablation_ipc=ablation_ipc, coverage=plan.coverage,
-                       extras=extras)
+                       extras=extras, models=plan.models)
     if plan.only is not None and plan.only not in {c.id for c in cells}:
         shown = ", ".join(c.id for c in cells[:6])
         raise InvalidArgument(f"--only {plan.only!r} is not a cell of this run; cells are named like {shown}, ...")

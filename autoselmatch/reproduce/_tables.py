@@ -1,4 +1,5 @@
-"""Tables and figures: the main table, the ablation and the coverage, from the saved cells."""
+"""Tables and figures: the main table, the cross-architecture table, the ablation and the coverage, from the saved
+cells."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from ..config import RunConfig, to_dict
 from ..fileio import save_json, save_text
-from ._cells import _ablation_augment, _spec, eval_cell_id, main_augment
+from ._cells import _ablation_augment, _spec, cross_model, eval_cell_id, main_augment
 from ._command import rerun_command
 from ._plan import ABLATION_GRID, Cell, Knobs, ReproducePlan, ReproduceResult
 
@@ -35,7 +36,7 @@ def main_rows(cfg: RunConfig, methods: Sequence[str], ipcs: Sequence[int], cells
         for ipc in ([None] if method == "full" else ipcs):
             augment = main_augment(method, cfg.evaluate.augment)
             ids = [c.id for c in cells if c.kind == "eval" and c.set.name == method and c.set.ipc == ipc
-                   and c.augment == augment]
+                   and c.augment == augment and c.model is None]
             done = [records[i] for i in ids if i in records]
             row: dict[str, Any] = {"method": method, "ipc": ipc, "cells": ids, "augment": augment,
                                    "accuracies": [r["accuracy"] for r in done], "seeds": [r["seed"] for r in done]}
@@ -153,6 +154,76 @@ def table_csv(rows: Sequence[dict[str, Any]]) -> str:
                          r["alpha_source"] or "", r["beta_source"] or "",
                          "" if r.get("loss_ratio") is None else f"{r['loss_ratio']:.6f}",
                          int(bool(r.get("barely_distilled")))])
+    return buffer.getvalue()
+
+
+def cross_arch_rows(cfg: RunConfig, methods: Sequence[str], ipcs: Sequence[int], models: Sequence[str],
+                    cells: Sequence[Cell], records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per main-table set (method, IPC; ``full``: ipc None) with, under ``"models"``, each network's
+    cells, seeds' accuracies, mean and std (the evaluation model's are the main table's cells)."""
+    rows = []
+    for method in methods:
+        for ipc in ([None] if method == "full" else ipcs):
+            augment = main_augment(method, cfg.evaluate.augment)
+            per_model = {}
+            for name in models:
+                model = cross_model(cfg, name)
+                ids = [c.id for c in cells if c.kind == "eval" and c.set.name == method and c.set.ipc == ipc
+                       and c.augment == augment and c.model == model]
+                done = [records[i] for i in ids if i in records]
+                accuracies = [r["accuracy"] for r in done]
+                mean, std = _stats(accuracies) if done else (None, None)
+                per_model[name] = {"cells": ids, "accuracies": accuracies, "seeds": [r["seed"] for r in done],
+                                   "mean": mean, "std": std}
+            rows.append({"method": method, "ipc": ipc, "augment": augment, "models": per_model})
+    return rows
+
+
+def cross_arch_markdown(rows: Sequence[dict[str, Any]], models: Sequence[str], cfg: RunConfig, *, dataset: str,
+                        runs: int, budget: str = "") -> str:
+    """Sets x networks (paper Table 2), mean ± std (%); the best set of each IPC and network in bold."""
+    spread = "one seed" if runs == 1 else f"mean ± std over {runs} seeds"
+    evaluation = cfg.evaluate.model
+    options = ", ".join(f"{k}={v}" for k, v in sorted(evaluation.options.items()))
+    named = [f"{name} (the evaluation model, {options or 'builder defaults'}: the main table's cells)"
+             if cross_model(cfg, name) is None else f"{name} (builder defaults)" for name in models]
+    lines = [f"Cross-architecture generalisation (paper Table 2): test accuracy (%) on {dataset} of each network "
+             f"trained from scratch on each set, {spread}; best set per IPC and network in bold.",
+             "Networks: " + ", ".join(named) + ". Protocol, budget and augmentation as in the main table.",
+             *([budget] if budget else []), "",
+             "| method | IPC | augmentation | " + " | ".join(models) + " |", "|---|---:|---|" + "---:|" * len(models)]
+    best: dict[tuple[int, str], str] = {}
+    for ipc in dict.fromkeys(r["ipc"] for r in rows if r["ipc"] is not None):
+        for name in models:
+            scored = [r for r in rows if r["ipc"] == ipc and r["models"][name]["mean"] is not None]
+            if scored:
+                best[(ipc, name)] = max(scored, key=lambda r: r["models"][name]["mean"])["method"]
+    for r in rows:
+        cells = []
+        for name in models:
+            entry = r["models"][name]
+            text = "—" if entry["mean"] is None else _fmt(entry)
+            cells.append(f"**{text}**" if best.get((r["ipc"], name)) == r["method"] else text)
+        method = "full (whole training split)" if r["method"] == "full" else r["method"]
+        ipc = "all" if r["ipc"] is None else r["ipc"]
+        lines.append(f"| {method} | {ipc} | {r['augment']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def cross_arch_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """The cross-architecture table as CSV: one line per (method, IPC, network)."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["method", "augment", "ipc", "model", "mean", "std", "runs", "accuracies"])
+    for r in rows:
+        for name, e in r["models"].items():
+            writer.writerow([r["method"], r["augment"], "" if r["ipc"] is None else r["ipc"], name,
+                             "" if e["mean"] is None else f"{e['mean']:.6f}",
+                             "" if e["std"] is None else f"{e['std']:.6f}",
+                             len(e["accuracies"]), ";".join(f"{a:.6f}" for a in e["accuracies"])])
     return buffer.getvalue()
 
 
@@ -326,5 +397,15 @@ def write_outputs(plan: ReproducePlan, run: RunOutcome) -> ReproduceResult:
     if plan.coverage:
         files["coverage.md"] = out / "coverage.md"
         save_text(coverage_markdown(rows_cov), files["coverage.md"])
+    cross_md = ""
+    if plan.models:
+        rows_x = cross_arch_rows(cfg, run.methods, ipcs, plan.models, run.cells, records)
+        results["cross_arch"] = {"models": list(plan.models), "rows": rows_x}
+        flat = [{"method": r["method"], "cells": [i for e in r["models"].values() for i in e["cells"]]} for r in rows_x]
+        cross_md = cross_arch_markdown(rows_x, plan.models, cfg, dataset=run.dataset, runs=plan.runs,
+                                       budget=budget_markdown(flat, records))
+        files["cross_arch.md"], files["cross_arch.csv"] = out / "cross_arch.md", out / "cross_arch.csv"
+        save_text(cross_md, files["cross_arch.md"])
+        save_text(cross_arch_csv(rows_x), files["cross_arch.csv"])
     save_json(results, files["results.json"])
-    return ReproduceResult(out, table_md, files, run.computed, run.reused, results)
+    return ReproduceResult(out, table_md, files, run.computed, run.reused, results, cross_md)
