@@ -485,7 +485,7 @@ def evaluate_set(
     if eval_transform is not None:
         eval_x = eval_transform(eval_x)
     train_x = ds.normalize(images.to(device)) if images.dtype == torch.uint8 else images.to(device, torch.float32)
-    train_y = labels.to(device, torch.long)
+    train_y = labels.to(device, torch.float32 if labels.dim() == 2 else torch.long)  # (n,) or (n, K) soft
     steps_per_epoch = len(batch_bounds(len(images), cfg.batch_size)) - 1
     epochs_per_run = math.ceil(steps / steps_per_epoch)
 

@@ -217,6 +217,17 @@ def test_one_hot_soft_labels_train_as_hard_labels_and_soft_ones_differ(digits, s
         evaluate_set(digits, images, one_hot[:, :9], cfg=cfg)
 
 
+def test_evaluate_set_trains_on_soft_probabilities_not_truncated_ones(digits):
+    # 0.6 on the true class: cast to int labels this would be all zeros and train nothing useful
+    x, y = digits.split("train")
+    subset = per_class(y, 10)
+    soft = 0.6 * F.one_hot(y[subset], 10).float() + 0.04
+    cfg = small_cfg(epochs=20, augment="none")
+    result = evaluate_set(digits, x[subset], soft, cfg=cfg, runs=1)
+    hard = evaluate_set(digits, x[subset], y[subset], cfg=cfg, runs=1)
+    assert result.accuracies[0] > 0.5 and abs(result.accuracies[0] - hard.accuracies[0]) < 0.2
+
+
 def test_an_epoch_callback_watches_one_network(digits):
     x, y = digits.split("train")
     seen = []
