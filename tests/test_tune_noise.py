@@ -255,3 +255,17 @@ def test_resume_after_sigkill_in_the_middle_of_the_replicates_repeats_no_finishe
             for line in log.read_text().splitlines()]
     assert len(runs) == len(set(runs))  # no finished (point, replicate) ran twice
     assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in after)
+
+
+def test_the_studies_listing_shows_the_chosen_point_and_its_mean_not_the_largest_trial(tmp_path):
+    from autoselmatch.tune._studies import list_studies
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=url, study_name="d-ipc10-alpha", direction="maximize")
+    study.set_user_attr("stage", "alpha")
+    dist = {"alpha": optuna.distributions.FloatDistribution(0, 1)}
+    for alpha, replicate, value in ((0.5, 0, 0.9), (0.5, 1, 0.6), (0.6, 0, 0.8)):
+        study.add_trial(optuna.trial.create_trial(params={"alpha": alpha}, distributions=dist, value=value,
+                                                  user_attrs={"replicate": replicate}))
+    (row,) = list_studies(url)
+    assert row["best_params"] == {"alpha": 0.6} and row["best_value"] == 0.8 and row["best_trial"] == 2

@@ -267,7 +267,8 @@ class GridSearch(SearchStrategy):
     name = "grid"
 
     def candidates(self, scores: Mapping[float, float]) -> list[float]:
-        return [point for point in self.grid if point not in scores or not as_stats(scores)[point].settled]
+        stats = as_stats(scores)
+        return [point for point in self.grid if point not in stats or not stats[point].settled]
 
 
 @SEARCHES.register("tpe")
@@ -301,7 +302,8 @@ class TPESearch(SearchStrategy):
         self.step = grid_key(step)
 
     def candidates(self, scores: Mapping[float, float]) -> list[float]:
-        return [point for point in self.grid if point not in scores or not as_stats(scores)[point].settled]
+        stats = as_stats(scores)
+        return [point for point in self.grid if point not in stats or not stats[point].settled]
 
     def default_trials(self) -> int | None:
         return (len(self.grid) + 1) // 2
