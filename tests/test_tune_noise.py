@@ -15,8 +15,9 @@ from optuna.trial import TrialState
 
 from autoselmatch.errors import InvalidArgument
 from autoselmatch.storage import open_storage, parse_storage
-from autoselmatch.tune import LineSearch, SearchController, report
+from autoselmatch.tune import LineSearch, SearchController, report, summarize
 from autoselmatch.tune._noise import PointStats, choose, compare, unimodal_fit
+from autoselmatch.tune._studies import list_studies
 
 GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -238,6 +239,7 @@ KILLED = textwrap.dedent("""
 
 
 def test_resume_after_sigkill_in_the_middle_of_the_replicates_repeats_no_finished_trial(tmp_path):
+    """~20 s: two Python start-ups (the kill needs a process of its own, as in tests/test_faults.py)."""
     url, log = f"sqlite:///{tmp_path / 'studies.db'}", tmp_path / "calls.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "AUTOSELMATCH_FAULT": "tune.told:5:KILL"}
     killed = subprocess.run([sys.executable, "-c", KILLED, url, str(log)], env=env, cwd=tmp_path, timeout=120)
@@ -258,8 +260,6 @@ def test_resume_after_sigkill_in_the_middle_of_the_replicates_repeats_no_finishe
 
 
 def test_the_studies_listing_shows_the_chosen_point_and_its_mean_not_the_largest_trial(tmp_path):
-    from autoselmatch.tune._studies import list_studies
-
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(storage=url, study_name="d-ipc10-alpha", direction="maximize")
     study.set_user_attr("stage", "alpha")
@@ -269,3 +269,20 @@ def test_the_studies_listing_shows_the_chosen_point_and_its_mean_not_the_largest
                                                   user_attrs={"replicate": replicate}))
     (row,) = list_studies(url)
     assert row["best_params"] == {"alpha": 0.6} and row["best_value"] == 0.8 and row["best_trial"] == 2
+
+
+def test_a_study_made_before_replicates_resumes_and_its_trials_read_as_replicate_0(tmp_path):
+    from test_tune_pipeline import load, run
+
+    run(tmp_path)
+    for stage in ("beta", "alpha"):  # as an older version stored it: no seed scheme
+        study = load(tmp_path, f"digits-ipc10-{stage}")
+        settings = study.user_attrs["settings"]
+        del settings["seed_scheme"]
+        study.set_user_attr("settings", settings)
+    again = run(tmp_path)
+    assert again.ipcs[0].beta.ran == 0 and again.ipcs[0].alpha.ran == 0
+    assert load(tmp_path, "digits-ipc10-beta").user_attrs["settings"]["seed_scheme"] == "paired"
+    old = optuna.trial.create_trial(params={"beta": 0.3}, value=0.5,
+                                    distributions={"beta": optuna.distributions.FloatDistribution(0, 1)})
+    assert summarize([old], "beta").stats[0.3].values == {0: 0.5}
