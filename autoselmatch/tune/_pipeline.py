@@ -75,7 +75,7 @@ class IpcResult:
         beta: Outcome of stage 1.
         alpha: Outcome of stage 2 (``None`` if stage 1 did not finish).
         final: The stored final record, :meth:`FinalRecord.to_dict` (``None`` if stage 2 did not finish).
-        prior: ``{"ipc", "alpha", "beta"}`` of the IPC whose optima bounded the grids, or ``None``.
+        prior: ``{"ipc", "alpha", "beta"}`` of the IPC whose optima start (soft bound) the searches.
     """
 
     ipc: int
