@@ -93,6 +93,7 @@ STUDY_ATTRS_READ: dict[str, tuple[str, ...]] = {
     SETTINGS: STAGES,
     DATASET: STAGES,
     IPC: STAGES,
+    STAGE: STAGES,
     FIXED: STAGES,
     PRIOR_OVERRULED: STAGES,
     FINAL: (ALPHA,),
