@@ -309,7 +309,9 @@ class TuneConfig:
         beta_trials: Most trials of the beta stage (None: until the search ends;
             ``tpe``: half the grid).
         alpha_trials: Most trials of the alpha stage (same default).
-        prior: With several IPCs, bound each IPC's grids by the previous IPC's optima.
+        prior: With several IPCs, start each IPC's line search at the previous IPC's optima and
+            bound it softly there (it steps past only while the curve still rises); grid and tpe
+            searches are cut at that bound.
         pruner_startup_trials: Finished trials before the median pruner prunes.
         pruner_warmup_steps: Steps (epochs / iterations) of a trial never pruned.
         max_failures: Failed runs of one grid point before the search treats it as worst.
@@ -318,6 +320,10 @@ class TuneConfig:
             running trial counts as crashed; it is failed and its point retried.
         baselines: Per IPC, also score random selection (a beta-stage trial) and plain MTT
             (alpha 1, random init; an alpha-stage trial); the final set is the best of all on validation.
+        z: The line search moves to a point only if it beats the best so far by more than ``z``
+            standard errors of the paired difference (0: any improvement).
+        max_seeds: Replicates (each with its own network seeds, the same at every point) the line
+            search may give a point when a comparison is inside the noise (1: never replicate).
     """
 
     beta_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -341,6 +347,8 @@ class TuneConfig:
     heartbeat_interval: int = HEARTBEAT_INTERVAL
     grace_period: int = GRACE_PERIOD
     baselines: bool = True
+    z: float = 1.0
+    max_seeds: int = 1
 
     def __post_init__(self) -> None:
         for name in ("beta_grid", "alpha_grid"):
@@ -356,7 +364,9 @@ class TuneConfig:
         for name in ("patience", "pruner_startup_trials", "pruner_warmup_steps"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"tune.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("beta_seeds", "alpha_seeds", "max_failures", "heartbeat_interval"):
+        if not (math.isfinite(self.z) and self.z >= 0):
+            raise InvalidArgument(f"tune.z must be a finite number >= 0, got {self.z}")
+        for name in ("beta_seeds", "alpha_seeds", "max_failures", "heartbeat_interval", "max_seeds"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"tune.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("trial_iterations", "beta_trials", "alpha_trials"):

@@ -15,10 +15,10 @@ Study user attrs (keys below): the settings that shape its trials
 (:data:`SETTINGS`, :data:`FINGERPRINT`, :data:`SETTINGS_HISTORY`,
 :data:`VERSION`), the folder of its files (:data:`UID`), what was searched
 (:data:`DATASET`, :data:`IPC`, :data:`STAGE`, :data:`FIXED`, :data:`SEARCH`,
-:data:`PRIOR`, :data:`RUN_CONFIG`) and, on the alpha study, :data:`FINAL`
+:data:`PRIOR`, :data:`PRIOR_OVERRULED`, :data:`SEEDS`, :data:`RUN_CONFIG`) and, on the alpha study, :data:`FINAL`
 with each of its items but ``key`` copied beside it for the dashboard.
 Trial user attrs: the fixed values (:data:`IPC`, :data:`FINGERPRINT`, the
-fixed knob), :data:`WORKER`, :data:`VAL_ACCURACY`, :data:`RESULT_PATH`,
+fixed knob), :data:`REPLICATE`, :data:`NETWORK_SEEDS`, :data:`WORKER`, :data:`VAL_ACCURACY`, :data:`RESULT_PATH`,
 :data:`ITERATIONS`, ... and the controller's bookkeeping (:data:`ERROR`, ...).
 A baseline trial (:data:`BASELINES`: random selection in the beta study, MTT
 in the alpha study) has :data:`BASELINE` set to its name and the categorical
@@ -52,8 +52,10 @@ IPC = "ipc"  # images per class (also on each trial)
 STAGE = "stage"  # BETA or ALPHA
 FIXED = "fixed"  # knobs fixed during the stage: {} or {"beta": b}
 SEARCH = "search"  # {"strategy", "grid", "start", "patience", "pruner", "budget"}
-PRIOR = "prior"  # {"ipc", "alpha", "beta"} of the IPC whose optima bounded the grids, or None
+PRIOR = "prior"  # {"ipc", "alpha", "beta"} of the IPC whose optima start (soft bound) the searches, or None
 RUN_CONFIG = "run_config"  # the whole RunConfig as a dict
+SEEDS = "seeds"  # {"0": {"seed": s, "networks": [s, ...]}, ...}: each replicate's seeds (the same at every point)
+PRIOR_OVERRULED = "prior_overruled"  # {"bound", "points"}: the walk stepped past the prior's bound (else None)
 FINAL = "final"  # FinalRecord.to_dict() of the IPC's final set (alpha study)
 TEST_ACCURACY = "test_accuracy"  # {"mean", "std", "accuracies"} on the test split (beside FINAL)
 EVALUATION = "evaluation"  # how TEST_ACCURACY was measured: {"runs", "steps", "model", "augment", "seconds"}
@@ -71,6 +73,8 @@ DUPLICATE_OF = "duplicate_of"  # an earlier live trial held the same point; this
 REPEAT_OF = "repeat_of"  # a TPE repeat of a finished point: that trial's value was recorded
 UNQUEUED = "unqueued"  # a trial another worker's claim left without a point; never ran
 BASELINE = "baseline"  # None on a grid trial; on a baseline trial its name (RANDOM or MTT)
+REPLICATE = "replicate"  # which replicate of its point the trial is (0, 1, ...; absent on older trials: 0)
+NETWORK_SEEDS = "network_seeds"  # the seeds of the networks the trial trained for its value
 
 # ---- baselines -------------------------------------------------------------------------------
 #: Baseline trials carry the categorical param INIT (their only param), never the stage's grid param.
@@ -89,7 +93,9 @@ STUDY_ATTRS_READ: dict[str, tuple[str, ...]] = {
     SETTINGS: STAGES,
     DATASET: STAGES,
     IPC: STAGES,
+    STAGE: STAGES,
     FIXED: STAGES,
+    PRIOR_OVERRULED: STAGES,
     FINAL: (ALPHA,),
     TEST_ACCURACY: (ALPHA,),
 }
@@ -102,6 +108,7 @@ TRIAL_ATTRS_READ: dict[str, tuple[str, ...]] = {
     RESULT_PATH: (ALPHA,),
     ITERATIONS: (ALPHA,),
     BASELINE: STAGES,
+    REPLICATE: STAGES,
 }
 
 # ---- study names -----------------------------------------------------------------------------

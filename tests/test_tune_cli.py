@@ -27,6 +27,9 @@ def invoke(*args):
     (["--ipc", "10", "--budget", "huge"], "tune.budget must be one of quick, paper, got 'huge'"),
     (["--ipc", "10", "--beta-trials", "0"], "tune.beta_trials must be >= 1, got 0"),
     (["--ipc", "10", "--timeout", "-1"], "--timeout must be > 0 seconds, got -1.0"),
+    (["--ipc", "10", "--max-seeds", "0"], "tune.max_seeds must be >= 1, got 0"),
+    (["--ipc", "10", "--z", "-1"], "tune.z must be a finite number >= 0, got -1.0"),
+    (["--ipc", "10", "--z", "nan"], "tune.z must be a finite number, got nan"),
     (["--ipc", "10,500"], "ipc must be in [1, 125] (smallest class), got 500"),
     (["--ipc", "120", "--set", "tune.beta_grid=[0.2, 0.3]"], "no value of tune.beta_grid is a feasible window start"),
 ])
@@ -41,9 +44,11 @@ def test_bad_input_exits_2_with_one_line_before_any_work(tmp_path, monkeypatch, 
 
 def test_print_config_shows_the_tune_flags(tmp_path):
     result = invoke("tune", "--dataset", "digits", "--ipc", "10", "--search", "grid", "--pruner", "none",
-                    "--budget", "paper", "--no-prior", "--alpha-trials", "4", "--print-config")
+                    "--budget", "paper", "--no-prior", "--alpha-trials", "4", "--z", "2", "--max-seeds", "3",
+                    "--print-config")
     assert result.exit_code == 0
-    for line in ('search = "grid"', 'pruner = "none"', 'budget = "paper"', "prior = false", "alpha_trials = 4"):
+    for line in ('search = "grid"', 'pruner = "none"', 'budget = "paper"', "prior = false", "alpha_trials = 4",
+                 "z = 2.0", "max_seeds = 3"):
         assert line in result.output
 
 

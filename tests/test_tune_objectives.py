@@ -133,3 +133,20 @@ def test_alpha_trials_score_the_mean_of_tune_alpha_seeds_networks(objectives, tm
                         split="val", runs=2, fraction=cfg.evaluate.quick_fraction, seed=cfg.seed)
     assert len(set(runs.accuracies)) == 2  # two different networks...
     assert value == pytest.approx(runs.mean)  # ...whose mean is the score
+
+
+def test_identical_seeds_give_identical_values_at_one_point_and_a_replicate_has_its_own(objectives, tmp_path):
+    """Common random numbers: every trial of a replicate trains from the same seeds, so at one point
+    two trials of replicate 0 agree exactly; replicate 1 trains from the next seeds."""
+    ctx = context(objectives, tmp_path, "beta")
+    objective = objectives.beta(ctx)
+    study = optuna.create_study(direction="maximize")
+    runs = []
+    for replicate in (0, 0, 1):
+        study.enqueue_trial({}, user_attrs={"replicate": replicate})
+        trial = study.ask()
+        runs.append((objective(0.3, trial), trial.user_attrs["network_seeds"],
+                     trial.user_attrs["val_accuracy"]["accuracies"]))
+    (first, seeds0, accs0), (again, seeds_again, accs_again), (other, seeds1, accs1) = runs
+    assert first == again and accs0 == accs_again and seeds0 == seeds_again == [0, 1]
+    assert seeds1 == [2, 3] and accs1 != accs0

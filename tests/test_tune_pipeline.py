@@ -132,8 +132,9 @@ def test_prior_bounds_the_later_ipc_by_the_earlier_optimum(tmp_path):
     assert (small.ipc, large.ipc) == (10, 20)
     assert large.prior == {"ipc": 10, "alpha": 0.6, "beta": 0.5}
     beta20, alpha20 = load(tmp_path, "digits-ipc20-beta"), load(tmp_path, "digits-ipc20-alpha")
-    assert max(beta20.user_attrs["search"]["grid"]) == 0.5 and beta20.user_attrs["search"]["start"] == 0.5
-    assert max(alpha20.user_attrs["search"]["grid"]) == 0.6
+    assert beta20.user_attrs["search"]["bound"] == 0.5 and beta20.user_attrs["search"]["start"] == 0.5
+    assert alpha20.user_attrs["search"]["bound"] == 0.6
+    assert beta20.user_attrs["prior_overruled"] is None and alpha20.user_attrs["prior_overruled"] is None
     assert max(t.params["beta"] for t in beta20.trials if "beta" in t.params) <= 0.5  # baselines have no beta
     assert max(t.params["alpha"] for t in alpha20.trials if "alpha" in t.params) <= 0.6
     assert beta20.user_attrs["prior"] == {"ipc": 10, "alpha": 0.6, "beta": 0.5}
@@ -391,3 +392,32 @@ def test_the_cli_names_a_winning_baseline_as_the_chosen_set(tmp_path, monkeypatc
     line = next(x for x in result.output.splitlines() if x.startswith("ipc 10:"))
     assert line.startswith("ipc 10: beta 0.5, alpha 0.6; chosen set: MTT (alpha 1, random init), test accuracy 70.00")
     assert "MTT (alpha 1, random init) beat every SelMatch point on validation" in result.output
+
+
+class RisingAlpha(Synthetic):
+    """Alpha optima that grow with IPC (0.4 at IPC 10, 0.7 at IPC 40): the prior's bound must give way."""
+
+    def alpha(self, ctx, beta):
+        peak = 0.3 + ctx.ipc / 100
+
+        def objective(alpha, trial):
+            self._note("alpha", alpha)
+            return 1.0 - (alpha - peak) ** 2
+
+        return objective
+
+
+def test_a_curve_still_rising_at_the_priors_bound_steps_past_it_and_the_study_says_so(tmp_path):
+    result = run(tmp_path, "10,40", objectives=RisingAlpha)
+    small, large = result.ipcs
+    assert small.alpha.best_point == 0.4 and large.prior["alpha"] == 0.4
+    assert large.alpha.best_point == 0.7  # a hard bound would have stopped at 0.4
+    alpha40 = load(tmp_path, "digits-ipc40-alpha")
+    assert alpha40.user_attrs["search"]["bound"] == 0.4 and alpha40.user_attrs["search"]["start"] == 0.4
+    assert alpha40.user_attrs["prior_overruled"] == {"bound": 0.4, "points": [0.5, 0.6, 0.7, 0.8]}
+    assert load(tmp_path, "digits-ipc40-beta").user_attrs["prior_overruled"] is None  # beta optima fall with IPC
+    assert alpha40.user_attrs["settings"]["seed_scheme"] == "paired"
+    assert alpha40.user_attrs["seeds"] == {"0": {"seed": 0, "networks": [0]}}  # tune.max_seeds = 1
+    no_prior = run(tmp_path, "40", cfg=config(**{"tune.prior": False}), objectives=RisingAlpha,
+                   study_prefix="free")
+    assert no_prior.ipcs[0].alpha.best_point == 0.7 and no_prior.ipcs[0].prior is None

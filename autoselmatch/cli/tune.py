@@ -33,7 +33,12 @@ from ._common import (check_finite, emit, format_accuracy, global_options, outpu
 @click.option("--alpha-trials", type=int, default=None, help="Most trials of the alpha stage.")
 @click.option("--timeout", type=float, default=None, metavar="SECONDS",
               help="Start no trial after this many seconds; rerun the command to resume.")
-@click.option("--no-prior", is_flag=True, help="Do not bound a larger IPC's grids by the smaller IPC's optima.")
+@click.option("--z", "z", type=float, default=None,
+              help="The line search moves only on an improvement beyond Z paired standard errors (default 1).")
+@click.option("--max-seeds", type=int, default=None,
+              help="Replicates the line search may give a point to settle a comparison inside the noise (default 1).")
+@click.option("--no-prior", is_flag=True,
+              help="Do not start a larger IPC's search at the smaller IPC's optima, nor bound it there.")
 @click.option("--new-study", is_flag=True, help="Delete existing studies of these names (and checkpoints) first.")
 @click.option("--force", is_flag=True, help="Continue studies that were made with other settings.")
 @click.option("--workers", type=int, default=1, show_default=True,
@@ -43,7 +48,7 @@ from ._common import (check_finite, emit, format_accuracy, global_options, outpu
 @click.pass_context
 def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, assignments, print_config, ipcs,
          storage, artifacts, study_prefix, search, pruner, patience, score, budget, beta_trials, alpha_trials,
-         timeout, no_prior, new_study, force, workers, output) -> None:
+         timeout, z, max_seeds, no_prior, new_study, force, workers, output) -> None:
     """Tune alpha and beta for one or more IPCs with Optuna and save the best distilled set.
 
     \b
@@ -69,6 +74,8 @@ def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, as
         "tune.budget": budget,
         "tune.beta_trials": beta_trials,
         "tune.alpha_trials": alpha_trials,
+        "tune.z": z,
+        "tune.max_seeds": max_seeds,
         "tune.prior": False if no_prior else None,
         "scores.name": score,
     }

@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .. import records
 from ..runtime import LOG, fault_point
 from ..storage import StorageSpec
+from ._noise import PointStats, choose
 from ._search import SearchStrategy, grid_key
 from ._storage import fail_orphaned_trials, storage_lock, worker_id
 
@@ -58,38 +59,65 @@ class GridStatus:
     """What a study says about the grid points of one search.
 
     Attributes:
-        scores: Settled points: COMPLETE trials' values (best if repeated),
-            PRUNED trials' last intermediate values, ``-inf`` for a point that
-            failed ``max_failures`` times or was pruned before any report.
-        complete: Points with a COMPLETE trial -> (value, trial number) of the best one.
-        pending: Points of RUNNING or WAITING trials.
+        stats: Settled points (finished, pruned, or failed ``max_failures`` times) and
+            their replicates (:class:`~._noise.PointStats`).
+        pending: Points of RUNNING or WAITING trials (a settled point may have a replicate pending).
         waiting: Numbers of WAITING trials (enqueued, not yet claimed).
         used: Trials that count against the budget: all but those failed by an
             interruption, a crash or as duplicates.
+        taken: Per point, the replicates with a live or settled trial (the next one asked for is the
+            smallest replicate not taken).
     """
 
-    scores: dict[float, float]
-    complete: dict[float, tuple[float, int]]
+    stats: dict[float, PointStats]
     pending: set[float]
     waiting: list[int]
     used: int
+    taken: dict[float, set[int]] = field(default_factory=dict)
+
+    @property
+    def scores(self) -> dict[float, float]:
+        """Settled points -> mean over their finished replicates (``-inf``: pruned or failed, no value)."""
+        return {point: s.mean for point, s in self.stats.items()}
+
+    @property
+    def complete(self) -> dict[float, tuple[float, int]]:
+        """Points with a finished replicate -> (mean, trial number of the lowest finished replicate)."""
+        return {point: (s.mean, s.trial) for point, s in self.stats.items() if s.values}
 
     @property
     def best(self) -> tuple[float, float, int] | None:
-        """(point, value, trial number) of the best COMPLETE point, or ``None``."""
-        if not self.complete:
+        """(point, mean, trial number) of the optimum by :func:`~._noise.choose`, or ``None``."""
+        point = choose(self.stats)
+        if point is None:
             return None
-        point = max(self.complete, key=lambda p: (self.complete[p][0], -self.complete[p][1]))
         return point, *self.complete[point]
+
+    def next_replicate(self, point: float) -> int:
+        """The smallest replicate of ``point`` without a live or settled trial."""
+        taken = self.taken.get(point, set())
+        return next(r for r in range(len(taken) + 1) if r not in taken)
+
+
+def replicate_of(trial: FrozenTrial | optuna.Trial) -> int:
+    """Which replicate of its point a trial is (trials of older versions: 0)."""
+    return int(trial.user_attrs.get(records.REPLICATE, 0))
 
 
 def summarize(trials: list[FrozenTrial], param: str, *, max_failures: int = 2) -> GridStatus:
-    """Read the trials of a study into a :class:`GridStatus` for parameter ``param``."""
-    scores: dict[float, float] = {}
-    complete: dict[float, tuple[float, int]] = {}
-    pending: set[float] = set()
+    """Read the trials of a study into a :class:`GridStatus` for parameter ``param``.
+
+    A point's replicate is settled by its first COMPLETE trial (a later one, a TPE repeat, is the
+    same value), else by a PRUNED one (no value: a partial value is never a point's value), else
+    by ``max_failures`` failures.
+    """
+    values: dict[float, dict[int, float]] = {}
+    networks: dict[float, dict[int, tuple[float, ...]]] = {}
+    numbers: dict[float, dict[int, int]] = {}
+    pruned: dict[float, set[int]] = {}
+    failures: dict[tuple[float, int], int] = {}
+    live: dict[float, set[int]] = {}
     waiting: list[int] = []
-    failures: dict[float, int] = {}
     used = 0
     for trial in trials:
         point = _point_of(trial, param)
@@ -97,26 +125,48 @@ def summarize(trials: list[FrozenTrial], param: str, *, max_failures: int = 2) -
             waiting.append(trial.number)
         if point is None:
             continue
+        r = replicate_of(trial)
         if trial.state in (TrialState.RUNNING, TrialState.WAITING):
-            pending.add(point)
+            live.setdefault(point, set()).add(r)
             used += 1
         elif trial.state == TrialState.COMPLETE:
             used += 1
-            value = float(trial.value)
-            if point not in complete or value > complete[point][0]:
-                complete[point] = (value, trial.number)
-            scores[point] = max(scores.get(point, -math.inf), value)
+            if r not in values.setdefault(point, {}):
+                values[point][r] = float(trial.value)
+                numbers.setdefault(point, {})[r] = trial.number
+                accs = _network_accuracies(trial)
+                if accs:
+                    networks.setdefault(point, {})[r] = accs
         elif trial.state == TrialState.PRUNED:
             used += 1
-            value = -math.inf if trial.value is None else float(trial.value)
-            scores[point] = max(scores.get(point, -math.inf), value)
+            pruned.setdefault(point, set()).add(r)
         elif trial.state == TrialState.FAIL and records.ERROR in trial.user_attrs:
             used += 1
-            failures[point] = failures.get(point, 0) + 1
-    for point, count in failures.items():
-        if count >= max_failures and point not in scores:
-            scores[point] = -math.inf
-    return GridStatus(scores, complete, pending - set(scores), waiting, used)
+            failures[point, r] = failures.get((point, r), 0) + 1
+    failed: dict[float, set[int]] = {}
+    for (point, r), count in failures.items():
+        if count >= max_failures:
+            failed.setdefault(point, set()).add(r)
+    stats: dict[float, PointStats] = {}
+    taken: dict[float, set[int]] = {}
+    for point in set(values) | set(pruned) | set(failed) | set(live):
+        done = set(values.get(point, {}))
+        lost = (pruned.get(point, set()) | failed.get(point, set())) - done
+        taken[point] = done | lost | live.get(point, set())
+        if done or lost:
+            stats[point] = PointStats(values=values.get(point, {}), networks=networks.get(point, {}),
+                                      trials=numbers.get(point, {}), tried=frozenset(done | lost),
+                                      pruned=bool(pruned.get(point, set()) - done),
+                                      failed=bool(failed.get(point, set()) - done))
+    return GridStatus(stats, set(live), waiting, used, taken)
+
+
+def _network_accuracies(trial: FrozenTrial) -> tuple[float, ...]:
+    """Each network's accuracy, when the trial recorded them (a beta trial's ``val_accuracy``)."""
+    recorded = trial.user_attrs.get(records.VAL_ACCURACY)
+    if isinstance(recorded, dict) and isinstance(recorded.get("accuracies"), list):
+        return tuple(float(a) for a in recorded["accuracies"])
+    return ()
 
 
 def _point_of(trial: FrozenTrial, param: str) -> float | None:
@@ -132,12 +182,12 @@ class StageOutcome:
 
     Attributes:
         study_name: The study.
-        best_point: Best finished grid point (``None`` if nothing finished).
-        best_value: Its objective value.
-        best_trial: Its trial number.
+        best_point: The optimum by :func:`~._noise.choose` (``None`` if nothing finished).
+        best_value: Its mean over its finished replicates (never a pruned trial's partial value).
+        best_trial: The trial of its lowest finished replicate.
         ran: Trials this call ran (its own work; other workers' not counted).
         stopped: ``done`` (the strategy has nothing left), ``budget`` or ``timeout``.
-        scores: Settled points and their scores at the end.
+        scores: Settled points and their means at the end (``-inf``: pruned or failed).
     """
 
     study_name: str
@@ -231,6 +281,7 @@ class SearchController:
     # ---- steps -------------------------------------------------------------------------------
 
     def _status(self) -> GridStatus:
+        """The study's trials as the search sees them."""
         return summarize(self.study.get_trials(deepcopy=False), self.param, max_failures=self.max_failures)
 
     def _due_baselines(self) -> list[str]:
@@ -252,18 +303,20 @@ class SearchController:
     def _claim(self, status: GridStatus, due: list[str]) -> tuple[optuna.Trial, float | str] | str:
         """Under the lock: pick a baseline or a point and turn it into a RUNNING trial of ours."""
         me = worker_id()
-        candidates = self.strategy.candidates(status.scores)
+        candidates = self.strategy.candidates(status.stats)
         if not status.waiting:
             if due:
                 self.study.enqueue_trial({records.INIT: "random"},
-                                         user_attrs={**self.trial_attrs, records.BASELINE: due[0], records.WORKER: me})
+                                         user_attrs={**self.trial_attrs, records.BASELINE: due[0], records.WORKER: me,
+                                                     records.REPLICATE: 0})
             elif not candidates:
                 return _DONE
             elif not self.strategy.samples:
                 free = [p for p in candidates if p not in status.pending]
                 if not free:
                     return _WAIT
-                self.study.enqueue_trial({self.param: free[0]}, user_attrs={**self.trial_attrs, records.WORKER: me})
+                self.study.enqueue_trial({self.param: free[0]}, user_attrs={
+                    **self.trial_attrs, records.WORKER: me, records.REPLICATE: status.next_replicate(free[0])})
         with warnings.catch_warnings():  # the heartbeat is ours (see _heartbeat), not Study.optimize's
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
             trial = self.study.ask()  # pops the oldest WAITING trial, if any
@@ -292,18 +345,21 @@ class SearchController:
                 self.study.tell(trial, state=TrialState.FAIL)
                 return _WAIT
             return trial, baseline
+        if records.REPLICATE not in trial.user_attrs:  # sampled, not enqueued (tpe): the first replicate
+            trial.set_user_attr(records.REPLICATE, 0)
         dist = self.strategy.distribution()
         point = grid_key(trial.suggest_float(self.param, dist.low, dist.high, step=dist.step))
-        duplicate = self._duplicate_of(trial.number, point=point)
+        duplicate = self._duplicate_of(trial.number, point=point, replicate=replicate_of(trial))
         if duplicate is not None:
             trial.set_user_attr(records.DUPLICATE_OF, duplicate)
             self.study.tell(trial, state=TrialState.FAIL)
             return _WAIT
         return trial, point
 
-    def _duplicate_of(self, number: int, *, point: float | None = None, baseline: str | None = None) -> int | None:
-        """An earlier live trial at ``point``, or of ``baseline`` (possible only on server databases,
-        or a TPE repeat)."""
+    def _duplicate_of(self, number: int, *, point: float | None = None, replicate: int = 0,
+                      baseline: str | None = None) -> int | None:
+        """An earlier live trial of ``replicate`` at ``point``, or of ``baseline`` (possible only on
+        server databases, or a TPE repeat)."""
         if self.strategy.samples and baseline is None:
             return None
         live = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
@@ -312,13 +368,14 @@ class SearchController:
                 continue
             if baseline is not None and other.user_attrs.get(records.BASELINE) == baseline:
                 return other.number
-            if baseline is None and _point_of(other, self.param) == point:
+            if baseline is None and _point_of(other, self.param) == point and replicate_of(other) == replicate:
                 return other.number
         return None
 
     def _run_trial(self, trial: optuna.Trial, point: float, status: GridStatus) -> None:
-        name = f"{self.study.study_name} trial {trial.number} ({self.param}={point:g})"
-        if point in status.complete:  # a TPE repeat: record the earlier value, do not recompute
+        r = replicate_of(trial)
+        name = f"{self.study.study_name} trial {trial.number} ({self.param}={point:g}{f', replicate {r}' if r else ''})"
+        if self.strategy.samples and point in status.complete:  # a TPE repeat: record the earlier value
             value, number = status.complete[point]
             trial.set_user_attr(records.REPEAT_OF, number)
             self.study.tell(trial, value)
@@ -359,7 +416,8 @@ class SearchController:
         LOG.info("%s: %.4f", name, value)
 
     def outcome(self, ran: int, stopped: StopReason) -> StageOutcome:
-        """The best finished point as the study holds it now (after other workers' trials too)."""
+        """The optimum as the study holds it now (after other workers' trials too): the argmax of
+        the unimodal fit over the settled points, with its mean value and its lowest finished replicate."""
         status = self._status()
         best = status.best
         point, value, number = best if best is not None else (None, None, None)
@@ -390,4 +448,5 @@ def _heartbeat(study: optuna.Study, spec: StorageSpec, trial: optuna.Trial) -> I
         thread.join()
 
 
-__all__ = ["BaselineObjective", "GridStatus", "Objective", "SearchController", "StageOutcome", "report", "summarize"]
+__all__ = ["BaselineObjective", "GridStatus", "Objective", "SearchController", "StageOutcome", "replicate_of", "report",
+           "summarize"]

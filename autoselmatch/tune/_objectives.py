@@ -1,6 +1,7 @@
 """The real objectives of the two stages and the final set (SelMatch on a dataset).
 
 - stage 1, beta: mean validation accuracy of ``tune.beta_seeds`` networks
+  (seeds from :func:`~._stage.replicate_seeds`: the same at every beta of a replicate)
   trained with ``tune.beta_augment`` (DSA by default, as the paper's
   sliding-window experiment) for ``evaluate.quick_fraction`` of the final
   evaluation budget (Appendix E: 10-20 %) on the selection-only window
@@ -11,7 +12,10 @@
 - stage 2, alpha: SelMatch distillation (:func:`autoselmatch.distill.selmatch`)
   for the trial budget, reporting its quick validation accuracies (mean of
   ``tune.alpha_seeds`` networks) at ``distill.eval_every``; the last one is
-  the score. Each (beta, alpha) has its own checkpoint folder, so a trial
+  the score. Replicate ``r`` of a point (``tune.max_seeds``) distils and
+  evaluates from the seeds :func:`~._stage.replicate_seeds` gives it, the
+  same at every point (common random numbers); the trial records its network
+  seeds. Each (beta, alpha, replicate) has its own checkpoint folder, so a trial
   interrupted by a crash or Ctrl-C resumes where it stopped when the search
   retries the point.
 - final: the best trial continued to ``distill.iterations`` (from a copy of
@@ -43,8 +47,8 @@ from .. import records
 from ..config import RunConfig
 from ..fileio import atomic_write
 from ..runtime import LOG, resolve_device
-from ._controller import BaselineObjective, Objective, report
-from ._stage import StageContext, trial_iterations
+from ._controller import BaselineObjective, Objective, replicate_of, report
+from ._stage import StageContext, replicate_seeds, trial_iterations
 
 if TYPE_CHECKING:
     from ..experts import ExpertStore
@@ -52,10 +56,16 @@ if TYPE_CHECKING:
 REPORTS_PER_NETWORK = 3  # validation reports per trained network in the beta stage (second half)
 
 
-def _point_dir(ctx: StageContext, beta: float, alpha: float, init: str | None = None) -> Path:
-    """Checkpoint folder of one (beta, alpha) of a study, or of alpha from a ``random`` init (MTT):
-    retried trials resume from it."""
-    return ctx.workdir / (f"random-alpha{alpha:g}" if init == "random" else f"beta{beta:g}-alpha{alpha:g}")
+def _point_dir(ctx: StageContext, beta: float, alpha: float, init: str | None = None, replicate: int = 0) -> Path:
+    """Checkpoint folder of one replicate of one (beta, alpha) of a study, or of alpha from a ``random``
+    init (MTT): retried trials resume from it."""
+    name = f"random-alpha{alpha:g}" if init == "random" else f"beta{beta:g}-alpha{alpha:g}"
+    return ctx.workdir / (name if replicate == 0 else f"{name}-replicate{replicate}")
+
+
+def _replicate_config(cfg: RunConfig, stage: str, replicate: int) -> RunConfig:
+    """``cfg`` with the run seed of ``replicate`` (:func:`~._stage.replicate_seeds`)."""
+    return dataclasses.replace(cfg, seed=replicate_seeds(cfg, stage, replicate)["seed"])
 
 
 class SelMatchObjectives:
@@ -123,8 +133,10 @@ class SelMatchObjectives:
                 if within == epochs_per_run or (within >= first and (within - first) % stride == 0):
                     report(trial, accuracy(model, val_x, val_y), step=epoch + 1)
 
+            seeds = replicate_seeds(cfg, records.BETA, replicate_of(trial))
+            trial.set_user_attr(records.NETWORK_SEEDS, seeds["networks"])
             result = window_accuracy(self.ds, scores, ipc=ctx.ipc, beta=beta, cfg=ecfg,
-                                     fraction=ecfg.quick_fraction, seeds=cfg.tune.beta_seeds, seed=cfg.seed,
+                                     fraction=ecfg.quick_fraction, seeds=cfg.tune.beta_seeds, seed=seeds["seed"],
                                      epoch_callback=on_epoch, augment=cfg.tune.beta_augment)
             trial.set_user_attr(records.VAL_ACCURACY, {"mean": result.mean, "std": result.std,
                                                        "accuracies": result.accuracies})
@@ -143,10 +155,16 @@ class SelMatchObjectives:
         scores, experts = self.scores, self.experts
         cfg = _with_iterations(ctx.cfg, trial_iterations(ctx.cfg))
         cfg = cfg if init is None else _with_init(cfg, init)
-        evaluator = quick_evaluator(self.ds, cfg, runs=cfg.tune.alpha_seeds)
+        evaluators = {0: quick_evaluator(self.ds, cfg, runs=cfg.tune.alpha_seeds)}
 
         def objective(alpha: float, trial: optuna.Trial) -> float:
-            run_dir = _point_dir(ctx, beta, alpha, init)
+            replicate = replicate_of(trial)
+            run_cfg = _replicate_config(cfg, records.ALPHA, replicate)  # distils and evaluates from its seeds
+            if replicate not in evaluators:
+                evaluators[replicate] = quick_evaluator(self.ds, run_cfg, runs=cfg.tune.alpha_seeds)
+            evaluator = evaluators[replicate]
+            trial.set_user_attr(records.NETWORK_SEEDS, replicate_seeds(cfg, records.ALPHA, replicate)["networks"])
+            run_dir = _point_dir(ctx, beta, alpha, init, replicate)
             reported: set[int] = set()
 
             def on_step(step: DistillStep) -> None:
@@ -154,7 +172,7 @@ class SelMatchObjectives:
                     reported.add(step.iteration)
                     report(trial, step.accuracy, step.iteration)
 
-            result = selmatch(self.ds, cfg, ipc=ctx.ipc, alpha=alpha, beta=beta, scores=scores,
+            result = selmatch(self.ds, run_cfg, ipc=ctx.ipc, alpha=alpha, beta=beta, scores=scores,
                               experts=experts, checkpoint_dir=run_dir, resume=True, callback=on_step,
                               evaluator=evaluator)
             for iteration, acc in result.evals:  # evaluations made before a resume, for the dashboard
@@ -215,16 +233,18 @@ class SelMatchObjectives:
         from ..evaluate import evaluate_set
         from ..export import upload_trial_artifacts
 
+        replicate = replicate_of(trial)
         if trial.user_attrs.get(records.ITERATIONS, 0) >= cfg.distill.iterations:
             result = DistillResult.load(trial.user_attrs[records.RESULT_PATH])
         else:
-            source = _point_dir(ctx, beta, alpha, init) / CHECKPOINT_FILE
+            source = _point_dir(ctx, beta, alpha, init, replicate) / CHECKPOINT_FILE
             if not (final_dir / CHECKPOINT_FILE).is_file() and source.is_file():
                 with open(source, "rb") as src, atomic_write(final_dir / CHECKPOINT_FILE) as dst:
                     shutil.copyfileobj(src, dst)  # a crash mid-copy must not leave a truncated checkpoint
             if alpha > 0:
                 LOG.info("%s: continuing alpha=%g to %d iterations", ctx.study_name, alpha, cfg.distill.iterations)
-            result = selmatch(self.ds, cfg, ipc=ctx.ipc, alpha=alpha, beta=beta, scores=self.scores,
+            run_cfg = _replicate_config(cfg, records.ALPHA, replicate)  # continues the trial's own distillation
+            result = selmatch(self.ds, run_cfg, ipc=ctx.ipc, alpha=alpha, beta=beta, scores=self.scores,
                               experts=self.experts if alpha > 0 else None, checkpoint_dir=final_dir, resume=True,
                               evaluator=quick_evaluator(self.ds, cfg))
         test = evaluate_set(self.ds, result.images.to(self.device), result.labels.to(self.device), cfg=cfg.evaluate,

@@ -3,9 +3,10 @@
 For each IPC, in ascending order:
 
 1. **beta** (study ``{prefix}-ipc{N}-beta``): the search strategy walks the
-   beta grid (cut to feasible window starts, and to at most the previous
-   IPC's optimum when the prior applies); each trial is scored by the
-   objectives' ``beta`` callable (few-epoch training on the window).
+   beta grid (cut to feasible window starts); with the prior, the line search
+   starts at the previous IPC's optimum and steps past it only while the
+   curve still rises there (grid and tpe searches are cut at it); each trial
+   is scored by the objectives' ``beta`` callable (few-epoch training on the window).
 2. **alpha** (study ``{prefix}-ipc{N}-alpha``): beta fixed at stage 1's best;
    each trial distils with one alpha and reports quick validation
    accuracies so the pruner can stop it.
@@ -48,13 +49,14 @@ from ..storage import default_artifacts_dir, default_storage_url, open_storage, 
 from ._controller import StageOutcome
 from ._objectives import SelMatchObjectives
 from ._pruners import build_pruner
-from ._search import SEARCHES, check_grid
+from ._search import SEARCHES, LineSearch, SearchStrategy, check_grid
 from ._stage import (
     Objectives,
     ObjectivesFactory,
     StageJob,
     TunePlan,
     default_settings,
+    replicate_seeds,
     stage_context,
     stage_settings,
 )
@@ -73,7 +75,7 @@ class IpcResult:
         beta: Outcome of stage 1.
         alpha: Outcome of stage 2 (``None`` if stage 1 did not finish).
         final: The stored final record, :meth:`FinalRecord.to_dict` (``None`` if stage 2 did not finish).
-        prior: ``{"ipc", "alpha", "beta"}`` of the IPC whose optima bounded the grids, or ``None``.
+        prior: ``{"ipc", "alpha", "beta"}`` of the IPC whose optima start (soft bound) the searches.
     """
 
     ipc: int
@@ -235,11 +237,9 @@ def _preflight(plan: TunePlan, storage: optuna.storages.BaseStorage) -> None:
 def _tune_ipc(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectives, ipc: int,
               prior: dict[str, Any] | None) -> IpcResult:
     cfg = plan.cfg
-    LOG.info("tuning ipc=%d%s", ipc, f" (grids bounded by ipc={prior[records.IPC]}'s optimum)" if prior else "")
+    LOG.info("tuning ipc=%d%s", ipc, f" (from ipc={prior[records.IPC]}'s optimum, a soft bound)" if prior else "")
 
     beta_grid = _feasible_betas(cfg, objs, ipc)
-    if prior is not None:
-        beta_grid = [b for b in beta_grid if b <= prior[BETA] + _EPS]  # holds the grid's smallest value
     beta_start = cfg.tune.beta_start if cfg.tune.beta_start is not None else (prior[BETA] if prior else None)
     beta_out = _run_stage(plan, storage, objs, ipc, BETA, beta_grid, beta_start, prior, fixed={})
     if beta_out.stopped == "timeout" or beta_out.best_point is None:
@@ -248,8 +248,6 @@ def _tune_ipc(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Object
 
     beta = beta_out.best_point
     alpha_grid = list(check_grid(ALPHA, cfg.tune.alpha_grid))
-    if prior is not None:
-        alpha_grid = [a for a in alpha_grid if a <= prior[ALPHA] + _EPS]  # holds prior["alpha"] itself
     alpha_out = _run_stage(plan, storage, objs, ipc, ALPHA, alpha_grid, cfg.tune.alpha_start, prior,
                            fixed={BETA: beta})
     if alpha_out.stopped == "timeout" or alpha_out.best_point is None:
@@ -288,7 +286,12 @@ def _run_stage(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objec
                grid: list[float], start: float | None, prior: dict[str, Any] | None,
                fixed: dict[str, float]) -> StageOutcome:
     cfg = plan.cfg
-    strategy = SEARCHES.get(cfg.tune.search)(grid, start=start, patience=cfg.tune.patience, seed=cfg.seed)
+    bound = None if prior is None else prior[stage]
+    search = SEARCHES.get(cfg.tune.search)
+    if bound is not None and search is not LineSearch:  # only a walk can tell whether the curve still rises
+        grid = [x for x in grid if x <= bound + _EPS] or grid[:1]  # holds the grid's smallest value
+    strategy = search(grid, start=start, patience=cfg.tune.patience, seed=cfg.seed, z=cfg.tune.z,
+                      max_seeds=cfg.tune.max_seeds, bound=bound)
     settings = stage_settings(cfg, stage, ipc)
     attrs = {records.IPC: ipc, records.FINGERPRINT: stable_hash(settings), records.BASELINE: None, **fixed}
     if stage == BETA:
@@ -305,9 +308,21 @@ def _run_stage(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objec
     LOG.info("%s: %s search over %s from %s%s", job.name, strategy.name, list(strategy.grid), strategy.start,
              f"; resuming: {finished} finished trial{'' if finished == 1 else 's'} reused" if finished else "")
     controller = job.controller(study, objs, ctx)
-    if plan.workers == 1:
-        return controller.run()
-    return run_parallel(job, controller)
+    outcome = controller.run() if plan.workers == 1 else run_parallel(job, controller)
+    _record_overruled(study, strategy, outcome)
+    return outcome
+
+
+def _record_overruled(study: optuna.Study, strategy: SearchStrategy, outcome: StageOutcome) -> None:
+    """Study attr :data:`~autoselmatch.records.PRIOR_OVERRULED`: the settled points past the prior's
+    bound, where the curve still rose at the bound (``None``: the prior held, or none applied)."""
+    past = sorted(p for p in outcome.scores if strategy.bound is not None and p > strategy.bound + _EPS)
+    value = {"bound": strategy.bound, "points": past} if past else None
+    if study.user_attrs.get(records.PRIOR_OVERRULED, "unset") != value:
+        study.set_user_attr(records.PRIOR_OVERRULED, value)
+        if value is not None:
+            LOG.info("%s: the curve still rose at the prior's bound %g; searched past it: %s",
+                     study.study_name, strategy.bound, past)
 
 
 def _record_stage(study: optuna.Study, job: StageJob, prior: dict[str, Any] | None) -> None:
@@ -325,8 +340,9 @@ def _record_stage(study: optuna.Study, job: StageJob, prior: dict[str, Any] | No
         records.FIXED: job.fixed,
         records.SEARCH: {"strategy": job.strategy.name, "grid": list(job.strategy.grid),
                          "start": job.strategy.start, "patience": tc.patience, "pruner": tc.pruner,
-                         "budget": tc.budget},
+                         "budget": tc.budget, "z": tc.z, "max_seeds": tc.max_seeds, "bound": job.strategy.bound},
         records.PRIOR: prior,
+        records.SEEDS: {str(r): replicate_seeds(job.plan.cfg, job.stage, r) for r in range(tc.max_seeds)},
         records.RUN_CONFIG: to_dict(job.plan.cfg),
     }
     stored = study.user_attrs
@@ -367,7 +383,7 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
             LOG.info("%s: final set already made (%s)", name, done.result_path)
             return done.to_dict()
         others = {n: float(t.value) for n, (t, _) in measured.items() if t.state == TrialState.COMPLETE}
-        scores = {SELMATCH: float(trial.value), **others}
+        scores = {SELMATCH: float(alpha_out.best_value), **others}  # the point's mean over its replicates
         chosen = max(scores, key=lambda n: (scores[n], n == SELMATCH))
         baselines: dict[str, dict[str, Any]] = {}
         made: dict[str, dict[str, Any]] = {}  # what finish_baseline returned, per baseline
@@ -383,14 +399,14 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
         else:  # the baseline's own set: random selection distils nothing, MTT all of it; neither has a window
             number = measured[chosen][0].number if chosen == MTT else None  # random's trial is the beta study's
             facts = {**made[chosen], ALPHA: 1.0 if chosen == MTT else 0.0, BETA: 0.0}
-        summary = _summary(chosen, float(trial.value), others, alpha_out.best_point, beta) \
+        summary = _summary(chosen, float(alpha_out.best_value), others, alpha_out.best_point, beta) \
             if plan.cfg.tune.baselines else None
         if summary is not None:
             LOG.info("%s: %s", name, summary)
         final = FinalRecord.from_dict(facts)
         if plan.cfg.tune.baselines:
             best = {ALPHA: alpha_out.best_point, BETA: beta, "trial": trial.number,
-                    records.VAL_ACCURACY: float(trial.value)}
+                    records.VAL_ACCURACY: float(alpha_out.best_value)}
             final = dataclasses.replace(final, chosen=chosen, val_accuracy=scores[chosen], selmatch=best,
                                         baselines=baselines, summary=summary)
         final = dataclasses.replace(final, key=key, ipc=ipc, trial=number)

@@ -110,14 +110,40 @@ def trial_iterations(cfg: RunConfig) -> int:
     return min(cfg.tune.trial_iterations, full)
 
 
+#: How a trial's seeds follow from ``seed`` (stored in the settings; see :func:`replicate_seeds`). Trials of
+#: versions before replicates were all replicate 0 of this scheme, so older studies read the same value.
+SEED_SCHEME = "paired"
+
+
+def networks_per_trial(cfg: RunConfig, stage: str) -> int:
+    """Networks one trial of ``stage`` trains for its value (``tune.beta_seeds`` / ``tune.alpha_seeds``)."""
+    return cfg.tune.beta_seeds if stage == records.BETA else cfg.tune.alpha_seeds
+
+
+def replicate_seeds(cfg: RunConfig, stage: str, replicate: int) -> dict[str, Any]:
+    """The seeds of ``replicate`` of every grid point of ``stage`` (common random numbers).
+
+    Network ``i`` of replicate ``r`` trains from ``seed + r * n + i`` (``n``: networks per trial), with
+    the same initialisation, batch order and augmentation draws at every point; an alpha trial of
+    replicate ``r`` also distils from ``seed + r * n``. Replicate 0 is what every trial used before
+    replicates existed.
+
+    Returns:
+        ``{"seed": s, "networks": [s, s + 1, ...]}``: the run seed of the replicate and its network seeds.
+    """
+    n = networks_per_trial(cfg, stage)
+    first = cfg.seed + replicate * n
+    return {"seed": first, "networks": list(range(first, first + n))}
+
+
 def stage_settings(cfg: RunConfig, stage: str, ipc: int) -> dict[str, Any]:
     """Every setting that shapes a trial's value in ``stage`` (stored in the study; changes are refused)."""
     data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("root", "download")}
     # runs and stack_runs shape the final report only: trials train tune.beta_seeds / tune.alpha_seeds
     # networks, and stacking them changes no network's training
     evaluate = {k: v for k, v in to_dict(cfg.evaluate).items() if k not in ("runs", "stack_runs")}
-    common = {"stage": stage, "ipc": ipc, "seed": cfg.seed, "data": data, "scores": to_dict(cfg.scores),
-              "evaluate": evaluate, "baselines": cfg.tune.baselines}
+    common = {"stage": stage, "ipc": ipc, "seed": cfg.seed, "seed_scheme": SEED_SCHEME, "data": data,
+              "scores": to_dict(cfg.scores), "evaluate": evaluate, "baselines": cfg.tune.baselines}
     if stage == records.BETA:
         return {**common, "beta_seeds": cfg.tune.beta_seeds, "beta_augment": cfg.tune.beta_augment}
     distill = {**to_dict(cfg.distill), "iterations": trial_iterations(cfg)}
@@ -240,6 +266,9 @@ __all__ = [
     "StageContext",
     "StageJob",
     "TunePlan",
+    "SEED_SCHEME",
+    "networks_per_trial",
+    "replicate_seeds",
     "stage_settings",
     "study_name",
     "trial_iterations",

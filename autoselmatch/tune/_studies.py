@@ -38,9 +38,12 @@ def resolve_storage_url(storage: str | None, dataset: str | None) -> str:
 
 def list_studies(url: str) -> list[dict[str, Any]]:
     """One row per study: name, direction, trial counts by state, best value/params (baseline trials
-    aside), test accuracy, the baselines' validation scores, and the final record's choice and comparison."""
+    aside; in tune's studies the chosen point and its mean over replicates), test accuracy, the
+    baselines' validation scores, and the final record's choice and comparison."""
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
+
+    from ._controller import summarize
 
     _, storage = open_existing_storage(url)
     rows = []
@@ -50,6 +53,8 @@ def list_studies(url: str) -> list[dict[str, Any]]:
         maximize = study.direction == StudyDirection.MAXIMIZE
         complete = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get(records.BASELINE) is None]
         best = max(complete, key=lambda t: t.value if maximize else -t.value) if complete else None
+        stage = study.user_attrs.get(records.STAGE)
+        chosen = summarize(trials, stage).best if maximize and stage in records.STAGES else None
         test = study.user_attrs.get(records.TEST_ACCURACY)
         final = records.FinalRecord.from_attrs(study.user_attrs)
         baselines = {t.user_attrs[records.BASELINE]: t.value for t in trials
@@ -58,9 +63,10 @@ def list_studies(url: str) -> list[dict[str, Any]]:
             "name": study.study_name,
             "direction": "maximize" if maximize else "minimize",
             "trials": counts,
-            "best_value": None if best is None else best.value,
-            "best_params": {} if best is None else dict(best.params),
-            "best_trial": None if best is None else best.number,
+            # tune's studies: the optimum by the unimodal fit over point means (not the largest single trial)
+            "best_value": chosen[1] if chosen else None if best is None else best.value,
+            "best_params": {stage: chosen[0]} if chosen else {} if best is None else dict(best.params),
+            "best_trial": chosen[2] if chosen else None if best is None else best.number,
             "test_accuracy": test.get("mean") if isinstance(test, dict) else test,
             "baselines": baselines,
             "chosen": None if final is None else final.chosen,
