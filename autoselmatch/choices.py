@@ -21,6 +21,9 @@ MEMORY_MODES = ("exact", "checkpoint", "tesla")
 DISTILL_PRECISIONS = ("fp32", "tf32", "bf16")
 #: Initial synthetic set (``distill.init``).
 DISTILL_INITS = ("window", "random")
+#: Base distillation method (``distill.method``; one entry each in ``distill.METHODS``): trajectory matching,
+#: gradient matching with DSA.
+DISTILL_METHODS = ("mtt", "dsa")
 #: What students train on (``distill.mode``).
 DISTILL_MODES = ("selmatch", "merge")
 #: ``torch.compile`` modes of ``evaluate.compile_mode``.
@@ -38,6 +41,7 @@ __all__ = [
     "AUGMENTATIONS",
     "COMPILE_MODES",
     "DISTILL_INITS",
+    "DISTILL_METHODS",
     "DISTILL_MODES",
     "DISTILL_PRECISIONS",
     "EXPORT_FORMATS",

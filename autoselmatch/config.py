@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from .choices import (AUGMENTATIONS, COMPILE_MODES, DISTILL_INITS, DISTILL_MODES, DISTILL_PRECISIONS,
+from .choices import (AUGMENTATIONS, COMPILE_MODES, DISTILL_INITS, DISTILL_METHODS, DISTILL_MODES, DISTILL_PRECISIONS,
                       EXPERT_AUGMENTATIONS, MAX_SEED, MEMORY_MODES, REPRODUCE_METHODS, TUNE_BUDGETS)
 from .data import check_image_size
 from .errors import InvalidArgument
@@ -175,6 +175,16 @@ class DistillConfig:
         coverage_every: Iterations between measurements of the set's coverage of the easy and
             hard test halves (paper Figure 7; 0: never). The first measurement trains a reference
             network on the whole training split (cached; see :mod:`autoselmatch.coverage`).
+        method: The base distillation method (``distill.METHODS``): ``mtt`` (trajectory matching
+            against experts; the settings above) or ``dsa`` (gradient matching with DSA, Zhao &
+            Bilen 2021; the ``gm_*`` settings, no experts). Selection init and partial update apply
+            to both.
+        gm_outer_loop: ``dsa``: image updates per iteration; each iteration starts a fresh network.
+        gm_inner_loop: ``dsa``: epochs the network trains on the current set between image updates.
+        gm_batch_real: ``dsa``: real images per class matched at each update, and the network's
+            training minibatch in the inner loop.
+        gm_lr_img: ``dsa``: pixel learning rate (``lr_img`` is MTT's).
+        gm_lr_net: ``dsa``: learning rate of the network's inner-loop SGD.
     """
 
     syn_steps: int = 55
@@ -196,8 +206,15 @@ class DistillConfig:
     init: str = "window"
     mode: str = "selmatch"
     coverage_every: int = 0
+    method: str = "mtt"
+    gm_outer_loop: int = 10
+    gm_inner_loop: int = 10
+    gm_batch_real: int = 256
+    gm_lr_img: float = 0.1
+    gm_lr_net: float = 0.01
 
     def __post_init__(self) -> None:
+        _check_choice("distill.method", self.method, DISTILL_METHODS)
         _check_choice("distill.memory", self.memory, MEMORY_MODES)
         _check_choice("distill.precision", self.precision, DISTILL_PRECISIONS)
         _check_choice("distill.init", self.init, DISTILL_INITS)
@@ -205,12 +222,14 @@ class DistillConfig:
         for name in ("eval_every", "checkpoint_every", "segment", "coverage_every"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"distill.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("syn_steps", "expert_epochs", "max_start_epoch", "batch_syn"):
+        for name in ("syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "gm_outer_loop", "gm_batch_real"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"distill.{name} must be >= 1, got {getattr(self, name)}")
         if self.iterations < 0:
             raise InvalidArgument(f"distill.iterations must be >= 0, got {self.iterations}")
-        for name in ("lr_img", "lr_teacher"):
+        if self.gm_inner_loop < 0:
+            raise InvalidArgument(f"distill.gm_inner_loop must be >= 0, got {self.gm_inner_loop}")
+        for name in ("lr_img", "lr_teacher", "gm_lr_img", "gm_lr_net"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"distill.{name} must be > 0, got {getattr(self, name)}")
 
@@ -457,7 +476,8 @@ def to_dict(cfg: Any) -> Any:
 ADDED_SETTINGS: dict[str, dict[str, Any]] = {
     "data": {"image_size": None},
     "experts": {"snapshot_every": None},
-    "distill": {"precision": "fp32", "coverage_every": 0},
+    "distill": {"precision": "fp32", "coverage_every": 0, "method": "mtt", "gm_outer_loop": 10, "gm_inner_loop": 10,
+                "gm_batch_real": 256, "gm_lr_img": 0.1, "gm_lr_net": 0.01},
     "evaluate": {"budget_fraction": 1.0},
 }
 

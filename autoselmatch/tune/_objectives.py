@@ -95,6 +95,12 @@ class SelMatchObjectives:
 
         return train_experts(self.ds, self.cfg, device=self.device)
 
+    def _experts_for(self, cfg: RunConfig) -> ExpertStore | None:
+        """The experts when ``cfg.distill.method`` reads them (``mtt``), else None (nothing trained)."""
+        from ..distill import METHODS
+
+        return self.experts if METHODS.get(cfg.distill.method).needs == "experts" else None
+
     # ---- stage 1 -----------------------------------------------------------------------------
 
     def beta(self, ctx: StageContext, *, scores: torch.Tensor | None = None) -> Objective:
@@ -140,7 +146,7 @@ class SelMatchObjectives:
         from ..distill import RESULT_FILE, DistillStep, quick_evaluator, selmatch
         from ..export import upload_trial_artifacts
 
-        scores, experts = self.scores, self.experts
+        scores, experts = self.scores, self._experts_for(ctx.cfg)
         cfg = _with_iterations(ctx.cfg, trial_iterations(ctx.cfg))
         cfg = cfg if init is None else _with_init(cfg, init)
         evaluator = quick_evaluator(self.ds, cfg, runs=cfg.tune.alpha_seeds)
@@ -225,7 +231,7 @@ class SelMatchObjectives:
             if alpha > 0:
                 LOG.info("%s: continuing alpha=%g to %d iterations", ctx.study_name, alpha, cfg.distill.iterations)
             result = selmatch(self.ds, cfg, ipc=ctx.ipc, alpha=alpha, beta=beta, scores=self.scores,
-                              experts=self.experts if alpha > 0 else None, checkpoint_dir=final_dir, resume=True,
+                              experts=self._experts_for(cfg) if alpha > 0 else None, checkpoint_dir=final_dir, resume=True,
                               evaluator=quick_evaluator(self.ds, cfg))
         test = evaluate_set(self.ds, result.images.to(self.device), result.labels.to(self.device), cfg=cfg.evaluate,
                             distill_mask=result.distill_mask.to(self.device), split="test", runs=cfg.evaluate.runs,

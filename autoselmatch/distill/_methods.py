@@ -1,0 +1,166 @@
+"""Base distillation methods (``distill.method``): what one iteration of the loop does to the set.
+
+SelMatch's two components do not depend on the base method: the initial set
+(:func:`~autoselmatch.distill.initial_set`, the window or random real rows)
+and the partial update (:class:`~autoselmatch.distill.RunState` moves only
+the D_distill rows; D_select rows stay real, bit for bit, and still enter
+the method's objective wherever it uses the synthetic set) are written once,
+in the loop. A method supplies the rest:
+
+- ``needs``: what it reads besides the dataset: ``experts`` (MTT's expert
+  trajectories) or ``nothing``;
+- ``labels``: the set's labels: ``hard`` (one class per row) for both
+  methods here;
+- ``evaluation``: how its sets are evaluated; ``hard-labels`` = a fresh network trains on the
+  set's images and hard labels (:func:`autoselmatch.evaluate.evaluate_set`);
+- ``lr_img``: the pixel learning rate it reads from the ``distill`` settings;
+- ``build``: its per-run :class:`Objective`, one call of which is one iteration.
+
+    method = METHODS.get(cfg.distill.method)
+    objective = method.build(ds, cfg, labels, device, experts)
+    loss, eta = objective(state)        # one iteration: state's D_distill rows (and eta) moved
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Protocol
+
+import torch
+
+from ..config import DistillConfig, RunConfig
+from ..data import ImageDataset
+from ..errors import InvalidArgument
+from ..models import FlatModel
+from ..registry import Registry
+from ..runtime import fault_point
+from ._gradmatch import GradientMatcher
+from ._student import ExpertSource, check_experts, dsa_strategies, student_network
+from ._trajectory import TrajectoryMatcher
+
+if TYPE_CHECKING:
+    from ._run import RunState
+
+
+class Objective(Protocol):
+    """One iteration of a base method on the run state.
+
+    ``atomic``: True if the call changes ``state`` only in its last step (MTT: one update), so an
+    interrupted call leaves ``state`` as it was except for generator draws; False (several image
+    updates per iteration) makes the loop snapshot ``state`` first.
+    """
+
+    atomic: bool
+
+    def __call__(self, state: RunState) -> tuple[float, float]:
+        """Run one iteration, update ``state`` (its pixels, eta, generator, iteration count); return (loss, eta)."""
+        ...
+
+
+Builder = Callable[[ImageDataset, RunConfig, torch.Tensor, torch.device, "ExpertSource | None"], Objective]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A base distillation method (see the module docstring).
+
+    Attributes:
+        needs: ``experts`` or ``nothing``.
+        labels: ``hard``.
+        evaluation: ``hard-labels``.
+        lr_img: The pixel learning rate of ``distill`` settings.
+        build: ``(ds, cfg, labels (n,) on device, device, experts) -> Objective``.
+    """
+
+    needs: str
+    labels: str
+    evaluation: str
+    lr_img: Callable[[DistillConfig], float]
+    build: Builder
+
+
+METHODS: Registry[Method] = Registry("distillation method")
+
+
+# --------------------------------------------------------------------------------------------
+# mtt: trajectory matching against experts
+# --------------------------------------------------------------------------------------------
+
+
+class _TrajectoryObjective:
+    """Draw an expert segment, compute loss (1) and its gradients, take one step on pixels and eta."""
+
+    atomic = True
+
+    def __init__(self, matcher: TrajectoryMatcher, experts: ExpertSource, dc: DistillConfig,
+                 device: torch.device) -> None:
+        self.matcher, self.experts, self.dc, self.device = matcher, experts, dc, device
+
+    def __call__(self, state: RunState) -> tuple[float, float]:
+        start, target = self.experts.sample(state.generator, max_start_epoch=self.dc.max_start_epoch,
+                                            expert_epochs=self.dc.expert_epochs)
+        out = self.matcher(state.images(), state.lr, start.to(self.device, torch.float32),
+                           target.to(self.device, torch.float32), state.generator)
+        fault_point("distill.iteration")
+        return state.step(out)
+
+
+def _build_mtt(ds: ImageDataset, cfg: RunConfig, labels: torch.Tensor, device: torch.device,
+               experts: ExpertSource | None) -> Objective:
+    dc = cfg.distill
+    if dc.batch_syn > len(labels):
+        raise InvalidArgument(f"distill.batch_syn ({dc.batch_syn}) must be at most the synthetic set's size "
+                              f"{len(labels)}; lower it with --set distill.batch_syn=N")
+    flat = FlatModel(student_network(cfg, ds).to(device))
+    check_experts(experts, ds, cfg, flat.num_params)
+    matcher = TrajectoryMatcher(flat, labels, syn_steps=dc.syn_steps, batch_syn=dc.batch_syn, memory=dc.memory,
+                                segment=dc.segment, strategies=dsa_strategies(cfg), precision=dc.precision)
+    return _TrajectoryObjective(matcher, experts, dc, device)  # type: ignore[arg-type]  # checked above
+
+
+METHODS.register("mtt")(Method(needs="experts", labels="hard", evaluation="hard-labels",
+                               lr_img=lambda dc: dc.lr_img, build=_build_mtt))
+
+
+# --------------------------------------------------------------------------------------------
+# dsa: gradient matching with Siamese augmentation
+# --------------------------------------------------------------------------------------------
+
+
+class _GradientObjective:
+    """A fresh network (seeded from the run's generator), then ``gm_outer_loop`` image updates, each but the
+    last followed by ``gm_inner_loop`` epochs of training that network on the set. Loss: mean over updates."""
+
+    atomic = False
+
+    def __init__(self, matcher: GradientMatcher, ds: ImageDataset, cfg: RunConfig, device: torch.device) -> None:
+        self.matcher, self.ds, self.cfg, self.device = matcher, ds, cfg, device
+
+    def __call__(self, state: RunState) -> tuple[float, float]:
+        dc = self.cfg.distill
+        seed = int(torch.randint(0, 2**62, (), generator=state.generator))
+        with torch.random.fork_rng(devices=[]):  # the network's init from the run's generator, not the global RNG
+            torch.manual_seed(seed)
+            net = student_network(self.cfg, self.ds)
+        net = net.to(self.device)
+        optimizer = torch.optim.SGD(net.parameters(), lr=dc.gm_lr_net)
+        losses = []
+        for outer in range(dc.gm_outer_loop):
+            images = state.images().requires_grad_(True)  # (n, C, H, W)
+            loss = self.matcher.loss(net, images, state.generator)
+            (grad,) = torch.autograd.grad(loss, images)
+            state.move(grad)
+            losses.append(loss.detach())
+            if outer < dc.gm_outer_loop - 1:
+                self.matcher.train_network(net, optimizer, state.images(), state.generator)
+        fault_point("distill.iteration")
+        return state.finish(torch.stack(losses).mean())
+
+
+def _build_dsa(ds: ImageDataset, cfg: RunConfig, labels: torch.Tensor, device: torch.device,
+               experts: ExpertSource | None) -> Objective:
+    return _GradientObjective(GradientMatcher(ds, labels, cfg.distill, dsa_strategies(cfg)), ds, cfg, device)
+
+
+METHODS.register("dsa")(Method(needs="nothing", labels="hard", evaluation="hard-labels",
+                               lr_img=lambda dc: dc.gm_lr_img, build=_build_dsa))
