@@ -22,8 +22,8 @@ DISTILL_PRECISIONS = ("fp32", "tf32", "bf16")
 #: Initial synthetic set (``distill.init``).
 DISTILL_INITS = ("window", "random")
 #: Base distillation method (``distill.method``; one entry each in ``distill.METHODS``): trajectory matching,
-#: gradient matching with DSA.
-DISTILL_METHODS = ("mtt", "dsa")
+#: gradient matching with DSA, SRe2L (squeeze, recover, relabel).
+DISTILL_METHODS = ("mtt", "dsa", "sre2l")
 #: What students train on (``distill.mode``).
 DISTILL_MODES = ("selmatch", "merge")
 #: ``torch.compile`` modes of ``evaluate.compile_mode``.

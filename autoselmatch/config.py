@@ -176,15 +176,22 @@ class DistillConfig:
             hard test halves (paper Figure 7; 0: never). The first measurement trains a reference
             network on the whole training split (cached; see :mod:`autoselmatch.coverage`).
         method: The base distillation method (``distill.METHODS``): ``mtt`` (trajectory matching
-            against experts; the settings above) or ``dsa`` (gradient matching with DSA, Zhao &
-            Bilen 2021; the ``gm_*`` settings, no experts). Selection init and partial update apply
-            to both.
+            against experts; the settings above), ``dsa`` (gradient matching with DSA, Zhao &
+            Bilen 2021; the ``gm_*`` settings, no experts) or ``sre2l`` (squeeze, recover, relabel,
+            Yin et al. 2023; the ``sre2l_*`` settings, one teacher). Selection init and partial
+            update apply to all.
         gm_outer_loop: ``dsa``: image updates per iteration; each iteration starts a fresh network.
         gm_inner_loop: ``dsa``: epochs the network trains on the current set between image updates.
         gm_batch_real: ``dsa``: real images per class matched at each update, and the network's
             training minibatch in the inner loop.
         gm_lr_img: ``dsa``: pixel learning rate (``lr_img`` is MTT's).
         gm_lr_net: ``dsa``: learning rate of the network's inner-loop SGD.
+        sre2l_teacher_epochs: ``sre2l``: epochs of the teacher's training (``experts.model``, with BatchNorm).
+        sre2l_teacher_lr: ``sre2l``: the teacher's initial SGD learning rate (cosine schedule).
+        sre2l_lr_img: ``sre2l``: pixel learning rate (Adam, cosine schedule over ``iterations``).
+        sre2l_r_bn: ``sre2l``: weight of the BatchNorm-statistics term of the recover loss.
+        sre2l_batch: ``sre2l``: rows per recover batch (activation memory depends on it, not on the set).
+        sre2l_temperature: ``sre2l``: temperature of the evaluation's distillation from the teacher.
     """
 
     syn_steps: int = 55
@@ -212,6 +219,12 @@ class DistillConfig:
     gm_batch_real: int = 256
     gm_lr_img: float = 0.1
     gm_lr_net: float = 0.01
+    sre2l_teacher_epochs: int = 20
+    sre2l_teacher_lr: float = 0.05
+    sre2l_lr_img: float = 0.25
+    sre2l_r_bn: float = 0.01
+    sre2l_batch: int = 100
+    sre2l_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         _check_choice("distill.method", self.method, DISTILL_METHODS)
@@ -222,14 +235,18 @@ class DistillConfig:
         for name in ("eval_every", "checkpoint_every", "segment", "coverage_every"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"distill.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "gm_outer_loop", "gm_batch_real"):
+        for name in ("syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "gm_outer_loop", "gm_batch_real",
+                     "sre2l_teacher_epochs", "sre2l_batch"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"distill.{name} must be >= 1, got {getattr(self, name)}")
         if self.iterations < 0:
             raise InvalidArgument(f"distill.iterations must be >= 0, got {self.iterations}")
         if self.gm_inner_loop < 0:
             raise InvalidArgument(f"distill.gm_inner_loop must be >= 0, got {self.gm_inner_loop}")
-        for name in ("lr_img", "lr_teacher", "gm_lr_img", "gm_lr_net"):
+        if self.sre2l_r_bn < 0:
+            raise InvalidArgument(f"distill.sre2l_r_bn must be >= 0, got {self.sre2l_r_bn}")
+        for name in ("lr_img", "lr_teacher", "gm_lr_img", "gm_lr_net", "sre2l_teacher_lr", "sre2l_lr_img",
+                     "sre2l_temperature"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"distill.{name} must be > 0, got {getattr(self, name)}")
 
@@ -477,7 +494,9 @@ ADDED_SETTINGS: dict[str, dict[str, Any]] = {
     "data": {"image_size": None},
     "experts": {"snapshot_every": None},
     "distill": {"precision": "fp32", "coverage_every": 0, "method": "mtt", "gm_outer_loop": 10, "gm_inner_loop": 10,
-                "gm_batch_real": 256, "gm_lr_img": 0.1, "gm_lr_net": 0.01},
+                "gm_batch_real": 256, "gm_lr_img": 0.1, "gm_lr_net": 0.01, "sre2l_teacher_epochs": 20,
+                "sre2l_teacher_lr": 0.05, "sre2l_lr_img": 0.25, "sre2l_r_bn": 0.01, "sre2l_batch": 100,
+                "sre2l_temperature": 4.0},
     "evaluate": {"budget_fraction": 1.0},
 }
 

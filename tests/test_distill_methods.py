@@ -9,8 +9,9 @@ from autoselmatch.choices import DISTILL_METHODS
 from autoselmatch.cli import cli
 from autoselmatch.config import apply_overrides, key_dict, load_preset
 from autoselmatch.distill import METHODS, distill, initial_set, selmatch, student_network
-from autoselmatch.distill._gradmatch import class_match_loss, layer_distance
 from autoselmatch.distill import _methods
+from autoselmatch.distill._gradmatch import class_match_loss, layer_distance
+from autoselmatch.distill._sre2l import STATE_FILE, TEACHER_FILE, RecoverLoss, teacher_dir, train_teacher
 from autoselmatch.selection import select_window
 
 # DSA at a tiny budget: two iterations of two image updates, one inner epoch, 16 real images per class.
@@ -25,6 +26,9 @@ DSA = {
     "distill.eval_every": 0,
     "distill.checkpoint_every": 0,
 }
+# SRe2L at a tiny budget: a teacher of 2 epochs, recover batches of 20 rows.
+SRE2L = {**DSA, "distill.method": "sre2l", "distill.sre2l_teacher_epochs": 2, "distill.sre2l_batch": 20,
+         "evaluate.epochs": 2, "evaluate.runs": 1}
 CLI_SET = ["--set", "distill.gm_outer_loop=2", "--set", "distill.gm_inner_loop=1", "--set", "distill.gm_batch_real=16",
            "--set", "distill.eval_every=0", "--set", 'experts.model={name="convnet", depth=2, width=16, norm="batch"}']
 
@@ -40,14 +44,15 @@ def scores(digits):
 
 def test_the_registry_holds_exactly_the_method_choices():
     assert sorted(DISTILL_METHODS) == METHODS.names()
-    assert METHODS.get("mtt").needs == "experts" and METHODS.get("dsa").needs == "nothing"
+    assert [METHODS.get(m).needs for m in ("mtt", "dsa", "sre2l")] == ["experts", "nothing", "teacher"]
+    assert [METHODS.get(m).labels for m in ("mtt", "dsa", "sre2l")] == ["hard", "hard", "soft"]
 
 
 def test_mtt_is_the_legacy_value_and_leaves_cache_keys_alone():
     cfg = load_preset("digits")
     assert cfg.distill.method == "mtt"
     plain = key_dict("distill", cfg.distill)
-    assert not any(k == "method" or k.startswith("gm_") for k in plain)
+    assert not any(k == "method" or k.startswith(("gm_", "sre2l_")) for k in plain)
     assert key_dict("distill", apply_overrides(cfg, {"distill.method": "dsa"}).distill)["method"] == "dsa"
 
 
@@ -82,8 +87,9 @@ def test_matching_loss_is_zero_when_the_synthetic_batch_is_the_real_one(digits, 
 # --------------------------------------------------------------------------------------------
 
 
-def test_dsa_keeps_select_rows_bit_identical_and_moves_distill_rows(digits, scores, tmp_path):
-    cfg = make_cfg(tmp_path)
+@pytest.mark.parametrize("method", ["dsa", "sre2l"])
+def test_select_rows_stay_bit_identical_and_distill_rows_move_from_the_window(digits, scores, tmp_path, method):
+    cfg = make_cfg(tmp_path, **(SRE2L if method == "sre2l" else {}))
     result = selmatch(digits, cfg, ipc=4, alpha=0.5, beta=0.2, scores=scores)
     window = select_window(scores, digits.train_labels, digits.train_index, ipc=4, beta=0.2, alpha=0.5)
     assert torch.equal(result.indices, window.indices.cpu())  # the window init
@@ -178,4 +184,110 @@ def test_tune_runs_with_dsa_and_the_method_is_in_the_studies_settings(tmp_path, 
     assert result.output.startswith("ipc 3: beta 0.2, alpha 0.5")
     alpha = optuna.load_study(study_name="digits-ipc3-alpha", storage="sqlite:///studies/digits.db")
     assert alpha.user_attrs["settings"]["distill"]["method"] == "dsa"
+    assert not (tmp_path / "cache" / "experts").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# SRe2L: teacher, recover, relabel
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def teacher_cfg(tmp_path_factory):
+    return make_cfg(tmp_path_factory.mktemp("teacher-cache"), **SRE2L)
+
+
+@pytest.fixture(scope="module")
+def teacher(digits, teacher_cfg):
+    return train_teacher(digits, teacher_cfg, torch.device("cpu"))
+
+
+def test_the_bn_statistics_loss_falls_when_images_are_recovered(digits, teacher):
+    loss = RecoverLoss(teacher, r_bn=1.0)
+    x = torch.randn(20, *digits.image_shape, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=0.1)
+    first = loss.bn_loss(x).item()
+    for _ in range(40):
+        total, _ = loss(x, None)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    assert loss.bn_loss(x).item() < 0.5 * first
+    assert all(not p.requires_grad for p in teacher.parameters())  # the teacher never moves
+
+
+def test_the_teacher_is_cached_and_a_model_without_batchnorm_is_refused(digits, teacher, teacher_cfg):
+    from autoselmatch.errors import InvalidArgument
+
+    again = train_teacher(digits, teacher_cfg, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), again.state_dict().values()))
+    assert (teacher_dir(digits, teacher_cfg) / TEACHER_FILE).is_file()
+    assert not (teacher_dir(digits, teacher_cfg) / STATE_FILE).exists()
+    plain = apply_overrides(teacher_cfg, {"experts.model": {"name": "convnet", "depth": 2, "width": 16, "norm": "none"}})
+    with pytest.raises(InvalidArgument, match="needs a teacher with BatchNorm"):
+        train_teacher(digits, plain, torch.device("cpu"))
+
+
+def test_sre2l_evaluation_distils_from_the_teacher_and_ignores_hard_labels(digits, teacher_cfg, scores):
+    from autoselmatch.distill import evaluate_distilled
+
+    start = initial_set(digits, teacher_cfg, ipc=3, alpha=0.0, beta=0.0, scores=scores)
+    shuffled = start.labels[torch.randperm(len(start.labels), generator=torch.Generator().manual_seed(1))]
+    a = evaluate_distilled(digits, start.images, start.labels, teacher_cfg, split="val", runs=1)
+    b = evaluate_distilled(digits, start.images, shuffled, teacher_cfg, split="val", runs=1)
+    assert a.accuracies == b.accuracies and 0.0 < a.mean <= 1.0
+    assert "kd" in a.augment
+
+
+@pytest.mark.faults  # three torch start-ups in subprocesses: about 15 s on an idle machine
+def test_the_teacher_resumes_after_sigkill_with_the_weights_of_an_uninterrupted_run(digits, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from autoselmatch.fileio import load_torch
+
+    args = [sys.executable, "-m", "autoselmatch", "--quiet", "distill", "--dataset", "digits", "--ipc", "2",
+            "--alpha", "1", "--method", "sre2l", "--iterations", "1", "--device", "cpu", "--init", "random",
+            "--set", "distill.sre2l_teacher_epochs=3", "--set", "distill.sre2l_batch=20",
+            "--set", 'experts.model={name="convnet", depth=2, width=16, norm="batch"}',
+            "--set", "distill.eval_every=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([*args, "--cache-dir", "killed"], cwd=tmp_path, capture_output=True, text=True,
+                            env={**env, "AUTOSELMATCH_FAULT": "teacher.epoch:2:KILL"})
+    assert killed.returncode == -9, killed.stderr
+    cfg = make_cfg(tmp_path / "killed", **{**SRE2L, "distill.sre2l_teacher_epochs": 3})
+    folder = teacher_dir(digits, cfg)
+    assert load_torch(folder / STATE_FILE)["epoch"] == 2 and not (folder / TEACHER_FILE).exists()
+    for cache in ("killed", "whole"):
+        done = subprocess.run([*args, "--cache-dir", cache, "--out", f"out-{cache}"], cwd=tmp_path,
+                              capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+    resumed = load_torch(folder / TEACHER_FILE)["model"]
+    whole = load_torch(teacher_dir(digits, make_cfg(tmp_path / "whole", **{**SRE2L, "distill.sre2l_teacher_epochs": 3}))
+                       / TEACHER_FILE)["model"]
+    assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
+    assert not (folder / STATE_FILE).exists()
+
+
+def test_cli_distills_and_tunes_with_sre2l(tmp_path, monkeypatch):
+    import optuna
+
+    monkeypatch.chdir(tmp_path)
+    common = ["--device", "cpu", "--cache-dir", str(tmp_path / "cache"), *CLI_SET, "--set", "scores.epochs=1",
+              "--set", "scores.networks=1", "--set", "distill.sre2l_teacher_epochs=1", "--set", "distill.sre2l_batch=20",
+              "--set", "evaluate.model.width=8", "--set", "evaluate.epochs=2", "--set", "evaluate.runs=1"]
+    result = CliRunner().invoke(cli, ["--quiet", "distill", "--dataset", "digits", "--ipc", "3", "--alpha", "0.5",
+                                      "--method", "sre2l", "--iterations", "2", *common])
+    assert result.exit_code == 0, result.output
+    assert "window-selmatch-sre2l-s0/result.pt" in result.output
+    tuned = CliRunner().invoke(cli, [
+        "--quiet", "tune", "--dataset", "digits", "--ipc", "3", "--method", "sre2l", "--pruner", "none", *common,
+        "--set", "distill.iterations=2", "--set", "tune.trial_iterations=1", "--set", "tune.beta_seeds=1",
+        "--set", "tune.beta_grid=[0.2]", "--set", "tune.alpha_grid=[0.5]", "--set", "tune.alpha_start=0.5",
+        "--set", "tune.baselines=false"], catch_exceptions=False)
+    assert tuned.exit_code == 0, tuned.output
+    alpha = optuna.load_study(study_name="digits-ipc3-alpha", storage="sqlite:///studies/digits.db")
+    assert alpha.user_attrs["settings"]["distill"]["method"] == "sre2l"
+    assert 0.0 < alpha.user_attrs["test_accuracy"]["mean"] <= 1.0
     assert not (tmp_path / "cache" / "experts").exists()

@@ -45,8 +45,9 @@ from ._common import (check_writable, emit, format_accuracy, global_options, out
 @click.option("--mode", type=click.Choice(DISTILL_MODES), default=None,
               help="selmatch: students train on the whole set; merge: distil D_distill alone, then concatenate.")
 @click.option("--method", type=click.Choice(DISTILL_METHODS), default=None,
-              help="Base distillation method (default: preset): mtt (trajectory matching, needs experts) or dsa "
-                   "(gradient matching with DSA, no experts).")
+              help="Base distillation method (default: preset): mtt (trajectory matching, needs experts), dsa "
+                   "(gradient matching with DSA, no experts) or sre2l (recover against one teacher, trained and "
+                   "cached on first use; evaluated by distillation from it).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt (without one: start, and say so).")
 @click.option("--overwrite", is_flag=True, help="Start over even if OUT already holds a checkpoint.")
 @out_option(file=False, metavar="DIR", help="Output folder for result.pt and checkpoint.pt",
@@ -71,6 +72,7 @@ def distill(ctx: click.Context, ipc: int, alpha: float, beta: float, iterations:
       autoselmatch distill --dataset digits --ipc 10 --alpha 0.5 --beta 0.2
       autoselmatch distill -d fashion-mnist --ipc 60 --alpha 1 --init random --memory checkpoint
       autoselmatch distill --dataset digits --ipc 10 --alpha 0.5 --beta 0.2 --method dsa
+      autoselmatch distill --dataset digits --ipc 10 --alpha 0.5 --beta 0.2 --method sre2l
     """
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")

@@ -27,7 +27,7 @@ from ._common import (check_finite, emit, format_accuracy, global_options, outpu
 @click.option("--patience", type=int, default=None, help="Drops the line search tolerates before it stops (default 0).")
 @click.option("--score", default=None, metavar="NAME", help="Difficulty score: cscore, el2n, forgetting or learning-speed.")
 @click.option("--method", type=click.Choice(DISTILL_METHODS), default=None,
-              help="Base distillation method of the alpha trials (default: preset): mtt or dsa.")
+              help="Base distillation method of the alpha trials (default: preset): mtt, dsa or sre2l.")
 @click.option("--budget", default=None, metavar="|".join(TUNE_BUDGETS),
               help="quick: alpha trials distil tune.trial_iterations, the best is then finished; "
                    "paper: every trial distils the full budget.")

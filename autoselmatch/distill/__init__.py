@@ -65,6 +65,7 @@ from ._run import (
     DistillStep,
     RunState,
     distill,
+    evaluate_distilled,
     quick_evaluator,
 )
 from ._methods import METHODS, Method, Objective
@@ -92,6 +93,7 @@ __all__ = [
     "check_precision",
     "dsa_strategies",
     "distill",
+    "evaluate_distilled",
     "initial_set",
     "quick_evaluator",
     "selmatch",

@@ -7,7 +7,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
@@ -20,6 +20,9 @@ from ..synset import SyntheticSet, loss_ratio
 from ._methods import METHODS
 from ._student import ExpertSource
 from ._trajectory import MatchOutput
+
+if TYPE_CHECKING:
+    from ..evaluate import EvalResult
 
 RESULT_FILE = "result.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -71,17 +74,18 @@ class RunState:
         dc: The ``distill`` settings (``lr_teacher`` starts eta; ``lr_img``,
             ``lr_lr`` and ``momentum`` set the optimizers).
         seed: Seed of the generator.
-        lr_img: The pixel learning rate; None: ``dc.lr_img`` (the base method's, see ``distill.METHODS``).
+        image_optimizer: Builds the pixels' optimizer from the (d, C, H, W) leaf tensor (the base
+            method's, see ``distill.METHODS``); None: SGD with ``dc.lr_img`` and ``dc.momentum``.
     """
 
     def __init__(self, images: torch.Tensor, rows: torch.Tensor, dc: DistillConfig, seed: int,
-                 lr_img: float | None = None) -> None:
+                 image_optimizer: Callable[[torch.Tensor], torch.optim.Optimizer] | None = None) -> None:
         self.base = images
         self.rows = rows
         self.pixels = images[rows].clone().requires_grad_(True)  # (d, C, H, W): the only pixels that learn
         self.lr = torch.tensor(dc.lr_teacher, device=images.device, requires_grad=True)  # eta ()
-        self.opt_img = torch.optim.SGD([self.pixels], lr=dc.lr_img if lr_img is None else lr_img,
-                                       momentum=dc.momentum)
+        self.opt_img = (torch.optim.SGD([self.pixels], lr=dc.lr_img, momentum=dc.momentum) if image_optimizer is None
+                        else image_optimizer(self.pixels))
         self.opt_lr = torch.optim.SGD([self.lr], lr=dc.lr_lr, momentum=dc.momentum)
         self.generator = torch.Generator().manual_seed(seed)
         self.iteration = 0
@@ -199,15 +203,32 @@ class Checkpoint:
 
 def quick_evaluator(ds: ImageDataset, cfg: RunConfig, *, runs: int = 1) -> Evaluator:
     """Mean validation accuracy of ``runs`` networks (seeds ``cfg.seed``, ``cfg.seed + 1``, ...) trained
-    on the set for ``evaluate.quick_fraction`` of the budget."""
-    from ..evaluate import evaluate_set
+    on the set for ``evaluate.quick_fraction`` of the budget, by the protocol of ``cfg.distill.method``
+    (:func:`evaluate_distilled`)."""
 
     def evaluate(images: torch.Tensor, labels: torch.Tensor, distill_mask: torch.Tensor) -> float:
-        result = evaluate_set(ds, images, labels, cfg=cfg.evaluate, distill_mask=distill_mask, split="val",
-                              runs=runs, fraction=cfg.evaluate.quick_fraction, seed=cfg.seed)
+        result = evaluate_distilled(ds, images, labels, cfg, distill_mask=distill_mask, split="val", runs=runs,
+                                    fraction=cfg.evaluate.quick_fraction, seed=cfg.seed)
         return float(result.mean)
 
     return evaluate
+
+
+def evaluate_distilled(ds: ImageDataset, images: torch.Tensor, labels: torch.Tensor, cfg: RunConfig, *,
+                       distill_mask: torch.Tensor | None = None, split: str = "val", runs: int | None = None,
+                       fraction: float = 1.0, seed: int = 0) -> EvalResult:
+    """A set evaluated by the protocol of its base method ``cfg.distill.method`` (``distill.METHODS``):
+    :func:`autoselmatch.evaluate.evaluate_set` on its hard labels (``mtt``, ``dsa``), or training against
+    the teacher's soft outputs (``sre2l``). Arguments as in ``evaluate_set``; ``runs`` None: ``evaluate.runs``."""
+    from ..evaluate import evaluate_set
+
+    runs = cfg.evaluate.runs if runs is None else runs
+    method = METHODS.get(cfg.distill.method)
+    if method.evaluate is not None:
+        return method.evaluate(ds, images, labels, cfg, distill_mask=distill_mask, split=split, runs=runs,
+                               fraction=fraction, seed=seed)
+    return evaluate_set(ds, images, labels, cfg=cfg.evaluate, distill_mask=distill_mask, split=split, runs=runs,
+                        fraction=fraction, seed=seed)
 
 
 def coverage_probe(ds: ImageDataset, cfg: RunConfig, device: torch.device) -> CoverageProbe:
@@ -316,7 +337,7 @@ def distill(
         coverage = coverage_probe(ds, cfg, device)
 
     state = RunState(init_images.detach().to(device, torch.float32).clone(), rows.to(device), dc, cfg.seed,
-                     lr_img=method.lr_img(dc))
+                     image_optimizer=lambda pixels: method.optimizer(pixels, dc))
     checkpoint = Checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None,
                             _fingerprint(ds, cfg, experts, init_images, labels, distill_mask))
     if resume and checkpoint.restore(state):

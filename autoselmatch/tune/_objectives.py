@@ -217,8 +217,7 @@ class SelMatchObjectives:
                    trial: optuna.trial.FrozenTrial, study: optuna.Study, upload: bool, final_dir: Path,
                    init: str | None = None) -> dict[str, Any]:
         """``trial``'s set continued to ``distill.iterations`` in ``final_dir``, evaluated on the test split."""
-        from ..distill import CHECKPOINT_FILE, RESULT_FILE, DistillResult, quick_evaluator, selmatch
-        from ..evaluate import evaluate_set
+        from ..distill import CHECKPOINT_FILE, RESULT_FILE, DistillResult, evaluate_distilled, quick_evaluator, selmatch
         from ..export import upload_trial_artifacts
 
         if trial.user_attrs.get(records.ITERATIONS, 0) >= cfg.distill.iterations:
@@ -233,9 +232,9 @@ class SelMatchObjectives:
             result = selmatch(self.ds, cfg, ipc=ctx.ipc, alpha=alpha, beta=beta, scores=self.scores,
                               experts=self._experts_for(cfg) if alpha > 0 else None, checkpoint_dir=final_dir, resume=True,
                               evaluator=quick_evaluator(self.ds, cfg))
-        test = evaluate_set(self.ds, result.images.to(self.device), result.labels.to(self.device), cfg=cfg.evaluate,
-                            distill_mask=result.distill_mask.to(self.device), split="test", runs=cfg.evaluate.runs,
-                            seed=cfg.seed)
+        test = evaluate_distilled(self.ds, result.images.to(self.device), result.labels.to(self.device), cfg,
+                                  distill_mask=result.distill_mask.to(self.device), split="test",
+                                  runs=cfg.evaluate.runs, seed=cfg.seed)
         spread = f" ± {100 * test.std:.2f}" if test.runs > 1 else ""  # one run has no spread
         LOG.info("%s: test accuracy %.2f%s %% (%d run%s)%s", ctx.study_name, 100 * test.mean, spread, test.runs,
                  "" if test.runs == 1 else "s", "" if init is None else f" ({final_dir.name})")
