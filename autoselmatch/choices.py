@@ -24,6 +24,8 @@ DISTILL_INITS = ("window", "random")
 #: Base distillation method (``distill.method``; one entry each in ``distill.METHODS``): trajectory matching,
 #: gradient matching with DSA, SRe2L (squeeze, recover, relabel).
 DISTILL_METHODS = ("mtt", "dsa", "sre2l")
+#: Where SRe2L's teacher comes from (``distill.sre2l_teacher``): trained and cached, or a cached expert's last snapshot.
+SRE2L_TEACHERS = ("train", "expert")
 #: What students train on (``distill.mode``).
 DISTILL_MODES = ("selmatch", "merge")
 #: ``torch.compile`` modes of ``evaluate.compile_mode``.
@@ -49,5 +51,6 @@ __all__ = [
     "MAX_SEED",
     "MEMORY_MODES",
     "REPRODUCE_METHODS",
+    "SRE2L_TEACHERS",
     "TUNE_BUDGETS",
 ]

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .choices import (AUGMENTATIONS, COMPILE_MODES, DISTILL_INITS, DISTILL_METHODS, DISTILL_MODES, DISTILL_PRECISIONS,
-                      EXPERT_AUGMENTATIONS, MAX_SEED, MEMORY_MODES, REPRODUCE_METHODS, TUNE_BUDGETS)
+                      EXPERT_AUGMENTATIONS, MAX_SEED, MEMORY_MODES, REPRODUCE_METHODS, SRE2L_TEACHERS,
+                      TUNE_BUDGETS)
 from .data import check_image_size
 from .errors import InvalidArgument
 from .models import ModelSpec
@@ -192,6 +193,9 @@ class DistillConfig:
         sre2l_r_bn: ``sre2l``: weight of the BatchNorm-statistics term of the recover loss.
         sre2l_batch: ``sre2l``: rows per recover batch (activation memory depends on it, not on the set).
         sre2l_temperature: ``sre2l``: temperature of the evaluation's distillation from the teacher.
+        sre2l_teacher: ``sre2l``: ``train`` (train the teacher once and cache it) or ``expert`` (the last
+            stored snapshot of the first cached expert, same ``experts.model``; its BatchNorm running
+            statistics are measured in one pass over the training split).
     """
 
     syn_steps: int = 55
@@ -225,9 +229,11 @@ class DistillConfig:
     sre2l_r_bn: float = 0.01
     sre2l_batch: int = 100
     sre2l_temperature: float = 4.0
+    sre2l_teacher: str = "train"
 
     def __post_init__(self) -> None:
         _check_choice("distill.method", self.method, DISTILL_METHODS)
+        _check_choice("distill.sre2l_teacher", self.sre2l_teacher, SRE2L_TEACHERS)
         _check_choice("distill.memory", self.memory, MEMORY_MODES)
         _check_choice("distill.precision", self.precision, DISTILL_PRECISIONS)
         _check_choice("distill.init", self.init, DISTILL_INITS)
@@ -496,7 +502,7 @@ ADDED_SETTINGS: dict[str, dict[str, Any]] = {
     "distill": {"precision": "fp32", "coverage_every": 0, "method": "mtt", "gm_outer_loop": 10, "gm_inner_loop": 10,
                 "gm_batch_real": 256, "gm_lr_img": 0.1, "gm_lr_net": 0.01, "sre2l_teacher_epochs": 20,
                 "sre2l_teacher_lr": 0.05, "sre2l_lr_img": 0.25, "sre2l_r_bn": 0.01, "sre2l_batch": 100,
-                "sre2l_temperature": 4.0},
+                "sre2l_temperature": 4.0, "sre2l_teacher": "train"},
     "evaluate": {"budget_fraction": 1.0},
 }
 

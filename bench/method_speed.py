@@ -16,7 +16,8 @@ Images are random uint8 pixels of the geometry (``max(ipc, gm_batch_real)`` per 
 downloaded. Each (geometry, method) runs in a fresh subprocess: after setup the peak counter is reset
 (CPU: the kernel's RSS high-water mark via ``/proc/self/clear_refs``; CUDA: ``max_memory_allocated``),
 then ``--warmup`` + ``--iterations`` iterations run; peak memory is above the post-setup level, time is
-the median of the timed iterations (``torch.cuda.synchronize`` around each on a GPU).
+the median of the timed iterations (``torch.cuda.synchronize`` around each on a GPU), as wall time and
+as the process's CPU time (with one thread, the work itself even when other jobs share the cores).
 
     python bench/method_speed.py                                   # both geometries, all methods, CPU
     python bench/method_speed.py --geometry cifar100 --methods dsa --set distill.gm_outer_loop=2
@@ -127,18 +128,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     state = RunState(images, torch.arange(len(rows), device=device), cfg.distill, cfg.seed,
                      image_optimizer=lambda pixels: method.optimizer(pixels, cfg.distill))
     base = _reset_peak(device)
-    times = []
+    times, cpu_times = [], []
     for i in range(args.warmup + args.iterations):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         objective(state)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     return {"geometry": args.geometry, "method": args.methods[0], "ipc": ipc, "images": len(rows),
-            "s_per_iteration": statistics.median(times), "times": times, "peak_above_base_mib": _peak(device) - base,
+            "s_per_iteration": statistics.median(times), "times": times,
+            "cpu_s_per_iteration": statistics.median(cpu_times), "peak_above_base_mib": _peak(device) - base,
             "settings": overrides, "device": args.device, "threads": torch.get_num_threads()}
 
 
@@ -172,8 +175,9 @@ def main() -> None:
                 raise SystemExit(f"{geometry} {method} failed:\n{done.stderr[-2000:]}")
             row = json.loads(done.stdout.strip().splitlines()[-1])
             rows.append(row)
-            print(f"{geometry:14s} {method:6s} ipc {row['ipc']:4d}  {row['s_per_iteration']:8.3f} s/iteration  "
-                  f"peak +{row['peak_above_base_mib']:8.1f} MiB", flush=True)
+            print(f"{geometry:14s} {method:6s} ipc {row['ipc']:4d}  {row['s_per_iteration']:8.3f} s/iteration "
+                  f"(CPU time {row['cpu_s_per_iteration']:8.3f} s)  peak +{row['peak_above_base_mib']:8.1f} MiB",
+                  flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -291,3 +291,21 @@ def test_cli_distills_and_tunes_with_sre2l(tmp_path, monkeypatch):
     assert alpha.user_attrs["settings"]["distill"]["method"] == "sre2l"
     assert 0.0 < alpha.user_attrs["test_accuracy"]["mean"] <= 1.0
     assert not (tmp_path / "cache" / "experts").exists()
+
+
+def test_a_cached_experts_last_snapshot_serves_as_the_teacher(digits, tmp_path):
+    from autoselmatch.errors import DataError
+    from autoselmatch.experts import train_experts
+    from autoselmatch.models import FlatModel
+
+    cfg = make_cfg(tmp_path, **{**SRE2L, "experts.num_experts": 1, "experts.epochs": 2,
+                                "distill.sre2l_teacher": "expert"})
+    with pytest.raises(DataError, match="autoselmatch experts"):
+        train_teacher(digits, cfg, torch.device("cpu"))
+    store = train_experts(digits, cfg)
+    teacher = train_teacher(digits, cfg, torch.device("cpu"))
+    assert torch.equal(FlatModel(teacher).flatten(), store.epoch(0, store.num_epochs))
+    norms = [m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.running_var.ne(1).all() for m in norms)  # measured on the training split
+    assert not teacher.training
+    assert not (tmp_path / "teachers").exists()  # nothing trained or cached

@@ -1,7 +1,8 @@
 """SRe2L (Yin, Xing & Shen, NeurIPS 2023): squeeze, recover, relabel.
 
 - **Squeeze**: one teacher network with BatchNorm (``experts.model``) trained on
-  the real training split (:func:`train_teacher`), cached under
+  the real training split (:func:`train_teacher`; or a cached expert's last
+  snapshot, :func:`expert_teacher`), cached under
   ``CACHE/teachers/<dataset>-<key>/teacher.pt``. Training writes
   ``state.pt`` after every epoch (atomically) and draws each epoch's batches
   and augmentation from generators seeded by (seed, epoch), so a run killed
@@ -38,8 +39,9 @@ import torch.nn.functional as F
 from ..augment import dsa, get_augmentation, simple_augment
 from ..config import EvalConfig, RunConfig, key_dict
 from ..data import ImageDataset
-from ..errors import InvalidArgument, TrainingDiverged
+from ..errors import DataError, InvalidArgument, TrainingDiverged
 from ..fileio import file_lock, load_torch, save_torch, stable_hash
+from ..models import FlatModel
 from ..runtime import LOG, fault_point, progress
 
 if TYPE_CHECKING:
@@ -88,11 +90,14 @@ def teacher_dir(ds: ImageDataset, cfg: RunConfig) -> Path:
 
 
 def train_teacher(ds: ImageDataset, cfg: RunConfig, device: torch.device) -> nn.Module:
-    """The cached teacher of ``ds`` (trained first if missing, resumed if a run was cut short), in eval mode.
+    """The cached teacher of ``ds`` (trained first if missing, resumed if a run was cut short), in eval mode;
+    with ``distill.sre2l_teacher = "expert"``, :func:`expert_teacher` instead.
 
     Plain SGD (momentum 0.9, weight decay 5e-4, batch 128, cosine lr from ``distill.sre2l_teacher_lr``) for
     ``distill.sre2l_teacher_epochs`` epochs with random crop + flip, on ``ds.train_index``.
     """
+    if cfg.distill.sre2l_teacher == "expert":
+        return expert_teacher(ds, cfg, device)
     folder = teacher_dir(ds, cfg)
     folder.mkdir(parents=True, exist_ok=True)
     key = teacher_key(ds, cfg)
@@ -110,6 +115,43 @@ def train_teacher(ds: ImageDataset, cfg: RunConfig, device: torch.device) -> nn.
         (folder / STATE_FILE).unlink(missing_ok=True)
         LOG.info("saved the SRe2L teacher to %s", final)
     return net.to(device).eval()
+
+
+def expert_teacher(ds: ImageDataset, cfg: RunConfig, device: torch.device) -> nn.Module:
+    """The first cached expert's last stored snapshot as the teacher (``experts.model``, which must have
+    BatchNorm), in eval mode. Experts store parameters only, so the BatchNorm running statistics are
+    measured in one pass over the training split (train mode, cumulative average, no augmentation).
+
+    Raises:
+        DataError: No cached experts for these settings (the message names the command), or their
+            parameter count does not fit the model.
+        InvalidArgument: The experts were trained with ZCA whitening (the teacher must see normalised images).
+    """
+    from ..experts import load_experts
+
+    store = load_experts(ds, cfg)
+    if store.zca is not None:
+        raise InvalidArgument("experts trained with ZCA whitening cannot serve as the SRe2L teacher; use "
+                              "distill.sre2l_teacher = \"train\" or experts with experts.zca = false")
+    net = teacher_network(cfg, ds)
+    flat = FlatModel(net)
+    if flat.num_params != store.num_params:
+        raise DataError(f"experts have {store.num_params} parameters but the teacher {cfg.experts.model.name} has "
+                        f"{flat.num_params}; use distill.sre2l_teacher = \"train\"")
+    views = flat.unflatten(store.epoch(0, store.num_epochs))
+    net.to(device).train()
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            param.copy_(views[name])
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+                module.momentum = None  # cumulative average over the pass
+        x_all = ds.split("train")[0]
+        for start in range(0, len(x_all), TEACHER_BATCH):
+            net(ds.normalize(x_all[start:start + TEACHER_BATCH].to(device)))
+    LOG.info("SRe2L teacher: expert 0 of %s after %d stored snapshots", store.directory, store.num_epochs)
+    return net.eval()
 
 
 def _train(net: nn.Module, ds: ImageDataset, cfg: RunConfig, folder: Path, key: dict[str, Any],
