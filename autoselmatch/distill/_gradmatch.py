@@ -97,22 +97,28 @@ class GradientMatcher:
         pick = int(torch.randint(max(len(self.strategies), 1), (), generator=generator))
         return seed, self.strategies[pick] if self.strategies else ""
 
-    def loss(self, net: nn.Module, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Mean over classes of the class matching losses; differentiable w.r.t. ``images`` (n, C, H, W).
+    def loss_and_grad(self, net: nn.Module, images: torch.Tensor,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean over classes of the class matching losses, and its gradient w.r.t. ``images`` (n, C, H, W).
 
         Per class: ``gm_batch_real`` real images (fewer if the class has fewer), the class's synthetic
         rows (D_select and D_distill alike), one Siamese DSA draw; all draws from ``generator`` (CPU).
+        Each class's loss is differentiated on its own (the classes share no synthetic rows), so memory
+        holds one class's double-backward graph, not all of them.
         """
-        total = images.new_zeros(())
+        images = images.detach()
+        total, grad = images.new_zeros(()), torch.zeros_like(images)
         classes = [c for c in range(self.ds.num_classes) if len(self.rows[c])]
         for c in classes:
             pool = self.pools[c]
             picked = pool[torch.randperm(len(pool), generator=generator)[: self.dc.gm_batch_real]]
             real = self.ds.normalize(self.ds.train_images[picked.to(self.ds.device)]).to(images.device)
             seed, strategy = self._draw(generator)
-            total = total + class_match_loss(net, real, images[self.rows[c]], c, seed=seed, strategy=strategy,
-                                             generator=self._aug_generator)
-        return total / len(classes)
+            syn = images[self.rows[c]].requires_grad_(True)  # (k, C, H, W)
+            loss = class_match_loss(net, real, syn, c, seed=seed, strategy=strategy, generator=self._aug_generator)
+            (grad[self.rows[c]],) = torch.autograd.grad(loss / len(classes), syn)
+            total = total + loss.detach()
+        return total / len(classes), grad
 
     def train_network(self, net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                       generator: torch.Generator) -> None:

@@ -162,11 +162,9 @@ class _GradientObjective:
         optimizer = torch.optim.SGD(net.parameters(), lr=dc.gm_lr_net)
         losses = []
         for outer in range(dc.gm_outer_loop):
-            images = state.images().requires_grad_(True)  # (n, C, H, W)
-            loss = self.matcher.loss(net, images, state.generator)
-            (grad,) = torch.autograd.grad(loss, images)
+            loss, grad = self.matcher.loss_and_grad(net, state.images(), state.generator)  # (), (n, C, H, W)
             state.move(grad)
-            losses.append(loss.detach())
+            losses.append(loss)
             if outer < dc.gm_outer_loop - 1:
                 self.matcher.train_network(net, optimizer, state.images(), state.generator)
         fault_point("distill.iteration")
