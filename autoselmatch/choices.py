@@ -21,6 +21,11 @@ MEMORY_MODES = ("exact", "checkpoint", "tesla")
 DISTILL_PRECISIONS = ("fp32", "tf32", "bf16")
 #: Initial synthetic set (``distill.init``).
 DISTILL_INITS = ("window", "random")
+#: Base distillation method (``distill.method``; one entry each in ``distill.METHODS``): trajectory matching,
+#: gradient matching with DSA, SRe2L (squeeze, recover, relabel).
+DISTILL_METHODS = ("mtt", "dsa", "sre2l")
+#: Where SRe2L's teacher comes from (``distill.sre2l_teacher``): trained and cached, or a cached expert's last snapshot.
+SRE2L_TEACHERS = ("train", "expert")
 #: What students train on (``distill.mode``).
 DISTILL_MODES = ("selmatch", "merge")
 #: ``torch.compile`` modes of ``evaluate.compile_mode``.
@@ -38,6 +43,7 @@ __all__ = [
     "AUGMENTATIONS",
     "COMPILE_MODES",
     "DISTILL_INITS",
+    "DISTILL_METHODS",
     "DISTILL_MODES",
     "DISTILL_PRECISIONS",
     "EXPORT_FORMATS",
@@ -45,5 +51,6 @@ __all__ = [
     "MAX_SEED",
     "MEMORY_MODES",
     "REPRODUCE_METHODS",
+    "SRE2L_TEACHERS",
     "TUNE_BUDGETS",
 ]

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from .choices import (AUGMENTATIONS, COMPILE_MODES, DISTILL_INITS, DISTILL_MODES, DISTILL_PRECISIONS,
-                      EXPERT_AUGMENTATIONS, MAX_SEED, MEMORY_MODES, REPRODUCE_METHODS, TUNE_BUDGETS)
+from .choices import (AUGMENTATIONS, COMPILE_MODES, DISTILL_INITS, DISTILL_METHODS, DISTILL_MODES, DISTILL_PRECISIONS,
+                      EXPERT_AUGMENTATIONS, MAX_SEED, MEMORY_MODES, REPRODUCE_METHODS, SRE2L_TEACHERS,
+                      TUNE_BUDGETS)
 from .data import check_image_size
 from .errors import InvalidArgument
 from .models import ModelSpec
@@ -175,6 +176,26 @@ class DistillConfig:
         coverage_every: Iterations between measurements of the set's coverage of the easy and
             hard test halves (paper Figure 7; 0: never). The first measurement trains a reference
             network on the whole training split (cached; see :mod:`autoselmatch.coverage`).
+        method: The base distillation method (``distill.METHODS``): ``mtt`` (trajectory matching
+            against experts; the settings above), ``dsa`` (gradient matching with DSA, Zhao &
+            Bilen 2021; the ``gm_*`` settings, no experts) or ``sre2l`` (squeeze, recover, relabel,
+            Yin et al. 2023; the ``sre2l_*`` settings, one teacher). Selection init and partial
+            update apply to all.
+        gm_outer_loop: ``dsa``: image updates per iteration; each iteration starts a fresh network.
+        gm_inner_loop: ``dsa``: epochs the network trains on the current set between image updates.
+        gm_batch_real: ``dsa``: real images per class matched at each update, and the network's
+            training minibatch in the inner loop.
+        gm_lr_img: ``dsa``: pixel learning rate (``lr_img`` is MTT's).
+        gm_lr_net: ``dsa``: learning rate of the network's inner-loop SGD.
+        sre2l_teacher_epochs: ``sre2l``: epochs of the teacher's training (``experts.model``, with BatchNorm).
+        sre2l_teacher_lr: ``sre2l``: the teacher's initial SGD learning rate (cosine schedule).
+        sre2l_lr_img: ``sre2l``: pixel learning rate (Adam, cosine schedule over ``iterations``).
+        sre2l_r_bn: ``sre2l``: weight of the BatchNorm-statistics term of the recover loss.
+        sre2l_batch: ``sre2l``: rows per recover batch (activation memory depends on it, not on the set).
+        sre2l_temperature: ``sre2l``: temperature of the evaluation's distillation from the teacher.
+        sre2l_teacher: ``sre2l``: ``train`` (train the teacher once and cache it) or ``expert`` (the last
+            stored snapshot of the first cached expert, same ``experts.model``; its BatchNorm running
+            statistics are measured in one pass over the training split).
     """
 
     syn_steps: int = 55
@@ -196,8 +217,23 @@ class DistillConfig:
     init: str = "window"
     mode: str = "selmatch"
     coverage_every: int = 0
+    method: str = "mtt"
+    gm_outer_loop: int = 10
+    gm_inner_loop: int = 10
+    gm_batch_real: int = 256
+    gm_lr_img: float = 0.1
+    gm_lr_net: float = 0.01
+    sre2l_teacher_epochs: int = 20
+    sre2l_teacher_lr: float = 0.05
+    sre2l_lr_img: float = 0.25
+    sre2l_r_bn: float = 0.01
+    sre2l_batch: int = 100
+    sre2l_temperature: float = 4.0
+    sre2l_teacher: str = "train"
 
     def __post_init__(self) -> None:
+        _check_choice("distill.method", self.method, DISTILL_METHODS)
+        _check_choice("distill.sre2l_teacher", self.sre2l_teacher, SRE2L_TEACHERS)
         _check_choice("distill.memory", self.memory, MEMORY_MODES)
         _check_choice("distill.precision", self.precision, DISTILL_PRECISIONS)
         _check_choice("distill.init", self.init, DISTILL_INITS)
@@ -205,12 +241,18 @@ class DistillConfig:
         for name in ("eval_every", "checkpoint_every", "segment", "coverage_every"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"distill.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("syn_steps", "expert_epochs", "max_start_epoch", "batch_syn"):
+        for name in ("syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "gm_outer_loop", "gm_batch_real",
+                     "sre2l_teacher_epochs", "sre2l_batch"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"distill.{name} must be >= 1, got {getattr(self, name)}")
         if self.iterations < 0:
             raise InvalidArgument(f"distill.iterations must be >= 0, got {self.iterations}")
-        for name in ("lr_img", "lr_teacher"):
+        if self.gm_inner_loop < 0:
+            raise InvalidArgument(f"distill.gm_inner_loop must be >= 0, got {self.gm_inner_loop}")
+        if self.sre2l_r_bn < 0:
+            raise InvalidArgument(f"distill.sre2l_r_bn must be >= 0, got {self.sre2l_r_bn}")
+        for name in ("lr_img", "lr_teacher", "gm_lr_img", "gm_lr_net", "sre2l_teacher_lr", "sre2l_lr_img",
+                     "sre2l_temperature"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"distill.{name} must be > 0, got {getattr(self, name)}")
 
@@ -467,7 +509,10 @@ def to_dict(cfg: Any) -> Any:
 ADDED_SETTINGS: dict[str, dict[str, Any]] = {
     "data": {"image_size": None},
     "experts": {"snapshot_every": None},
-    "distill": {"precision": "fp32", "coverage_every": 0},
+    "distill": {"precision": "fp32", "coverage_every": 0, "method": "mtt", "gm_outer_loop": 10, "gm_inner_loop": 10,
+                "gm_batch_real": 256, "gm_lr_img": 0.1, "gm_lr_net": 0.01, "sre2l_teacher_epochs": 20,
+                "sre2l_teacher_lr": 0.05, "sre2l_lr_img": 0.25, "sre2l_r_bn": 0.01, "sre2l_batch": 100,
+                "sre2l_temperature": 4.0, "sre2l_teacher": "train"},
     "evaluate": {"budget_fraction": 1.0},
 }
 

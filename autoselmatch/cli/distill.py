@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from ..choices import DISTILL_INITS, DISTILL_MODES, DISTILL_PRECISIONS, MEMORY_MODES
+from ..choices import DISTILL_INITS, DISTILL_METHODS, DISTILL_MODES, DISTILL_PRECISIONS, MEMORY_MODES
 from ._common import (check_writable, emit, format_accuracy, global_options, out_option, output_option, ready,
                       resolve_config, run_options)
 
@@ -44,6 +44,10 @@ from ._common import (check_writable, emit, format_accuracy, global_options, out
               help="Initial set: the difficulty window, or random real samples (alpha 1 + random = MTT).")
 @click.option("--mode", type=click.Choice(DISTILL_MODES), default=None,
               help="selmatch: students train on the whole set; merge: distil D_distill alone, then concatenate.")
+@click.option("--method", type=click.Choice(DISTILL_METHODS), default=None,
+              help="Base distillation method (default: preset): mtt (trajectory matching, needs experts), dsa "
+                   "(gradient matching with DSA, no experts) or sre2l (recover against one teacher, trained and "
+                   "cached on first use; evaluated by distillation from it).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt (without one: start, and say so).")
 @click.option("--overwrite", is_flag=True, help="Start over even if OUT already holds a checkpoint.")
 @out_option(file=False, metavar="DIR", help="Output folder for result.pt and checkpoint.pt",
@@ -52,8 +56,8 @@ from ._common import (check_writable, emit, format_accuracy, global_options, out
 @global_options
 @click.pass_context
 def distill(ctx: click.Context, ipc: int, alpha: float, beta: float, iterations: int | None, memory: str | None,
-            precision: str | None, init: str | None, mode: str | None, out: str | None, resume: bool, overwrite: bool,
-            output: str, print_config: bool, **run: Any) -> None:
+            precision: str | None, init: str | None, mode: str | None, method: str | None, out: str | None,
+            resume: bool, overwrite: bool, output: str, print_config: bool, **run: Any) -> None:
     """Distil one synthetic set with SelMatch (selection init at beta, partial update of a fraction alpha).
 
     Shows progress (iteration, loss, eta, last quick validation accuracy),
@@ -67,6 +71,8 @@ def distill(ctx: click.Context, ipc: int, alpha: float, beta: float, iterations:
     Examples:
       autoselmatch distill --dataset digits --ipc 10 --alpha 0.5 --beta 0.2
       autoselmatch distill -d fashion-mnist --ipc 60 --alpha 1 --init random --memory checkpoint
+      autoselmatch distill --dataset digits --ipc 10 --alpha 0.5 --beta 0.2 --method dsa
+      autoselmatch distill --dataset digits --ipc 10 --alpha 0.5 --beta 0.2 --method sre2l
     """
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
@@ -76,6 +82,7 @@ def distill(ctx: click.Context, ipc: int, alpha: float, beta: float, iterations:
         "distill.precision": precision,
         "distill.init": init,
         "distill.mode": mode,
+        "distill.method": method,
     })
     ready(cfg, print_config)
     from ..data import load_configured
@@ -84,7 +91,7 @@ def distill(ctx: click.Context, ipc: int, alpha: float, beta: float, iterations:
     from ..runtime import LOG, resolve_device
 
     folder = Path(out) if out is not None else default_out_dir(cfg.data.name, ipc, alpha, beta, cfg.distill.init,
-                                                                cfg.distill.mode, cfg.seed)
+                                                                cfg.distill.mode, cfg.seed, cfg.distill.method)
     if (folder / CHECKPOINT_FILE).is_file() and not (resume or overwrite):
         raise InvalidArgument(f"{folder} already holds a distillation checkpoint; pass --resume to continue it, "
                               f"--overwrite to start over, or choose another --out")
@@ -131,7 +138,7 @@ def check_batch_fits(cfg: Any, classes: int, *, ipc: int, alpha: float) -> None:
     from ..selection import select_count
 
     distilled = classes * (ipc - select_count(ipc, alpha))
-    if distilled == 0:  # alpha = 0: nothing is distilled, no student minibatch
+    if distilled == 0 or cfg.distill.method != "mtt":  # alpha = 0, or a method without student minibatches
         return
     if cfg.distill.mode == "merge":
         rows, part = distilled, f"D_distill ({distilled} images at ipc={ipc}, alpha={alpha:g})"
@@ -142,7 +149,10 @@ def check_batch_fits(cfg: Any, classes: int, *, ipc: int, alpha: float) -> None:
                               f"lower it with --set distill.batch_syn=N")
 
 
-def default_out_dir(dataset: str, ipc: int, alpha: float, beta: float, init: str, mode: str, seed: int) -> Path:
-    """``studies/distill/<dataset>-ipc<N>-a<alpha>-b<beta>-<init>-<mode>-s<seed>`` (dataset name made path-safe)."""
+def default_out_dir(dataset: str, ipc: int, alpha: float, beta: float, init: str, mode: str, seed: int,
+                    method: str = "mtt") -> Path:
+    """``studies/distill/<dataset>-ipc<N>-a<alpha>-b<beta>-<init>-<mode>[-<method>]-s<seed>`` (dataset name
+    made path-safe; the method is named unless it is ``mtt``, so MTT runs keep their folders)."""
     name = re.sub(r"[^A-Za-z0-9_.]+", "-", dataset).strip("-") or "dataset"
-    return Path("studies") / "distill" / f"{name}-ipc{ipc}-a{alpha:g}-b{beta:g}-{init}-{mode}-s{seed}"
+    tag = "" if method == "mtt" else f"-{method}"
+    return Path("studies") / "distill" / f"{name}-ipc{ipc}-a{alpha:g}-b{beta:g}-{init}-{mode}{tag}-s{seed}"

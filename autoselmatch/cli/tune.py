@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..choices import TUNE_BUDGETS
+from ..choices import DISTILL_METHODS, TUNE_BUDGETS
 from ._common import (check_finite, emit, format_accuracy, global_options, output_option, ready, resolve_config,
                       run_options)
 
@@ -26,6 +26,8 @@ from ._common import (check_finite, emit, format_accuracy, global_options, outpu
               help="Pruner: median (default), successive-halving, hyperband or none.")
 @click.option("--patience", type=int, default=None, help="Drops the line search tolerates before it stops (default 0).")
 @click.option("--score", default=None, metavar="NAME", help="Difficulty score: cscore, el2n, forgetting or learning-speed.")
+@click.option("--method", type=click.Choice(DISTILL_METHODS), default=None,
+              help="Base distillation method of the alpha trials (default: preset): mtt, dsa or sre2l.")
 @click.option("--budget", default=None, metavar="|".join(TUNE_BUDGETS),
               help="quick: alpha trials distil tune.trial_iterations, the best is then finished; "
                    "paper: every trial distils the full budget.")
@@ -47,7 +49,7 @@ from ._common import (check_finite, emit, format_accuracy, global_options, outpu
 @global_options
 @click.pass_context
 def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, assignments, print_config, ipcs,
-         storage, artifacts, study_prefix, search, pruner, patience, score, budget, beta_trials, alpha_trials,
+         storage, artifacts, study_prefix, search, pruner, patience, score, method, budget, beta_trials, alpha_trials,
          timeout, z, max_seeds, no_prior, new_study, force, workers, output) -> None:
     """Tune alpha and beta for one or more IPCs with Optuna and save the best distilled set.
 
@@ -60,6 +62,7 @@ def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, as
     \b
     Examples:
       autoselmatch tune --dataset digits --ipc 10
+      autoselmatch tune --dataset digits --ipc 10 --method dsa
       autoselmatch tune --dataset cifar100 --ipc 25,50 --device cuda
       autoselmatch tune --dataset cifar10 --ipc 50 --storage journal:///studies/c10.log --workers 2
 
@@ -78,6 +81,7 @@ def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, as
         "tune.max_seeds": max_seeds,
         "tune.prior": False if no_prior else None,
         "scores.name": score,
+        "distill.method": method,
     }
     cfg = resolve_config(ctx, dataset=dataset, preset=preset, data_root=data_root, download=download,
                          cache_dir=cache_dir, assignments=assignments, overrides=overrides)
@@ -136,7 +140,7 @@ def check_tunable(cfg, ipcs: list[int]) -> None:
         raise InvalidArgument("data.val_fraction is 0, but tune scores every trial on the validation split; "
                               "set it in (0, 0.5], e.g. --set data.val_fraction=0.1")
     merge = cfg.distill.mode == "merge"
-    if not merge and cfg.distill.batch_syn <= 2 * min(ipcs):  # fits whatever the class count (>= 2)
+    if cfg.distill.method != "mtt" or (not merge and cfg.distill.batch_syn <= 2 * min(ipcs)):  # fits whatever the class count (>= 2)
         return
     from ..data import load_configured
     from .distill import check_batch_fits

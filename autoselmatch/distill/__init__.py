@@ -47,8 +47,14 @@ refused (synthetic sets live in the dataset's normalised space).
 backward (``create_graph=True``), which compiled autograd graphs do not
 support.
 
-Modules: ``_trajectory`` (one iteration: :class:`TrajectoryMatcher`), ``_run`` (the run state, its
-checkpoint and the :func:`distill` loop), ``_selmatch`` (the initial set and :func:`selmatch`).
+Base methods (``distill.method``, :data:`METHODS`): ``mtt`` is the trajectory matching above;
+``dsa`` is gradient matching with Siamese DSA (Zhao & Bilen 2021; ``_gradmatch``), which needs no
+experts. The initial set and the partial update are the same for both.
+
+Modules: ``_methods`` (the base-method registry), ``_gradmatch`` (DSA gradient matching),
+``_trajectory`` (one iteration: :class:`TrajectoryMatcher`), ``_run`` (the run state, its
+checkpoint and the :func:`distill` loop), ``_student`` (the student network and the experts'
+checks), ``_selmatch`` (the initial set and :func:`selmatch`).
 """
 
 from ._run import (
@@ -57,16 +63,14 @@ from ._run import (
     Checkpoint,
     DistillResult,
     DistillStep,
-    ExpertSource,
     RunState,
-    batch_stats_only,
-    check_experts,
     distill,
-    dsa_strategies,
+    evaluate_distilled,
     quick_evaluator,
-    student_network,
 )
+from ._methods import METHODS, Method, Objective
 from ._selmatch import InitialSet, initial_set, selmatch
+from ._student import ExpertSource, batch_stats_only, check_experts, dsa_strategies, student_network
 from ._trajectory import MatchOutput, StudentPlan, TrajectoryMatcher, check_precision, student_precision
 
 __all__ = [
@@ -77,7 +81,10 @@ __all__ = [
     "DistillStep",
     "ExpertSource",
     "InitialSet",
+    "METHODS",
     "MatchOutput",
+    "Method",
+    "Objective",
     "RunState",
     "StudentPlan",
     "TrajectoryMatcher",
@@ -86,6 +93,7 @@ __all__ = [
     "check_precision",
     "dsa_strategies",
     "distill",
+    "evaluate_distilled",
     "initial_set",
     "quick_evaluator",
     "selmatch",

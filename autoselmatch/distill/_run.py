@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
-import torch.nn as nn
 
-from ..augment import DSA_STRATEGIES
 from ..config import DistillConfig, RunConfig, key_dict, to_dict
 from ..data import ImageDataset
-from ..errors import DataError, InvalidArgument, TrainingDiverged
+from ..errors import InvalidArgument, TrainingDiverged
 from ..fileio import load_torch, save_torch, stable_hash
-from ..models import FlatModel
-from ..runtime import LOG, fault_point, progress, resolve_device
+from ..runtime import LOG, progress, resolve_device
 from ..synset import SyntheticSet, loss_ratio
-from ._trajectory import MatchOutput, TrajectoryMatcher
+from ._methods import METHODS
+from ._student import ExpertSource
+from ._trajectory import MatchOutput
+
+if TYPE_CHECKING:
+    from ..evaluate import EvalResult
 
 RESULT_FILE = "result.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -29,18 +31,6 @@ DistillResult = SyntheticSet  # what distill() and selmatch() return; the name t
 
 Evaluator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float]
 CoverageProbe = Callable[[torch.Tensor], Mapping[str, float]]  # images -> {"coverage", "coverage_easy", ...}
-
-
-class ExpertSource(Protocol):
-    """What the core needs from an expert store (see :mod:`autoselmatch.experts`)."""
-
-    num_experts: int
-    num_params: int
-    num_epochs: int
-    manifest: Mapping[str, Any]
-
-    def sample(self, generator: torch.Generator, *, max_start_epoch: int,
-               expert_epochs: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -84,14 +74,18 @@ class RunState:
         dc: The ``distill`` settings (``lr_teacher`` starts eta; ``lr_img``,
             ``lr_lr`` and ``momentum`` set the optimizers).
         seed: Seed of the generator.
+        image_optimizer: Builds the pixels' optimizer from the (d, C, H, W) leaf tensor (the base
+            method's, see ``distill.METHODS``); None: SGD with ``dc.lr_img`` and ``dc.momentum``.
     """
 
-    def __init__(self, images: torch.Tensor, rows: torch.Tensor, dc: DistillConfig, seed: int) -> None:
+    def __init__(self, images: torch.Tensor, rows: torch.Tensor, dc: DistillConfig, seed: int,
+                 image_optimizer: Callable[[torch.Tensor], torch.optim.Optimizer] | None = None) -> None:
         self.base = images
         self.rows = rows
         self.pixels = images[rows].clone().requires_grad_(True)  # (d, C, H, W): the only pixels that learn
         self.lr = torch.tensor(dc.lr_teacher, device=images.device, requires_grad=True)  # eta ()
-        self.opt_img = torch.optim.SGD([self.pixels], lr=dc.lr_img, momentum=dc.momentum)
+        self.opt_img = (torch.optim.SGD([self.pixels], lr=dc.lr_img, momentum=dc.momentum) if image_optimizer is None
+                        else image_optimizer(self.pixels))
         self.opt_lr = torch.optim.SGD([self.lr], lr=dc.lr_lr, momentum=dc.momentum)
         self.generator = torch.Generator().manual_seed(seed)
         self.iteration = 0
@@ -105,18 +99,26 @@ class RunState:
         return self.base.index_put((self.rows,), self.pixels.detach())
 
     def step(self, out: MatchOutput) -> tuple[float, float]:
-        """Apply one iteration's gradients to the pixels and eta; return (loss, eta after the update).
+        """Apply one iteration's gradients to the pixels and eta and :meth:`finish` it.
 
         Sync point: reads the loss and eta from the device.
         """
-        self.pixels.grad = out.grad_images[self.rows]
+        self.move(out.grad_images)
         self.lr.grad = out.grad_lr.reshape(())
-        self.opt_img.step()
         self.opt_lr.step()
+        return self.finish(out.loss)
+
+    def move(self, grad_images: torch.Tensor) -> None:
+        """One pixel-optimizer step with dL/dimages (n, C, H, W): only the D_distill rows move (the partial update)."""
+        self.pixels.grad = grad_images[self.rows]
+        self.opt_img.step()
+
+    def finish(self, loss: torch.Tensor) -> tuple[float, float]:
+        """Count an iteration whose loss (scalar tensor) was ``loss``; return (loss, eta). Sync point."""
         self.iteration += 1
-        loss, eta = torch.stack([out.loss.float(), self.lr.detach().float()]).tolist()
-        self.losses.append(loss)
-        return loss, eta
+        value, eta = torch.stack([loss.float(), self.lr.detach().float()]).tolist()
+        self.losses.append(value)
+        return value, eta
 
     def record(self, coverage: Mapping[str, float] | None = None) -> dict[str, Any]:
         """Append and return the activity-record entry of the current iteration (see :mod:`autoselmatch.synset`).
@@ -199,50 +201,34 @@ class Checkpoint:
 # --------------------------------------------------------------------------------------------
 
 
-def student_network(cfg: RunConfig, ds: ImageDataset) -> nn.Module:
-    """The experts' architecture (``cfg.experts.model``) for ``ds``, as a student (see :func:`batch_stats_only`)."""
-    channels, size, _ = ds.image_shape
-    return batch_stats_only(cfg.experts.model.build(channels=channels, num_classes=ds.num_classes, image_size=size))
-
-
-def batch_stats_only(module: nn.Module) -> nn.Module:
-    """Make every BatchNorm of ``module`` use batch statistics only, and put it in training mode.
-
-    Running statistics are removed (not tracked, no buffers): the student
-    only ever runs in training mode, and without buffer updates it is a
-    pure function of theta, so recomputed segments and replays see the same
-    network and nothing is written per step.
-    """
-    for layer in module.modules():
-        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-            layer.track_running_stats = False
-            layer.running_mean = layer.running_var = layer.num_batches_tracked = None
-    return module.train()
-
-
-def dsa_strategies(cfg: RunConfig) -> tuple[str, ...]:
-    """The DSA strategies of ``cfg.distill`` (empty when ``distill.dsa`` is off)."""
-    if not cfg.distill.dsa:
-        return ()
-    strategies = tuple(s for s in cfg.distill.dsa_strategies.split("_") if s)
-    unknown = [s for s in strategies if s not in DSA_STRATEGIES]
-    if unknown or not strategies:
-        raise InvalidArgument(f"distill.dsa_strategies must join names from {', '.join(DSA_STRATEGIES)} with '_', "
-                              f"got {cfg.distill.dsa_strategies!r}")
-    return strategies
-
-
 def quick_evaluator(ds: ImageDataset, cfg: RunConfig, *, runs: int = 1) -> Evaluator:
     """Mean validation accuracy of ``runs`` networks (seeds ``cfg.seed``, ``cfg.seed + 1``, ...) trained
-    on the set for ``evaluate.quick_fraction`` of the budget."""
-    from ..evaluate import evaluate_set
+    on the set for ``evaluate.quick_fraction`` of the budget, by the protocol of ``cfg.distill.method``
+    (:func:`evaluate_distilled`)."""
 
     def evaluate(images: torch.Tensor, labels: torch.Tensor, distill_mask: torch.Tensor) -> float:
-        result = evaluate_set(ds, images, labels, cfg=cfg.evaluate, distill_mask=distill_mask, split="val",
-                              runs=runs, fraction=cfg.evaluate.quick_fraction, seed=cfg.seed)
+        result = evaluate_distilled(ds, images, labels, cfg, distill_mask=distill_mask, split="val", runs=runs,
+                                    fraction=cfg.evaluate.quick_fraction, seed=cfg.seed)
         return float(result.mean)
 
     return evaluate
+
+
+def evaluate_distilled(ds: ImageDataset, images: torch.Tensor, labels: torch.Tensor, cfg: RunConfig, *,
+                       distill_mask: torch.Tensor | None = None, split: str = "val", runs: int | None = None,
+                       fraction: float = 1.0, seed: int = 0) -> EvalResult:
+    """A set evaluated by the protocol of its base method ``cfg.distill.method`` (``distill.METHODS``):
+    :func:`autoselmatch.evaluate.evaluate_set` on its hard labels (``mtt``, ``dsa``), or training against
+    the teacher's soft outputs (``sre2l``). Arguments as in ``evaluate_set``; ``runs`` None: ``evaluate.runs``."""
+    from ..evaluate import evaluate_set
+
+    runs = cfg.evaluate.runs if runs is None else runs
+    method = METHODS.get(cfg.distill.method)
+    if method.evaluate is not None:
+        return method.evaluate(ds, images, labels, cfg, distill_mask=distill_mask, split=split, runs=runs,
+                               fraction=fraction, seed=seed)
+    return evaluate_set(ds, images, labels, cfg=cfg.evaluate, distill_mask=distill_mask, split=split, runs=runs,
+                        fraction=fraction, seed=seed)
 
 
 def coverage_probe(ds: ImageDataset, cfg: RunConfig, device: torch.device) -> CoverageProbe:
@@ -284,21 +270,24 @@ def distill(
     settings: Mapping[str, Any] | None = None,
     coverage: CoverageProbe | None = None,
 ) -> SyntheticSet:
-    """Run trajectory matching on an initial synthetic set; update only the ``distill_mask`` rows.
+    """Run the base method ``cfg.distill.method`` on an initial synthetic set; update only the ``distill_mask`` rows.
 
-    Each iteration draws an expert and a start epoch t < T+ (``experts.sample``),
+    ``mtt``: each iteration draws an expert and a start epoch t < T+ (``experts.sample``),
     runs N student steps from theta*_t on minibatches of the whole set with
     DSA, and takes one SGD-with-momentum step on the D_distill pixels
-    and on eta against loss (1). All randomness comes from one generator
-    seeded with ``cfg.seed`` (batches, augmentation seeds, expert draws), so
-    a run is reproducible and a resumed run continues bit for bit on CPU.
+    and on eta against loss (1). ``dsa``: each iteration matches a fresh network's
+    per-class gradients on the set and on real batches (``distill.METHODS``).
+    All randomness comes from one generator seeded with ``cfg.seed`` (batches,
+    augmentation seeds, expert draws, network inits), so a run is reproducible
+    and a resumed run continues bit for bit on CPU.
 
     Args:
         ds: The dataset (names, classes, normalisation, image shape).
         cfg: Run settings; ``cfg.distill`` drives the loop, ``cfg.experts.model``
             is the student architecture, ``cfg.seed`` and ``cfg.device`` apply.
         experts: Expert trajectories for ``cfg.experts`` on ``ds``; may be
-            None only when nothing is to be distilled (no True in the mask).
+            None when nothing is to be distilled (no True in the mask) or the
+            method needs none.
         init_images: float (n, C, H, W) in normalised space.
         labels: int64 (n,) hard labels.
         distill_mask: bool (n,): rows that are updated (D_distill).
@@ -331,7 +320,6 @@ def distill(
     if resume and checkpoint_dir is None:
         raise InvalidArgument("resume=True needs the checkpoint_dir to resume from")
     _check_set(ds, init_images, labels, distill_mask)
-    n = len(labels)
     provenance = {"dataset": ds.name, "classes": tuple(ds.classes), "mean": tuple(ds.mean), "std": tuple(ds.std),
                   "settings": _settings(ds, cfg, settings), "indices": indices.cpu() if indices is not None else None}
     rows = torch.nonzero(distill_mask.cpu()).flatten()
@@ -339,20 +327,17 @@ def distill(
         return SyntheticSet(init_images.detach().cpu().float().clone(), labels.cpu().clone(),
                             distill_mask.cpu().clone(), eta=dc.lr_teacher, **provenance,
                             activity=[{"iteration": 0, "loss_ratio": None, "eta": dc.lr_teacher, "pixel_change": 0.0}])
-    if dc.batch_syn > n:
-        raise InvalidArgument(f"distill.batch_syn ({dc.batch_syn}) must be at most the synthetic set's size {n}; "
-                              f"lower it with --set distill.batch_syn=N")
-    flat = FlatModel(student_network(cfg, ds).to(device))
-    check_experts(experts, ds, cfg, flat.num_params)
+    method = METHODS.get(dc.method)
+    run_labels = labels.to(device).long()  # (n,)
+    experts = experts if method.needs == "experts" else None
+    objective = method.build(ds, cfg, run_labels, device, experts)
     if evaluator is None and dc.eval_every > 0:
         evaluator = quick_evaluator(ds, cfg)
     if coverage is None and dc.coverage_every > 0:
         coverage = coverage_probe(ds, cfg, device)
-    matcher = TrajectoryMatcher(flat, labels.to(device).long(), syn_steps=dc.syn_steps, batch_syn=dc.batch_syn,
-                                memory=dc.memory, segment=dc.segment, strategies=dsa_strategies(cfg),
-                                precision=dc.precision)
 
-    state = RunState(init_images.detach().to(device, torch.float32).clone(), rows.to(device), dc, cfg.seed)
+    state = RunState(init_images.detach().to(device, torch.float32).clone(), rows.to(device), dc, cfg.seed,
+                     image_optimizer=lambda pixels: method.optimizer(pixels, dc))
     checkpoint = Checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None,
                             _fingerprint(ds, cfg, experts, init_images, labels, distill_mask))
     if resume and checkpoint.restore(state):
@@ -370,23 +355,19 @@ def distill(
     if state.iteration == 0 and not state.activity:
         record()
     bar: Any = progress(range(state.iteration, dc.iterations), desc="distill", total=dc.iterations - state.iteration)
-    draws = None
+    draws = before = None
     try:  # whatever stops the run (Ctrl-C, a callback's exception) leaves a checkpoint of the last finished iteration
         for _ in bar:
             draws = state.generator.get_state()  # an unfinished iteration reruns from the same draws
-            start, target = experts.sample(state.generator, max_start_epoch=dc.max_start_epoch,
-                                           expert_epochs=dc.expert_epochs)
-            out = matcher(state.images(), state.lr, start.to(device, torch.float32), target.to(device, torch.float32),
-                          state.generator)
-            fault_point("distill.iteration")
-            draws = None
-            loss, eta = state.step(out)
+            before = None if objective.atomic else copy.deepcopy(state.state_dict())  # ... and the same set
+            loss, eta = objective(state)
+            draws = before = None
             _check_diverged(loss, eta, state.iteration, dc)
 
             at_eval = dc.eval_every > 0 and (state.iteration % dc.eval_every == 0 or state.iteration == dc.iterations)
             accuracy = None
             if evaluator is not None and at_eval:
-                accuracy = float(evaluator(state.images(), matcher.labels, distill_mask.to(device)))
+                accuracy = float(evaluator(state.images(), run_labels, distill_mask.to(device)))
                 state.evals.append((state.iteration, accuracy))
                 LOG.info("iteration %d: loss %.4f, eta %.4g, quick validation accuracy %.2f %%", state.iteration,
                          loss, eta, 100 * accuracy)
@@ -405,7 +386,9 @@ def distill(
     except TrainingDiverged:
         raise  # the state holds the diverged step: no checkpoint of it
     except BaseException:
-        if draws is not None:
+        if before is not None:
+            state.load_state_dict(before)
+        elif draws is not None:
             state.generator.set_state(draws)
         checkpoint.save(state)
         raise
@@ -441,42 +424,6 @@ def _check_set(ds: ImageDataset, images: torch.Tensor, labels: torch.Tensor, mas
         raise InvalidArgument(f"distill_mask must be bool of shape ({len(images)},), got {mask.dtype} {tuple(mask.shape)}")
 
 
-def check_experts(experts: ExpertSource | None, ds: ImageDataset, cfg: RunConfig, num_params: int) -> None:
-    """Refuse experts that are missing, were made for another dataset or model, or are too short."""
-    make = f"make them with `autoselmatch experts --dataset {ds.name}` (same preset and --set options)"
-    if experts is None:
-        raise DataError(f"no expert trajectories for {ds.name}; {make}")
-    key = experts.manifest.get("key", {})
-    trained_on = key.get("dataset", {}).get("name")
-    if trained_on != ds.name:
-        raise DataError(f"experts were trained on {trained_on!r}, not {ds.name!r}; {make}")
-    student = {"name": cfg.experts.model.name, "options": dict(sorted(cfg.experts.model.options.items()))}
-    if _plain(key.get("model")) != _plain(student):
-        raise DataError(f"experts were trained with model {key.get('model')}, but the student is {student}; {make}")
-    if experts.num_params != num_params:
-        raise DataError(f"experts have {experts.num_params} parameters but the student {cfg.experts.model.name} has "
-                        f"{num_params}; they belong to another model; {make}")
-    if getattr(experts, "zca", None) is not None:
-        raise InvalidArgument("experts trained with ZCA whitening cannot be matched: synthetic sets live in the "
-                              "normalised space; use experts with experts.zca = false")
-    needed = cfg.distill.max_start_epoch + cfg.distill.expert_epochs
-    if needed > experts.num_epochs:
-        every = key.get("snapshot_every")  # SGD steps between stored snapshots; absent: one per epoch
-        stored, epochs = f"{experts.num_epochs} epochs", needed
-        if every is not None:
-            steps = math.ceil(len(ds.split("train")[1]) / key["optimizer"]["batch_size"])  # per epoch
-            stored = f"{experts.num_epochs} snapshots (every {every} SGD steps)"
-            epochs = math.ceil(needed * every / steps)
-        raise InvalidArgument(f"distill.max_start_epoch + distill.expert_epochs = {needed} exceeds the "
-                              f"{stored} stored per expert; lower them or retrain with "
-                              f"`autoselmatch experts --dataset {ds.name} --epochs {epochs}`")
-
-
-def _plain(model: Any) -> Any:
-    """A model spec in a comparable form (JSON round trip: tuples and lists compare equal)."""
-    return json.loads(json.dumps(model, sort_keys=True, default=str))
-
-
 def _settings(ds: ImageDataset, cfg: RunConfig, extra: Mapping[str, Any] | None) -> dict[str, Any]:
     values: dict[str, Any] = {"dataset": ds.name, "seed": cfg.seed, "config": to_dict(cfg)}
     values.update(extra or {})
@@ -490,7 +437,7 @@ def _tensor_digest(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
-def _fingerprint(ds: ImageDataset, cfg: RunConfig, experts: ExpertSource, images: torch.Tensor,
+def _fingerprint(ds: ImageDataset, cfg: RunConfig, experts: ExpertSource | None, images: torch.Tensor,
                  labels: torch.Tensor, mask: torch.Tensor) -> str:
     """What a checkpoint must share with the run that resumes it (the iteration budget and what is
     only observed, such as evaluations and coverage, may differ).
@@ -503,7 +450,7 @@ def _fingerprint(ds: ImageDataset, cfg: RunConfig, experts: ExpertSource, images
         dc.pop(key, None)
     return stable_hash({
         "dataset": ds.name, "seed": cfg.seed, "distill": dc, "model": cfg.experts.model.to_dict(),
-        "experts": {"key": experts.manifest.get("key"), "num_experts": experts.num_experts,
-                    "num_params": experts.num_params},
+        "experts": None if experts is None else {"key": experts.manifest.get("key"),
+                                                 "num_experts": experts.num_experts, "num_params": experts.num_params},
         "init": _tensor_digest(images, labels, mask),
     })

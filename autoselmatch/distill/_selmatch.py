@@ -14,7 +14,9 @@ from ..errors import InvalidArgument
 from ..runtime import resolve_device
 from ..selection import Window, select_window
 from ..synset import SyntheticSet
-from ._run import Callback, CoverageProbe, Evaluator, ExpertSource, coverage_probe, distill, quick_evaluator
+from ._methods import METHODS
+from ._run import Callback, CoverageProbe, Evaluator, coverage_probe, distill, quick_evaluator
+from ._student import ExpertSource
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,8 @@ def selmatch(
     callback: Callback | None = None,
     evaluator: Evaluator | None = None,
 ) -> SyntheticSet:
-    """Distil one SelMatch set: init from the window at ``beta``, update the easier ``alpha`` of it.
+    """Distil one SelMatch set: init from the window at ``beta``, update the easier ``alpha`` of it
+    with the base method ``cfg.distill.method``.
 
     ``cfg.distill.init`` chooses the init (``window``, or ``random``: with
     alpha = 1 this is plain MTT); ``cfg.distill.mode`` is ``selmatch``
@@ -117,7 +120,7 @@ def selmatch(
         alpha: Distillation portion in [0, 1].
         beta: Window start, a fraction of each class in [0, 1 - ipc/n_c].
         scores: Difficulty scores (N,), higher = harder; None: per ``cfg.scores``.
-        experts: Expert trajectories; None loads them per ``cfg.experts``
+        experts: Expert trajectories (method ``mtt``); None loads them per ``cfg.experts``
             (never trains them: a missing set is an error naming the command).
         checkpoint_dir, resume, callback, evaluator: As in :func:`distill`.
 
@@ -130,7 +133,7 @@ def selmatch(
     settings = {"ipc": ipc, "alpha": alpha, "beta": beta, "init": cfg.distill.init, "mode": cfg.distill.mode,
                 "memory": cfg.distill.memory, "precision": cfg.distill.precision, "score": cfg.scores.name}
     rows = start.distill_mask if cfg.distill.mode == "merge" else torch.ones_like(start.distill_mask)
-    if bool(start.distill_mask.any()):
+    if bool(start.distill_mask.any()) and METHODS.get(cfg.distill.method).needs == "experts":
         if cfg.distill.batch_syn > int(rows.sum()):
             part = "D_distill" if cfg.distill.mode == "merge" else "D_syn"
             raise InvalidArgument(f"distill.batch_syn ({cfg.distill.batch_syn}) must be at most the size of {part} "

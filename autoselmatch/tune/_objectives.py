@@ -105,6 +105,12 @@ class SelMatchObjectives:
 
         return train_experts(self.ds, self.cfg, device=self.device)
 
+    def _experts_for(self, cfg: RunConfig) -> ExpertStore | None:
+        """The experts when ``cfg.distill.method`` reads them (``mtt``), else None (nothing trained)."""
+        from ..distill import METHODS
+
+        return self.experts if METHODS.get(cfg.distill.method).needs == "experts" else None
+
     # ---- stage 1 -----------------------------------------------------------------------------
 
     def beta(self, ctx: StageContext, *, scores: torch.Tensor | None = None) -> Objective:
@@ -152,7 +158,7 @@ class SelMatchObjectives:
         from ..distill import RESULT_FILE, DistillStep, quick_evaluator, selmatch
         from ..export import upload_trial_artifacts
 
-        scores, experts = self.scores, self.experts
+        scores, experts = self.scores, self._experts_for(ctx.cfg)
         cfg = _with_iterations(ctx.cfg, trial_iterations(ctx.cfg))
         cfg = cfg if init is None else _with_init(cfg, init)
         evaluators = {0: quick_evaluator(self.ds, cfg, runs=cfg.tune.alpha_seeds)}
@@ -229,8 +235,7 @@ class SelMatchObjectives:
                    trial: optuna.trial.FrozenTrial, study: optuna.Study, upload: bool, final_dir: Path,
                    init: str | None = None) -> dict[str, Any]:
         """``trial``'s set continued to ``distill.iterations`` in ``final_dir``, evaluated on the test split."""
-        from ..distill import CHECKPOINT_FILE, RESULT_FILE, DistillResult, quick_evaluator, selmatch
-        from ..evaluate import evaluate_set
+        from ..distill import CHECKPOINT_FILE, RESULT_FILE, DistillResult, evaluate_distilled, quick_evaluator, selmatch
         from ..export import upload_trial_artifacts
 
         replicate = replicate_of(trial)
@@ -245,11 +250,11 @@ class SelMatchObjectives:
                 LOG.info("%s: continuing alpha=%g to %d iterations", ctx.study_name, alpha, cfg.distill.iterations)
             run_cfg = _replicate_config(cfg, records.ALPHA, replicate)  # continues the trial's own distillation
             result = selmatch(self.ds, run_cfg, ipc=ctx.ipc, alpha=alpha, beta=beta, scores=self.scores,
-                              experts=self.experts if alpha > 0 else None, checkpoint_dir=final_dir, resume=True,
-                              evaluator=quick_evaluator(self.ds, cfg))
-        test = evaluate_set(self.ds, result.images.to(self.device), result.labels.to(self.device), cfg=cfg.evaluate,
-                            distill_mask=result.distill_mask.to(self.device), split="test", runs=cfg.evaluate.runs,
-                            seed=cfg.seed)
+                              experts=self._experts_for(cfg) if alpha > 0 else None, checkpoint_dir=final_dir,
+                              resume=True, evaluator=quick_evaluator(self.ds, cfg))
+        test = evaluate_distilled(self.ds, result.images.to(self.device), result.labels.to(self.device), cfg,
+                                  distill_mask=result.distill_mask.to(self.device), split="test",
+                                  runs=cfg.evaluate.runs, seed=cfg.seed)
         spread = f" ± {100 * test.std:.2f}" if test.runs > 1 else ""  # one run has no spread
         LOG.info("%s: test accuracy %.2f%s %% (%d run%s)%s", ctx.study_name, 100 * test.mean, spread, test.runs,
                  "" if test.runs == 1 else "s", "" if init is None else f" ({final_dir.name})")
