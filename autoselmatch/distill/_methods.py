@@ -25,10 +25,9 @@ in the loop. A method supplies the rest:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
-
-import math
 
 import torch
 
@@ -44,6 +43,7 @@ from ._student import ExpertSource, check_experts, dsa_strategies, student_netwo
 from ._trajectory import TrajectoryMatcher
 
 if TYPE_CHECKING:
+    from ..evaluate import EvalResult
     from ._run import RunState
 
 
@@ -63,9 +63,6 @@ class Objective(Protocol):
 
 
 Builder = Callable[[ImageDataset, RunConfig, torch.Tensor, torch.device, "ExpertSource | None"], Objective]
-
-if TYPE_CHECKING:
-    from ..evaluate import EvalResult
 
 
 @dataclass(frozen=True)
