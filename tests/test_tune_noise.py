@@ -286,3 +286,20 @@ def test_a_study_made_before_replicates_resumes_and_its_trials_read_as_replicate
     old = optuna.trial.create_trial(params={"beta": 0.3}, value=0.5,
                                     distributions={"beta": optuna.distributions.FloatDistribution(0, 1)})
     assert summarize([old], "beta").stats[0.3].values == {0: 0.5}
+
+
+def test_replicate_seeds_wrap_around_past_the_largest_seed():
+    import dataclasses
+
+    from autoselmatch.choices import MAX_SEED
+    from autoselmatch.config import RunConfig, load_preset
+    from autoselmatch.tune._stage import replicate_seeds
+
+    cfg = dataclasses.replace(load_preset("digits"), seed=MAX_SEED)
+    first = replicate_seeds(cfg, "alpha", 0)
+    assert first["seed"] == MAX_SEED
+    later = replicate_seeds(cfg, "alpha", 1)
+    n = len(later["networks"])
+    assert later["seed"] == n - 1 and all(0 <= s <= MAX_SEED for s in later["networks"])
+    dataclasses.replace(cfg, seed=later["seed"])  # a valid run seed (RunConfig checks the range)
+    assert isinstance(cfg, RunConfig)

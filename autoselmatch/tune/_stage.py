@@ -25,6 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from .. import records
+from ..choices import MAX_SEED
 from ..config import RunConfig, to_dict
 from ..errors import TrainingDiverged
 from ..records import study_name
@@ -126,14 +127,14 @@ def replicate_seeds(cfg: RunConfig, stage: str, replicate: int) -> dict[str, Any
     Network ``i`` of replicate ``r`` trains from ``seed + r * n + i`` (``n``: networks per trial), with
     the same initialisation, batch order and augmentation draws at every point; an alpha trial of
     replicate ``r`` also distils from ``seed + r * n``. Replicate 0 is what every trial used before
-    replicates existed.
+    replicates existed. Seeds wrap around past ``MAX_SEED`` (to 0), so every replicate's seed is valid.
 
     Returns:
         ``{"seed": s, "networks": [s, s + 1, ...]}``: the run seed of the replicate and its network seeds.
     """
     n = networks_per_trial(cfg, stage)
-    first = cfg.seed + replicate * n
-    return {"seed": first, "networks": list(range(first, first + n))}
+    first = (cfg.seed + replicate * n) % (MAX_SEED + 1)  # wraps around near the largest seed, as a seed must
+    return {"seed": first, "networks": [(first + i) % (MAX_SEED + 1) for i in range(n)]}
 
 
 def stage_settings(cfg: RunConfig, stage: str, ipc: int) -> dict[str, Any]:
