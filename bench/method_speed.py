@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from autoselmatch.distill import METHODS, RunState, TrajectoryMatcher, dsa_strat
 from autoselmatch.distill._methods import _RecoverObjective, _TrajectoryObjective
 from autoselmatch.distill._sre2l import RecoverLoss, teacher_network
 from autoselmatch.models import FlatModel
+from distill_speed import _peak, _reset_peak  # bench/ is on the path of a script run from it
 
 #: (preset, channels, side, classes, default IPC): Fashion-MNIST at 5 % of its training set, CIFAR-100 at IPC 50.
 GEOMETRIES = {"fashion-mnist": ("fashion-mnist", 1, 28, 10, 300), "cifar100": ("cifar100", 3, 32, 100, 50)}
@@ -87,27 +87,6 @@ def build(method: str, cfg: Any, ds: ImageDataset, labels: torch.Tensor, device:
             teacher(ds.normalize(ds.train_images[:512].to(device)))
         return _RecoverObjective(RecoverLoss(teacher, cfg.distill.sre2l_r_bn), labels, cfg.distill, device)
     return METHODS.get(method).build(ds, cfg, labels, device, None)
-
-
-def _rss_kib() -> dict[str, int]:
-    text = open("/proc/self/status").read()
-    return {k: int(re.search(rf"{k}:\s+(\d+)", text).group(1)) for k in ("VmRSS", "VmHWM")}
-
-
-def _reset_peak(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated() / 2**20
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
-    return _rss_kib()["VmRSS"] / 1024
-
-
-def _peak(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return _rss_kib()["VmHWM"] / 1024
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
