@@ -366,6 +366,10 @@ class TuneConfig:
             standard errors of the paired difference (0: any improvement).
         max_seeds: Replicates (each with its own network seeds, the same at every point) the line
             search may give a point when a comparison is inside the noise (1: never replicate).
+        refine_beta: After the alpha stage, search beta again at the chosen alpha (alpha-stage
+            trials in the alpha study, walking from stage 1's beta), and take the best (beta,
+            alpha) of both searches: stage 1 scores windows alone (alpha 0), where the best
+            beta can differ from the best one under distillation.
     """
 
     beta_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -391,6 +395,7 @@ class TuneConfig:
     baselines: bool = True
     z: float = 1.0
     max_seeds: int = 1
+    refine_beta: bool = False
 
     def __post_init__(self) -> None:
         for name in ("beta_grid", "alpha_grid"):

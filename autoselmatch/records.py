@@ -8,8 +8,10 @@ and a reader that misses it fails to import.
 Per IPC, ``tune`` makes two studies, :func:`study_name` ``(prefix, ipc, stage)``:
 
 - ``{prefix}-ipc{N}-beta``: stage 1, the window start beta.
-- ``{prefix}-ipc{N}-alpha``: stage 2, the distillation portion alpha; when
-  the stage ends it holds the :class:`FinalRecord` of the IPC's final set.
+- ``{prefix}-ipc{N}-alpha``: stage 2, the distillation portion alpha at stage 1's
+  beta; with ``tune.refine_beta``, also the :data:`REFINE` search of beta at the
+  chosen alpha (its trials carry the param ``beta`` and the user attr ``alpha``);
+  when the stages end it holds the :class:`FinalRecord` of the IPC's final set.
 
 Study user attrs (keys below): the settings that shape its trials
 (:data:`SETTINGS`, :data:`FINGERPRINT`, :data:`SETTINGS_HISTORY`,
@@ -37,9 +39,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-#: The two stages per IPC, in the order they run.
+#: The two stages per IPC, in the order they run; each has its study.
 BETA, ALPHA = "beta", "alpha"
 STAGES = (BETA, ALPHA)
+#: The optional third search per IPC: beta again, at the chosen alpha, in the alpha study.
+REFINE = "refine"
 
 # ---- study user attrs ------------------------------------------------------------------------
 UID = "uid"  # random id naming the study's folder of checkpoints and sets
@@ -56,6 +60,7 @@ PRIOR = "prior"  # {"ipc", "alpha", "beta"} of the IPC whose optima start (soft 
 RUN_CONFIG = "run_config"  # the whole RunConfig as a dict
 SEEDS = "seeds"  # {"0": {"seed": s, "networks": [s, ...]}, ...}: each replicate's seeds (the same at every point)
 PRIOR_OVERRULED = "prior_overruled"  # {"bound", "points"}: the walk stepped past the prior's bound (else None)
+REFINE_ATTR = "refine"  # on the alpha study: {"alpha", "from", "search"} of the beta refinement (absent: none ran)
 FINAL = "final"  # FinalRecord.to_dict() of the IPC's final set (alpha study)
 TEST_ACCURACY = "test_accuracy"  # {"mean", "std", "accuracies"} on the test split (beside FINAL)
 EVALUATION = "evaluation"  # how TEST_ACCURACY was measured: {"runs", "steps", "model", "augment", "seconds"}
@@ -98,6 +103,7 @@ STUDY_ATTRS_READ: dict[str, tuple[str, ...]] = {
     PRIOR_OVERRULED: STAGES,
     FINAL: (ALPHA,),
     TEST_ACCURACY: (ALPHA,),
+    REFINE_ATTR: (ALPHA,),  # with tune.refine_beta
 }
 #: Trial attrs that some module reads, with the stages whose finished trials carry them (real objectives).
 TRIAL_ATTRS_READ: dict[str, tuple[str, ...]] = {
@@ -239,6 +245,8 @@ __all__ = [
     "LABELS",
     "MTT",
     "RANDOM",
+    "REFINE",
+    "REFINE_ATTR",
     "SELMATCH",
     "STAGES",
     "FinalRecord",

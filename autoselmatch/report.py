@@ -224,12 +224,23 @@ def _layout(fig: "go.Figure", title: str, x: str, y: str) -> "go.Figure":
     return fig
 
 
-def _curve_figure(study: "optuna.Study", knob: str, ipc: int) -> "go.Figure":
-    """Validation accuracy against ``knob``: finished trials joined by a line, pruned ones as crosses."""
+def _on_line(trial: "optuna.trial.FrozenTrial", line: Mapping[str, float]) -> bool:
+    """Whether ``trial`` lies on ``line`` (``{"beta": b}``: the alpha search at b; ``{"alpha": a}``: the
+    beta refinement at a); a trial without a knob of it lies on it (older trials)."""
+    return all(_knob(trial, k) is None or abs(_knob(trial, k) - v) < 1e-6 for k, v in line.items())
+
+
+def _curve_figure(study: "optuna.Study", knob: str, ipc: int, line: Mapping[str, float] | None = None,
+                  stage: str | None = None) -> "go.Figure":
+    """Validation accuracy against ``knob`` on ``line`` (default: the study's fixed knobs): finished
+    trials joined by a line, pruned ones as crosses; ``stage`` names the search in the title."""
     import plotly.graph_objects as go
 
-    done = sorted((t for t in _trials(study, "COMPLETE") if _knob(t, knob) is not None), key=lambda t: _knob(t, knob))
-    pruned = [t for t in _trials(study, "PRUNED") if _knob(t, knob) is not None and t.intermediate_values]
+    line = study.user_attrs.get(records.FIXED) or {} if line is None else line
+    mine = [t for t in _trials(study, "COMPLETE", "PRUNED") if _knob(t, knob) is not None and _on_line(t, line)
+            and t.user_attrs.get(records.BASELINE) is None]
+    done = sorted((t for t in mine if t.state.name == "COMPLETE"), key=lambda t: _knob(t, knob))
+    pruned = [t for t in mine if t.state.name == "PRUNED" and t.intermediate_values]
     fig = go.Figure()
     fig.add_trace(go.Scatter(
         x=[_knob(t, knob) for t in done], y=[t.value for t in done], mode="lines+markers", name="finished",
@@ -241,11 +252,11 @@ def _curve_figure(study: "optuna.Study", knob: str, ipc: int) -> "go.Figure":
             x=[_knob(t, knob) for t in pruned], y=last, mode="markers", name="pruned (last report)",
             marker=dict(symbol="x", size=10, color="#d62728"), text=[f"trial {t.number}" for t in pruned],
         ))
-    best = _best(study)
-    if best is not None and _knob(best, knob) is not None:
+    best = max(done, key=lambda t: t.value, default=None)
+    if best is not None:
         fig.add_trace(go.Scatter(x=[_knob(best, knob)], y=[best.value], mode="markers", name=f"best {knob}",
                                  marker=dict(symbol="star", size=16, color="#2ca02c")))
-    stage = "stage 1" if knob == BETA else "stage 2"
+    stage = stage or ("stage 1" if knob == BETA else "stage 2")
     return _layout(fig, f"IPC {ipc}, {stage}: validation accuracy vs {knob}", knob, "validation accuracy")
 
 
@@ -327,13 +338,23 @@ def _accuracy_figure(group: IpcStudies) -> "go.Figure | None":
     return _layout(fig, f"IPC {group.ipc}: {title}", "", "test accuracy")
 
 
+def _optimum(group: IpcStudies, knob: str) -> float | None:
+    """The best SelMatch point's ``knob``: the final record's (after any refinement), else the best
+    trial's of the knob's own stage."""
+    final = _final(group)
+    if final is not None and final.selmatch and final.selmatch.get(knob) is not None:
+        return float(final.selmatch[knob])
+    best = _best(getattr(group, knob))
+    return None if best is None else _knob(best, knob)
+
+
 def _optimum_figure(groups: list[IpcStudies]) -> "go.Figure":
     """Best alpha and best beta against IPC."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
     for knob, colour in ((BETA, "#1f77b4"), (ALPHA, "#ff7f0e")):
-        points = [(g.ipc, _knob(b, knob)) for g in groups if (b := _best(getattr(g, knob))) is not None]
+        points = [(g.ipc, _optimum(g, knob)) for g in groups]
         points = [(ipc, value) for ipc, value in points if value is not None]
         fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
                                  name=f"best {knob}", line=dict(color=colour)))
@@ -414,6 +435,12 @@ def _ipc_section(group: IpcStudies, storage: "optuna.storages.BaseStorage", art_
         parts.append(_figure_html(_curve_figure(group.beta, BETA, group.ipc), f"ipc{group.ipc}-beta"))
     if group.alpha is not None:
         parts.append(_figure_html(_curve_figure(group.alpha, ALPHA, group.ipc), f"ipc{group.ipc}-alpha"))
+        refine = group.alpha.user_attrs.get(records.REFINE_ATTR)
+        if isinstance(refine, Mapping) and refine.get(ALPHA) is not None:
+            line = {ALPHA: float(refine[ALPHA])}
+            parts.append(_figure_html(_curve_figure(group.alpha, BETA, group.ipc, line,
+                                                    f"beta refined at alpha {refine[ALPHA]:g}"),
+                                      f"ipc{group.ipc}-refine"))
         parts.append(_figure_html(_intermediate_figure(group.alpha, group.ipc), f"ipc{group.ipc}-steps"))
         activities = _activities(group)
         if activities:

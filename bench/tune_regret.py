@@ -3,11 +3,13 @@
 1. A table: every point of the beta grid (window accuracy, stage 1) and of the
    beta x alpha grid (a distillation scored like an alpha trial, stage 2),
    each with ``--replicates`` replicates (the seeds ``tune`` gives replicate r),
-   computed once by the real objectives on digits and cached in ``OUT/table.json``
+   computed once by the real objectives (digits by default; ``--preset`` and
+   ``--set`` for another dataset) and cached in ``OUT/table.json``
    (a rerun resumes). Each alpha replicate's set is also evaluated on the test
    split: a point's reference accuracy is the mean over its replicates.
-2. Each search runs the real :class:`~autoselmatch.tune.SearchController`
-   on a fresh study whose objective looks the table up, with several
+2. Each search runs the real pipeline (:func:`autoselmatch.tune.tune`: both
+   stages, the optional beta refinement, the controller and the final choice)
+   on a fresh study, with objectives that look the table up, for several
    controller seeds: seed ``s`` reads replicate ``(s + r) % replicates`` for
    its replicate ``r``, so every seed sees other noise.
 3. Per search: regret = reference accuracy of the grid's best point minus that
@@ -16,6 +18,7 @@
    the grid search's.
 
     OMP_NUM_THREADS=1 nice -n 5 python bench/tune_regret.py --out /tmp/regret --replicates 4 --seeds 5
+    python bench/tune_regret.py --preset fashion-mnist --set distill.iterations=40 ... --cache-dir C
 """
 
 from __future__ import annotations
@@ -29,26 +32,37 @@ from pathlib import Path
 
 import optuna
 
-from autoselmatch.config import apply_overrides, load_preset
-from autoselmatch.storage import open_storage, parse_storage
-from autoselmatch.tune import SEARCHES, SearchController, SelMatchObjectives, StageContext
+from autoselmatch.config import apply_overrides, load_preset, parse_assignment
+from autoselmatch.tune import SelMatchObjectives, StageContext
 
 SMALL = {  # digits, small enough for a CPU: a trial distils the full (short) budget, so its set is the final one
     "distill.iterations": 40, "tune.trial_iterations": 40, "distill.eval_every": 20, "distill.checkpoint_every": 20,
     "tune.beta_grid": [0.0, 0.2, 0.4, 0.6], "tune.alpha_grid": [0.2, 0.4, 0.6, 0.8, 1.0],
 }
-#: name -> (strategy, z, max_seeds)
+#: name -> (strategy, z, max_seeds, refine_beta)
 SEARCH_SETTINGS = {
-    "line, z 0, 1 seed (the walk before issue 16)": ("line", 0.0, 1),
-    "line, z 1, 1 seed (default)": ("line", 1.0, 1),
-    "line, z 1, max 2 seeds": ("line", 1.0, 2),
-    "line, z 1, max 3 seeds": ("line", 1.0, 3),
-    "grid": ("grid", 0.0, 1),
-    "tpe": ("tpe", 0.0, 1),
+    "line, z 0, 1 seed (the walk before issue 16)": ("line", 0.0, 1, False),
+    "line, z 1, 1 seed (default)": ("line", 1.0, 1, False),
+    "line, z 1, max 2 seeds": ("line", 1.0, 2, False),
+    "line, z 1, max 3 seeds": ("line", 1.0, 3, False),
+    "grid": ("grid", 0.0, 1, False),
+    "tpe": ("tpe", 0.0, 1, False),
+    "line + refine beta, z 1, 1 seed": ("line", 1.0, 1, True),
+    "line + refine beta, z 1, max 2 seeds": ("line", 1.0, 2, True),
+    "grid + refine beta": ("grid", 0.0, 1, True),
 }
 
 
-def build_table(out: Path, replicates: int, ipc: int, device: str) -> dict:
+def table_config(preset: str, assignments: list[str], out: Path, cache_dir: Path | None, device: str):
+    """The run settings of the table: ``preset`` (:data:`SMALL` on top of ``digits``), then the ``--set``
+    assignments; trials are never pruned."""
+    overrides = dict(SMALL) if preset == "digits" else {}
+    overrides.update(parse_assignment(a) for a in assignments)
+    overrides.update({"cache_dir": str(cache_dir or out / "cache"), "device": device, "tune.pruner": "none"})
+    return apply_overrides(load_preset(preset), overrides)
+
+
+def build_table(out: Path, replicates: int, ipc: int, cfg) -> dict:
     """The cached table ``{"beta": {b: [[val, seconds, accuracies], ...]}, "alpha": {"b,a": [[val, seconds, test],
     ...]}}``, filled where missing."""
     from autoselmatch.distill import DistillResult
@@ -56,8 +70,6 @@ def build_table(out: Path, replicates: int, ipc: int, device: str) -> dict:
 
     path = out / "table.json"
     table = json.loads(path.read_text()) if path.is_file() else {"beta": {}, "alpha": {}}
-    cfg = apply_overrides(load_preset("digits"), {**SMALL, "cache_dir": str(out / "cache"), "device": device,
-                                                  "tune.pruner": "none"})
     objs = SelMatchObjectives(cfg)
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
     (out / "art").mkdir(parents=True, exist_ok=True)
@@ -101,37 +113,56 @@ def build_table(out: Path, replicates: int, ipc: int, device: str) -> dict:
     return table
 
 
-def run_search(table: dict, name: str, seed: int, replicates: int, db: Path) -> tuple[float, float, float]:
-    """(chosen beta, chosen alpha, trial seconds) of one search with controller seed ``seed``."""
-    strategy_name, z, max_seeds = SEARCH_SETTINGS[name]
-    spec = parse_storage(f"sqlite:///{db}")
-    storage = open_storage(spec)
-    spent = 0.0
+class TableObjectives:
+    """:class:`autoselmatch.tune.Objectives` that look each trial up in the table instead of training:
+    replicate ``r`` of a point reads the table's replicate ``(seed + r) % replicates``, and every
+    lookup adds that row's trial seconds to ``spent``. The final set's "test accuracy" is the point's
+    reference accuracy."""
 
-    def lookup(rows: list, trial: optuna.Trial) -> tuple[float, list]:
-        nonlocal spent
-        row = rows[(seed + trial.user_attrs.get("replicate", 0)) % replicates]
-        spent += row[1]
-        if len(row) > 2 and isinstance(row[2], list):
+    def __init__(self, table: dict, seed: int, replicates: int, reference: dict) -> None:
+        self.table, self.seed, self.replicates, self.reference = table, seed, replicates, reference
+        self.spent = 0.0
+
+    def _row(self, rows: list, trial: optuna.Trial) -> list:
+        row = rows[(self.seed + trial.user_attrs.get("replicate", 0)) % self.replicates]
+        self.spent += row[1]
+        return row
+
+    def max_beta(self, ipc: int) -> float:
+        return 1.0
+
+    def beta(self, ctx):
+        def objective(beta: float, trial: optuna.Trial) -> float:
+            row = self._row(self.table["beta"][str(beta)], trial)
             trial.set_user_attr("val_accuracy", {"mean": row[0], "accuracies": row[2]})
-        return row[0]
+            return row[0]
+        return objective
 
-    chosen = {}
-    for stage in ("beta", "alpha"):
-        if stage == "beta":
-            grid = [float(b) for b in table["beta"]]
-            objective = lambda x, t: lookup(table["beta"][str(x)], t)  # noqa: E731
-        else:
-            b = chosen["beta"]
-            grid = sorted({float(k.split(",")[1]) for k in table["alpha"] if float(k.split(",")[0]) == b})
-            objective = lambda x, t: lookup(table["alpha"][f"{b},{x}"], t)  # noqa: E731
-        start = None if stage == "beta" else 0.6
-        strategy = SEARCHES.get(strategy_name)(grid, start=start, seed=seed, z=z, max_seeds=max_seeds)
-        study = optuna.create_study(storage=storage, study_name=stage, direction="maximize",
-                                    sampler=strategy.sampler())
-        outcome = SearchController(study, spec, strategy, param=stage, objective=objective).run()
-        chosen[stage] = outcome.best_point
-    return chosen["beta"], chosen["alpha"], spent
+    def alpha(self, ctx, beta: float):
+        return lambda alpha, trial: self._row(self.table["alpha"][f"{beta},{alpha}"], trial)[0]
+
+    def finish(self, ctx, *, alpha, beta, trial, study) -> dict:
+        return {"result_path": "", "test_accuracy": {"mean": self.reference[(beta, alpha)], "std": 0.0}}
+
+
+def run_search(table: dict, name: str, seed: int, replicates: int, reference: dict, out: Path,
+               preset: str) -> tuple[float, float, float]:
+    """(chosen beta, chosen alpha, trial seconds) of ``autoselmatch.tune`` with search ``name`` and seed
+    ``seed`` on the table's look-ups (the real pipeline: stages, refinement, controller, choice)."""
+    from autoselmatch.tune import tune
+
+    strategy, z, max_seeds, refine = SEARCH_SETTINGS[name]
+    betas = sorted(float(b) for b in table["beta"])
+    alphas = sorted({float(k.split(",")[1]) for k in table["alpha"]})
+    cfg = apply_overrides(load_preset(preset), {
+        "seed": seed, "tune.search": strategy, "tune.z": z, "tune.max_seeds": max_seeds, "tune.refine_beta": refine,
+        "tune.beta_grid": betas, "tune.alpha_grid": alphas, "tune.alpha_start": 0.6, "tune.prior": False,
+        "tune.baselines": False, "tune.pruner": "none", "device": "cpu"})
+    objs = TableObjectives(table, seed, replicates, reference)
+    result = tune(cfg, [10], storage=f"sqlite:///{out / 'search.db'}", artifacts=out / "art",
+                  objectives=lambda cfg: objs)
+    point = result.ipcs[0].optimum
+    return point["beta"], point["alpha"], objs.spent
 
 
 def main() -> None:
@@ -141,20 +172,28 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--preset", default="digits", help="preset of the table's runs (digits: with SMALL)")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a preset value, as `autoselmatch --set` (repeatable)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="scores and experts cache (default OUT/cache)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    table = build_table(args.out, args.replicates, args.ipc, args.device)
+    cfg = table_config(args.preset, args.assignments, args.out, args.cache_dir, args.device)
+    table = build_table(args.out, args.replicates, args.ipc, cfg)
     reference = {tuple(map(float, k.split(","))): statistics.fmean(r[2] for r in rows[:args.replicates])
                  for k, rows in table["alpha"].items()}
     best = max(reference.values())
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(SEARCH_SETTINGS):
-            results[name] = [run_search(table, name, s, args.replicates, Path(tmp) / f"{i}-{s}.db")
-                             for s in range(args.seeds)]
+            results[name] = []
+            for s in range(args.seeds):
+                (Path(tmp) / f"{i}-{s}").mkdir()
+                results[name].append(run_search(table, name, s, args.replicates, reference, Path(tmp) / f"{i}-{s}",
+                                                args.preset))
     grid_seconds = [spent for _, _, spent in results["grid"]]
-    print(f"\ndigits ipc {args.ipc}: reference best {100 * best:.2f} % at "
+    print(f"\n{cfg.data.name} ipc {args.ipc}: reference best {100 * best:.2f} % at "
           f"{max(reference, key=reference.get)} (beta, alpha), {args.replicates} replicates, {args.seeds} seeds\n")
     print("| search | regret: median | worst | alpha regret at the chosen beta: median | worst "
           "| compute (share of grid's trial seconds) | chosen (beta, alpha) per seed |")

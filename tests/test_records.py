@@ -184,6 +184,7 @@ TINY = {
     "evaluate.model.width": 8, "evaluate.epochs": 10, "evaluate.runs": 1,
     "tune.trial_iterations": 2, "tune.beta_seeds": 1, "tune.pruner": "none",
     "tune.beta_grid": [0.2, 0.3], "tune.alpha_grid": [0.5, 0.6], "tune.beta_trials": 2, "tune.alpha_trials": 2,
+    "tune.refine_beta": True,
 }
 
 

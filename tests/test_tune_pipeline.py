@@ -421,3 +421,96 @@ def test_a_curve_still_rising_at_the_priors_bound_steps_past_it_and_the_study_sa
     no_prior = run(tmp_path, "40", cfg=config(**{"tune.prior": False}), objectives=RisingAlpha,
                    study_prefix="free")
     assert no_prior.ipcs[0].alpha.best_point == 0.7 and no_prior.ipcs[0].prior is None
+
+
+# --------------------------------------------------------------------------------------------
+# Refining beta at the chosen alpha (tune.refine_beta)
+# --------------------------------------------------------------------------------------------
+
+
+class Interacting(Synthetic):
+    """The alpha objective depends on beta too: at the chosen alpha its best window start is 0.2,
+    while stage 1 (windows alone) peaks at 0.5 (IPC 10)."""
+
+    def alpha(self, ctx, beta):
+        peak = 0.71 - ctx.ipc / 100
+
+        def objective(alpha, trial):
+            self._note("alpha", alpha)
+            if self.log is not None:
+                with open(self.log, "a") as f:
+                    f.write(f"point {beta:g},{alpha:g} {os.getpid()}\n")
+            value = 1.0 - (alpha - peak) ** 2 - (beta - 0.2) ** 2
+            for step in (1, 2, 3):
+                report(trial, value * step / 3, step)
+            return value
+
+        return objective
+
+
+def points_run(log):
+    return [line.split()[1] for line in log.read_text().splitlines() if line.startswith("point ")]
+
+
+def test_refining_beta_walks_to_the_best_window_start_at_the_chosen_alpha(tmp_path):
+    log = tmp_path / "calls.log"
+    cfg = config(**{"tune.refine_beta": True})
+    result = run(tmp_path, cfg=cfg, objectives=functools.partial(Interacting, log=log))
+    (r,) = result.ipcs
+    assert (r.beta.best_point, r.alpha.best_point) == (0.5, 0.6)  # stages 1 and 2 as without the refinement
+    assert r.refine.best_point == 0.2 and r.optimum == {"alpha": 0.6, "beta": 0.2}
+    study = load(tmp_path, "digits-ipc10-alpha")
+    refined = [t for t in study.trials if "beta" in t.params]
+    assert refined and all(t.user_attrs["alpha"] == 0.6 and t.user_attrs["beta"] == t.params["beta"] for t in refined)
+    # the walk from 0.5 at alpha 0.6: 0.5 is stage 2's trial, not rerun; then 0.6, 0.4, 0.3, 0.2, 0.1, and stops
+    assert points_run(log).count("0.5,0.6") == 1
+    assert sorted(t.params["beta"] for t in refined) == [0.1, 0.2, 0.3, 0.4, 0.6]
+    assert study.user_attrs["refine"]["alpha"] == 0.6 and study.user_attrs["refine"]["from"] == 0.5
+    assert study.user_attrs["fixed"] == {"beta": 0.5}  # stage 2's record is left as it was
+    final = r.final
+    assert (final["alpha"], final["beta"]) == (0.6, 0.2) and final["selmatch"]["beta"] == 0.2
+    assert study.trials[final["trial"]].params == {"beta": 0.2}
+    assert final["val_accuracy"] == pytest.approx(1.0 - 0.01 ** 2) and "beta 0.2" in final["summary"]
+
+
+def test_the_alpha_search_and_the_refinement_each_see_only_their_own_line(tmp_path):
+    from autoselmatch.tune import summarize
+    from autoselmatch.tune._studies import list_studies
+
+    cfg = config(**{"tune.refine_beta": True})
+    run(tmp_path, cfg=cfg, objectives=Interacting)
+    trials = load(tmp_path, "digits-ipc10-alpha").get_trials(deepcopy=False)
+    on_alpha = summarize(trials, "alpha", line={"beta": 0.5})
+    on_beta = summarize(trials, "beta", line={"alpha": 0.6})
+    assert set(on_beta.stats) == {0.1, 0.2, 0.3, 0.4, 0.5, 0.6}  # 0.5: stage 2's trial at alpha 0.6
+    assert on_alpha.best[0] == 0.6 and on_alpha.best[1] == pytest.approx(1.0 - 0.01 ** 2 - 0.09)
+    assert on_beta.best[0] == 0.2
+    rows = {row["name"]: row for row in list_studies(f"sqlite:///{tmp_path / 'studies.db'}")}
+    assert rows["digits-ipc10-alpha"]["best_params"] == {"alpha": 0.6}
+    assert rows["digits-ipc10-alpha"]["best_value"] == pytest.approx(1.0 - 0.01 ** 2 - 0.09)
+
+
+def test_a_refined_tune_resumes_without_running_any_point_again(tmp_path):
+    log = tmp_path / "calls.log"
+    cfg = config(**{"tune.refine_beta": True})
+    first = run(tmp_path, cfg=cfg, objectives=functools.partial(Interacting, log=log))
+    calls = log.read_text().splitlines()
+    again = run(tmp_path, cfg=cfg, objectives=functools.partial(Interacting, log=log))
+    assert log.read_text().splitlines() == calls
+    assert again.ipcs[0].final == first.ipcs[0].final
+
+
+def test_refining_keeps_stage_1s_beta_when_it_is_best_at_the_chosen_alpha(tmp_path):
+    log = tmp_path / "calls.log"
+    cfg = config(**{"tune.refine_beta": True})
+    (r,) = run(tmp_path, cfg=cfg, objectives=functools.partial(Synthetic, log=log)).ipcs  # alpha ignores beta
+    assert r.refine.best_value == pytest.approx(r.alpha.best_value)  # a flat line: a tie keeps stage 1's beta
+    assert r.final["beta"] == 0.5 and r.optimum == {"alpha": 0.6, "beta": 0.5}
+    refined = [t for t in load(tmp_path, "digits-ipc10-alpha").trials if "beta" in t.params]
+    assert sorted(t.params["beta"] for t in refined) == [0.4, 0.6]  # the neighbours, no better: stop
+
+
+def test_refinement_is_off_by_default_and_adds_no_trial(tmp_path):
+    (r,) = run(tmp_path, objectives=Interacting).ipcs
+    assert r.refine is None and r.final["beta"] == 0.5
+    assert not [t for t in load(tmp_path, "digits-ipc10-alpha").trials if "beta" in t.params]

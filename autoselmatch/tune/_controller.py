@@ -104,12 +104,19 @@ def replicate_of(trial: FrozenTrial | optuna.Trial) -> int:
     return int(trial.user_attrs.get(records.REPLICATE, 0))
 
 
-def summarize(trials: list[FrozenTrial], param: str, *, max_failures: int = 2) -> GridStatus:
+def summarize(trials: list[FrozenTrial], param: str, *, max_failures: int = 2,
+              line: Mapping[str, float] | None = None) -> GridStatus:
     """Read the trials of a study into a :class:`GridStatus` for parameter ``param``.
 
     A point's replicate is settled by its first COMPLETE trial (a later one, a TPE repeat, is the
     same value), else by a PRUNED one (no value: a partial value is never a point's value), else
     by ``max_failures`` failures.
+
+    ``line``: the other knobs' values on the searched line, e.g. ``{"beta": 0.4}`` for alpha
+    trials at beta 0.4; trials elsewhere are left out (a study may hold several lines: the
+    alpha search at stage 1's beta, then the beta refinement at the chosen alpha). A trial's
+    knob is its param, else its user attr (:func:`coordinate`); a trial without the knob lies
+    on every line (older trials).
     """
     values: dict[float, dict[int, float]] = {}
     networks: dict[float, dict[int, tuple[float, ...]]] = {}
@@ -120,7 +127,7 @@ def summarize(trials: list[FrozenTrial], param: str, *, max_failures: int = 2) -
     waiting: list[int] = []
     used = 0
     for trial in trials:
-        point = _point_of(trial, param)
+        point = _point_of(trial, param, line)
         if trial.state == TrialState.WAITING:
             waiting.append(trial.number)
         if point is None:
@@ -169,11 +176,33 @@ def _network_accuracies(trial: FrozenTrial) -> tuple[float, ...]:
     return ()
 
 
-def _point_of(trial: FrozenTrial, param: str) -> float | None:
-    if param in trial.params:
-        return grid_key(trial.params[param])
+def coordinate(trial: FrozenTrial, knob: str) -> float | None:
+    """A grid trial's value of ``knob``: its param (or the param it was enqueued with), else its user
+    attr (a knob fixed for the trial's line); ``None`` for a baseline trial or a knob it lacks."""
+    if trial.user_attrs.get(records.BASELINE) is not None:
+        return None
+    if knob in trial.params:
+        return grid_key(trial.params[knob])
     fixed = trial.system_attrs.get("fixed_params", {})
-    return grid_key(fixed[param]) if param in fixed else None
+    if knob in fixed:
+        return grid_key(fixed[knob])
+    value = trial.user_attrs.get(knob)
+    return grid_key(value) if isinstance(value, (int, float)) else None
+
+
+def on_line(trial: FrozenTrial, line: Mapping[str, float] | None) -> bool:
+    """Whether ``trial`` lies on ``line`` (every knob of it equal, or absent from the trial)."""
+    for knob, value in (line or {}).items():
+        mine = coordinate(trial, knob)
+        if mine is not None and mine != grid_key(value):
+            return False
+    return True
+
+
+def _point_of(trial: FrozenTrial, param: str, line: Mapping[str, float] | None = None) -> float | None:
+    """``trial``'s grid point of ``param`` when it lies on ``line``, else ``None``."""
+    point = coordinate(trial, param)
+    return point if point is not None and on_line(trial, line) else None
 
 
 @dataclass(frozen=True)
@@ -217,6 +246,8 @@ class SearchController:
         max_failures: Failed runs of one point before it counts as ``-inf``.
         catch: Exceptions that fail a trial but not the study.
         trial_attrs: User attrs set on every trial (settings that shaped it).
+        line: The other knobs' values on the searched line, e.g. ``{"beta": 0.4}`` (see
+            :func:`summarize`); they are set as user attrs on every trial it enqueues.
         baselines: Baselines to score once each, ``{name: objective(trial)}``, before the grid
             (not counted in ``max_trials``). A baseline trial has the user attr
             ``baseline`` = name and the categorical param ``init`` = ``"random"``, never
@@ -232,7 +263,7 @@ class SearchController:
     def __init__(self, study: optuna.Study, spec: StorageSpec, strategy: SearchStrategy, *, param: str,
                  objective: Objective, max_trials: int | None = None, deadline: float | None = None,
                  max_failures: int = 2, catch: tuple[type[Exception], ...] = (),
-                 trial_attrs: Mapping[str, Any] | None = None,
+                 trial_attrs: Mapping[str, Any] | None = None, line: Mapping[str, float] | None = None,
                  baselines: Mapping[str, BaselineObjective] | None = None, poll_seconds: float = 2.0) -> None:
         if max_trials is not None and max_trials < 1:
             raise ValueError(f"max_trials must be >= 1, got {max_trials}")
@@ -247,7 +278,8 @@ class SearchController:
         self.deadline = deadline
         self.max_failures = max_failures
         self.catch = catch
-        self.trial_attrs = dict(trial_attrs or {})
+        self.line = dict(line or {})
+        self.trial_attrs = {**(trial_attrs or {}), **self.line}
         self.baselines = dict(baselines or {})
         self.poll_seconds = poll_seconds
 
@@ -282,7 +314,8 @@ class SearchController:
 
     def _status(self) -> GridStatus:
         """The study's trials as the search sees them."""
-        return summarize(self.study.get_trials(deepcopy=False), self.param, max_failures=self.max_failures)
+        return summarize(self.study.get_trials(deepcopy=False), self.param, max_failures=self.max_failures,
+                         line=self.line)
 
     def _due_baselines(self) -> list[str]:
         """Baselines without a settled or live trial: finished, pruned, running, waiting, or failed
@@ -368,7 +401,8 @@ class SearchController:
                 continue
             if baseline is not None and other.user_attrs.get(records.BASELINE) == baseline:
                 return other.number
-            if baseline is None and _point_of(other, self.param) == point and replicate_of(other) == replicate:
+            if baseline is None and _point_of(other, self.param, self.line) == point \
+                    and replicate_of(other) == replicate:
                 return other.number
         return None
 
@@ -448,5 +482,5 @@ def _heartbeat(study: optuna.Study, spec: StorageSpec, trial: optuna.Trial) -> I
         thread.join()
 
 
-__all__ = ["BaselineObjective", "GridStatus", "Objective", "SearchController", "StageOutcome", "replicate_of", "report",
-           "summarize"]
+__all__ = ["BaselineObjective", "GridStatus", "Objective", "SearchController", "StageOutcome", "coordinate", "on_line",
+           "replicate_of", "report", "summarize"]

@@ -10,6 +10,11 @@ For each IPC, in ascending order:
 2. **alpha** (study ``{prefix}-ipc{N}-alpha``): beta fixed at stage 1's best;
    each trial distils with one alpha and reports quick validation
    accuracies so the pruner can stop it.
+2b. **refine** (``tune.refine_beta``; in the alpha study): the search walks the
+   beta grid again from stage 1's beta, with alpha fixed at stage 2's best and
+   alpha-stage trials, so that the chosen point is the best (beta, alpha) of
+   both lines: stage 1 scores windows alone, and the best window start for a
+   set that is partly distilled can lie elsewhere.
 3. **final**: the best candidate on validation is chosen among the best alpha
    trial and the baselines (``tune.baselines``: random selection, a trial of the
    beta study, and MTT, a trial of the alpha study); the objectives'
@@ -43,7 +48,7 @@ from .. import records
 from ..config import RunConfig, key_dict, to_dict
 from ..errors import DataError, InvalidArgument
 from ..fileio import file_lock, stable_hash
-from ..records import ALPHA, BASELINES, BETA, LABELS, MTT, SELMATCH, STAGES, FinalRecord, study_name
+from ..records import ALPHA, BASELINES, BETA, LABELS, MTT, REFINE, SELMATCH, STAGES, FinalRecord, study_name
 from ..runtime import LOG
 from ..storage import default_artifacts_dir, default_storage_url, open_storage, parse_storage, safe_name
 from ._controller import StageOutcome
@@ -76,6 +81,8 @@ class IpcResult:
         alpha: Outcome of stage 2 (``None`` if stage 1 did not finish).
         final: The stored final record, :meth:`FinalRecord.to_dict` (``None`` if stage 2 did not finish).
         prior: ``{"ipc", "alpha", "beta"}`` of the IPC whose optima start (soft bound) the searches.
+        refine: Outcome of the beta refinement at stage 2's alpha (``None``: ``tune.refine_beta``
+            is off, or it did not run).
     """
 
     ipc: int
@@ -83,10 +90,19 @@ class IpcResult:
     alpha: StageOutcome | None
     final: dict[str, Any] | None
     prior: dict[str, Any] | None
+    refine: StageOutcome | None = None
 
     @property
     def complete(self) -> bool:
         return self.final is not None
+
+    @property
+    def optimum(self) -> dict[str, float] | None:
+        """``{"alpha", "beta"}`` of the best SelMatch point (the final record's, after any refinement)."""
+        if self.final is None:
+            return None
+        point = self.final.get("selmatch") or self.final  # older records: the chosen set's own
+        return {ALPHA: point[ALPHA], BETA: point[BETA]}
 
 
 @dataclass(frozen=True)
@@ -178,7 +194,7 @@ def tune(
         if not result.complete:
             break
         if plan.cfg.tune.prior:
-            prior = {records.IPC: ipc, ALPHA: result.alpha.best_point, BETA: result.beta.best_point}
+            prior = {records.IPC: ipc, **result.optimum}
     return TuneResult(plan.spec.display(), str(plan.artifacts), results)
 
 
@@ -254,8 +270,21 @@ def _tune_ipc(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Object
         _explain_stop(alpha_out)
         return IpcResult(ipc, beta_out, alpha_out, None, prior)
 
-    final = _finish(plan, storage, objs, ipc, beta, alpha_out)
-    return IpcResult(ipc, beta_out, alpha_out, final, prior)
+    best, refine_out = alpha_out, None
+    if cfg.tune.refine_beta and len(beta_grid) > 1:
+        refine_out = _run_stage(plan, storage, objs, ipc, REFINE, beta_grid, beta, None,
+                                fixed={ALPHA: alpha_out.best_point})
+        if refine_out.stopped == "timeout" or refine_out.best_point is None:
+            _explain_stop(refine_out)
+            return IpcResult(ipc, beta_out, alpha_out, None, prior, refine_out)
+        if refine_out.best_point != beta and refine_out.best_value > alpha_out.best_value:  # a tie keeps beta
+            LOG.info("%s: at alpha=%g, beta=%g beats stage 1's beta=%g on validation (%.4f vs %.4f)",
+                     refine_out.study_name, alpha_out.best_point, refine_out.best_point, beta,
+                     refine_out.best_value, alpha_out.best_value)
+            best, beta = refine_out, refine_out.best_point
+
+    final = _finish(plan, storage, objs, ipc, alpha=alpha_out.best_point, beta=beta, best=best)
+    return IpcResult(ipc, beta_out, alpha_out, final, prior, refine_out)
 
 
 def _feasible_betas(cfg: RunConfig, objs: Objectives, ipc: int) -> list[float]:
@@ -292,24 +321,27 @@ def _run_stage(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objec
         grid = [x for x in grid if x <= bound + _EPS] or grid[:1]  # holds the grid's smallest value
     strategy = search(grid, start=start, patience=cfg.tune.patience, seed=cfg.seed, z=cfg.tune.z,
                       max_seeds=cfg.tune.max_seeds, bound=bound)
-    settings = stage_settings(cfg, stage, ipc)
+    settings = stage_settings(cfg, ALPHA if stage == REFINE else stage, ipc)
     attrs = {records.IPC: ipc, records.FINGERPRINT: stable_hash(settings), records.BASELINE: None, **fixed}
     if stage == BETA:
         attrs[ALPHA] = 0.0  # stage 1 scores the selection-only window
     job = StageJob(plan, ipc, stage, strategy, fixed, attrs)
-    if plan.new_study:
+    new_study = plan.new_study and stage != REFINE  # the refinement continues the alpha study, made anew already
+    if new_study:
         shutil.rmtree(plan.artifacts / "runs" / job.name, ignore_errors=True)
-    study = job.open(storage, new_study=plan.new_study)
+    study = job.open(storage, new_study=new_study)
     _record_stage(study, job, prior)
     ctx = job.context(cfg, study)
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     finished = len(study.get_trials(deepcopy=False, states=done))
-    LOG.info("%s: %s search over %s from %s%s", job.name, strategy.name, list(strategy.grid), strategy.start,
+    what = f"{strategy.name} search of beta at alpha={fixed[ALPHA]:g}" if stage == REFINE else f"{strategy.name} search"
+    LOG.info("%s: %s over %s from %s%s", job.name, what, list(strategy.grid), strategy.start,
              f"; resuming: {finished} finished trial{'' if finished == 1 else 's'} reused" if finished else "")
     controller = job.controller(study, objs, ctx)
     outcome = controller.run() if plan.workers == 1 else run_parallel(job, controller)
-    _record_overruled(study, strategy, outcome)
+    if stage != REFINE:
+        _record_overruled(study, strategy, outcome)
     return outcome
 
 
@@ -326,21 +358,28 @@ def _record_overruled(study: optuna.Study, strategy: SearchStrategy, outcome: St
 
 
 def _record_stage(study: optuna.Study, job: StageJob, prior: dict[str, Any] | None) -> None:
-    """Study attrs: what was searched and why (fixed values, prior), for the dashboard and the report."""
+    """Study attrs: what was searched and why (fixed values, prior), for the dashboard and the report.
+    The refinement, which shares the alpha study, records itself in :data:`~autoselmatch.records.REFINE_ATTR`."""
+    tc = job.plan.cfg.tune
+    search = {"strategy": job.strategy.name, "grid": list(job.strategy.grid), "start": job.strategy.start,
+              "patience": tc.patience, "pruner": tc.pruner, "budget": tc.budget, "z": tc.z,
+              "max_seeds": tc.max_seeds, "bound": job.strategy.bound}
+    if job.stage == REFINE:
+        value = {ALPHA: job.fixed[ALPHA], "from": job.strategy.start, records.SEARCH: search}
+        if study.user_attrs.get(records.REFINE_ATTR) != value:
+            study.set_user_attr(records.REFINE_ATTR, value)
+        return
     stored_fixed = study.user_attrs.get(records.FIXED)
     if stored_fixed is not None and stored_fixed != job.fixed and not job.plan.force:
         shown = ", ".join(f"{k}={stored_fixed.get(k)} in the study, {v} now" for k, v in job.fixed.items())
         raise InvalidArgument(f"study {job.name!r} was searched with other fixed values ({shown}); "
                               f"pass --new-study to replace it or --force to continue it")
-    tc = job.plan.cfg.tune
     attrs = {
         records.DATASET: job.plan.cfg.data.name,
         records.IPC: job.ipc,
         records.STAGE: job.stage,
         records.FIXED: job.fixed,
-        records.SEARCH: {"strategy": job.strategy.name, "grid": list(job.strategy.grid),
-                         "start": job.strategy.start, "patience": tc.patience, "pruner": tc.pruner,
-                         "budget": tc.budget, "z": tc.z, "max_seeds": tc.max_seeds, "bound": job.strategy.bound},
+        records.SEARCH: search,
         records.PRIOR: prior,
         records.SEEDS: {str(r): replicate_seeds(job.plan.cfg, job.stage, r) for r in range(tc.max_seeds)},
         records.RUN_CONFIG: to_dict(job.plan.cfg),
@@ -356,11 +395,13 @@ def _record_stage(study: optuna.Study, job: StageJob, prior: dict[str, Any] | No
 # --------------------------------------------------------------------------------------------
 
 
-def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectives, ipc: int, beta: float,
-            alpha_out: StageOutcome) -> dict[str, Any]:
+def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectives, ipc: int, *, alpha: float,
+            beta: float, best: StageOutcome) -> dict[str, Any]:
     """Choose, make, evaluate and record the final set, unless the study already holds it for these trials.
 
-    The final set is the best on validation among the best alpha trial and the
+    ``(alpha, beta)`` is the best SelMatch point and ``best`` the outcome of the search that found
+    it (stage 2, or the refinement), which names its value and trial in the alpha study.
+    The final set is the best on validation among that point and the
     finished baselines (a tie goes to SelMatch); every baseline's set is made and
     evaluated on the test split too. Workers that end the alpha stage together
     take turns on a lock in the study's folder: the first makes the sets, the
@@ -368,7 +409,7 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
     """
     name = study_name(plan.prefix, ipc, ALPHA)
     study = optuna.load_study(study_name=name, storage=storage)
-    trial = study.trials[alpha_out.best_trial]
+    trial = study.trials[best.best_trial]
     shaped = {"trial": trial.number, "beta": beta, "distill": key_dict("distill", plan.cfg.distill),
               "evaluate": key_dict("evaluate", plan.cfg.evaluate)}  # what shapes the final set and its test score
     measured = _baseline_trials(plan, storage, ipc) if plan.cfg.tune.baselines else {}
@@ -383,7 +424,7 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
             LOG.info("%s: final set already made (%s)", name, done.result_path)
             return done.to_dict()
         others = {n: float(t.value) for n, (t, _) in measured.items() if t.state == TrialState.COMPLETE}
-        scores = {SELMATCH: float(alpha_out.best_value), **others}  # the point's mean over its replicates
+        scores = {SELMATCH: float(best.best_value), **others}  # the point's mean over its replicates
         chosen = max(scores, key=lambda n: (scores[n], n == SELMATCH))
         baselines: dict[str, dict[str, Any]] = {}
         made: dict[str, dict[str, Any]] = {}  # what finish_baseline returned, per baseline
@@ -393,21 +434,20 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
             baselines[n] = {"label": LABELS[n], "study": source, "trial": t.number, "state": t.state.name.lower(),
                             records.VAL_ACCURACY: _trial_score(t), **made[n]}
         if chosen == SELMATCH:
-            alpha, number = alpha_out.best_point, trial.number
+            number = trial.number
             LOG.info("%s: final set from trial %d (alpha=%g, beta=%g)", name, number, alpha, beta)
             facts = {**objs.finish(ctx, alpha=alpha, beta=beta, trial=trial, study=study), ALPHA: alpha, BETA: beta}
         else:  # the baseline's own set: random selection distils nothing, MTT all of it; neither has a window
             number = measured[chosen][0].number if chosen == MTT else None  # random's trial is the beta study's
             facts = {**made[chosen], ALPHA: 1.0 if chosen == MTT else 0.0, BETA: 0.0}
-        summary = _summary(chosen, float(alpha_out.best_value), others, alpha_out.best_point, beta) \
+        summary = _summary(chosen, float(best.best_value), others, alpha, beta) \
             if plan.cfg.tune.baselines else None
         if summary is not None:
             LOG.info("%s: %s", name, summary)
         final = FinalRecord.from_dict(facts)
         if plan.cfg.tune.baselines:
-            best = {ALPHA: alpha_out.best_point, BETA: beta, "trial": trial.number,
-                    records.VAL_ACCURACY: float(alpha_out.best_value)}
-            final = dataclasses.replace(final, chosen=chosen, val_accuracy=scores[chosen], selmatch=best,
+            point = {ALPHA: alpha, BETA: beta, "trial": trial.number, records.VAL_ACCURACY: float(best.best_value)}
+            final = dataclasses.replace(final, chosen=chosen, val_accuracy=scores[chosen], selmatch=point,
                                         baselines=baselines, summary=summary)
         final = dataclasses.replace(final, key=key, ipc=ipc, trial=number)
         for attr, value in final.to_attrs().items():  # FINAL last: a record is complete once it is there

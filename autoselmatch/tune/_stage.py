@@ -207,14 +207,16 @@ def stage_context(plan: TunePlan, cfg: RunConfig, ipc: int, study: optuna.Study)
 
 @dataclass(frozen=True)
 class StageJob:
-    """One stage of one IPC: enough for any worker process to rebuild and run it.
+    """One search of one IPC: enough for any worker process to rebuild and run it.
 
     Attributes:
         plan: The run.
         ipc: Images per class.
-        stage: ``"beta"`` or ``"alpha"``.
+        stage: ``"beta"``, ``"alpha"`` or ``"refine"`` (beta again, at the chosen alpha, with
+            alpha-stage trials in the alpha study).
         strategy: The search over the stage's grid.
-        fixed: Knobs fixed during the stage (``{"beta": b}`` in stage 2).
+        fixed: Knobs fixed during the stage, the line it searches on (``{"beta": b}`` in stage 2,
+            ``{"alpha": a}`` when refining).
         trial_attrs: User attrs set on every trial.
     """
 
@@ -226,38 +228,62 @@ class StageJob:
     trial_attrs: dict[str, Any]
 
     @property
+    def study_stage(self) -> str:
+        """The stage whose study holds this search's trials (the refinement's are alpha trials)."""
+        return records.ALPHA if self.stage == records.REFINE else self.stage
+
+    @property
+    def param(self) -> str:
+        """The knob the search walks."""
+        return records.BETA if self.stage == records.REFINE else self.stage
+
+    @property
     def name(self) -> str:
-        return study_name(self.plan.prefix, self.ipc, self.stage)
+        return study_name(self.plan.prefix, self.ipc, self.study_stage)
 
     def context(self, cfg: RunConfig, study: optuna.Study) -> StageContext:
         return stage_context(self.plan, cfg, self.ipc, study)
 
     def objective(self, objs: Objectives, ctx: StageContext) -> Objective:
         """The stage's objective from ``objs``."""
-        return objs.beta(ctx) if self.stage == records.BETA else objs.alpha(ctx, self.fixed[records.BETA])
+        if self.stage == records.BETA:
+            return objs.beta(ctx)
+        if self.stage == records.ALPHA:
+            return objs.alpha(ctx, self.fixed[records.BETA])
+        alpha, at_beta = self.fixed[records.ALPHA], {}
+
+        def refine(beta: float, trial: optuna.Trial) -> float:  # an alpha trial at (beta, the chosen alpha)
+            trial.set_user_attr(records.BETA, beta)  # as every alpha trial carries its window start
+            if beta not in at_beta:
+                at_beta[beta] = objs.alpha(ctx, beta)
+            return at_beta[beta](alpha, trial)
+
+        return refine
 
     def baselines(self, objs: Objectives, ctx: StageContext) -> dict[str, BaselineObjective]:
-        """The stage's baselines from ``objs`` (none with ``tune.baselines = false``)."""
-        if not self.plan.cfg.tune.baselines:
+        """The stage's baselines from ``objs`` (none with ``tune.baselines = false``, none when refining)."""
+        if not self.plan.cfg.tune.baselines or self.stage == records.REFINE:
             return {}
         return {name: objs.baseline(ctx, name) for name in records.BASELINES[self.stage]}
 
     def max_trials(self) -> int | None:
-        return self.plan.cfg.tune.beta_trials if self.stage == records.BETA else self.plan.cfg.tune.alpha_trials
+        tc = self.plan.cfg.tune
+        return {records.BETA: tc.beta_trials, records.ALPHA: tc.alpha_trials}.get(self.stage)
 
     def open(self, storage: optuna.storages.BaseStorage, *, new_study: bool = False) -> optuna.Study:
         tc = self.plan.cfg.tune
         pruner = build_pruner(tc.pruner, startup_trials=tc.pruner_startup_trials, warmup_steps=tc.pruner_warmup_steps)
-        return open_study(storage, self.name, settings=stage_settings(self.plan.cfg, self.stage, self.ipc),
+        stage = self.study_stage
+        return open_study(storage, self.name, settings=stage_settings(self.plan.cfg, stage, self.ipc),
                           sampler=self.strategy.sampler(), pruner=pruner, new_study=new_study, force=self.plan.force,
-                          defaults=default_settings(self.stage, self.ipc))
+                          defaults=default_settings(stage, self.ipc))
 
     def controller(self, study: optuna.Study, objs: Objectives, ctx: StageContext) -> SearchController:
         """The search of this stage in ``study``, with the objective and baselines of ``objs``."""
-        return SearchController(study, self.plan.spec, self.strategy, param=self.stage,
+        return SearchController(study, self.plan.spec, self.strategy, param=self.param,
                                 objective=self.objective(objs, ctx), max_trials=self.max_trials(),
                                 deadline=self.plan.deadline, max_failures=self.plan.cfg.tune.max_failures,
-                                catch=TRIAL_ERRORS, trial_attrs=self.trial_attrs,
+                                catch=TRIAL_ERRORS, trial_attrs=self.trial_attrs, line=self.fixed,
                                 baselines=self.baselines(objs, ctx))
 
 

@@ -54,7 +54,8 @@ def list_studies(url: str) -> list[dict[str, Any]]:
         complete = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get(records.BASELINE) is None]
         best = max(complete, key=lambda t: t.value if maximize else -t.value) if complete else None
         stage = study.user_attrs.get(records.STAGE)
-        chosen = summarize(trials, stage).best if maximize and stage in records.STAGES else None
+        line = study.user_attrs.get(records.FIXED) or None  # the stage's own line (not the refinement's trials)
+        chosen = summarize(trials, stage, line=line).best if maximize and stage in records.STAGES else None
         test = study.user_attrs.get(records.TEST_ACCURACY)
         final = records.FinalRecord.from_attrs(study.user_attrs)
         baselines = {t.user_attrs[records.BASELINE]: t.value for t in trials
