@@ -366,6 +366,10 @@ class TuneConfig:
             standard errors of the paired difference (0: any improvement).
         max_seeds: Replicates (each with its own network seeds, the same at every point) the line
             search may give a point when a comparison is inside the noise (1: never replicate).
+        alpha_fraction: Share of the final evaluation budget the networks that score an alpha
+            trial's set train for (its value; the quick evaluations before it, for the pruner, keep
+            ``evaluate.quick_fraction``). None: the last quick evaluation is the value. Short
+            budgets favour easy windows, so the value ranks beta differently from the final test.
         refine_beta: After the alpha stage, search beta again at the chosen alpha (alpha-stage
             trials in the alpha study, walking from stage 1's beta), and take the best (beta,
             alpha) of both searches: stage 1 scores windows alone (alpha 0), where the best
@@ -395,6 +399,7 @@ class TuneConfig:
     baselines: bool = True
     z: float = 1.0
     max_seeds: int = 1
+    alpha_fraction: float | None = None
     refine_beta: bool = False
 
     def __post_init__(self) -> None:
@@ -406,6 +411,9 @@ class TuneConfig:
         _check_range("tune.alpha_start", self.alpha_start, 0.0, 1.0)
         if self.beta_start is not None:
             _check_range("tune.beta_start", self.beta_start, 0.0, 1.0)
+        if self.alpha_fraction is not None and not 0.0 < self.alpha_fraction <= 1.0:  # also refuses nan
+            raise InvalidArgument(f"tune.alpha_fraction must be in (0, 1] (a share of the final evaluation "
+                                  f"budget) or unset, got {self.alpha_fraction}")
         _check_choice("tune.budget", self.budget, TUNE_BUDGETS)
         _check_choice("tune.beta_augment", self.beta_augment, AUGMENTATIONS)
         for name in ("patience", "pruner_startup_trials", "pruner_warmup_steps"):

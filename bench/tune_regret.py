@@ -12,6 +12,8 @@
    on a fresh study, with objectives that look the table up, for several
    controller seeds: seed ``s`` reads replicate ``(s + r) % replicates`` for
    its replicate ``r``, so every seed sees other noise.
+   With ``--alpha-fraction F``, every search runs again with ``tune.alpha_fraction = F``:
+   the alpha trials' sets are rescored on validation after F of the final budget.
 3. Per search: regret = reference accuracy of the grid's best point minus that
    of the chosen point (test split, percentage points), median and worst over
    seeds, and compute = the table's trial seconds the search used, as a share of
@@ -62,9 +64,10 @@ def table_config(preset: str, assignments: list[str], out: Path, cache_dir: Path
     return apply_overrides(load_preset(preset), overrides)
 
 
-def build_table(out: Path, replicates: int, ipc: int, cfg) -> dict:
+def build_table(out: Path, replicates: int, ipc: int, cfg, alpha_fraction: float | None = None) -> dict:
     """The cached table ``{"beta": {b: [[val, seconds, accuracies], ...]}, "alpha": {"b,a": [[val, seconds, test],
-    ...]}}``, filled where missing."""
+    ...]}}``, filled where missing; with ``alpha_fraction`` also ``"alpha@F": {"b,a": [[val, seconds], ...]}``:
+    each replicate's set scored as ``tune.alpha_fraction = F`` scores it (validation, F of the final budget)."""
     from autoselmatch.distill import DistillResult
     from autoselmatch.evaluate import evaluate_set
 
@@ -110,7 +113,35 @@ def build_table(out: Path, replicates: int, ipc: int, cfg) -> dict:
                 save()
                 print(f"beta {beta} alpha {alpha} replicate {len(rows) - 1}: val {value:.4f} test {test.mean:.4f} "
                       f"({seconds:.1f} s)", flush=True)
+    if alpha_fraction is not None:
+        score_at_fraction(table, out, replicates, cfg, objs, alpha_fraction, betas, save)
     return table
+
+
+def score_at_fraction(table: dict, out: Path, replicates: int, cfg, objs, fraction: float, betas: list, save) -> None:
+    """Fill ``table["alpha@F"]``: each alpha replicate's saved set on validation after ``fraction`` of the
+    final budget, with the replicate's seeds and ``tune.alpha_seeds`` networks (as the objective does
+    under ``tune.alpha_fraction``)."""
+    from autoselmatch.distill import RESULT_FILE, DistillResult, evaluate_distilled
+    from autoselmatch.tune._objectives import _point_dir
+    from autoselmatch.tune._stage import replicate_seeds
+
+    scored = table.setdefault(f"alpha@{fraction:g}", {})
+    for beta in betas:
+        ctx = StageContext(cfg, 0, "bench-alpha", out / "runs" / f"alpha-beta{beta:g}", out / "art")
+        for alpha in cfg.tune.alpha_grid:
+            rows = scored.setdefault(f"{beta},{alpha}", [])
+            while len(rows) < replicates:
+                r = len(rows)
+                result = DistillResult.load(_point_dir(ctx, beta, alpha, None, r) / RESULT_FILE)
+                started = time.perf_counter()
+                val = evaluate_distilled(objs.ds, result.images.to(objs.device), result.labels.to(objs.device), cfg,
+                                         distill_mask=result.distill_mask.to(objs.device), split="val",
+                                         runs=cfg.tune.alpha_seeds, fraction=fraction,
+                                         seed=replicate_seeds(cfg, "alpha", r)["seed"]).mean
+                rows.append([val, time.perf_counter() - started])
+                save()
+                print(f"beta {beta} alpha {alpha} replicate {r}: val at {fraction:g} of the budget {val:.4f}", flush=True)
 
 
 class TableObjectives:
@@ -119,8 +150,9 @@ class TableObjectives:
     lookup adds that row's trial seconds to ``spent``. The final set's "test accuracy" is the point's
     reference accuracy."""
 
-    def __init__(self, table: dict, seed: int, replicates: int, reference: dict) -> None:
+    def __init__(self, table: dict, seed: int, replicates: int, reference: dict, alpha_fraction: float | None) -> None:
         self.table, self.seed, self.replicates, self.reference = table, seed, replicates, reference
+        self.scored = None if alpha_fraction is None else table[f"alpha@{alpha_fraction:g}"]
         self.spent = 0.0
 
     def _row(self, rows: list, trial: optuna.Trial) -> list:
@@ -139,14 +171,20 @@ class TableObjectives:
         return objective
 
     def alpha(self, ctx, beta: float):
-        return lambda alpha, trial: self._row(self.table["alpha"][f"{beta},{alpha}"], trial)[0]
+        def objective(alpha: float, trial: optuna.Trial) -> float:
+            row = self._row(self.table["alpha"][f"{beta},{alpha}"], trial)
+            if self.scored is None:
+                return row[0]
+            rescored = self._row(self.scored[f"{beta},{alpha}"], trial)  # its seconds count too
+            return rescored[0]
+        return objective
 
     def finish(self, ctx, *, alpha, beta, trial, study) -> dict:
         return {"result_path": "", "test_accuracy": {"mean": self.reference[(beta, alpha)], "std": 0.0}}
 
 
 def run_search(table: dict, name: str, seed: int, replicates: int, reference: dict, out: Path,
-               preset: str) -> tuple[float, float, float]:
+               preset: str, alpha_fraction: float | None = None) -> tuple[float, float, float]:
     """(chosen beta, chosen alpha, trial seconds) of ``autoselmatch.tune`` with search ``name`` and seed
     ``seed`` on the table's look-ups (the real pipeline: stages, refinement, controller, choice)."""
     from autoselmatch.tune import tune
@@ -158,7 +196,7 @@ def run_search(table: dict, name: str, seed: int, replicates: int, reference: di
         "seed": seed, "tune.search": strategy, "tune.z": z, "tune.max_seeds": max_seeds, "tune.refine_beta": refine,
         "tune.beta_grid": betas, "tune.alpha_grid": alphas, "tune.alpha_start": 0.6, "tune.prior": False,
         "tune.baselines": False, "tune.pruner": "none", "device": "cpu"})
-    objs = TableObjectives(table, seed, replicates, reference)
+    objs = TableObjectives(table, seed, replicates, reference, alpha_fraction)
     result = tune(cfg, [10], storage=f"sqlite:///{out / 'search.db'}", artifacts=out / "art",
                   objectives=lambda cfg: objs)
     point = result.ipcs[0].optimum
@@ -176,22 +214,26 @@ def main() -> None:
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a preset value, as `autoselmatch --set` (repeatable)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="scores and experts cache (default OUT/cache)")
+    parser.add_argument("--alpha-fraction", type=float, default=None,
+                        help="also run every search with tune.alpha_fraction = F (the sets rescored, not redistilled)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = table_config(args.preset, args.assignments, args.out, args.cache_dir, args.device)
-    table = build_table(args.out, args.replicates, args.ipc, cfg)
+    table = build_table(args.out, args.replicates, args.ipc, cfg, args.alpha_fraction)
     reference = {tuple(map(float, k.split(","))): statistics.fmean(r[2] for r in rows[:args.replicates])
                  for k, rows in table["alpha"].items()}
     best = max(reference.values())
     results = {}
+    fractions = [None] + ([args.alpha_fraction] if args.alpha_fraction is not None else [])
     with tempfile.TemporaryDirectory() as tmp:
-        for i, name in enumerate(SEARCH_SETTINGS):
-            results[name] = []
+        for i, (name, fraction) in enumerate((n, f) for f in fractions for n in SEARCH_SETTINGS):
+            label = name if fraction is None else f"{name}, alpha_fraction {fraction:g}"
+            results[label] = []
             for s in range(args.seeds):
                 (Path(tmp) / f"{i}-{s}").mkdir()
-                results[name].append(run_search(table, name, s, args.replicates, reference, Path(tmp) / f"{i}-{s}",
-                                                args.preset))
+                results[label].append(run_search(table, name, s, args.replicates, reference, Path(tmp) / f"{i}-{s}",
+                                                 args.preset, fraction))
     grid_seconds = [spent for _, _, spent in results["grid"]]
     print(f"\n{cfg.data.name} ipc {args.ipc}: reference best {100 * best:.2f} % at "
           f"{max(reference, key=reference.get)} (beta, alpha), {args.replicates} replicates, {args.seeds} seeds\n")

@@ -135,6 +135,26 @@ def test_alpha_trials_score_the_mean_of_tune_alpha_seeds_networks(objectives, tm
     assert value == pytest.approx(runs.mean)  # ...whose mean is the score
 
 
+def test_tune_alpha_fraction_scores_the_trials_set_on_that_share_of_the_final_budget(objectives, tmp_path):
+    from autoselmatch.distill import DistillResult
+    from autoselmatch.evaluate import evaluate_set
+
+    cfg = apply_overrides(objectives.cfg, {"tune.alpha_fraction": 1.0, "evaluate.epochs": 40})
+    full = SelMatchObjectives(cfg)  # scores and experts come from the module's cache
+    (tmp_path / "art").mkdir()
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    value = full.alpha(context(full, tmp_path, "alpha"), beta=0.2)(0.5, trial)
+    study.tell(trial, value)
+    result = DistillResult.load(trial.user_attrs["result_path"])
+    scored = {f: evaluate_set(full.ds, result.images, result.labels, cfg=cfg.evaluate, split="val", runs=1,
+                              distill_mask=result.distill_mask, fraction=f, seed=cfg.seed).mean for f in (1.0, 0.2)}
+    assert scored[1.0] != scored[0.2]  # 40 and 8 epochs: the two budgets tell apart
+    assert value == pytest.approx(scored[1.0]) and study.trials[0].value == pytest.approx(scored[1.0])
+    last = study.trials[0].intermediate_values[max(study.trials[0].intermediate_values)]
+    assert last == pytest.approx(scored[0.2])  # the pruner's reports stay quick
+
+
 def test_identical_seeds_give_identical_values_at_one_point_and_a_replicate_has_its_own(objectives, tmp_path):
     """Common random numbers: every trial of a replicate trains from the same seeds, so at one point
     two trials of replicate 0 agree exactly; replicate 1 trains from the next seeds."""

@@ -201,14 +201,15 @@ class Checkpoint:
 # --------------------------------------------------------------------------------------------
 
 
-def quick_evaluator(ds: ImageDataset, cfg: RunConfig, *, runs: int = 1) -> Evaluator:
+def quick_evaluator(ds: ImageDataset, cfg: RunConfig, *, runs: int = 1, fraction: float | None = None) -> Evaluator:
     """Mean validation accuracy of ``runs`` networks (seeds ``cfg.seed``, ``cfg.seed + 1``, ...) trained
-    on the set for ``evaluate.quick_fraction`` of the budget, by the protocol of ``cfg.distill.method``
-    (:func:`evaluate_distilled`)."""
+    on the set for ``fraction`` of the budget (None: ``evaluate.quick_fraction``), by the protocol of
+    ``cfg.distill.method`` (:func:`evaluate_distilled`)."""
+    fraction = cfg.evaluate.quick_fraction if fraction is None else fraction
 
     def evaluate(images: torch.Tensor, labels: torch.Tensor, distill_mask: torch.Tensor) -> float:
         result = evaluate_distilled(ds, images, labels, cfg, distill_mask=distill_mask, split="val", runs=runs,
-                                    fraction=cfg.evaluate.quick_fraction, seed=cfg.seed)
+                                    fraction=fraction, seed=cfg.seed)
         return float(result.mean)
 
     return evaluate

@@ -12,7 +12,8 @@
 - stage 2, alpha: SelMatch distillation (:func:`autoselmatch.distill.selmatch`)
   for the trial budget, reporting its quick validation accuracies (mean of
   ``tune.alpha_seeds`` networks) at ``distill.eval_every``; the last one is
-  the score. Replicate ``r`` of a point (``tune.max_seeds``) distils and
+  the score, or, with ``tune.alpha_fraction``, the validation accuracy of
+  networks trained on the trial's set for that share of the final budget. Replicate ``r`` of a point (``tune.max_seeds``) distils and
   evaluates from the seeds :func:`~._stage.replicate_seeds` gives it, the
   same at every point (common random numbers); the trial records its network
   seeds. Each (beta, alpha, replicate) has its own checkpoint folder, so a trial
@@ -162,6 +163,7 @@ class SelMatchObjectives:
         cfg = _with_iterations(ctx.cfg, trial_iterations(ctx.cfg))
         cfg = cfg if init is None else _with_init(cfg, init)
         evaluators = {0: quick_evaluator(self.ds, cfg, runs=cfg.tune.alpha_seeds)}
+        final_fraction = cfg.tune.alpha_fraction  # None: the last quick evaluation is the value
 
         def objective(alpha: float, trial: optuna.Trial) -> float:
             replicate = replicate_of(trial)
@@ -184,11 +186,13 @@ class SelMatchObjectives:
             for iteration, acc in result.evals:  # evaluations made before a resume, for the dashboard
                 if iteration not in reported:
                     trial.report(acc, iteration)
-            if result.evals and result.evals[-1][0] == result.iterations:
+            if final_fraction is None and result.evals and result.evals[-1][0] == result.iterations:
                 value = result.evals[-1][1]
-            else:  # alpha = 0 or no evaluations configured: score the set once
-                value = evaluator(result.images.to(self.device), result.labels.to(self.device),
-                                  result.distill_mask.to(self.device))
+            else:  # tune.alpha_fraction, alpha = 0 or no evaluations configured: score the set once
+                score = evaluator if final_fraction is None else quick_evaluator(
+                    self.ds, run_cfg, runs=cfg.tune.alpha_seeds, fraction=final_fraction)
+                value = score(result.images.to(self.device), result.labels.to(self.device),
+                              result.distill_mask.to(self.device))
             path = result.save(run_dir / RESULT_FILE).resolve()
             trial.set_user_attr(records.RESULT_PATH, str(path))
             trial.set_user_attr(records.VAL_ACCURACY, float(value))

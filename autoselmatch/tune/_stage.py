@@ -148,7 +148,8 @@ def stage_settings(cfg: RunConfig, stage: str, ipc: int) -> dict[str, Any]:
     if stage == records.BETA:
         return {**common, "beta_seeds": cfg.tune.beta_seeds, "beta_augment": cfg.tune.beta_augment}
     distill = {**to_dict(cfg.distill), "iterations": trial_iterations(cfg)}
-    return {**common, "experts": to_dict(cfg.experts), "distill": distill, "alpha_seeds": cfg.tune.alpha_seeds}
+    return {**common, "experts": to_dict(cfg.experts), "distill": distill, "alpha_seeds": cfg.tune.alpha_seeds,
+            "alpha_fraction": cfg.tune.alpha_fraction}
 
 
 #: What a setting that older studies lack stood for, where that differs from today's default: beta trials
