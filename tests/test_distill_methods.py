@@ -309,3 +309,36 @@ def test_a_cached_experts_last_snapshot_serves_as_the_teacher(digits, tmp_path):
     assert norms and all(m.running_var.ne(1).all() for m in norms)  # measured on the training split
     assert not teacher.training
     assert not (tmp_path / "teachers").exists()  # nothing trained or cached
+
+
+def test_evaluate_file_scores_an_sre2l_set_by_kd_from_its_cached_teacher(digits, teacher, teacher_cfg, scores,
+                                                                         tmp_path):
+    import json
+
+    from autoselmatch.config import to_dict
+    from autoselmatch.synset import SyntheticSet
+
+    start = initial_set(digits, teacher_cfg, ipc=2, alpha=0.0, beta=0.0, scores=scores)
+    args = ["--quiet", "evaluate", "--device", "cpu", "--runs", "1", "--epochs", "2", "--output", "json",
+            "--set", "evaluate.model.width=8"]
+
+    def evaluate(method, cache):
+        made = apply_overrides(teacher_cfg, {"distill.method": method})
+        path = SyntheticSet(start.images, start.labels, start.distill_mask, dataset="digits",
+                            settings={"config": to_dict(made)}).save(tmp_path / f"{method}.pt")
+        return CliRunner().invoke(cli, [*args, "--cache-dir", str(cache), str(path)])
+
+    kd = evaluate("sre2l", teacher_cfg.cache_path)
+    assert kd.exit_code == 0, kd.output
+    record = json.loads(kd.output)
+    assert (record["method"], record["protocol"]) == ("sre2l", "teacher-kd") and "+kd(T=4)" in record["augment"]
+    for method in ("dsa", "mtt"):
+        hard = evaluate(method, teacher_cfg.cache_path)
+        assert hard.exit_code == 0, hard.output
+        record = json.loads(hard.output)
+        assert record["protocol"] == "hard-labels" and "kd" not in record["augment"]
+    missing = evaluate("sre2l", tmp_path / "empty")
+    assert missing.exit_code != 0
+    assert "no SRe2L teacher" in missing.output and "autoselmatch distill --dataset digits --method sre2l" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
+    assert not (tmp_path / "empty" / "teachers").exists()  # nothing trained or created

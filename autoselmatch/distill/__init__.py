@@ -67,6 +67,7 @@ from ._run import (
     distill,
     evaluate_distilled,
     quick_evaluator,
+    saved_set_config,
 )
 from ._methods import METHODS, Method, Objective
 from ._selmatch import InitialSet, initial_set, selmatch
@@ -96,6 +97,7 @@ __all__ = [
     "evaluate_distilled",
     "initial_set",
     "quick_evaluator",
+    "saved_set_config",
     "selmatch",
     "student_network",
     "student_precision",

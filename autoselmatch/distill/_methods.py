@@ -75,8 +75,9 @@ class Method:
         evaluation: ``hard-labels`` or ``teacher-kd``.
         optimizer: ``(pixels (d, C, H, W), distill settings) -> the pixels' optimizer``.
         build: ``(ds, cfg, labels (n,) on device, device, experts) -> Objective``.
-        evaluate: ``(ds, images, labels, cfg, distill_mask=, split=, runs=, fraction=, seed=) -> EvalResult``
-            of ``teacher-kd``; None for ``hard-labels`` (:func:`autoselmatch.evaluate.evaluate_set`).
+        evaluate: ``(ds, images, labels, cfg, distill_mask=, split=, runs=, fraction=, seed=, cached=) -> EvalResult``
+            of ``teacher-kd`` (``cached``: use only what is cached, e.g. the teacher; a one-line error
+            names what to run otherwise); None for ``hard-labels`` (:func:`autoselmatch.evaluate.evaluate_set`).
     """
 
     needs: str
@@ -218,9 +219,13 @@ def _build_sre2l(ds: ImageDataset, cfg: RunConfig, labels: torch.Tensor, device:
 
 
 def _kd_evaluate(ds: ImageDataset, images: torch.Tensor, labels: torch.Tensor, cfg: RunConfig, *,
-                 distill_mask: torch.Tensor | None, split: str, runs: int, fraction: float, seed: int) -> EvalResult:
-    """The set evaluated by distillation from the (cached) teacher; ``labels`` are not used."""
-    teacher = train_teacher(ds, cfg, images.device)
+                 distill_mask: torch.Tensor | None, split: str, runs: int, fraction: float, seed: int,
+                 cached: bool = False) -> EvalResult:
+    """The set evaluated by distillation from the teacher (``cached``: only a cached one, never trained here);
+    ``labels`` are not used; uint8 ``images`` are normalised with ``ds``."""
+    teacher = train_teacher(ds, cfg, images.device, train=not cached)
+    if not images.is_floating_point():
+        images = ds.normalize(images)
     return kd_evaluate(ds, images, teacher, cfg=cfg.evaluate, temperature=cfg.distill.sre2l_temperature,
                        distill_mask=distill_mask, split=split, runs=runs, fraction=fraction, seed=seed)
 
