@@ -24,6 +24,8 @@ DISTILL_INITS = ("window", "random")
 #: Base distillation method (``distill.method``; one entry each in ``distill.METHODS``): trajectory matching,
 #: gradient matching with DSA, SRe2L (squeeze, recover, relabel).
 DISTILL_METHODS = ("mtt", "dsa", "sre2l")
+#: How each base method is written in labels and tables (the papers' spelling).
+DISTILL_METHOD_TITLES = {"mtt": "MTT", "dsa": "DSA", "sre2l": "SRe2L"}
 #: Where SRe2L's teacher comes from (``distill.sre2l_teacher``): trained and cached, or a cached expert's last snapshot.
 SRE2L_TEACHERS = ("train", "expert")
 #: What students train on (``distill.mode``).

@@ -384,7 +384,7 @@ class SearchController:
         self._evaluate(trial, name, lambda: self.objective(point, trial))
 
     def _run_baseline(self, trial: optuna.Trial, baseline: str) -> None:
-        name = f"{self.study.study_name} trial {trial.number} (baseline {records.LABELS.get(baseline, baseline)})"
+        name = f"{self.study.study_name} trial {trial.number} (baseline {records.label(baseline, records.study_method(self.study.user_attrs))})"
         self._evaluate(trial, name, lambda: self.baselines[baseline](trial))
 
     def _evaluate(self, trial: optuna.Trial, name: str, run: Callable[[], float]) -> None:
