@@ -48,6 +48,22 @@ def test_the_registry_holds_exactly_the_method_choices():
     assert [METHODS.get(m).labels for m in ("mtt", "dsa", "sre2l")] == ["hard", "hard", "soft"]
 
 
+def test_every_method_names_real_distill_settings_and_keeps_its_own():
+    from dataclasses import fields
+
+    from autoselmatch.config import DistillConfig, to_dict
+    from autoselmatch.distill import method_settings
+
+    known = {f.name for f in fields(DistillConfig)}
+    for name in METHODS.names():
+        assert set(METHODS.get(name).settings) <= known - {"method", "iterations", "init", "mode"}
+        kept = method_settings(DistillConfig(method=name))
+        assert set(METHODS.get(name).settings) <= set(kept) and kept["method"] == name
+    assert set(method_settings(DistillConfig())) == set(to_dict(DistillConfig())) - {
+        k for k in known if k.startswith(("gm_", "sre2l_"))}
+    assert not {"lr_img", "syn_steps", "memory", "sre2l_batch"} & set(method_settings(DistillConfig(method="dsa")))
+
+
 def test_mtt_is_the_legacy_value_and_leaves_cache_keys_alone():
     cfg = load_preset("digits")
     assert cfg.distill.method == "mtt"

@@ -69,7 +69,7 @@ from ._run import (
     quick_evaluator,
     saved_set_config,
 )
-from ._methods import METHODS, Method, Objective
+from ._methods import METHODS, Method, Objective, method_settings
 from ._selmatch import InitialSet, initial_set, selmatch
 from ._student import ExpertSource, batch_stats_only, check_experts, dsa_strategies, student_network
 from ._trajectory import MatchOutput, StudentPlan, TrajectoryMatcher, check_precision, student_precision
@@ -96,6 +96,7 @@ __all__ = [
     "distill",
     "evaluate_distilled",
     "initial_set",
+    "method_settings",
     "quick_evaluator",
     "saved_set_config",
     "selmatch",

@@ -16,7 +16,11 @@ in the loop. A method supplies the rest:
   it trains against the teacher's soft outputs (:func:`~autoselmatch.distill._sre2l.kd_evaluate`);
   ``evaluate`` runs the latter (None: the hard-label one);
 - ``optimizer``: the pixels' optimizer, from the ``distill`` settings;
-- ``build``: its per-run :class:`Objective`, one call of which is one iteration.
+- ``build``: its per-run :class:`Objective`, one call of which is one iteration;
+- ``settings``: the ``distill`` settings it reads that not every method reads (MTT's expert
+  segment and unrolling, DSA's ``gm_*``, SRe2L's ``sre2l_*``, ...). :func:`method_settings`
+  drops the other methods' ones, so a tune study of one method is not refused because a
+  setting only another method reads has changed.
 
     method = METHODS.get(cfg.distill.method)
     objective = method.build(ds, cfg, labels, device, experts)
@@ -27,11 +31,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import torch
 
-from ..config import DistillConfig, RunConfig
+from ..config import DistillConfig, RunConfig, to_dict
 from ..data import ImageDataset
 from ..errors import InvalidArgument
 from ..models import FlatModel
@@ -75,6 +79,7 @@ class Method:
         evaluation: ``hard-labels`` or ``teacher-kd``.
         optimizer: ``(pixels (d, C, H, W), distill settings) -> the pixels' optimizer``.
         build: ``(ds, cfg, labels (n,) on device, device, experts) -> Objective``.
+        settings: The ``distill`` settings this method reads that some other method does not.
         evaluate: ``(ds, images, labels, cfg, distill_mask=, split=, runs=, fraction=, seed=, cached=) -> EvalResult``
             of ``teacher-kd`` (``cached``: use only what is cached, e.g. the teacher; a one-line error
             names what to run otherwise); None for ``hard-labels`` (:func:`autoselmatch.evaluate.evaluate_set`).
@@ -85,6 +90,7 @@ class Method:
     evaluation: str
     optimizer: Callable[[torch.Tensor, DistillConfig], torch.optim.Optimizer]
     build: Builder
+    settings: tuple[str, ...] = ()
     evaluate: Callable[..., EvalResult] | None = None
 
 
@@ -94,6 +100,14 @@ def _sgd(lr: Callable[[DistillConfig], float]) -> Callable[[torch.Tensor, Distil
 
 
 METHODS: Registry[Method] = Registry("distillation method")
+
+
+def method_settings(dc: DistillConfig) -> dict[str, Any]:
+    """The ``distill`` settings that shape a run of ``dc.method``: all of them (``to_dict``) but those that
+    only other methods read (their :attr:`Method.settings`). ``method`` itself is always among them."""
+    own = set(METHODS.get(dc.method).settings)
+    others = {key for name in METHODS.names() for key in METHODS.get(name).settings} - own
+    return {key: value for key, value in to_dict(dc).items() if key not in others}
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,7 +147,10 @@ def _build_mtt(ds: ImageDataset, cfg: RunConfig, labels: torch.Tensor, device: t
 
 
 METHODS.register("mtt")(Method(needs="experts", labels="hard", evaluation="hard-labels",
-                               optimizer=_sgd(lambda dc: dc.lr_img), build=_build_mtt))
+                               optimizer=_sgd(lambda dc: dc.lr_img), build=_build_mtt,
+                               settings=("syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "lr_img",
+                                         "lr_lr", "lr_teacher", "memory", "segment", "precision", "momentum", "dsa",
+                                         "dsa_strategies")))
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,7 +192,9 @@ def _build_dsa(ds: ImageDataset, cfg: RunConfig, labels: torch.Tensor, device: t
 
 
 METHODS.register("dsa")(Method(needs="nothing", labels="hard", evaluation="hard-labels",
-                               optimizer=_sgd(lambda dc: dc.gm_lr_img), build=_build_dsa))
+                               optimizer=_sgd(lambda dc: dc.gm_lr_img), build=_build_dsa,
+                               settings=("gm_outer_loop", "gm_inner_loop", "gm_batch_real", "gm_lr_img", "gm_lr_net",
+                                         "momentum", "dsa", "dsa_strategies")))
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,4 +252,6 @@ def _kd_evaluate(ds: ImageDataset, images: torch.Tensor, labels: torch.Tensor, c
 METHODS.register("sre2l")(Method(
     needs="teacher", labels="soft", evaluation="teacher-kd",
     optimizer=lambda pixels, dc: torch.optim.Adam([pixels], lr=dc.sre2l_lr_img, betas=(0.5, 0.9)),
-    build=_build_sre2l, evaluate=_kd_evaluate))
+    build=_build_sre2l, evaluate=_kd_evaluate,
+    settings=("sre2l_teacher_epochs", "sre2l_teacher_lr", "sre2l_lr_img", "sre2l_r_bn", "sre2l_batch",
+              "sre2l_temperature", "sre2l_teacher")))

@@ -26,7 +26,8 @@ from optuna.trial import FrozenTrial
 
 from .. import records
 from ..choices import MAX_SEED
-from ..config import RunConfig, to_dict
+from ..config import DistillConfig, RunConfig, to_dict
+from ..distill import method_settings
 from ..errors import TrainingDiverged
 from ..records import study_name
 from ..storage import StorageSpec
@@ -138,7 +139,11 @@ def replicate_seeds(cfg: RunConfig, stage: str, replicate: int) -> dict[str, Any
 
 
 def stage_settings(cfg: RunConfig, stage: str, ipc: int) -> dict[str, Any]:
-    """Every setting that shapes a trial's value in ``stage`` (stored in the study; changes are refused)."""
+    """Every setting that shapes a trial's value in ``stage`` (stored in the study; changes are refused).
+
+    Of the ``distill`` settings, those of the base method ``distill.method`` (:func:`~autoselmatch.distill.method_settings`):
+    an MTT study ignores the ``gm_*`` and ``sre2l_*`` settings, a DSA study MTT's expert segment, ...
+    """
     data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("root", "download")}
     # runs and stack_runs shape the final report only: trials train tune.beta_seeds / tune.alpha_seeds
     # networks, and stacking them changes no network's training
@@ -147,7 +152,7 @@ def stage_settings(cfg: RunConfig, stage: str, ipc: int) -> dict[str, Any]:
               "scores": to_dict(cfg.scores), "evaluate": evaluate, "baselines": cfg.tune.baselines}
     if stage == records.BETA:
         return {**common, "beta_seeds": cfg.tune.beta_seeds, "beta_augment": cfg.tune.beta_augment}
-    distill = {**to_dict(cfg.distill), "iterations": trial_iterations(cfg)}
+    distill = {**method_settings(cfg.distill), "iterations": trial_iterations(cfg)}
     return {**common, "experts": to_dict(cfg.experts), "distill": distill, "alpha_seeds": cfg.tune.alpha_seeds}
 
 
@@ -160,9 +165,14 @@ def default_settings(stage: str, ipc: int) -> dict[str, Any]:
     """:func:`stage_settings` of the built-in defaults: what a setting an older study lacks stood for.
 
     A setting added since the study was stored counts as unchanged only at this value; it is the
-    built-in default, except in :data:`LEGACY_SETTINGS`.
+    built-in default, except in :data:`LEGACY_SETTINGS`. The alpha stage's defaults hold every
+    ``distill`` setting, those of every base method: a stored setting that today's settings leave out
+    (another method's; older versions stored them all) is not a change (:func:`~._storage.settings_diff`).
     """
-    return {**stage_settings(RunConfig(), stage, ipc), **LEGACY_SETTINGS[stage]}
+    defaults = {**stage_settings(RunConfig(), stage, ipc), **LEGACY_SETTINGS[stage]}
+    if stage == records.ALPHA:
+        defaults["distill"] = {**to_dict(DistillConfig()), **defaults["distill"]}
+    return defaults
 
 
 # --------------------------------------------------------------------------------------------
