@@ -358,3 +358,16 @@ def test_evaluate_file_scores_an_sre2l_set_by_kd_from_its_cached_teacher(digits,
     assert "no SRe2L teacher" in missing.output and "autoselmatch distill --dataset digits --method sre2l" in missing.output
     assert len(missing.output.strip().splitlines()) == 1
     assert not (tmp_path / "empty" / "teachers").exists()  # nothing trained or created
+
+
+def test_noise_init_keeps_the_random_init_s_select_rows_and_starts_distill_rows_from_noise(digits, tmp_path):
+    random = initial_set(digits, make_cfg(tmp_path, **{"distill.init": "random"}), ipc=4, alpha=0.5, beta=0.0)
+    noise = initial_set(digits, make_cfg(tmp_path, **{"distill.init": "noise"}), ipc=4, alpha=0.5, beta=0.0)
+    keep = ~noise.distill_mask
+    assert torch.equal(noise.distill_mask, random.distill_mask) and torch.equal(noise.labels, random.labels)
+    assert torch.equal(noise.images[keep], random.images[keep])  # D_select: the same real samples
+    rows = noise.images[noise.distill_mask]
+    assert not torch.equal(rows, random.images[noise.distill_mask])
+    assert abs(float(rows.mean())) < 0.1 and abs(float(rows.std()) - 1.0) < 0.1  # standard Gaussian
+    again = initial_set(digits, make_cfg(tmp_path, **{"distill.init": "noise"}), ipc=4, alpha=0.5, beta=0.0)
+    assert torch.equal(again.images, noise.images)  # seeded by cfg.seed
