@@ -442,6 +442,11 @@ def test_a_base_method_gets_its_paper_table(tmp_path, method, table, rows, proto
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["base"]["method"] == method and results["base"]["paper_table"] == table
     assert f"--method {method} " in cell["command"] and "distill.method" not in cell["command"]
+    saved = sorted((tmp_path / "out" / "sets").glob("distilled-ipc3-*.pt"))[0]
+    scored = RUNNER.invoke(cli, ["--device", "cpu", "--quiet", "evaluate", str(saved), "--cache-dir",
+                                 str(tmp_path / "cache"), "--steps", "5", "--output", "json"])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.output)["protocol"] == ("teacher-kd" if method == "sre2l" else "hard-labels")
 
 
 def test_a_bad_base_method_is_a_one_line_error(tmp_path):

@@ -141,7 +141,8 @@ def distilled_set(inputs: _Inputs, spec: SetSpec, workdir: Path) -> BuiltSet:
                 "iterations": result.iterations, "eta": result.eta,
                 "final_loss": result.loss_history[-1] if result.loss_history else None,
                 "loss_ratio": result.loss_ratio, "activity": result.activity}
-    settings.pop("config", None)
+    if BASES.get(cfg.distill.method).evaluation == "hard-labels":  # else `evaluate FILE` needs it to find the teacher
+        settings.pop("config", None)
     return BuiltSet(result.images, result.labels, result.distill_mask, settings)
 
 
