@@ -64,6 +64,18 @@ def test_every_method_names_real_distill_settings_and_keeps_its_own():
     assert not {"lr_img", "syn_steps", "memory", "sre2l_batch"} & set(method_settings(DistillConfig(method="dsa")))
 
 
+def test_only_runs_that_read_experts_keep_every_experts_setting():
+    from autoselmatch.config import RunConfig, apply_overrides, to_dict
+    from autoselmatch.distill import expert_settings
+
+    cfg = RunConfig()
+    assert expert_settings(cfg) == to_dict(cfg.experts)  # mtt
+    for method in ("dsa", "sre2l"):  # the model is the student's / the trained teacher's architecture
+        assert expert_settings(apply_overrides(cfg, {"distill.method": method})) == {"model": to_dict(cfg.experts)["model"]}
+    teacher = apply_overrides(cfg, {"distill.method": "sre2l", "distill.sre2l_teacher": "expert"})
+    assert expert_settings(teacher) == to_dict(cfg.experts)
+
+
 def test_mtt_is_the_legacy_value_and_leaves_cache_keys_alone():
     cfg = load_preset("digits")
     assert cfg.distill.method == "mtt"

@@ -20,7 +20,8 @@ in the loop. A method supplies the rest:
 - ``settings``: the ``distill`` settings it reads that not every method reads (MTT's expert
   segment and unrolling, DSA's ``gm_*``, SRe2L's ``sre2l_*``, ...). :func:`method_settings`
   drops the other methods' ones, so a tune study of one method is not refused because a
-  setting only another method reads has changed.
+  setting only another method reads has changed (:func:`expert_settings` does the same
+  for the ``experts`` section).
 
     method = METHODS.get(cfg.distill.method)
     objective = method.build(ds, cfg, labels, device, experts)
@@ -108,6 +109,16 @@ def method_settings(dc: DistillConfig) -> dict[str, Any]:
     own = set(METHODS.get(dc.method).settings)
     others = {key for name in METHODS.names() for key in METHODS.get(name).settings} - own
     return {key: value for key, value in to_dict(dc).items() if key not in others}
+
+
+def expert_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The ``experts`` settings that shape a run of ``cfg.distill.method``: all of them when the run reads
+    experts (``mtt``; ``sre2l`` with ``distill.sre2l_teacher = "expert"``), else only ``model`` (the
+    architecture of DSA's student networks and of SRe2L's trained teacher)."""
+    needs = METHODS.get(cfg.distill.method).needs
+    if needs == "experts" or (needs == "teacher" and cfg.distill.sre2l_teacher == "expert"):
+        return to_dict(cfg.experts)
+    return {"model": to_dict(cfg.experts.model)}
 
 
 # --------------------------------------------------------------------------------------------
