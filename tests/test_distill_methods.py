@@ -367,7 +367,8 @@ def test_evaluate_file_scores_an_sre2l_set_by_kd_from_its_cached_teacher(digits,
         assert record["protocol"] == "hard-labels" and "kd" not in record["augment"]
     missing = evaluate("sre2l", tmp_path / "empty")
     assert missing.exit_code != 0
-    assert "no SRe2L teacher" in missing.output and "autoselmatch distill --dataset digits --method sre2l" in missing.output
+    assert "no SRe2L teacher" in missing.output
+    assert "autoselmatch distill --dataset digits --method sre2l" in missing.output
     assert len(missing.output.strip().splitlines()) == 1
     assert not (tmp_path / "empty" / "teachers").exists()  # nothing trained or created
 

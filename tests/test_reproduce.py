@@ -434,7 +434,8 @@ def test_a_base_method_gets_its_paper_table(tmp_path, method, table, rows, proto
     assert lines[0].startswith(f"Paper Table {table} layout: base method ") and protocol in lines[0]
     assert "| IPC 2 | IPC 3 |" in table_md
     body = [line.split(" | ")[0].lstrip("| ") for line in lines if line.startswith("| ") and "augmentation" not in line]
-    assert body == [*rows, "select init (window at beta, alpha 1)", "SelMatch (window at beta, partial update of alpha)"]
+    assert body == [*rows, "select init (window at beta, alpha 1)",
+                    "SelMatch (window at beta, partial update of alpha)"]
     assert "—" not in table_md and table_md in result.output
     assert not (tmp_path / "cache" / "experts").exists()  # neither base method needs experts
     cell = json.loads((tmp_path / "out" / "cells" / "selmatch-ipc3-s0.json").read_text())

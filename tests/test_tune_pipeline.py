@@ -446,7 +446,7 @@ def test_the_baselines_are_named_after_the_base_method(tmp_path, monkeypatch):
     final = load(tmp_path, "digits-ipc10-alpha").user_attrs["final"]
     assert final["chosen"] == "mtt" and final["baselines"]["mtt"]["label"] == named  # the key stays "mtt"
     studies = CliRunner().invoke(cli, ["--quiet", "studies", "--storage", url], catch_exceptions=False).output
-    assert f"baseline sre2l 125.00 %" in studies and f"({named} chosen)" in studies and "MTT" not in studies
+    assert "baseline sre2l 125.00 %" in studies and f"({named} chosen)" in studies and "MTT" not in studies
     rows = json.loads(CliRunner().invoke(cli, ["--quiet", "studies", "--storage", url, "--output", "json"]).output)
     assert [r["method"] for r in rows["studies"]] == ["sre2l", "sre2l"]
     build_report(url, "digits", tmp_path / "report.html")

@@ -391,8 +391,8 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
         for n, (t, source) in measured.items():
             LOG.info("%s: final set of the baseline %s (trial %d of %s)", name, label(n, method), t.number, source)
             made[n] = objs.finish_baseline(ctx, name=n, trial=t, study=study, upload=n == chosen)
-            baselines[n] = {"label": label(n, method), "study": source, "trial": t.number, "state": t.state.name.lower(),
-                            records.VAL_ACCURACY: _trial_score(t), **made[n]}
+            baselines[n] = {"label": label(n, method), "study": source, "trial": t.number,
+                            "state": t.state.name.lower(), records.VAL_ACCURACY: _trial_score(t), **made[n]}
         if chosen == SELMATCH:
             alpha, number = alpha_out.best_point, trial.number
             LOG.info("%s: final set from trial %d (alpha=%g, beta=%g)", name, number, alpha, beta)
