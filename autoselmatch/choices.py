@@ -19,11 +19,13 @@ EXPERT_AUGMENTATIONS = ("none", "simple", "dsa")
 MEMORY_MODES = ("exact", "checkpoint", "tesla")
 #: Arithmetic of the unrolled student steps (``distill.precision``): strict fp32, TF32 tensor cores, bf16 autocast.
 DISTILL_PRECISIONS = ("fp32", "tf32", "bf16")
-#: Initial synthetic set (``distill.init``).
-DISTILL_INITS = ("window", "random")
+#: Initial synthetic set (``distill.init``): the window, random real samples, or Gaussian noise (SRe2L's own init).
+DISTILL_INITS = ("window", "random", "noise")
 #: Base distillation method (``distill.method``; one entry each in ``distill.METHODS``): trajectory matching,
 #: gradient matching with DSA, SRe2L (squeeze, recover, relabel).
 DISTILL_METHODS = ("mtt", "dsa", "sre2l")
+#: How each base method is written in labels and tables (the papers' spelling).
+DISTILL_METHOD_TITLES = {"mtt": "MTT", "dsa": "DSA", "sre2l": "SRe2L"}
 #: Where SRe2L's teacher comes from (``distill.sre2l_teacher``): trained and cached, or a cached expert's last snapshot.
 SRE2L_TEACHERS = ("train", "expert")
 #: What students train on (``distill.mode``).

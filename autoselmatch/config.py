@@ -170,7 +170,9 @@ class DistillConfig:
         segment: Student steps per recomputed segment in ``checkpoint`` mode (0: ceil(sqrt(N))).
         dsa: Apply DSA to every student minibatch (as MTT and SelMatch do).
         dsa_strategies: DSA strategies, joined by ``_``.
-        init: ``window`` (SelMatch's selection-based init) or ``random`` (class-balanced real samples).
+        init: ``window`` (SelMatch's selection-based init), ``random`` (class-balanced real samples) or
+            ``noise`` (the random init's D_distill rows replaced by standard Gaussian noise in normalised
+            space, as SRe2L starts its recover step).
         mode: ``selmatch`` (students train on D_select and D_distill) or ``merge`` (the paper's
             ablation: distil D_distill alone, then concatenate D_select).
         coverage_every: Iterations between measurements of the set's coverage of the easy and
@@ -381,7 +383,7 @@ class TuneConfig:
     alpha_start: float = 0.5
     search: str = "line"
     pruner: str = "median"
-    patience: int = 0
+    patience: int = 1
     beta_seeds: int = 2
     beta_augment: str = "dsa"
     alpha_seeds: int = 1

@@ -25,7 +25,10 @@ fixed knob), :data:`REPLICATE`, :data:`NETWORK_SEEDS`, :data:`WORKER`, :data:`VA
 A baseline trial (:data:`BASELINES`: random selection in the beta study, MTT
 in the alpha study) has :data:`BASELINE` set to its name and the categorical
 param :data:`INIT` instead of the stage's grid param; the final record
-compares the chosen set with each of them.
+compares the chosen set with each of them. The :data:`MTT` baseline is the
+study's base method (``distill.method``) at alpha 1 from random init: its
+key stays ``"mtt"`` whatever the method, and :func:`label` names it after
+the method ("DSA (alpha 1, random init)").
 
     name = study_name("digits", 10, "alpha")          # "digits-ipc10-alpha"
     parse_study_name(name)                            # StudyName(prefix="digits", ipc=10, stage="alpha")
@@ -38,6 +41,8 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+from .choices import DISTILL_METHOD_TITLES
 
 #: The two stages per IPC, in the order they run; each has its study.
 BETA, ALPHA = "beta", "alpha"
@@ -90,6 +95,27 @@ BASELINES: dict[str, tuple[str, ...]] = {BETA: (RANDOM,), ALPHA: (MTT,)}
 #: How summaries and the report name each candidate of the final choice.
 SELMATCH = "selmatch"  # FinalRecord.chosen when the best grid point won
 LABELS = {SELMATCH: "SelMatch", RANDOM: "random selection (class-balanced)", MTT: "MTT (alpha 1, random init)"}
+
+
+def label(name: str, method: str = "mtt") -> str:
+    """How summaries, records, ``studies`` and the report name candidate ``name`` of a study whose base
+    method is ``method`` (``distill.method``): the :data:`MTT` baseline is that method at alpha 1 from random
+    init ("SRe2L (alpha 1, random init)"); other names as in :data:`LABELS` (unknown names: themselves)."""
+    if name == MTT:
+        return f"{DISTILL_METHOD_TITLES.get(method, method)} (alpha 1, random init)"
+    return LABELS.get(name, name)
+
+
+def study_method(attrs: Mapping[str, Any]) -> str:
+    """The base method (``distill.method``) of a study, from its user attrs (:data:`SETTINGS`, else
+    :data:`RUN_CONFIG`: the beta study's settings hold no distillation); ``"mtt"`` for studies stored
+    before the setting existed, or without either."""
+    for key in (SETTINGS, RUN_CONFIG):
+        values = attrs.get(key)
+        distill = values.get("distill") if isinstance(values, Mapping) else None
+        if isinstance(distill, Mapping):
+            return str(distill.get("method", "mtt"))
+    return "mtt"
 
 #: Study attrs that some module reads, with the stages whose studies ``tune`` always writes them to
 #: (tests/test_records.py checks both against the code and a real run).
@@ -251,7 +277,9 @@ __all__ = [
     "STAGES",
     "FinalRecord",
     "StudyName",
+    "label",
     "parse_study_name",
     "prefix_of",
+    "study_method",
     "study_name",
 ]

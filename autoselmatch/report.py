@@ -41,7 +41,7 @@ from . import records
 from ._version import __version__
 from .errors import DataError
 from .fileio import save_text
-from .records import ALPHA, BETA, LABELS, SELMATCH, STAGES, FinalRecord, parse_study_name
+from .records import ALPHA, BETA, SELMATCH, STAGES, FinalRecord, parse_study_name
 from .runtime import LOG
 from .storage import artifact_dir_of, close_storage, open_existing_storage, safe_name
 from .synset import SyntheticSet
@@ -265,12 +265,13 @@ def _intermediate_figure(study: "optuna.Study", ipc: int) -> "go.Figure":
     import plotly.graph_objects as go
 
     fig = go.Figure()
+    method = records.study_method(study.user_attrs)  # names the "mtt" baseline
     for t in _trials(study, "COMPLETE", "PRUNED", "FAIL"):
         if not t.intermediate_values:
             continue
         steps = sorted(t.intermediate_values)
         alpha, baseline = _knob(t, ALPHA), t.user_attrs.get(records.BASELINE)
-        label = f"trial {t.number}" + (f", {LABELS.get(baseline, baseline)}" if baseline is not None
+        label = f"trial {t.number}" + (f", {records.label(baseline, method)}" if baseline is not None
                                        else f", alpha={alpha:g}" if alpha is not None else "")
         pruned = t.state.name != "COMPLETE"
         fig.add_trace(go.Scatter(
@@ -326,11 +327,12 @@ def _accuracy_figure(group: IpcStudies) -> "go.Figure | None":
         return None
     final = _final(group)
     chosen = final.chosen if final is not None else None
-    bars = {f"chosen: {LABELS.get(chosen, chosen)}" if chosen else "autoselmatch": test}
+    method = records.study_method(group.alpha.user_attrs) if group.alpha is not None else "mtt"
+    bars = {f"chosen: {records.label(chosen, method)}" if chosen else "autoselmatch": test}
     for name, baseline in ((final.baselines or {}) if final is not None else {}).items():
         value = _mean_std(baseline.get(records.TEST_ACCURACY))
         if value is not None and name != chosen:
-            bars[LABELS.get(name, name)] = value
+            bars[records.label(name, method)] = value
     fig = go.Figure(go.Bar(x=list(bars), y=[v[0] for v in bars.values()],
                            error_y=dict(type="data", array=[v[1] or 0.0 for v in bars.values()]),
                            marker_color=["#2ca02c"] + ["#7f7f7f"] * (len(bars) - 1)))
@@ -419,8 +421,9 @@ def _baselines_table(group: IpcStudies) -> str:
         state = baseline.get("state")
         rows.append((name, "", baseline.get(records.VAL_ACCURACY), baseline.get(records.TEST_ACCURACY),
                      "" if state == "complete" else f" ({state})"))
+    method = records.study_method(group.alpha.user_attrs) if group.alpha is not None else "mtt"
     body = "".join(
-        f"<tr><td>{html.escape(LABELS.get(name, name) + detail)}</td><td>{html.escape(_percent(val) + note)}</td>"
+        f"<tr><td>{html.escape(records.label(name, method) + detail)}</td><td>{html.escape(_percent(val) + note)}</td>"
         f"<td>{html.escape(_percent(test) if test is not None else 'not evaluated (not chosen)')}</td>"
         f"<td>{'exported' if name == final.chosen else ''}</td></tr>"
         for name, detail, val, test, note in rows)

@@ -48,6 +48,34 @@ def test_the_registry_holds_exactly_the_method_choices():
     assert [METHODS.get(m).labels for m in ("mtt", "dsa", "sre2l")] == ["hard", "hard", "soft"]
 
 
+def test_every_method_names_real_distill_settings_and_keeps_its_own():
+    from dataclasses import fields
+
+    from autoselmatch.config import DistillConfig, to_dict
+    from autoselmatch.distill import method_settings
+
+    known = {f.name for f in fields(DistillConfig)}
+    for name in METHODS.names():
+        assert set(METHODS.get(name).settings) <= known - {"method", "iterations", "init", "mode"}
+        kept = method_settings(DistillConfig(method=name))
+        assert set(METHODS.get(name).settings) <= set(kept) and kept["method"] == name
+    assert set(method_settings(DistillConfig())) == set(to_dict(DistillConfig())) - {
+        k for k in known if k.startswith(("gm_", "sre2l_"))}
+    assert not {"lr_img", "syn_steps", "memory", "sre2l_batch"} & set(method_settings(DistillConfig(method="dsa")))
+
+
+def test_only_runs_that_read_experts_keep_every_experts_setting():
+    from autoselmatch.config import RunConfig, apply_overrides, to_dict
+    from autoselmatch.distill import expert_settings
+
+    cfg = RunConfig()
+    assert expert_settings(cfg) == to_dict(cfg.experts)  # mtt
+    for method in ("dsa", "sre2l"):  # the model is the student's / the trained teacher's architecture
+        assert expert_settings(apply_overrides(cfg, {"distill.method": method})) == {"model": to_dict(cfg.experts)["model"]}
+    teacher = apply_overrides(cfg, {"distill.method": "sre2l", "distill.sre2l_teacher": "expert"})
+    assert expert_settings(teacher) == to_dict(cfg.experts)
+
+
 def test_mtt_is_the_legacy_value_and_leaves_cache_keys_alone():
     cfg = load_preset("digits")
     assert cfg.distill.method == "mtt"
@@ -309,3 +337,50 @@ def test_a_cached_experts_last_snapshot_serves_as_the_teacher(digits, tmp_path):
     assert norms and all(m.running_var.ne(1).all() for m in norms)  # measured on the training split
     assert not teacher.training
     assert not (tmp_path / "teachers").exists()  # nothing trained or cached
+
+
+def test_evaluate_file_scores_an_sre2l_set_by_kd_from_its_cached_teacher(digits, teacher, teacher_cfg, scores,
+                                                                         tmp_path):
+    import json
+
+    from autoselmatch.config import to_dict
+    from autoselmatch.synset import SyntheticSet
+
+    start = initial_set(digits, teacher_cfg, ipc=2, alpha=0.0, beta=0.0, scores=scores)
+    args = ["--quiet", "evaluate", "--device", "cpu", "--runs", "1", "--epochs", "2", "--output", "json",
+            "--set", "evaluate.model.width=8"]
+
+    def evaluate(method, cache):
+        made = apply_overrides(teacher_cfg, {"distill.method": method})
+        path = SyntheticSet(start.images, start.labels, start.distill_mask, dataset="digits",
+                            settings={"config": to_dict(made)}).save(tmp_path / f"{method}.pt")
+        return CliRunner().invoke(cli, [*args, "--cache-dir", str(cache), str(path)])
+
+    kd = evaluate("sre2l", teacher_cfg.cache_path)
+    assert kd.exit_code == 0, kd.output
+    record = json.loads(kd.output)
+    assert (record["method"], record["protocol"]) == ("sre2l", "teacher-kd") and "+kd(T=4)" in record["augment"]
+    for method in ("dsa", "mtt"):
+        hard = evaluate(method, teacher_cfg.cache_path)
+        assert hard.exit_code == 0, hard.output
+        record = json.loads(hard.output)
+        assert record["protocol"] == "hard-labels" and "kd" not in record["augment"]
+    missing = evaluate("sre2l", tmp_path / "empty")
+    assert missing.exit_code != 0
+    assert "no SRe2L teacher" in missing.output
+    assert "autoselmatch distill --dataset digits --method sre2l" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
+    assert not (tmp_path / "empty" / "teachers").exists()  # nothing trained or created
+
+
+def test_noise_init_keeps_the_random_init_s_select_rows_and_starts_distill_rows_from_noise(digits, tmp_path):
+    random = initial_set(digits, make_cfg(tmp_path, **{"distill.init": "random"}), ipc=4, alpha=0.5, beta=0.0)
+    noise = initial_set(digits, make_cfg(tmp_path, **{"distill.init": "noise"}), ipc=4, alpha=0.5, beta=0.0)
+    keep = ~noise.distill_mask
+    assert torch.equal(noise.distill_mask, random.distill_mask) and torch.equal(noise.labels, random.labels)
+    assert torch.equal(noise.images[keep], random.images[keep])  # D_select: the same real samples
+    rows = noise.images[noise.distill_mask]
+    assert not torch.equal(rows, random.images[noise.distill_mask])
+    assert abs(float(rows.mean())) < 0.1 and abs(float(rows.std()) - 1.0) < 0.1  # standard Gaussian
+    again = initial_set(digits, make_cfg(tmp_path, **{"distill.init": "noise"}), ipc=4, alpha=0.5, beta=0.0)
+    assert torch.equal(again.images, noise.images)  # seeded by cfg.seed

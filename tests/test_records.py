@@ -238,3 +238,17 @@ def test_a_real_tune_measures_both_baselines_and_evaluates_their_sets(tuned):
         assert 0.0 <= baseline[records.TEST_ACCURACY]["mean"] <= 1.0
     assert final.baselines[records.MTT][records.ITERATIONS] == 4  # continued to distill.iterations like the winner
     assert final.baselines[records.RANDOM][records.ITERATIONS] == 0  # selection only: nothing distilled
+
+
+def test_the_mtt_baseline_is_named_after_the_study_s_base_method():
+    from autoselmatch.choices import DISTILL_METHOD_TITLES, DISTILL_METHODS
+    from autoselmatch.records import LABELS, MTT, RANDOM, RUN_CONFIG, SETTINGS, label, study_method
+
+    assert tuple(DISTILL_METHOD_TITLES) == DISTILL_METHODS
+    assert label(MTT) == LABELS[MTT] == "MTT (alpha 1, random init)"  # what studies stored before methods
+    assert [label(MTT, m) for m in ("dsa", "sre2l")] == ["DSA (alpha 1, random init)", "SRe2L (alpha 1, random init)"]
+    assert label(RANDOM, "dsa") == LABELS[RANDOM] and label("other", "dsa") == "other"
+    assert study_method({SETTINGS: {"distill": {"method": "dsa"}}}) == "dsa"
+    assert study_method({SETTINGS: {"distill": {"lr_img": 1000.0}}}) == "mtt"  # stored before distill.method
+    assert study_method({SETTINGS: {"stage": "beta"}, RUN_CONFIG: {"distill": {"method": "sre2l"}}}) == "sre2l"
+    assert study_method({}) == "mtt"

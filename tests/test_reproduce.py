@@ -403,3 +403,60 @@ def test_a_cross_architecture_cell_keys_its_network():
                        models=("vgg11", "convnet"))
     assert [(c.id, c.model) for c in cells] == [("random-ipc7-dsa-s0", None), ("random-ipc7-dsa-vgg11-s0", "vgg11")]
     assert plan_cells(cfg, ["random"], [7], {}, runs=1, ablation_ipc=None, coverage=False) == cells[:1]
+
+
+# --------------------------------------------------------------------------------------------
+# --method dsa | sre2l: the paper's Tables 7 and 8
+# --------------------------------------------------------------------------------------------
+
+BASE_TINY = [
+    "--set", "distill.iterations=2", "--set", "distill.eval_every=0", "--set", "distill.checkpoint_every=0",
+    "--set", "distill.gm_outer_loop=1", "--set", "distill.gm_inner_loop=0", "--set", "distill.gm_batch_real=8",
+    "--set", "distill.sre2l_teacher_epochs=1", "--set", "distill.sre2l_batch=20",
+    "--set", 'experts.model={name="convnet", depth=1, width=8, norm="batch"}', "--set", "scores.epochs=1",
+    "--set", "scores.networks=1", "--set", "evaluate.steps=5", "--set", "evaluate.model.width=8",
+]
+
+
+@pytest.mark.parametrize("method, table, rows, protocol", [
+    ("dsa", 7, ["DSA baseline (random real init, alpha 1)"], "hard labels"),
+    ("sre2l", 8, ["SRe2L baseline (noise init, alpha 1)", "SRe2L baseline (random real init, alpha 1)"],
+     "KD at temperature 4"),
+])
+def test_a_base_method_gets_its_paper_table(tmp_path, method, table, rows, protocol):
+    args = ["-d", "digits", "--cache-dir", str(tmp_path / "cache"), *BASE_TINY, "--ipc", "2,3", "--runs", "1",
+            "--alpha", "0.5", "--beta", "0.1", "--no-ablation", "--no-coverage", "--method", method,
+            "--out", str(tmp_path / "out")]
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    table_md = (tmp_path / "out" / "table.md").read_text()
+    lines = table_md.splitlines()
+    assert lines[0].startswith(f"Paper Table {table} layout: base method ") and protocol in lines[0]
+    assert "| IPC 2 | IPC 3 |" in table_md
+    body = [line.split(" | ")[0].lstrip("| ") for line in lines if line.startswith("| ") and "augmentation" not in line]
+    assert body == [*rows, "select init (window at beta, alpha 1)",
+                    "SelMatch (window at beta, partial update of alpha)"]
+    assert "—" not in table_md and table_md in result.output
+    assert not (tmp_path / "cache" / "experts").exists()  # neither base method needs experts
+    cell = json.loads((tmp_path / "out" / "cells" / "selmatch-ipc3-s0.json").read_text())
+    assert ("+kd(" in cell["evaluation"]["augment"]) == (method == "sre2l")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["base"]["method"] == method and results["base"]["paper_table"] == table
+    assert f"--method {method} " in cell["command"] and "distill.method" not in cell["command"]
+    saved = sorted((tmp_path / "out" / "sets").glob("distilled-ipc3-*.pt"))[0]
+    scored = RUNNER.invoke(cli, ["--device", "cpu", "--quiet", "evaluate", str(saved), "--cache-dir",
+                                 str(tmp_path / "cache"), "--steps", "5", "--output", "json"])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.output)["protocol"] == ("teacher-kd" if method == "sre2l" else "hard-labels")
+
+
+def test_a_bad_base_method_is_a_one_line_error(tmp_path):
+    for extra, message in ((["--method", "kip"], "--method must be one of mtt, dsa, sre2l (the base distillation "
+                                                 "method), got 'kip'"),
+                           (["--method", "dsa", "--methods", "random"], "--methods picks rows of MTT's table; "
+                                                                        "under --method dsa the rows are those of "
+                                                                        "the paper's Table 7")):
+        result = invoke(["-d", "digits", "--ipc", "3", "--out", str(tmp_path / "out"), *extra])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and result.output.strip().count("\n") == 0
+        assert not (tmp_path / "out").exists()

@@ -95,7 +95,9 @@ class Synthetic:
 
 
 def config(**overrides):
-    return apply_overrides(load_preset("digits"), {"tune.pruner": "none", **overrides})
+    """The digits preset without pruning, and with walks that stop at the first drop (the trial counts
+    below assume it; ``tune.patience`` itself is tested in test_tune_search.py)."""
+    return apply_overrides(load_preset("digits"), {"tune.pruner": "none", "tune.patience": 0, **overrides})
 
 
 def run(tmp_path, ipcs="10", cfg=None, **kw):
@@ -421,6 +423,39 @@ def test_a_curve_still_rising_at_the_priors_bound_steps_past_it_and_the_study_sa
     no_prior = run(tmp_path, "40", cfg=config(**{"tune.prior": False}), objectives=RisingAlpha,
                    study_prefix="free")
     assert no_prior.ipcs[0].alpha.best_point == 0.7 and no_prior.ipcs[0].prior is None
+
+
+def test_the_baselines_are_named_after_the_base_method(tmp_path, monkeypatch):
+    """--method sre2l: the "mtt" baseline (its stored key) is SRe2L at alpha 1 in every place its label shows."""
+    import json
+    import re
+
+    from click.testing import CliRunner
+
+    import autoselmatch.tune._pipeline as pipeline
+    from autoselmatch.cli import cli
+    from autoselmatch.export import export_trial
+    from autoselmatch.report import build_report
+
+    monkeypatch.setattr(pipeline, "SelMatchObjectives", MttWins)
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    result = CliRunner().invoke(cli, ["--quiet", "tune", "--dataset", "digits", "--ipc", "10", "--pruner", "none",
+                                      "--method", "sre2l", "--storage", url], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    named = "SRe2L (alpha 1, random init)"
+    assert f"chosen set: {named}, test accuracy" in result.output
+    assert f"{named} beat every SelMatch point on validation" in result.output and "MTT" not in result.output
+    final = load(tmp_path, "digits-ipc10-alpha").user_attrs["final"]
+    assert final["chosen"] == "mtt" and final["baselines"]["mtt"]["label"] == named  # the key stays "mtt"
+    studies = CliRunner().invoke(cli, ["--quiet", "studies", "--storage", url], catch_exceptions=False).output
+    assert "baseline sre2l 125.00 %" in studies and f"({named} chosen)" in studies and "MTT" not in studies
+    rows = json.loads(CliRunner().invoke(cli, ["--quiet", "studies", "--storage", url, "--output", "json"]).output)
+    assert [r["method"] for r in rows["studies"]] == ["sre2l", "sre2l"]
+    build_report(url, "digits", tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert re.search(rf"<td>{re.escape(named)}</td><td>125\.00 %</td>", page) and "MTT (alpha 1" not in page
+    manifest = export_trial(url, "digits-ipc10-alpha", tmp_path / "out")
+    assert manifest["baselines"]["mtt"]["label"] == named and manifest["summary"].startswith(named)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Tune workers sharing a storage: the lock, study settings and their fingerprints, listing studies."""
 
+import re
+
 import optuna
 import pytest
 
@@ -150,3 +152,75 @@ def test_a_beta_study_from_before_tune_beta_augment_resumes_only_on_crop_and_fli
     else:
         study = _open(storage, settings, defaults=default_settings("beta", 10))
         assert study.user_attrs["settings"]["beta_augment"] == "simple"
+
+
+# --------------------------------------------------------------------------------------------
+# The alpha study's settings hold the base method's distill settings only
+# --------------------------------------------------------------------------------------------
+
+
+def _alpha_study(tmp_path, settings):
+    storage = open_storage(parse_storage(f"sqlite:///{tmp_path / 's.db'}"))
+    old = optuna.create_study(storage=storage, study_name="d-ipc10-alpha", direction="maximize")
+    old.set_user_attr("settings", settings)
+    old.set_user_attr("uid", "stored01")  # as open_study names a study it makes (else it waits for the name)
+    return storage
+
+
+def _open_alpha(storage, cfg):
+    from autoselmatch.tune._stage import default_settings, stage_settings
+
+    return open_study(storage, "d-ipc10-alpha", settings=stage_settings(cfg, "alpha", 10),
+                      sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner(),
+                      defaults=default_settings("alpha", 10))
+
+
+@pytest.mark.parametrize("method, change, refused", [
+    ("mtt", {"distill.gm_lr_img": 0.5}, False),
+    ("mtt", {"distill.sre2l_temperature": 2.0}, False),
+    ("mtt", {"distill.syn_steps": 7}, True),
+    ("dsa", {"distill.gm_lr_img": 0.5}, True),
+    ("dsa", {"distill.lr_img": 10.0, "distill.syn_steps": 7, "distill.memory": "tesla"}, False),
+    ("sre2l", {"distill.momentum": 0.9, "distill.gm_lr_net": 0.1}, False),
+    ("sre2l", {"distill.sre2l_temperature": 2.0}, True),
+    ("mtt", {"distill.method": "dsa"}, True),
+    ("mtt", {"experts.epochs": 3}, True),
+    ("dsa", {"experts.epochs": 3, "experts.num_experts": 2}, False),
+    ("dsa", {"experts.model": {"name": "convnet", "depth": 2, "width": 16, "norm": "batch"}}, True),
+    ("sre2l", {"experts.lr": 0.5}, False),
+    ("sre2l", {"distill.sre2l_teacher": "expert"}, True),
+])
+def test_an_alpha_study_refuses_only_changes_of_its_base_method_s_settings(tmp_path, method, change, refused):
+    from autoselmatch.config import RunConfig, apply_overrides
+    from autoselmatch.tune._stage import stage_settings
+
+    cfg = apply_overrides(RunConfig(), {"distill.method": method})
+    storage = _alpha_study(tmp_path, stage_settings(cfg, "alpha", 10))
+    assert ("gm_lr_img" in stage_settings(cfg, "alpha", 10)["distill"]) == (method == "dsa")
+    changed = apply_overrides(cfg, change)
+    if refused:
+        with pytest.raises(InvalidArgument, match=rf"\({re.escape(next(iter(change)))}[.:]"):
+            _open_alpha(storage, changed)
+    else:
+        assert _open_alpha(storage, changed).user_attrs["settings"] == stage_settings(changed, "alpha", 10)
+
+
+@pytest.mark.parametrize("method", ["mtt", "dsa"])
+def test_an_alpha_study_stored_with_every_distill_setting_resumes(tmp_path, method):
+    """Studies stored before the settings were cut down to the method's held all of to_dict(cfg.distill)."""
+    from autoselmatch.config import RunConfig, apply_overrides, to_dict
+    from autoselmatch.tune._stage import stage_settings
+
+    cfg = apply_overrides(RunConfig(), {"distill.method": method})
+    now = stage_settings(cfg, "alpha", 10)
+    old = {**now, "distill": {**to_dict(cfg.distill), "iterations": now["distill"]["iterations"]}}
+    assert set(old["distill"]) > set(now["distill"])
+    storage = _alpha_study(tmp_path, old)
+    study = _open_alpha(storage, cfg)
+    assert study.user_attrs["settings"] == now and study.user_attrs["settings_history"] == [old]
+    storage = _alpha_study(tmp_path / "v", {**now, "distill": {**old["distill"], "lr_img": 10.0}})
+    if method == "mtt":  # a change of the method's own setting is still refused
+        with pytest.raises(InvalidArgument, match=r"distill\.lr_img: 10\.0 in the study, 1000\.0 now"):
+            _open_alpha(storage, cfg)
+    else:
+        _open_alpha(storage, cfg)

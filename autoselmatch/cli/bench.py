@@ -27,6 +27,10 @@ def bench() -> None:
 @click.option("--methods", default=None, metavar="LIST",
               help=f"Methods of the main table: {', '.join(REPRODUCE_METHODS)} "
                    "(default: the preset's reproduce.methods, i.e. all).")
+@click.option("--method", default=None, metavar="NAME",
+              help="Base distillation method: mtt (default; the table of every method above), dsa or sre2l "
+                   "(the paper's Table 7 / 8: the method's own baseline, select init, SelMatch per IPC, scored "
+                   "by the method's protocol).")
 @click.option("--models", default=None, metavar="LIST",
               help="Cross-architecture table (paper Table 2, cross_arch.md): also score every main-table set with "
                    "each of these evaluation networks, e.g. convnet,resnet18,vgg11 (registered models; the "
@@ -55,7 +59,8 @@ def bench() -> None:
             help="Output folder: cells/, sets/, table.md/.csv, results.json, ablation.md, coverage.md/.html.")
 @global_options
 @click.pass_context
-def reproduce(ctx: click.Context, ipc: str | None, methods: str | None, models: str | None, runs: int, out: str,
+def reproduce(ctx: click.Context, ipc: str | None, methods: str | None, method: str | None, models: str | None,
+              runs: int, out: str,
               alpha: str | None,
               beta: str | None, storage: str | None, study_prefix: str | None, scores_file: str | None,
               ablation: bool, coverage: bool, extras: tuple[str, ...], only: str | None, print_config: bool,
@@ -79,15 +84,18 @@ def reproduce(ctx: click.Context, ipc: str | None, methods: str | None, models: 
           --out bench-digits
       autoselmatch bench reproduce -d folder:~/pets --preset digits --scores-file pets-el2n.npy --ipc 10 --out pets
       autoselmatch bench reproduce -d cifar10 --ipc 10 --extra DATM=logged_files/CIFAR10/datm-ipc10 --out c10
+      autoselmatch bench reproduce -d digits --ipc 5%,10% --alpha 0.5 --beta 0.2 --method sre2l --out bench-sre2l
     """
-    cfg = resolve_config(ctx, **run, overrides={"scores.file": scores_file})
+    from ..reproduce import (ReproducePlan, parse_base_method, parse_extras, parse_floats, parse_ipc_tokens,
+                             parse_methods, parse_models, reproduce as run_reproduce)
+
+    base = parse_base_method(method) if method is not None else None
+    cfg = resolve_config(ctx, **run, overrides={"scores.file": scores_file, "distill.method": base})
     ready(cfg, print_config)
     from pathlib import Path
 
     import optuna
 
-    from ..reproduce import (ReproducePlan, parse_extras, parse_floats, parse_ipc_tokens, parse_methods,
-                             parse_models, reproduce as run_reproduce)
     check_writable(out, "--out", folder=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # as in `tune`: its own log says what each trial did
     plan = ReproducePlan(

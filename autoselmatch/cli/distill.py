@@ -41,7 +41,8 @@ from ._common import (check_writable, emit, format_accuracy, global_options, out
               help="Student-step arithmetic (default: preset): fp32, tf32 (CUDA, compute capability 8.0+), "
                    "bf16 (autocast; gradients stay fp32).")
 @click.option("--init", "init", type=click.Choice(DISTILL_INITS), default=None,
-              help="Initial set: the difficulty window, or random real samples (alpha 1 + random = MTT).")
+              help="Initial set: the difficulty window, or random real samples (alpha 1 + random = MTT), or "
+                   "noise (D_distill rows start as Gaussian noise, as SRe2L does).")
 @click.option("--mode", type=click.Choice(DISTILL_MODES), default=None,
               help="selmatch: students train on the whole set; merge: distil D_distill alone, then concatenate.")
 @click.option("--method", type=click.Choice(DISTILL_METHODS), default=None,

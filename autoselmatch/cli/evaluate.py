@@ -75,6 +75,9 @@ def evaluate(ctx: click.Context, paths: tuple[str, ...], indices: str | None, fr
       labels        int64 (n,), every class present
       distill_mask  optional bool (n,): True rows get DSA under combined augmentation
       dataset       optional dataset name (else --dataset)
+    A set made with --method sre2l is scored as SRe2L scores it: students
+    learn the soft outputs of its cached teacher (KD at the set's
+    distill.sre2l_temperature); other sets train on their hard labels.
     --indices FILE lists indices into the full training set (original order).
     --from-reference reads sets saved by MTT/FTD/DATM (float images in
     normalised or, with --zca, whitened space; int64 or soft (n, K) labels,
@@ -103,6 +106,7 @@ def evaluate(ctx: click.Context, paths: tuple[str, ...], indices: str | None, fr
     path = paths[0] if paths else None
     from ..config import to_dict
     from ..data import load_configured
+    from ..distill import METHODS, evaluate_distilled, saved_set_config
     from ..evaluate import evaluate_set
     from ..export import load_set
     from ..runtime import resolve_device
@@ -120,17 +124,21 @@ def evaluate(ctx: click.Context, paths: tuple[str, ...], indices: str | None, fr
 
     device = resolve_device(cfg.device)
     ds = load_configured(cfg.data, device=device)
-    if synset is not None:
-        images, labels, mask = synset.images, synset.labels, synset.distill_mask
-        source = str(path)
-    else:
+    if synset is None:
         index = _read_indices(Path(indices), ds, split)
-        images, labels, mask = ds.train_images[index], ds.train_labels[index], None
-        source = f"{indices} ({len(index)} training indices)"
-    result = evaluate_set(ds, images.to(device), labels.to(device), cfg=cfg.evaluate, distill_mask=mask, split=split,
-                          seed=cfg.seed, device=device)
-    _report({"source": source, "dataset": ds.name, **result.to_dict(), "config": to_dict(cfg)}, result, split,
-            save_path, output)
+        result = evaluate_set(ds, ds.train_images[index], ds.train_labels[index], cfg=cfg.evaluate, split=split,
+                              seed=cfg.seed, device=device)
+        _report({"source": f"{indices} ({len(index)} training indices)", "dataset": ds.name, **result.to_dict(),
+                 "config": to_dict(cfg)}, result, split, save_path, output)
+        return
+    # the protocol of the base method that made the set (an sre2l set: KD from its cached teacher)
+    set_cfg = saved_set_config(cfg, synset.settings)
+    protocol = METHODS.get(set_cfg.distill.method).evaluation
+    result = evaluate_distilled(ds, synset.images.to(device), synset.labels.to(device), set_cfg,
+                                distill_mask=synset.distill_mask, split=split, seed=cfg.seed, cached=True)
+    extra = {} if protocol == "hard-labels" else {"protocol": f"{protocol} ({set_cfg.distill.method})"}
+    _report({"source": str(path), "dataset": ds.name, "method": set_cfg.distill.method, "protocol": protocol,
+             **result.to_dict(), "config": to_dict(set_cfg)}, result, split, save_path, output, extra=extra)
 
 
 def _report(record: dict[str, Any], result, split: str, save_path: str | None, output: str,

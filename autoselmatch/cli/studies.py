@@ -39,7 +39,7 @@ def studies(storage: str | None, dataset: str | None, output: str) -> None:
       autoselmatch studies --storage sqlite:///studies/digits.db
       autoselmatch studies --dataset digits --output json
     """
-    from ..records import LABELS, parse_study_name
+    from ..records import MTT, label, parse_study_name
     from ..tune._studies import list_studies, resolve_storage_url
 
     rows = sorted(list_studies(resolve_storage_url(storage, dataset)), key=_study_order)
@@ -56,11 +56,12 @@ def studies(storage: str | None, dataset: str | None, output: str) -> None:
         best = "-" if value is None else (format_accuracy(value) if ours else f"{value:.4f}") + " at " + ", ".join(
             f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["best_params"].items())
         line = f"{row['name']}  ({row['direction']}; {counts or 'no trials'})  best {best}"
-        for name, value in row.get("baselines", {}).items():
-            line += f"  baseline {name} {format_accuracy(value)}"
+        method = row.get("method", "mtt")
+        for name, value in row.get("baselines", {}).items():  # the "mtt" baseline is the study's base method
+            line += f"  baseline {method if name == MTT else name} {format_accuracy(value)}"
         if row.get("test_accuracy") is not None:
-            chosen = f" ({LABELS.get(row['chosen'], row['chosen'])} chosen)" if row.get("chosen") else ""
-            tests = ", ".join(f"{LABELS.get(n, n)} {format_accuracy(v)}"
+            chosen = f" ({label(row['chosen'], method)} chosen)" if row.get("chosen") else ""
+            tests = ", ".join(f"{label(n, method)} {format_accuracy(v)}"
                               for n, v in row.get("baseline_tests", {}).items() if v is not None)
             line += f"  test {format_accuracy(row['test_accuracy'])}{chosen}"
             line += f"; baselines {tests}" if tests else ""

@@ -67,8 +67,9 @@ from ._run import (
     distill,
     evaluate_distilled,
     quick_evaluator,
+    saved_set_config,
 )
-from ._methods import METHODS, Method, Objective
+from ._methods import METHODS, Method, Objective, expert_settings, method_settings
 from ._selmatch import InitialSet, initial_set, selmatch
 from ._student import ExpertSource, batch_stats_only, check_experts, dsa_strategies, student_network
 from ._trajectory import MatchOutput, StudentPlan, TrajectoryMatcher, check_precision, student_precision
@@ -94,8 +95,11 @@ __all__ = [
     "dsa_strategies",
     "distill",
     "evaluate_distilled",
+    "expert_settings",
     "initial_set",
+    "method_settings",
     "quick_evaluator",
+    "saved_set_config",
     "selmatch",
     "student_network",
     "student_precision",

@@ -16,7 +16,12 @@ in the loop. A method supplies the rest:
   it trains against the teacher's soft outputs (:func:`~autoselmatch.distill._sre2l.kd_evaluate`);
   ``evaluate`` runs the latter (None: the hard-label one);
 - ``optimizer``: the pixels' optimizer, from the ``distill`` settings;
-- ``build``: its per-run :class:`Objective`, one call of which is one iteration.
+- ``build``: its per-run :class:`Objective`, one call of which is one iteration;
+- ``settings``: the ``distill`` settings it reads that not every method reads (MTT's expert
+  segment and unrolling, DSA's ``gm_*``, SRe2L's ``sre2l_*``, ...). :func:`method_settings`
+  drops the other methods' ones, so a tune study of one method is not refused because a
+  setting only another method reads has changed (:func:`expert_settings` does the same
+  for the ``experts`` section).
 
     method = METHODS.get(cfg.distill.method)
     objective = method.build(ds, cfg, labels, device, experts)
@@ -27,11 +32,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import torch
 
-from ..config import DistillConfig, RunConfig
+from ..config import DistillConfig, RunConfig, to_dict
 from ..data import ImageDataset
 from ..errors import InvalidArgument
 from ..models import FlatModel
@@ -75,8 +80,10 @@ class Method:
         evaluation: ``hard-labels`` or ``teacher-kd``.
         optimizer: ``(pixels (d, C, H, W), distill settings) -> the pixels' optimizer``.
         build: ``(ds, cfg, labels (n,) on device, device, experts) -> Objective``.
-        evaluate: ``(ds, images, labels, cfg, distill_mask=, split=, runs=, fraction=, seed=) -> EvalResult``
-            of ``teacher-kd``; None for ``hard-labels`` (:func:`autoselmatch.evaluate.evaluate_set`).
+        settings: The ``distill`` settings this method reads that some other method does not.
+        evaluate: ``(ds, images, labels, cfg, distill_mask=, split=, runs=, fraction=, seed=, cached=) -> EvalResult``
+            of ``teacher-kd`` (``cached``: use only what is cached, e.g. the teacher; a one-line error
+            names what to run otherwise); None for ``hard-labels`` (:func:`autoselmatch.evaluate.evaluate_set`).
     """
 
     needs: str
@@ -84,6 +91,7 @@ class Method:
     evaluation: str
     optimizer: Callable[[torch.Tensor, DistillConfig], torch.optim.Optimizer]
     build: Builder
+    settings: tuple[str, ...] = ()
     evaluate: Callable[..., EvalResult] | None = None
 
 
@@ -93,6 +101,24 @@ def _sgd(lr: Callable[[DistillConfig], float]) -> Callable[[torch.Tensor, Distil
 
 
 METHODS: Registry[Method] = Registry("distillation method")
+
+
+def method_settings(dc: DistillConfig) -> dict[str, Any]:
+    """The ``distill`` settings that shape a run of ``dc.method``: all of them (``to_dict``) but those that
+    only other methods read (their :attr:`Method.settings`). ``method`` itself is always among them."""
+    own = set(METHODS.get(dc.method).settings)
+    others = {key for name in METHODS.names() for key in METHODS.get(name).settings} - own
+    return {key: value for key, value in to_dict(dc).items() if key not in others}
+
+
+def expert_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The ``experts`` settings that shape a run of ``cfg.distill.method``: all of them when the run reads
+    experts (``mtt``; ``sre2l`` with ``distill.sre2l_teacher = "expert"``), else only ``model`` (the
+    architecture of DSA's student networks and of SRe2L's trained teacher)."""
+    needs = METHODS.get(cfg.distill.method).needs
+    if needs == "experts" or (needs == "teacher" and cfg.distill.sre2l_teacher == "expert"):
+        return to_dict(cfg.experts)
+    return {"model": to_dict(cfg.experts.model)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,7 +158,10 @@ def _build_mtt(ds: ImageDataset, cfg: RunConfig, labels: torch.Tensor, device: t
 
 
 METHODS.register("mtt")(Method(needs="experts", labels="hard", evaluation="hard-labels",
-                               optimizer=_sgd(lambda dc: dc.lr_img), build=_build_mtt))
+                               optimizer=_sgd(lambda dc: dc.lr_img), build=_build_mtt,
+                               settings=("syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "lr_img",
+                                         "lr_lr", "lr_teacher", "memory", "segment", "precision", "momentum", "dsa",
+                                         "dsa_strategies")))
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,7 +203,9 @@ def _build_dsa(ds: ImageDataset, cfg: RunConfig, labels: torch.Tensor, device: t
 
 
 METHODS.register("dsa")(Method(needs="nothing", labels="hard", evaluation="hard-labels",
-                               optimizer=_sgd(lambda dc: dc.gm_lr_img), build=_build_dsa))
+                               optimizer=_sgd(lambda dc: dc.gm_lr_img), build=_build_dsa,
+                               settings=("gm_outer_loop", "gm_inner_loop", "gm_batch_real", "gm_lr_img", "gm_lr_net",
+                                         "momentum", "dsa", "dsa_strategies")))
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,9 +249,13 @@ def _build_sre2l(ds: ImageDataset, cfg: RunConfig, labels: torch.Tensor, device:
 
 
 def _kd_evaluate(ds: ImageDataset, images: torch.Tensor, labels: torch.Tensor, cfg: RunConfig, *,
-                 distill_mask: torch.Tensor | None, split: str, runs: int, fraction: float, seed: int) -> EvalResult:
-    """The set evaluated by distillation from the (cached) teacher; ``labels`` are not used."""
-    teacher = train_teacher(ds, cfg, images.device)
+                 distill_mask: torch.Tensor | None, split: str, runs: int, fraction: float, seed: int,
+                 cached: bool = False) -> EvalResult:
+    """The set evaluated by distillation from the teacher (``cached``: only a cached one, never trained here);
+    ``labels`` are not used; uint8 ``images`` are normalised with ``ds``."""
+    teacher = train_teacher(ds, cfg, images.device, train=not cached)
+    if not images.is_floating_point():
+        images = ds.normalize(images)
     return kd_evaluate(ds, images, teacher, cfg=cfg.evaluate, temperature=cfg.distill.sre2l_temperature,
                        distill_mask=distill_mask, split=split, runs=runs, fraction=fraction, seed=seed)
 
@@ -228,4 +263,6 @@ def _kd_evaluate(ds: ImageDataset, images: torch.Tensor, labels: torch.Tensor, c
 METHODS.register("sre2l")(Method(
     needs="teacher", labels="soft", evaluation="teacher-kd",
     optimizer=lambda pixels, dc: torch.optim.Adam([pixels], lr=dc.sre2l_lr_img, betas=(0.5, 0.9)),
-    build=_build_sre2l, evaluate=_kd_evaluate))
+    build=_build_sre2l, evaluate=_kd_evaluate,
+    settings=("sre2l_teacher_epochs", "sre2l_teacher_lr", "sre2l_lr_img", "sre2l_r_bn", "sre2l_batch",
+              "sre2l_temperature", "sre2l_teacher")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
-from ..config import DistillConfig, RunConfig, key_dict, to_dict
+from ..config import DistillConfig, ExpertConfig, RunConfig, from_dict, key_dict, to_dict
 from ..data import ImageDataset
 from ..errors import InvalidArgument, TrainingDiverged
 from ..fileio import load_torch, save_torch, stable_hash
@@ -217,19 +218,41 @@ def quick_evaluator(ds: ImageDataset, cfg: RunConfig, *, runs: int = 1, fraction
 
 def evaluate_distilled(ds: ImageDataset, images: torch.Tensor, labels: torch.Tensor, cfg: RunConfig, *,
                        distill_mask: torch.Tensor | None = None, split: str = "val", runs: int | None = None,
-                       fraction: float = 1.0, seed: int = 0) -> EvalResult:
+                       fraction: float = 1.0, seed: int = 0, cached: bool = False) -> EvalResult:
     """A set evaluated by the protocol of its base method ``cfg.distill.method`` (``distill.METHODS``):
     :func:`autoselmatch.evaluate.evaluate_set` on its hard labels (``mtt``, ``dsa``), or training against
-    the teacher's soft outputs (``sre2l``). Arguments as in ``evaluate_set``; ``runs`` None: ``evaluate.runs``."""
+    the teacher's soft outputs (``sre2l``). Arguments as in ``evaluate_set``; ``runs`` None: ``evaluate.runs``;
+    ``cached``: the method may only use what is cached (an SRe2L teacher is loaded, never trained: a missing
+    one is a one-line error naming the command that trains it)."""
     from ..evaluate import evaluate_set
 
     runs = cfg.evaluate.runs if runs is None else runs
     method = METHODS.get(cfg.distill.method)
     if method.evaluate is not None:
         return method.evaluate(ds, images, labels, cfg, distill_mask=distill_mask, split=split, runs=runs,
-                               fraction=fraction, seed=seed)
+                               fraction=fraction, seed=seed, cached=cached)
     return evaluate_set(ds, images, labels, cfg=cfg.evaluate, distill_mask=distill_mask, split=split, runs=runs,
                         fraction=fraction, seed=seed)
+
+
+def saved_set_config(cfg: RunConfig, settings: Mapping[str, Any]) -> RunConfig:
+    """``cfg`` with what the base method of a saved set needs to evaluate it by its protocol.
+
+    ``settings`` are the set's (:attr:`SyntheticSet.settings`; :func:`distill` stores the whole run
+    config under ``"config"``). For a set of a method whose evaluation is not ``hard-labels`` (``sre2l``),
+    the ``distill`` and ``experts`` sections and the seed come from the settings it was made with (they
+    decide which cached teacher it belongs to); everything else (``evaluate``, data, device, cache) stays
+    ``cfg``'s. A set without ``distill.method`` (made before it existed, or not distilled) is MTT's, and
+    ``cfg`` is returned with ``distill.method = "mtt"``.
+    """
+    stored = settings.get("config") if isinstance(settings.get("config"), Mapping) else {}
+    distill = stored.get("distill") if isinstance(stored.get("distill"), Mapping) else {}
+    method = str(distill.get("method", "mtt"))
+    if METHODS.get(method).evaluation == "hard-labels":
+        return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, method=method))
+    return dataclasses.replace(cfg, seed=int(stored.get("seed", settings.get("seed", cfg.seed))),
+                               distill=from_dict(DistillConfig, dict(distill), "distill"),
+                               experts=from_dict(ExpertConfig, dict(stored.get("experts", {})), "experts"))
 
 
 def coverage_probe(ds: ImageDataset, cfg: RunConfig, device: torch.device) -> CoverageProbe:

@@ -46,7 +46,10 @@ def initial_set(ds: ImageDataset, cfg: RunConfig, *, ipc: int, alpha: float, bet
     (:func:`autoselmatch.selection.select_window`); the harder
     ``ceil((1 - alpha) * ipc)`` form D_select. ``random``: ``ipc`` random
     real samples per class (seeded by ``cfg.seed``), the first
-    ``ceil((1 - alpha) * ipc)`` of each class forming D_select.
+    ``ceil((1 - alpha) * ipc)`` of each class forming D_select. ``noise``: the
+    ``random`` init with each D_distill row's image replaced by standard Gaussian
+    noise (normalised space, seeded by ``cfg.seed``), as SRe2L starts; its label
+    and index stay those of the real sample it replaced.
 
     Args:
         ds: The dataset; samples come from ``ds.train_index`` only.
@@ -74,8 +77,11 @@ def initial_set(ds: ImageDataset, cfg: RunConfig, *, ipc: int, alpha: float, bet
         window = _random_window(ds, ipc=ipc, alpha=alpha, seed=cfg.seed)
     indices = window.indices.cpu().long()
     mask = window.distill_mask.cpu().bool()
-    return InitialSet(indices, ds.normalize(ds.train_images[indices.to(ds.device)]).cpu(),
-                      ds.train_labels[indices.to(ds.device)].cpu(), mask)
+    images = ds.normalize(ds.train_images[indices.to(ds.device)]).cpu()  # (n, C, H, W)
+    if cfg.distill.init == "noise":
+        noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(cfg.seed))
+        images[mask] = noise[mask]
+    return InitialSet(indices, images, ds.train_labels[indices.to(ds.device)].cpu(), mask)
 
 
 def _random_window(ds: ImageDataset, *, ipc: int, alpha: float, seed: int) -> Window:

@@ -89,16 +89,24 @@ def teacher_dir(ds: ImageDataset, cfg: RunConfig) -> Path:
     return cfg.cache_path / "teachers" / f"{ds.name.replace('/', '-').replace(':', '-')}-{stable_hash(teacher_key(ds, cfg))}"
 
 
-def train_teacher(ds: ImageDataset, cfg: RunConfig, device: torch.device) -> nn.Module:
+def train_teacher(ds: ImageDataset, cfg: RunConfig, device: torch.device, *, train: bool = True) -> nn.Module:
     """The cached teacher of ``ds`` (trained first if missing, resumed if a run was cut short), in eval mode;
     with ``distill.sre2l_teacher = "expert"``, :func:`expert_teacher` instead.
 
     Plain SGD (momentum 0.9, weight decay 5e-4, batch 128, cosine lr from ``distill.sre2l_teacher_lr``) for
     ``distill.sre2l_teacher_epochs`` epochs with random crop + flip, on ``ds.train_index``.
+
+    Args:
+        train: False: only load a cached teacher; a missing one raises a one-line :class:`DataError` that
+            names the command that trains it (nothing is written).
     """
     if cfg.distill.sre2l_teacher == "expert":
         return expert_teacher(ds, cfg, device)
     folder = teacher_dir(ds, cfg)
+    if not train and not (folder / TEACHER_FILE).is_file():
+        raise DataError(f"no SRe2L teacher for these settings in {folder}; train it with `autoselmatch distill "
+                        f"--dataset {ds.name} --method sre2l --seed {cfg.seed}` and the settings the set was made "
+                        f"with (experts.model, distill.sre2l_teacher_*), or pass the --cache-dir that holds it")
     folder.mkdir(parents=True, exist_ok=True)
     key = teacher_key(ds, cfg)
     net = teacher_network(cfg, ds)

@@ -142,7 +142,8 @@ def load_set(path: str | os.PathLike) -> SyntheticSet:
         return SyntheticSet(images=exported.images, labels=exported.labels.long(),
                             distill_mask=exported.distill_mask.bool(), dataset=m.get("dataset"),
                             classes=tuple(m.get("classes") or ()), mean=tuple(m.get("mean") or ()),
-                            std=tuple(m.get("std") or ()))
+                            std=tuple(m.get("std") or ()),
+                            settings=m["settings"] if isinstance(m.get("settings"), dict) else {})  # its base method
     if path.suffix == ".npz":
         return _npz_set(path)
     return SyntheticSet.load(path)

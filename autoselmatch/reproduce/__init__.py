@@ -28,6 +28,13 @@ selmatch    SelMatch (window init at beta, partial update of alpha)
 full        the whole training split (one row; ``reproduce.full_epochs``)
 ==========  ================================================================
 
+Other base methods (``distill.method``, ``--method``; paper App. D.2): under ``dsa`` and
+``sre2l`` the main table is the paper's Table 7 / 8 instead (:data:`BASE_LAYOUTS`): the
+method's own baseline at alpha 1 (DSA: random real init; SRe2L: noise init and random
+real init), select init (window at beta, alpha 1) and SelMatch, per IPC, with the method
+and its evaluation protocol in the header; every cell is scored by that protocol
+(``distill.evaluate_distilled``: SRe2L's students learn from its teacher).
+
 Sets made elsewhere (MTT, FTD, DATM's ``images_best.pt``/``labels_best.pt``)
 join the main table as extra rows, scored by the same cells
 (``ReproducePlan.extras``, ``--extra NAME=PATH``; see ``_extras``).
@@ -53,17 +60,19 @@ by that network's EL2N on each test sample, ``||softmax - onehot||_2``.
 """
 
 
-from ._checks import parse_floats, parse_ipc_tokens, parse_methods, parse_models, resolve_ipcs
+from ._checks import parse_base_method, parse_floats, parse_ipc_tokens, parse_methods, parse_models, resolve_ipcs
 from ._cells import plan_cells
 from ._command import rerun_command
 from ._extras import parse_extras
 from ._knobs import given_knobs, resolve_knobs, study_knobs
-from ._plan import ABLATION_GRID, Cell, Knobs, ReproducePlan, ReproduceResult, SetSpec
+from ._plan import ABLATION_GRID, BASE_LAYOUTS, BaseLayout, Cell, Knobs, ReproducePlan, ReproduceResult, SetSpec
 from ._run import reproduce
 from ._sets import METHODS, Recipe, distill_recipe, set_key
 
 __all__ = [
     "ABLATION_GRID",
+    "BASE_LAYOUTS",
+    "BaseLayout",
     "METHODS",
     "Cell",
     "Knobs",
@@ -73,6 +82,7 @@ __all__ = [
     "SetSpec",
     "distill_recipe",
     "given_knobs",
+    "parse_base_method",
     "parse_extras",
     "parse_floats",
     "parse_ipc_tokens",

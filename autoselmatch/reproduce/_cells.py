@@ -95,7 +95,17 @@ def cell_key(cell: Cell, cfg: RunConfig) -> str:
              "evaluate": evaluate, "split": "test"}
     if cell.set.name == "full" or cell.kind == "coverage":
         parts["full_epochs"] = cfg.reproduce.full_epochs
+    if cell.kind == "eval" and _protocol(cfg) != "hard-labels":  # e.g. SRe2L's KD: its teacher and temperature
+        parts["protocol"] = {"evaluation": _protocol(cfg), "distill": key_dict("distill", cfg.distill),
+                             "experts": key_dict("experts", cfg.experts)}
     return stable_hash(parts)
+
+
+def _protocol(cfg: RunConfig) -> str:
+    """How the run's cells score a set: the evaluation of the base method ``distill.method``."""
+    from ..distill import METHODS as BASES
+
+    return BASES.get(cfg.distill.method).evaluation
 
 
 def _eval_config(cfg: RunConfig, cell: Cell):
@@ -107,10 +117,11 @@ def _eval_config(cfg: RunConfig, cell: Cell):
 
 
 def run_eval_cell(inputs: _Inputs, cell: Cell, built: BuiltSet, device: torch.device) -> dict[str, Any]:
-    """Train one network on the set (seed ``cell.seed``) and measure its test accuracy."""
-    from ..evaluate import evaluate_set
+    """Train one network on the set (seed ``cell.seed``) and measure its test accuracy, by the protocol of the
+    base method ``distill.method`` (hard labels; SRe2L: KD from its teacher)."""
+    from ..distill import evaluate_distilled
 
-    result = evaluate_set(inputs.ds, built.images.to(device), built.labels.to(device),
-                          cfg=_eval_config(inputs.cfg, cell), distill_mask=built.distill_mask, split="test", runs=1,
-                          seed=cell.seed, device=device)
+    cfg = dataclasses.replace(inputs.cfg, evaluate=_eval_config(inputs.cfg, cell))
+    result = evaluate_distilled(inputs.ds, built.images.to(device), built.labels.to(device), cfg,
+                                distill_mask=built.distill_mask, split="test", runs=1, seed=cell.seed)
     return {"accuracy": result.mean, "evaluation": result.to_dict()}

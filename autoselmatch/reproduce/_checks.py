@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..choices import REPRODUCE_METHODS
+from ..choices import DISTILL_METHODS, REPRODUCE_METHODS
 from ..data import ImageDataset
 from ..errors import InvalidArgument
 from ..models import MODELS, list_models
-from ._plan import ReproducePlan
+from ._plan import BASE_LAYOUTS, BASE_SETS, ReproducePlan
 from ._sets import METHODS
 
 
@@ -65,6 +65,15 @@ def parse_methods(text: str) -> tuple[str, ...]:
     return names
 
 
+def parse_base_method(text: str) -> str:
+    """``--method``: the base distillation method (``distill.method``) whose table the run fills."""
+    name = text.strip().lower()
+    if name not in DISTILL_METHODS:
+        raise InvalidArgument(f"--method must be one of {', '.join(DISTILL_METHODS)} (the base distillation "
+                              f"method), got {text!r}")
+    return name
+
+
 def parse_models(text: str) -> tuple[str, ...]:
     """``"convnet,resnet18"`` -> checked names of registered models, in order, without repeats."""
     names = tuple(dict.fromkeys(m.strip().lower() for m in text.split(",") if m.strip()))
@@ -85,9 +94,15 @@ def _check_plan(plan: ReproducePlan) -> tuple[tuple[str, ...], tuple[str, ...]]:
     tokens = plan.ipcs or tuple(f"{100 * r:g}%" for r in plan.cfg.reproduce.ratios)
     for token in tokens:
         _token_value(token)
-    methods = plan.methods or plan.cfg.reproduce.methods
+    layout = BASE_LAYOUTS.get(plan.cfg.distill.method)
+    if layout is not None and plan.methods:
+        raise InvalidArgument(f"--methods picks rows of MTT's table; under --method {plan.cfg.distill.method} the "
+                              f"rows are those of the paper's Table {layout.table}: leave out --methods")
+    methods = tuple(name for name, _ in layout.rows) if layout is not None else \
+        (plan.methods or plan.cfg.reproduce.methods)
     for name in methods:
-        METHODS.get(name)
+        if name not in BASE_SETS:
+            METHODS.get(name)
     _check_models(plan.models)
     if plan.runs < 1:
         raise InvalidArgument(f"--runs must be >= 1, got {plan.runs}")

@@ -29,6 +29,8 @@ def rerun_command(plan: ReproducePlan, *, only: str | None = None) -> str:
         argv += ["--ipc", ",".join(plan.ipcs)]
     if plan.methods:
         argv += ["--methods", ",".join(plan.methods)]
+    if cfg.distill.method != base.distill.method:
+        argv += ["--method", cfg.distill.method]
     if plan.models:
         argv += ["--models", ",".join(plan.models)]
     argv += ["--runs", str(plan.runs), "--out", str(plan.out)]
@@ -62,7 +64,7 @@ def rerun_command(plan: ReproducePlan, *, only: str | None = None) -> str:
 
 
 _FLAG_SETTINGS = frozenset({"preset", "seed", "device", "cache_dir", "data.name", "data.root", "data.download",
-                            "scores.file"})
+                            "scores.file", "distill.method"})
 
 
 def _changed_settings(base: dict[str, Any], cfg: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -13,10 +13,36 @@ ABLATION_SETS = ("mtt", "mtt-init", "partial", "selmatch")
 #: (selection-based init, partial update) -> the set that has them (paper Table 3).
 ABLATION_GRID = {(False, False): "mtt", (True, False): "mtt-init", (False, True): "partial", (True, True): "selmatch"}
 NEEDS_ALPHA = frozenset({"merge", "selmatch", "partial"})
+#: Sets of a base table only (:data:`BASE_LAYOUTS`): SRe2L's noise init at alpha 1.
+BASE_SETS = ("noise",)
 NEEDS_BETA = frozenset({"window", "mtt-init", "merge", "selmatch"})
 #: Sets of real images only, with no D_distill: the main table scores them with DSA (paper Table 1).
 SELECTION_ONLY = frozenset({"random", "hardest", "window"})
 DEFAULT_PREFIX = "reproduce"
+
+
+@dataclass(frozen=True)
+class BaseLayout:
+    """The main table of ``bench reproduce --method`` for a base method other than MTT (paper App. D.2).
+
+    Attributes:
+        table: The paper's table number (7: DSA, 8: SRe2L).
+        rows: (set, row label) from top to bottom: the method's own baseline(s) at alpha 1, then
+            select init (the window at the IPC's beta, alpha 1), then SelMatch (window and partial update).
+    """
+
+    table: int
+    rows: tuple[tuple[str, str], ...]
+
+
+_SELECT_ROWS = (("mtt-init", "select init (window at beta, alpha 1)"),
+                ("selmatch", "SelMatch (window at beta, partial update of alpha)"))
+#: ``distill.method`` -> its table; MTT's is the main table of every method (paper Table 1).
+BASE_LAYOUTS = {
+    "dsa": BaseLayout(7, (("mtt", "DSA baseline (random real init, alpha 1)"), *_SELECT_ROWS)),
+    "sre2l": BaseLayout(8, (("noise", "SRe2L baseline (noise init, alpha 1)"),
+                            ("mtt", "SRe2L baseline (random real init, alpha 1)"), *_SELECT_ROWS)),
+}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from ..registry import Registry
 from ..runtime import LOG
 from ..selection import select_count
 from ..synset import SyntheticSet
-from ._plan import SetSpec
+from ._plan import BASE_SETS, SetSpec
 
 
 class _Inputs:
@@ -110,6 +110,8 @@ def distill_recipe(spec: SetSpec) -> Recipe | None:
     """The recipe of a distilled method, ``None`` for selection and ``full``."""
     if spec.name == "mtt":
         return Recipe("random", "selmatch", 1.0, 0.0)
+    if spec.name == "noise":
+        return Recipe("noise", "selmatch", 1.0, 0.0)
     if spec.name == "mtt-init":
         return Recipe("window", "selmatch", 1.0, spec.beta)
     if spec.name == "partial":
@@ -122,22 +124,25 @@ def distill_recipe(spec: SetSpec) -> Recipe | None:
 def distilled_set(inputs: _Inputs, spec: SetSpec, workdir: Path) -> BuiltSet:
     """A distilled set: :func:`autoselmatch.distill.selmatch` per the spec's recipe, checkpoints in ``workdir``.
 
-    Builds ``mtt``, ``mtt-init``, ``merge``, ``selmatch`` and the ablation's
-    ``partial``; :func:`distill_recipe` tells them apart. An interrupted
-    distillation resumes from its checkpoint.
+    Builds ``mtt``, ``mtt-init``, ``merge``, ``selmatch``, the ablation's
+    ``partial`` and SRe2L's ``noise``; :func:`distill_recipe` tells them apart; the
+    base method is ``distill.method`` (``mtt`` is its alpha-1 random-init baseline
+    whatever the method). An interrupted distillation resumes from its checkpoint.
     """
-    from ..distill import selmatch
+    from ..distill import METHODS as BASES, selmatch
 
     recipe = distill_recipe(spec)
     cfg = _distill_config(inputs, spec.ipc, recipe)
     scores = inputs.scores if recipe.init == "window" else None
+    experts = inputs.experts if recipe.alpha > 0 and BASES.get(cfg.distill.method).needs == "experts" else None
     result = selmatch(inputs.ds, cfg, ipc=spec.ipc, alpha=recipe.alpha, beta=recipe.beta, scores=scores,
-                      experts=inputs.experts if recipe.alpha > 0 else None, checkpoint_dir=workdir, resume=True)
+                      experts=experts, checkpoint_dir=workdir, resume=True)
     settings = {"method": spec.name, **result.settings, "batch_syn": cfg.distill.batch_syn,
                 "iterations": result.iterations, "eta": result.eta,
                 "final_loss": result.loss_history[-1] if result.loss_history else None,
                 "loss_ratio": result.loss_ratio, "activity": result.activity}
-    settings.pop("config", None)
+    if BASES.get(cfg.distill.method).evaluation == "hard-labels":  # else `evaluate FILE` needs it to find the teacher
+        settings.pop("config", None)
     return BuiltSet(result.images, result.labels, result.distill_mask, settings)
 
 
@@ -163,7 +168,9 @@ def full_set(inputs: _Inputs, spec: SetSpec, workdir: Path) -> BuiltSet:
 
 
 def _builder(name: str) -> SetBuilder:
-    return distilled_set if name == "partial" else METHODS.get(name)  # partial: ablation only, not a method
+    if name == "partial" or name in BASE_SETS:  # the ablation's and the base tables' sets, not methods
+        return distilled_set
+    return METHODS.get(name)
 
 
 def set_key(spec: SetSpec, cfg: RunConfig) -> str:

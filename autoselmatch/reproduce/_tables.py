@@ -13,7 +13,7 @@ from ..config import RunConfig, to_dict
 from ..fileio import save_json, save_text
 from ._cells import _ablation_augment, _spec, cross_model, eval_cell_id, main_augment
 from ._command import rerun_command
-from ._plan import ABLATION_GRID, Cell, Knobs, ReproducePlan, ReproduceResult
+from ._plan import ABLATION_GRID, BASE_LAYOUTS, BaseLayout, Cell, Knobs, ReproducePlan, ReproduceResult
 
 
 def _stats(values: Sequence[float]) -> tuple[float, float]:
@@ -97,18 +97,20 @@ def budget_markdown(rows: Sequence[dict[str, Any]], records: dict[str, dict[str,
 
 
 def table_markdown(rows: Sequence[dict[str, Any]], ipcs: Sequence[int], labels: dict[int, str], *, dataset: str,
-                   runs: int, budget: str = "", barely_distilled: float = 0.8) -> str:
+                   runs: int, budget: str = "", barely_distilled: float = 0.8, heading: str = "",
+                   names: dict[str, str] | None = None) -> str:
     """Methods x IPCs, mean ± std (%), the best method of each IPC in bold; ``full`` as the last row.
 
     Each row names the training augmentation of its cells; ``budget`` (:func:`budget_markdown`) follows the title.
     When some set was distilled, a last column gives each IPC's final loss ratio (:func:`activity`) and
     the accuracy of a set whose ratio stayed above ``barely_distilled`` is marked "barely distilled".
+    ``heading``: a first line (a base table's, :func:`base_heading`); ``names``: row labels by method.
     """
     ratios = bool(barely_note(rows, barely_distilled))
     header = "| method | augmentation | " + " | ".join(f"IPC {ipc}{labels.get(ipc, '')}" for ipc in ipcs) + " |"
     header += " loss ratio (per IPC) |" if ratios else ""
     spread = "one seed" if runs == 1 else f"mean ± std over {runs} seeds"
-    lines = [f"Test accuracy (%) on {dataset}, {spread}; best per IPC in bold.",
+    lines = [*([heading] if heading else []), f"Test accuracy (%) on {dataset}, {spread}; best per IPC in bold.",
              *([budget] if budget else []), *([barely_note(rows, barely_distilled)] if ratios else []), "", header,
              "|---|---|" + "---:|" * (len(ipcs) + ratios)]
     best = {}
@@ -127,7 +129,7 @@ def table_markdown(rows: Sequence[dict[str, Any]], ipcs: Sequence[int], labels: 
             text = _fmt(row)
             text = f"**{text}**" if best.get(ipc) == method else text
             cells.append(f"{text} {BARELY_MARK}" if row.get("barely_distilled") else text)
-        name = "full (whole training split)" if method == "full" else method
+        name = "full (whole training split)" if method == "full" else (names or {}).get(method, method)
         augment = next((r.get("augment") or "" for r in rows if r["method"] == method), "")
         if ratios:  # blank for a method that distils nothing
             mine = [next((r for r in rows if r["method"] == method and r["ipc"] == ipc), None) for ipc in ipcs]
@@ -135,6 +137,20 @@ def table_markdown(rows: Sequence[dict[str, Any]], ipcs: Sequence[int], labels: 
             cells.append(" / ".join(_ratio_text(r) for r in mine) if distilled else "")
         lines.append(f"| {name} | {augment} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def base_heading(cfg: RunConfig, layout: BaseLayout) -> str:
+    """The first line of a base method's table: the paper's table, the method and its evaluation protocol."""
+    from ..choices import DISTILL_METHOD_TITLES
+    from ..distill import METHODS as BASES
+
+    method = cfg.distill.method
+    protocol = ("students learn the teacher's soft outputs on the augmented set images (KD at temperature "
+                f"{cfg.distill.sre2l_temperature:g}; hard labels unused)"
+                if BASES.get(method).evaluation == "teacher-kd" else "a fresh network trains on the set's images "
+                "and hard labels")
+    return (f"Paper Table {layout.table} layout: base method {DISTILL_METHOD_TITLES[method]} ({method}); "
+            f"evaluation protocol: {protocol}.")
 
 
 def table_csv(rows: Sequence[dict[str, Any]]) -> str:
@@ -371,8 +387,11 @@ def write_outputs(plan: ReproducePlan, run: RunOutcome) -> ReproduceResult:
     out, cfg, ipcs, records = plan.out, plan.cfg, run.ipcs, run.records
     labels = {ipc: f" ({t})" for ipc, t in zip(ipcs, run.tokens) if t.endswith("%")}
     rows = main_rows(cfg, run.methods, ipcs, run.cells, records)
+    layout = BASE_LAYOUTS.get(cfg.distill.method)  # None: MTT, the main table of every method
     table_md = table_markdown(rows, ipcs, labels, dataset=run.dataset, runs=plan.runs,
-                              budget=budget_markdown(rows, records), barely_distilled=cfg.reproduce.barely_distilled)
+                              budget=budget_markdown(rows, records), barely_distilled=cfg.reproduce.barely_distilled,
+                              heading="" if layout is None else base_heading(cfg, layout),
+                              names=None if layout is None else dict(layout.rows))
     files = {"table.md": out / "table.md", "table.csv": out / "table.csv", "results.json": out / "results.json"}
     save_text(table_md, files["table.md"])
     save_text(table_csv(rows), files["table.csv"])
@@ -382,6 +401,8 @@ def write_outputs(plan: ReproducePlan, run: RunOutcome) -> ReproduceResult:
         "knobs": [dataclasses.asdict(run.knobs[ipc]) for ipc in ipcs if ipc in run.knobs],
         "table": rows, "cells": {c.id: records.get(c.id) for c in run.cells},
     }
+    if layout is not None:
+        results["base"] = {"method": cfg.distill.method, "paper_table": layout.table, "rows": dict(layout.rows)}
     if run.ablation_ipc is not None:
         rows_ab = ablation_rows(cfg, run.ablation_ipc, run.knobs, records, plan.runs)
         results["ablation"] = rows_ab

@@ -418,7 +418,8 @@ class SearchController:
         self._evaluate(trial, name, lambda: self.objective(point, trial))
 
     def _run_baseline(self, trial: optuna.Trial, baseline: str) -> None:
-        name = f"{self.study.study_name} trial {trial.number} (baseline {records.LABELS.get(baseline, baseline)})"
+        named = records.label(baseline, records.study_method(self.study.user_attrs))
+        name = f"{self.study.study_name} trial {trial.number} (baseline {named})"
         self._evaluate(trial, name, lambda: self.baselines[baseline](trial))
 
     def _evaluate(self, trial: optuna.Trial, name: str, run: Callable[[], float]) -> None:

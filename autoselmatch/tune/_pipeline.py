@@ -48,7 +48,7 @@ from .. import records
 from ..config import RunConfig, key_dict, to_dict
 from ..errors import DataError, InvalidArgument
 from ..fileio import file_lock, stable_hash
-from ..records import ALPHA, BASELINES, BETA, LABELS, MTT, REFINE, SELMATCH, STAGES, FinalRecord, study_name
+from ..records import ALPHA, BASELINES, BETA, MTT, REFINE, SELMATCH, STAGES, FinalRecord, label, study_name
 from ..runtime import LOG
 from ..storage import default_artifacts_dir, default_storage_url, open_storage, parse_storage, safe_name
 from ._controller import StageOutcome
@@ -428,11 +428,12 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
         chosen = max(scores, key=lambda n: (scores[n], n == SELMATCH))
         baselines: dict[str, dict[str, Any]] = {}
         made: dict[str, dict[str, Any]] = {}  # what finish_baseline returned, per baseline
+        method = plan.cfg.distill.method
         for n, (t, source) in measured.items():
-            LOG.info("%s: final set of the baseline %s (trial %d of %s)", name, LABELS[n], t.number, source)
+            LOG.info("%s: final set of the baseline %s (trial %d of %s)", name, label(n, method), t.number, source)
             made[n] = objs.finish_baseline(ctx, name=n, trial=t, study=study, upload=n == chosen)
-            baselines[n] = {"label": LABELS[n], "study": source, "trial": t.number, "state": t.state.name.lower(),
-                            records.VAL_ACCURACY: _trial_score(t), **made[n]}
+            baselines[n] = {"label": label(n, method), "study": source, "trial": t.number,
+                            "state": t.state.name.lower(), records.VAL_ACCURACY: _trial_score(t), **made[n]}
         if chosen == SELMATCH:
             number = trial.number
             LOG.info("%s: final set from trial %d (alpha=%g, beta=%g)", name, number, alpha, beta)
@@ -440,7 +441,7 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
         else:  # the baseline's own set: random selection distils nothing, MTT all of it; neither has a window
             number = measured[chosen][0].number if chosen == MTT else None  # random's trial is the beta study's
             facts = {**made[chosen], ALPHA: 1.0 if chosen == MTT else 0.0, BETA: 0.0}
-        summary = _summary(chosen, float(best.best_value), others, alpha, beta) \
+        summary = _summary(chosen, float(best.best_value), others, alpha, beta, method) \
             if plan.cfg.tune.baselines else None
         if summary is not None:
             LOG.info("%s: %s", name, summary)
@@ -479,19 +480,21 @@ def _trial_score(trial: FrozenTrial) -> float | None:
     return float(steps[max(steps)]) if steps else None
 
 
-def _summary(chosen: str, selmatch: float, others: dict[str, float], alpha: float, beta: float) -> str:
+def _summary(chosen: str, selmatch: float, others: dict[str, float], alpha: float, beta: float,
+             method: str = "mtt") -> str:
     """One line on the final choice: ``chosen`` among the best grid point (score ``selmatch``) and the
-    finished baselines (``others``); differences in percentage points of validation accuracy."""
+    finished baselines (``others``) of a study with base method ``method``; differences in percentage
+    points of validation accuracy."""
     if chosen != SELMATCH:
-        return (f"{LABELS[chosen]} beat every SelMatch point on validation by "
+        return (f"{label(chosen, method)} beat every SelMatch point on validation by "
                 f"{100 * (others[chosen] - selmatch):.2f} points; exporting it")
     point = f"SelMatch (alpha {alpha:g}, beta {beta:g})"
     if not others:
         return f"{point} chosen; no baseline finished (pruned or failed), so none could be compared"
     runner = max(others, key=others.get)
     if others[runner] >= selmatch:
-        return f"{point} tied the best baseline on validation ({LABELS[runner]}); a tie goes to SelMatch"
-    return (f"{point} beat every baseline on validation, the best of them ({LABELS[runner]}) by "
+        return f"{point} tied the best baseline on validation ({label(runner, method)}); a tie goes to SelMatch"
+    return (f"{point} beat every baseline on validation, the best of them ({label(runner, method)}) by "
             f"{100 * (selmatch - others[runner]):.2f} points")
 
 

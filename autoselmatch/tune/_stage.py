@@ -26,7 +26,8 @@ from optuna.trial import FrozenTrial
 
 from .. import records
 from ..choices import MAX_SEED
-from ..config import RunConfig, to_dict
+from ..config import DistillConfig, ExpertConfig, RunConfig, to_dict
+from ..distill import expert_settings, method_settings
 from ..errors import TrainingDiverged
 from ..records import study_name
 from ..storage import StorageSpec
@@ -138,7 +139,13 @@ def replicate_seeds(cfg: RunConfig, stage: str, replicate: int) -> dict[str, Any
 
 
 def stage_settings(cfg: RunConfig, stage: str, ipc: int) -> dict[str, Any]:
-    """Every setting that shapes a trial's value in ``stage`` (stored in the study; changes are refused)."""
+    """Every setting that shapes a trial's value in ``stage`` (stored in the study; changes are refused).
+
+    Of the ``distill`` and ``experts`` settings, those of the base method ``distill.method``
+    (:func:`~autoselmatch.distill.method_settings`, :func:`~autoselmatch.distill.expert_settings`): an MTT
+    study ignores the ``gm_*`` and ``sre2l_*`` settings, a DSA study MTT's expert segment and the experts'
+    training, ...
+    """
     data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("root", "download")}
     # runs and stack_runs shape the final report only: trials train tune.beta_seeds / tune.alpha_seeds
     # networks, and stacking them changes no network's training
@@ -147,8 +154,8 @@ def stage_settings(cfg: RunConfig, stage: str, ipc: int) -> dict[str, Any]:
               "scores": to_dict(cfg.scores), "evaluate": evaluate, "baselines": cfg.tune.baselines}
     if stage == records.BETA:
         return {**common, "beta_seeds": cfg.tune.beta_seeds, "beta_augment": cfg.tune.beta_augment}
-    distill = {**to_dict(cfg.distill), "iterations": trial_iterations(cfg)}
-    return {**common, "experts": to_dict(cfg.experts), "distill": distill, "alpha_seeds": cfg.tune.alpha_seeds,
+    distill = {**method_settings(cfg.distill), "iterations": trial_iterations(cfg)}
+    return {**common, "experts": expert_settings(cfg), "distill": distill, "alpha_seeds": cfg.tune.alpha_seeds,
             "alpha_fraction": cfg.tune.alpha_fraction}
 
 
@@ -161,9 +168,16 @@ def default_settings(stage: str, ipc: int) -> dict[str, Any]:
     """:func:`stage_settings` of the built-in defaults: what a setting an older study lacks stood for.
 
     A setting added since the study was stored counts as unchanged only at this value; it is the
-    built-in default, except in :data:`LEGACY_SETTINGS`.
+    built-in default, except in :data:`LEGACY_SETTINGS`. The alpha stage's defaults hold every
+    ``distill`` and ``experts`` setting, those of every base method: a stored setting that today's
+    settings leave out (another method's; older versions stored them all) is not a change
+    (:func:`~._storage.settings_diff`).
     """
-    return {**stage_settings(RunConfig(), stage, ipc), **LEGACY_SETTINGS[stage]}
+    defaults = {**stage_settings(RunConfig(), stage, ipc), **LEGACY_SETTINGS[stage]}
+    if stage == records.ALPHA:
+        defaults["distill"] = {**to_dict(DistillConfig()), **defaults["distill"]}
+        defaults["experts"] = {**to_dict(ExpertConfig()), **defaults["experts"]}
+    return defaults
 
 
 # --------------------------------------------------------------------------------------------

@@ -140,12 +140,16 @@ def settings_diff(old: Any, new: Any, defaults: Any = None, prefix: str = "") ->
 
     A key only ``new`` has is left out when its value equals the one in ``defaults`` (a setting
     added since ``old`` was stored, at the value that does what the tool did before it existed).
+    A key only ``old`` has is left out when ``defaults`` holds it: a known setting that ``new``
+    leaves out on purpose (one that only another base method reads).
     """
     if isinstance(old, dict) and isinstance(new, dict):
         defaults = defaults if isinstance(defaults, dict) else {}
         out = []
         for key in sorted(set(old) | set(new)):
             if key not in old and key in new and key in defaults and new[key] == defaults[key]:
+                continue
+            if key in old and key not in new and key in defaults:
                 continue
             out += settings_diff(old.get(key), new.get(key), defaults.get(key), f"{prefix}.{key}" if prefix else key)
         return out

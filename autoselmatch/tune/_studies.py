@@ -74,6 +74,7 @@ def list_studies(url: str) -> list[dict[str, Any]]:
             "baseline_tests": {} if final is None else {
                 name: (b.get(records.TEST_ACCURACY) or {}).get("mean") for name, b in (final.baselines or {}).items()},
             "summary": None if final is None else final.summary,
+            "method": records.study_method(study.user_attrs),  # the base method: names the "mtt" baseline
         })
     return rows
 
