@@ -44,10 +44,10 @@ SMALL = {  # digits, small enough for a CPU: a trial distils the full (short) bu
 #: name -> (strategy, z, max_seeds, refine_beta, patience)
 SEARCH_SETTINGS = {
     "line, z 0, 1 seed (the walk before issue 16)": ("line", 0.0, 1, False, 0),
-    "line, z 1, 1 seed (default)": ("line", 1.0, 1, False, 0),
+    "line, z 1, 1 seed": ("line", 1.0, 1, False, 0),
     "line, z 1, max 2 seeds": ("line", 1.0, 2, False, 0),
     "line, z 1, max 3 seeds": ("line", 1.0, 3, False, 0),
-    "line, z 1, 1 seed, patience 1": ("line", 1.0, 1, False, 1),
+    "line, z 1, 1 seed, patience 1 (default)": ("line", 1.0, 1, False, 1),
     "grid": ("grid", 0.0, 1, False, 0),
     "tpe": ("tpe", 0.0, 1, False, 0),
     "line + refine beta, z 1, 1 seed": ("line", 1.0, 1, True, 0),

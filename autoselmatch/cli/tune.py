@@ -24,7 +24,7 @@ from ._common import (check_finite, emit, format_accuracy, global_options, outpu
 @click.option("--search", default=None, metavar="NAME", help="Search strategy: line (default), grid or tpe.")
 @click.option("--pruner", default=None, metavar="NAME",
               help="Pruner: median (default), successive-halving, hyperband or none.")
-@click.option("--patience", type=int, default=None, help="Drops the line search tolerates before it stops (default 0).")
+@click.option("--patience", type=int, default=None, help="Drops the line search tolerates before it stops (default 1).")
 @click.option("--score", default=None, metavar="NAME", help="Difficulty score: cscore, el2n, forgetting or learning-speed.")
 @click.option("--method", type=click.Choice(DISTILL_METHODS), default=None,
               help="Base distillation method of the alpha trials (default: preset): mtt, dsa or sre2l.")
