@@ -166,23 +166,24 @@ def selmatch(
     return result
 
 
+def _with_select(start: InitialSet, images: torch.Tensor) -> torch.Tensor:
+    """(n, C, H, W) the whole set: D_distill's current pixels ``images`` (d, C, H, W) in their rows,
+    the frozen D_select rows of ``start`` around them."""
+    full = start.images.to(images.device).clone()
+    full[start.distill_mask.to(images.device)] = images
+    return full
+
+
 def _merged_evaluator(evaluate: Evaluator, start: InitialSet) -> Evaluator:
     """In ``merge`` mode, evaluate D_distill's current pixels together with the frozen D_select rows."""
 
     def run(images: torch.Tensor, labels: torch.Tensor, distill_mask: torch.Tensor) -> float:
-        full = start.images.to(images.device).clone()
-        full[start.distill_mask.to(images.device)] = images
-        return evaluate(full, start.labels.to(images.device), start.distill_mask.to(images.device))
+        return evaluate(_with_select(start, images), start.labels.to(images.device),
+                        start.distill_mask.to(images.device))
 
     return run
 
 
 def _merged_coverage(measure: CoverageProbe, start: InitialSet) -> CoverageProbe:
     """In ``merge`` mode, measure coverage of D_distill's current pixels together with the frozen D_select rows."""
-
-    def run(images: torch.Tensor) -> Mapping[str, float]:
-        full = start.images.to(images.device).clone()
-        full[start.distill_mask.to(images.device)] = images
-        return measure(full)
-
-    return run
+    return lambda images: measure(_with_select(start, images))
