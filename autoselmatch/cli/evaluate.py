@@ -179,7 +179,7 @@ def _evaluate_reference(ctx: click.Context, paths: tuple[str, ...], *, zca: bool
     if dataset is None:
         raise InvalidArgument("reference sets do not name their dataset; pass --dataset NAME")
     if learned_lr and reference.lr is None:
-        raise InvalidArgument(f"--learned-lr: no learned lr beside the set (lr_best.pt); give it as the third file")
+        raise InvalidArgument("--learned-lr: no learned lr beside the set (lr_best.pt); give it as the third file")
     if learned_lr:
         overrides = {**overrides, "evaluate.lr": reference.lr}
     cfg = resolve_config(ctx, dataset=dataset, overrides=overrides, **run_opts)
