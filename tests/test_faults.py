@@ -78,7 +78,14 @@ def start(cwd: Path, command: str, fault: str | None = None) -> subprocess.Popen
     if fault is not None:
         env["AUTOSELMATCH_FAULT"] = fault
     return subprocess.Popen([sys.executable, "-m", "autoselmatch", *arguments(command)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """In the child, before exec: SIGINT acts again (a shell that starts the suite as a background job
+    ignores it, the child inherits that, and Python then installs no Ctrl-C handler: an INT fault would
+    do nothing)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run(cwd: Path, command: str, fault: str | None = None) -> subprocess.CompletedProcess:
