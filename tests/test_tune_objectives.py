@@ -117,18 +117,27 @@ def test_an_interrupted_alpha_trial_resumes_from_its_checkpoint(objectives, tmp_
     assert len(list((tmp_path / "art").iterdir())) == 3  # grid, curves, set
 
 
-def test_alpha_trials_score_the_mean_of_tune_alpha_seeds_networks(objectives, tmp_path):
+def one_alpha_trial(objectives, tmp_path, overrides):
+    """One alpha trial (beta 0.2, alpha 0.5) under ``overrides``, told to its study: (objectives, config,
+    value, frozen trial, the trial's saved set). Scores and experts come from the module's cache."""
     from autoselmatch.distill import DistillResult
-    from autoselmatch.evaluate import evaluate_set
 
-    # 40 epochs: a quick evaluation of 8 epochs, enough for two networks' accuracies to differ
-    cfg = apply_overrides(objectives.cfg, {"tune.alpha_seeds": 2, "evaluate.epochs": 40})
-    averaged = SelMatchObjectives(cfg)  # scores and experts come from the module's cache
+    cfg = apply_overrides(objectives.cfg, overrides)
+    objs = SelMatchObjectives(cfg)
     (tmp_path / "art").mkdir()
     study = optuna.create_study(direction="maximize")
     trial = study.ask()
-    value = averaged.alpha(context(averaged, tmp_path, "alpha"), beta=0.2)(0.5, trial)
-    result = DistillResult.load(trial.user_attrs["result_path"])
+    value = objs.alpha(context(objs, tmp_path, "alpha"), beta=0.2)(0.5, trial)
+    study.tell(trial, value)
+    return objs, cfg, value, study.trials[0], DistillResult.load(trial.user_attrs["result_path"])
+
+
+def test_alpha_trials_score_the_mean_of_tune_alpha_seeds_networks(objectives, tmp_path):
+    from autoselmatch.evaluate import evaluate_set
+
+    # 40 epochs: a quick evaluation of 8 epochs, enough for two networks' accuracies to differ
+    averaged, cfg, value, _, result = one_alpha_trial(objectives, tmp_path,
+                                                      {"tune.alpha_seeds": 2, "evaluate.epochs": 40})
     runs = evaluate_set(averaged.ds, result.images, result.labels, cfg=cfg.evaluate, distill_mask=result.distill_mask,
                         split="val", runs=2, fraction=cfg.evaluate.quick_fraction, seed=cfg.seed)
     assert len(set(runs.accuracies)) == 2  # two different networks...
@@ -136,22 +145,15 @@ def test_alpha_trials_score_the_mean_of_tune_alpha_seeds_networks(objectives, tm
 
 
 def test_tune_alpha_fraction_scores_the_trials_set_on_that_share_of_the_final_budget(objectives, tmp_path):
-    from autoselmatch.distill import DistillResult
     from autoselmatch.evaluate import evaluate_set
 
-    cfg = apply_overrides(objectives.cfg, {"tune.alpha_fraction": 1.0, "evaluate.epochs": 40})
-    full = SelMatchObjectives(cfg)  # scores and experts come from the module's cache
-    (tmp_path / "art").mkdir()
-    study = optuna.create_study(direction="maximize")
-    trial = study.ask()
-    value = full.alpha(context(full, tmp_path, "alpha"), beta=0.2)(0.5, trial)
-    study.tell(trial, value)
-    result = DistillResult.load(trial.user_attrs["result_path"])
+    full, cfg, value, frozen, result = one_alpha_trial(objectives, tmp_path,
+                                                       {"tune.alpha_fraction": 1.0, "evaluate.epochs": 40})
     scored = {f: evaluate_set(full.ds, result.images, result.labels, cfg=cfg.evaluate, split="val", runs=1,
                               distill_mask=result.distill_mask, fraction=f, seed=cfg.seed).mean for f in (1.0, 0.2)}
     assert scored[1.0] != scored[0.2]  # 40 and 8 epochs: the two budgets tell apart
-    assert value == pytest.approx(scored[1.0]) and study.trials[0].value == pytest.approx(scored[1.0])
-    last = study.trials[0].intermediate_values[max(study.trials[0].intermediate_values)]
+    assert value == pytest.approx(scored[1.0]) and frozen.value == pytest.approx(scored[1.0])
+    last = frozen.intermediate_values[max(frozen.intermediate_values)]
     assert last == pytest.approx(scored[0.2])  # the pruner's reports stay quick
 
 
