@@ -17,7 +17,9 @@
 3. Per search: regret = reference accuracy of the grid's best point minus that
    of the chosen point (test split, percentage points), median and worst over
    seeds, and compute = the table's trial seconds the search used, as a share of
-   the grid search's.
+   the two-stage grid search's (``--search grid``: the beta grid, then the alpha
+   grid at its beta) and of the full beta x alpha grid's (every alpha point
+   once, no beta stage: what finding the reference best without a search costs).
 
     OMP_NUM_THREADS=1 nice -n 5 python bench/tune_regret.py --out /tmp/regret --replicates 4 --seeds 5
     python bench/tune_regret.py --preset fashion-mnist --set distill.iterations=40 ... --cache-dir C
@@ -148,7 +150,8 @@ def score_at_fraction(table: dict, out: Path, replicates: int, cfg, objs, fracti
 
 class TableObjectives:
     """:class:`autoselmatch.tune.Objectives` that look each trial up in the table instead of training:
-    replicate ``r`` of a point reads the table's replicate ``(seed + r) % replicates``, and every
+    replicate ``r`` of a point reads the table's replicate ``(seed + r) % replicates`` (of the point's rows, where
+    it has fewer), and every
     lookup adds that row's trial seconds to ``spent``. The final set's "test accuracy" is the point's
     reference accuracy."""
 
@@ -158,7 +161,7 @@ class TableObjectives:
         self.spent = 0.0
 
     def _row(self, rows: list, trial: optuna.Trial) -> list:
-        row = rows[(self.seed + trial.user_attrs.get("replicate", 0)) % self.replicates]
+        row = rows[(self.seed + trial.user_attrs.get("replicate", 0)) % min(self.replicates, len(rows))]
         self.spent += row[1]
         return row
 
@@ -219,11 +222,15 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="scores and experts cache (default OUT/cache)")
     parser.add_argument("--alpha-fraction", type=float, default=None,
                         help="also run every search with tune.alpha_fraction = F (the sets rescored, not redistilled)")
+    parser.add_argument("--table-only", action="store_true",
+                        help="fill the table and stop (to build it in shares: one process per --set tune.beta_grid)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = table_config(args.preset, args.assignments, args.out, args.cache_dir, args.device)
     table = build_table(args.out, args.replicates, args.ipc, cfg, args.alpha_fraction)
+    if args.table_only:
+        return
     reference = {tuple(map(float, k.split(","))): statistics.fmean(r[2] for r in rows[:args.replicates])
                  for k, rows in table["alpha"].items()}
     best = max(reference.values())
@@ -238,11 +245,13 @@ def main() -> None:
                 results[label].append(run_search(table, name, s, args.replicates, reference, Path(tmp) / f"{i}-{s}",
                                                  args.preset, fraction))
     grid_seconds = [spent for _, _, spent in results["grid"]]
+    full_grid = sum(statistics.fmean(r[1] for r in rows[:args.replicates]) for rows in table["alpha"].values())
     print(f"\n{cfg.data.name} ipc {args.ipc}: reference best {100 * best:.2f} % at "
           f"{max(reference, key=reference.get)} (beta, alpha), {args.replicates} replicates, {args.seeds} seeds\n")
     print("| search | regret: median | worst | alpha regret at the chosen beta: median | worst "
-          "| compute (share of grid's trial seconds) | chosen (beta, alpha) per seed |")
-    print("|---|---|---|---|---|---|---|")
+          "| compute: share of the two-stage grid's trial seconds | share of the full beta x alpha grid's "
+          "| chosen (beta, alpha) per seed |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
         regrets = [100 * (best - reference[(b, a)]) for b, a, _ in runs]
         within = [100 * (max(v for (rb, _), v in reference.items() if rb == b) - reference[(b, a)])
@@ -250,7 +259,8 @@ def main() -> None:
         shares = [spent / g for (_, _, spent), g in zip(runs, grid_seconds)]
         picks = ", ".join(f"({b:g}, {a:g})" for b, a, _ in runs)
         print(f"| {name} | {statistics.median(regrets):.2f} | {max(regrets):.2f} | {statistics.median(within):.2f} "
-              f"| {max(within):.2f} | {100 * statistics.median(shares):.0f} % | {picks} |")
+              f"| {max(within):.2f} | {100 * statistics.median(shares):.0f} % "
+              f"| {100 * statistics.median(spent for _, _, spent in runs) / full_grid:.0f} % | {picks} |")
     (args.out / "results.json").write_text(json.dumps({"reference": {str(k): v for k, v in reference.items()},
                                                        "runs": results}, indent=1))
 
