@@ -282,10 +282,32 @@ def test_a_set_distilled_5_iterations_at_a_tiny_lr_img_is_marked_barely_distille
     table = table_markdown(list(rows.values()), [5], {}, dataset="digits", runs=1,
                            barely_distilled=lenient.reproduce.barely_distilled)
     assert "‡" not in next(line for line in table.splitlines() if line.startswith("| mtt "))
-    row = {"select_init": False, "partial_update": False, "combined_augmentation": True, "set": "mtt", "ipc": 5,
-           "alpha": 1.0, "beta": None, "mean": 0.5, "std": 0.0, "accuracies": [0.5], "loss_ratio": ratio,
+    row = {"select_init": False, "partial_update": False, "combined_augmentation": True, "set": "mtt", "label": "mtt",
+           "ipc": 5, "alpha": 1.0, "beta": None, "mean": 0.5, "std": 0.0, "accuracies": [0.5], "loss_ratio": ratio,
            "barely_distilled": True}
     assert f"| {ratio:.3f} ‡ |" in ablation_markdown([row], 5)
+
+
+@pytest.mark.parametrize("method", ["mtt", "dsa", "sre2l"])
+def test_the_ablation_and_coverage_name_the_alpha_1_sets_after_the_base_method(method):
+    from autoselmatch.config import apply_overrides
+    from autoselmatch.reproduce._plan import Cell
+    from autoselmatch.reproduce._tables import ablation_markdown, ablation_rows, coverage_markdown, coverage_rows
+
+    cfg = apply_overrides(load_preset("digits"), {"distill.method": method})
+    rows = ablation_rows(cfg, 5, {5: Knobs(5, alpha=0.5, beta=0.3)}, {}, runs=1)
+    assert {r["set"] for r in rows} == {"mtt", "mtt-init", "partial", "selmatch"}  # the ids stay: cells keep theirs
+    assert {r["label"] for r in rows} == {method, f"{method}-init", "partial", "selmatch"}
+    table = ablation_markdown(rows, 5)
+    assert f"| {method} | 1 |  |" in table and f"| {method}-init | 1 | 0.3 |" in table
+    assert method == "mtt" or "| mtt" not in table
+
+    record = {"coverage": {"coverage": 0.5, "easy": 0.6, "hard": 0.4}}
+    cells = [Cell("cov-mtt", "coverage", SetSpec("mtt", 5), 0, "dsa"),
+             Cell("cov-sel", "coverage", SetSpec("selmatch", 5, Knobs(5, alpha=0.5, beta=0.3)), 0, "dsa")]
+    cov = coverage_rows(cells, {"cov-mtt": record, "cov-sel": record}, method)
+    assert [r["method"] for r in cov] == [method, "selmatch"]
+    assert f"| {method} | 5 | 0.500 | 0.600 | 0.400 |" in coverage_markdown(cov)
 
 
 def test_bad_barely_distilled_threshold_is_refused():

@@ -45,6 +45,12 @@ BASE_LAYOUTS = {
 }
 
 
+def set_label(name: str, method: str) -> str:
+    """What the tables call set ``name`` under base method ``method``: MTT's two alpha-1 sets take the base
+    method's name (``mtt`` -> ``dsa``, ``mtt-init`` -> ``dsa-init``); every other name stays."""
+    return method + name[len("mtt"):] if name in ("mtt", "mtt-init") else name
+
+
 @dataclass(frozen=True)
 class ReproducePlan:
     """What one ``bench reproduce`` run computes.

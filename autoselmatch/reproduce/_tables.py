@@ -13,7 +13,7 @@ from ..config import RunConfig, to_dict
 from ..fileio import save_json, save_text
 from ._cells import _ablation_augment, _spec, cross_model, eval_cell_id, main_augment
 from ._command import rerun_command
-from ._plan import ABLATION_GRID, BASE_LAYOUTS, BaseLayout, Cell, Knobs, ReproducePlan, ReproduceResult
+from ._plan import ABLATION_GRID, BASE_LAYOUTS, BaseLayout, Cell, Knobs, ReproducePlan, ReproduceResult, set_label
 
 
 def _stats(values: Sequence[float]) -> tuple[float, float]:
@@ -256,7 +256,7 @@ def ablation_rows(cfg: RunConfig, ipc: int, knobs: dict[int, Knobs],
             accuracies = [records[i]["accuracy"] for i in ids if i in records]
             mean, std = _stats(accuracies) if accuracies else (None, None)
             rows.append({"select_init": select_init, "partial_update": partial, "combined_augmentation": combined,
-                         "set": name, "ipc": ipc, "alpha": spec.alpha if partial else 1.0,
+                         "set": name, "label": set_label(name, cfg.distill.method), "ipc": ipc, "alpha": spec.alpha if partial else 1.0,
                          "beta": spec.beta if select_init else None, "cells": ids, "accuracies": accuracies,
                          "mean": mean, "std": std,
                          **activity([records[i] for i in ids if i in records], cfg.reproduce.barely_distilled)})
@@ -279,16 +279,17 @@ def ablation_markdown(rows: Sequence[dict[str, Any]], ipc: int, budget: str = ""
         alpha = "" if r["alpha"] is None else f"{r['alpha']:g}"
         beta = "" if r["beta"] is None else f"{r['beta']:g}"
         lines.append(f"| {mark(r['select_init'])} | {mark(r['partial_update'])} | {mark(r['combined_augmentation'])} "
-                     f"| {r['set']} | {alpha} | {beta} | {acc} | {_ratio_text(r)} |")
+                     f"| {r['label']} | {alpha} | {beta} | {acc} | {_ratio_text(r)} |")
     return "\n".join(lines) + "\n"
 
 
-def coverage_rows(cells: Sequence[Cell], records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def coverage_rows(cells: Sequence[Cell], records: dict[str, dict[str, Any]], method: str = "mtt") -> list[dict[str, Any]]:
+    """Coverage of each set with a coverage cell, named as the tables of base method ``method`` name it."""
     rows = []
     for cell in cells:
         if cell.kind == "coverage" and cell.id in records:
             c = records[cell.id]["coverage"]
-            rows.append({"method": cell.set.name, "ipc": cell.set.ipc, **c})
+            rows.append({"method": set_label(cell.set.name, method), "ipc": cell.set.ipc, **c})
     return rows
 
 
@@ -411,7 +412,7 @@ def write_outputs(plan: ReproducePlan, run: RunOutcome) -> ReproduceResult:
                                     cfg.reproduce.barely_distilled), files["ablation.md"])
     activities = coverage_activities(rows, records)
     if plan.coverage or activities:
-        rows_cov = coverage_rows(run.cells, records)
+        rows_cov = coverage_rows(run.cells, records, cfg.distill.method)
         results["coverage"] = rows_cov
         files["coverage.html"] = out / "coverage.html"
         save_text(coverage_html(rows_cov, run.dataset, activities), files["coverage.html"])
