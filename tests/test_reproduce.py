@@ -1,6 +1,7 @@
 """`autoselmatch bench reproduce` on digits with a tiny budget: tables, resume, --only, folders, bad input."""
 
 import csv
+import dataclasses
 import json
 import time
 
@@ -171,6 +172,28 @@ def test_methods_with_the_same_recipe_share_one_distillation():
     assert distill_recipe(SetSpec("merge", 14, half)).mode == "merge"
     assert set_key(SetSpec("merge", 14, half), cfg) != set_key(SetSpec("selmatch", 14, half), cfg)
     assert distill_recipe(SetSpec("window", 14, half)) is None
+
+
+def test_a_distilled_sets_key_follows_only_its_own_methods_settings():
+    from autoselmatch.config import apply_overrides, key_dict
+    from autoselmatch.fileio import stable_hash
+
+    def key(method, **changes):
+        cfg = apply_overrides(load_preset("digits"), {"distill.method": method, **changes})
+        return set_key(SetSpec("mtt", 14, Knobs(14, alpha=1.0, beta=0.3)), cfg)
+
+    assert key("mtt", **{"distill.gm_lr_img": 0.5, "distill.sre2l_r_bn": 0.5}) == key("mtt")  # others' settings
+    assert key("mtt", **{"distill.lr_img": 50.0}) != key("mtt")
+    assert key("dsa", **{"distill.gm_lr_img": 0.5}) != key("dsa")
+    assert key("dsa", **{"distill.lr_img": 50.0, "experts.num_experts": 2}) == key("dsa")  # MTT's and the experts'
+    # an MTT key at the defaults is the one versions before per-method keys wrote (cached sets stay valid)
+    cfg = load_preset("digits")
+    recipe = distill_recipe(SetSpec("mtt", 14))
+    old = stable_hash({"recipe": dataclasses.asdict(recipe), "ipc": 14,
+                       "data": {k: v for k, v in key_dict("data", cfg.data).items() if k not in ("root", "download")},
+                       "seed": cfg.seed, "experts": key_dict("experts", cfg.experts),
+                       "distill": key_dict("distill", cfg.distill)})
+    assert set_key(SetSpec("mtt", 14), cfg) == old
 
 
 def test_alpha_and_beta_are_read_from_finished_studies(tmp_path):

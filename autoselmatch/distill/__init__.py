@@ -69,7 +69,7 @@ from ._run import (
     quick_evaluator,
     saved_set_config,
 )
-from ._methods import METHODS, Method, Objective, expert_settings, method_settings
+from ._methods import METHODS, Method, Objective, expert_settings, method_key, method_settings
 from ._selmatch import InitialSet, initial_set, selmatch
 from ._student import ExpertSource, batch_stats_only, check_experts, dsa_strategies, student_network
 from ._trajectory import MatchOutput, StudentPlan, TrajectoryMatcher, check_precision, student_precision
@@ -97,6 +97,7 @@ __all__ = [
     "evaluate_distilled",
     "expert_settings",
     "initial_set",
+    "method_key",
     "method_settings",
     "quick_evaluator",
     "saved_set_config",

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import torch
 
-from ..config import DistillConfig, RunConfig, to_dict
+from ..config import DistillConfig, RunConfig, key_dict, to_dict
 from ..data import ImageDataset
 from ..errors import InvalidArgument
 from ..models import FlatModel
@@ -109,6 +109,16 @@ def method_settings(dc: DistillConfig) -> dict[str, Any]:
     own = set(METHODS.get(dc.method).settings)
     others = {key for name in METHODS.names() for key in METHODS.get(name).settings} - own
     return {key: value for key, value in to_dict(dc).items() if key not in others}
+
+
+def method_key(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """``{"experts": ..., "distill": ...}``: the settings a cache key of a set distilled by
+    ``cfg.distill.method`` hashes, those of :func:`expert_settings` and :func:`method_settings` less the
+    ones older versions did not have while they hold the value those versions used
+    (:func:`~autoselmatch.config.key_dict`), so a key made before either existed stays the same."""
+    own = {"experts": expert_settings(cfg), "distill": method_settings(cfg.distill)}
+    return {section: {key: value for key, value in key_dict(section, getattr(cfg, section)).items()
+                      if key in own[section]} for section in own}
 
 
 def expert_settings(cfg: RunConfig) -> dict[str, Any]:

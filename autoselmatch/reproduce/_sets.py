@@ -13,6 +13,7 @@ import torch
 
 from ..config import RunConfig, key_dict, to_dict
 from ..data import ImageDataset
+from ..distill import METHODS as BASES, method_key, selmatch
 from ..fileio import stable_hash
 from ..registry import Registry
 from ..runtime import LOG
@@ -129,8 +130,6 @@ def distilled_set(inputs: _Inputs, spec: SetSpec, workdir: Path) -> BuiltSet:
     base method is ``distill.method`` (``mtt`` is its alpha-1 random-init baseline
     whatever the method). An interrupted distillation resumes from its checkpoint.
     """
-    from ..distill import METHODS as BASES, selmatch
-
     recipe = distill_recipe(spec)
     cfg = _distill_config(inputs, spec.ipc, recipe)
     scores = inputs.scores if recipe.init == "window" else None
@@ -184,8 +183,7 @@ def set_key(spec: SetSpec, cfg: RunConfig) -> str:
         if spec.name in ("hardest", "window"):
             parts["scores"] = to_dict(cfg.scores)
         return stable_hash(parts)
-    parts = {"recipe": dataclasses.asdict(recipe), "ipc": spec.ipc, "data": data, "seed": cfg.seed,
-             "experts": key_dict("experts", cfg.experts), "distill": key_dict("distill", cfg.distill)}
+    parts = {"recipe": dataclasses.asdict(recipe), "ipc": spec.ipc, "data": data, "seed": cfg.seed, **method_key(cfg)}
     if recipe.init == "window":
         parts["scores"] = to_dict(cfg.scores)
     return stable_hash(parts)

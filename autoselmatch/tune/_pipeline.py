@@ -407,10 +407,12 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
     take turns on a lock in the study's folder: the first makes the sets, the
     others wait and reuse them.
     """
+    from ..distill import method_key
+
     name = study_name(plan.prefix, ipc, ALPHA)
     study = optuna.load_study(study_name=name, storage=storage)
     trial = study.trials[best.best_trial]
-    shaped = {"trial": trial.number, "beta": beta, "distill": key_dict("distill", plan.cfg.distill),
+    shaped = {"trial": trial.number, "beta": beta, "distill": method_key(plan.cfg)["distill"],
               "evaluate": key_dict("evaluate", plan.cfg.evaluate)}  # what shapes the final set and its test score
     measured = _baseline_trials(plan, storage, ipc) if plan.cfg.tune.baselines else {}
     if plan.cfg.tune.baselines:  # without baselines the key is the one older versions wrote
