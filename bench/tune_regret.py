@@ -10,8 +10,10 @@
 2. Each search runs the real pipeline (:func:`autoselmatch.tune.tune`: both
    stages, the optional beta refinement, the controller and the final choice)
    on a fresh study, with objectives that look the table up, for several
-   controller seeds: seed ``s`` reads replicate ``(s + r) % replicates`` for
-   its replicate ``r``, so every seed sees other noise.
+   controller seeds: seed ``s`` reads the replicates in the ``s``-th of their
+   orders (permutations), the same order at every point (so paired points stay
+   paired), so every seed sees other noise and ``replicates!`` seeds see every
+   order once (6 for 3 replicates).
    With ``--alpha-fraction F``, every search runs again with ``tune.alpha_fraction = F``:
    the alpha trials' sets are rescored on validation after F of the final budget.
 3. Per search: regret = reference accuracy of the grid's best point minus that
@@ -21,13 +23,14 @@
    grid at its beta) and of the full beta x alpha grid's (every alpha point
    once, no beta stage: what finding the reference best without a search costs).
 
-    OMP_NUM_THREADS=1 nice -n 5 python bench/tune_regret.py --out /tmp/regret --replicates 4 --seeds 5
+    OMP_NUM_THREADS=1 nice -n 5 python bench/tune_regret.py --out /tmp/regret --replicates 3 --seeds 6
     python bench/tune_regret.py --preset fashion-mnist --set distill.iterations=40 ... --cache-dir C
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import tempfile
@@ -55,6 +58,7 @@ SEARCH_SETTINGS = {
     "line + refine beta, z 1, 1 seed": ("line", 1.0, 1, True, 0),
     "line + refine beta, z 1, max 2 seeds": ("line", 1.0, 2, True, 0),
     "line + refine beta, z 1, 1 seed, patience 1": ("line", 1.0, 1, True, 1),
+    "line + refine beta, z 1, max 2 seeds, patience 1": ("line", 1.0, 2, True, 1),
     "grid + refine beta": ("grid", 0.0, 1, True, 0),
 }
 
@@ -148,20 +152,39 @@ def score_at_fraction(table: dict, out: Path, replicates: int, cfg, objs, fracti
                 print(f"beta {beta} alpha {alpha} replicate {r}: val at {fraction:g} of the budget {val:.4f}", flush=True)
 
 
+def merge_tables(out: Path, parts: list[Path]) -> None:
+    """Write ``out/table.json``: per point, the longest list of rows among ``parts`` (tables built in shares
+    from one common table, so their lists agree where they overlap)."""
+    merged: dict = {}
+    for part in parts:
+        for section, points in json.loads(part.read_text()).items():
+            for key, rows in points.items():
+                have = merged.setdefault(section, {}).setdefault(key, [])
+                n = min(len(have), len(rows))
+                if rows[:n] != have[:n]:
+                    raise SystemExit(f"{part}: {section} {key} differs from the other tables' rows; not one table's shares")
+                if len(rows) > len(have):
+                    merged[section][key] = rows
+    (out / "table.json").write_text(json.dumps(merged, indent=1))
+
+
 class TableObjectives:
     """:class:`autoselmatch.tune.Objectives` that look each trial up in the table instead of training:
-    replicate ``r`` of a point reads the table's replicate ``(seed + r) % replicates`` (of the point's rows, where
-    it has fewer), and every
+    replicate ``r`` of a point reads the table's replicate ``order[r % replicates]``, ``order`` being the
+    ``seed``-th permutation of the replicates (the first row, at a point with only one), and every
     lookup adds that row's trial seconds to ``spent``. The final set's "test accuracy" is the point's
     reference accuracy."""
 
     def __init__(self, table: dict, seed: int, replicates: int, reference: dict, alpha_fraction: float | None) -> None:
-        self.table, self.seed, self.replicates, self.reference = table, seed, replicates, reference
+        self.table, self.reference = table, reference
+        orders = list(itertools.permutations(range(replicates)))
+        self.order = orders[seed % len(orders)]
         self.scored = None if alpha_fraction is None else table[f"alpha@{alpha_fraction:g}"]
         self.spent = 0.0
 
     def _row(self, rows: list, trial: optuna.Trial) -> list:
-        row = rows[(self.seed + trial.user_attrs.get("replicate", 0)) % min(self.replicates, len(rows))]
+        r = self.order[trial.user_attrs.get("replicate", 0) % len(self.order)]
+        row = rows[r if r < len(rows) else 0]
         self.spent += row[1]
         return row
 
@@ -212,8 +235,8 @@ def run_search(table: dict, name: str, seed: int, replicates: int, reference: di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/tune-regret"))
-    parser.add_argument("--replicates", type=int, default=4)
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--replicates", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=6, help="controller seeds (replicates! covers every order)")
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", default="digits", help="preset of the table's runs (digits: with SMALL)")
@@ -224,8 +247,12 @@ def main() -> None:
                         help="also run every search with tune.alpha_fraction = F (the sets rescored, not redistilled)")
     parser.add_argument("--table-only", action="store_true",
                         help="fill the table and stop (to build it in shares: one process per --set tune.beta_grid)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=[], metavar="TABLE",
+                        help="first write OUT/table.json from these tables (shares built with --table-only)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        merge_tables(args.out, args.merge)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = table_config(args.preset, args.assignments, args.out, args.cache_dir, args.device)
     table = build_table(args.out, args.replicates, args.ipc, cfg, args.alpha_fraction)

@@ -37,3 +37,43 @@ def test_method_speed_times_every_base_method(tmp_path):
     rows = json.loads(out.read_text())
     assert [r["method"] for r in rows] == ["mtt", "dsa", "sre2l"]
     assert all(r["s_per_iteration"] > 0 and r["images"] == 20 for r in rows)
+
+
+def _tune_regret():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tune_regret", BENCH / "tune_regret.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tune_regret_merges_table_shares_and_refuses_tables_that_disagree(tmp_path):
+    regret = _tune_regret()
+    common = {"beta": {"0.2": [[0.5, 1.0, [0.5]]]}, "alpha": {"0.2,1.0": [[0.6, 9.0, 0.7]]}}
+    a = {**common, "alpha": {"0.2,1.0": [[0.6, 9.0, 0.7], [0.61, 9.0, 0.71]], "0.4,1.0": [[0.5, 8.0, 0.6]]}}
+    for name, table in (("a", a), ("b", common)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(table))
+    regret.merge_tables(tmp_path, [tmp_path / "b.json", tmp_path / "a.json"])
+    merged = json.loads((tmp_path / "table.json").read_text())
+    assert merged["alpha"] == a["alpha"] and merged["beta"] == common["beta"]  # the longer rows, the union of points
+    (tmp_path / "c.json").write_text(json.dumps({"alpha": {"0.2,1.0": [[0.1, 9.0, 0.2]]}}))
+    with pytest.raises(SystemExit, match="0.2,1.0 differs"):
+        regret.merge_tables(tmp_path, [tmp_path / "a.json", tmp_path / "c.json"])
+
+
+def test_tune_regret_seeds_read_every_order_of_the_replicates_the_same_at_every_point():
+    regret = _tune_regret()
+
+    class Trial:
+        def __init__(self, r):
+            self.user_attrs = {"replicate": r}
+
+    rows = [[0.0, 1.0, 0.0], [1.0, 1.0, 0.0], [2.0, 1.0, 0.0]]  # value = the replicate's index
+    orders = []
+    for seed in range(6):
+        objs = regret.TableObjectives({}, seed, 3, {}, None)
+        orders.append(tuple(int(objs._row(rows, Trial(r))[0]) for r in range(3)))
+        assert objs._row(rows[:1], Trial(2))[0] == 0.0  # a point with one replicate reads it
+        assert objs.spent == 4.0
+    assert sorted(orders) == sorted(set(orders)) and len(orders) == 6  # 3! orders, each once
