@@ -162,7 +162,8 @@ def merge_tables(out: Path, parts: list[Path]) -> None:
                 have = merged.setdefault(section, {}).setdefault(key, [])
                 n = min(len(have), len(rows))
                 if rows[:n] != have[:n]:
-                    raise SystemExit(f"{part}: {section} {key} differs from the other tables' rows; not one table's shares")
+                    raise SystemExit(f"{part}: {section} {key} differs from the other tables' rows; "
+                                     "not one table's shares")
                 if len(rows) > len(have):
                     merged[section][key] = rows
     (out / "table.json").write_text(json.dumps(merged, indent=1))

@@ -256,9 +256,9 @@ def ablation_rows(cfg: RunConfig, ipc: int, knobs: dict[int, Knobs],
             accuracies = [records[i]["accuracy"] for i in ids if i in records]
             mean, std = _stats(accuracies) if accuracies else (None, None)
             rows.append({"select_init": select_init, "partial_update": partial, "combined_augmentation": combined,
-                         "set": name, "label": set_label(name, cfg.distill.method), "ipc": ipc, "alpha": spec.alpha if partial else 1.0,
-                         "beta": spec.beta if select_init else None, "cells": ids, "accuracies": accuracies,
-                         "mean": mean, "std": std,
+                         "set": name, "label": set_label(name, cfg.distill.method), "ipc": ipc,
+                         "alpha": spec.alpha if partial else 1.0, "beta": spec.beta if select_init else None,
+                         "cells": ids, "accuracies": accuracies, "mean": mean, "std": std,
                          **activity([records[i] for i in ids if i in records], cfg.reproduce.barely_distilled)})
     return rows
 
@@ -283,7 +283,8 @@ def ablation_markdown(rows: Sequence[dict[str, Any]], ipc: int, budget: str = ""
     return "\n".join(lines) + "\n"
 
 
-def coverage_rows(cells: Sequence[Cell], records: dict[str, dict[str, Any]], method: str = "mtt") -> list[dict[str, Any]]:
+def coverage_rows(cells: Sequence[Cell], records: dict[str, dict[str, Any]],
+                  method: str = "mtt") -> list[dict[str, Any]]:
     """Coverage of each set with a coverage cell, named as the tables of base method ``method`` name it."""
     rows = []
     for cell in cells:
