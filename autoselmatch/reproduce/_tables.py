@@ -283,8 +283,7 @@ def ablation_markdown(rows: Sequence[dict[str, Any]], ipc: int, budget: str = ""
     return "\n".join(lines) + "\n"
 
 
-def coverage_rows(cells: Sequence[Cell], records: dict[str, dict[str, Any]],
-                  method: str = "mtt") -> list[dict[str, Any]]:
+def coverage_rows(cells: Sequence[Cell], records: dict[str, dict[str, Any]], method: str) -> list[dict[str, Any]]:
     """Coverage of each set with a coverage cell, named as the tables of base method ``method`` name it."""
     rows = []
     for cell in cells:
