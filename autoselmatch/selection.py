@@ -343,11 +343,12 @@ def sweep_beta(
     epochs: int | None = None,
     seeds: int = 1,
     seed: int = 0,
+    augment: str | None = None,
 ) -> list[tuple[float, float, float]]:
     """The beta -> accuracy curve (the paper's Figure 3): ``[(beta, mean, std), ...]``.
 
     Args:
-        ds, scores, ipc, cfg, seeds, seed: As in :func:`window_accuracy`.
+        ds, scores, ipc, cfg, seeds, seed, augment: As in :func:`window_accuracy`.
         betas: Window starts to try; all are checked before any training.
         fraction: Fraction of ``cfg``'s evaluation budget per network.
         epochs: If set, train each network this many epochs on the window instead
@@ -366,7 +367,8 @@ def sweep_beta(
         fraction = 1.0
     curve = []
     for beta in progress(betas, desc=f"beta sweep ipc={ipc}", total=len(betas)):
-        result = window_accuracy(ds, scores, ipc=ipc, beta=beta, cfg=cfg, fraction=fraction, seeds=seeds, seed=seed)
+        result = window_accuracy(ds, scores, ipc=ipc, beta=beta, cfg=cfg, fraction=fraction, seeds=seeds, seed=seed,
+                                 augment=augment)
         LOG.info("beta=%.3f ipc=%d: val accuracy %.4f +- %.4f", beta, ipc, result.mean, result.std)
         curve.append((float(beta), float(result.mean), float(result.std)))
     return curve

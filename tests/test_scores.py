@@ -408,6 +408,27 @@ def test_cli_sweep_prints_the_curve_and_saves_it(cli_cache, tmp_path):
     assert saved["sweep"] == data["sweep"] and saved["settings"]["scores"]["epochs"] == 1
 
 
+def test_cli_sweep_trains_the_windows_with_the_beta_stage_augmentation(cli_cache, monkeypatch):
+    import autoselmatch.evaluate as evaluate
+
+    seen = []
+    real = evaluate.evaluate_set
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["cfg"].augment)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_set", spy)
+    tiny = ("--set", "evaluate.model.width=8", "--set", "evaluate.model.depth=1", "--set", "evaluate.batch_size=64")
+    for augment in ("dsa", "simple"):
+        seen.clear()
+        result, data = invoke("--cache-dir", cli_cache, *FAST_ARGS, *tiny, "--sweep-beta", "0:0.25:0.25", "--ipc", "3",
+                              "--epochs", "1", "--seeds", "1", "--set", f"tune.beta_augment={augment}",
+                              "--output", "json")
+        assert result.exit_code == 0, result.output
+        assert seen == [augment, augment] and data["sweep"]["augment"] == augment
+
+
 def test_cli_sweep_needs_ipc(cli_cache):
     result, _ = invoke("--cache-dir", cli_cache, "--sweep-beta", "0:0.5:0.1")
     assert result.exit_code == 2 and "--sweep-beta needs --ipc" in result.output

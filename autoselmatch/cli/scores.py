@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -106,9 +105,8 @@ def scores(ctx: click.Context, score: str | None, scores_file: str | None, sweep
     if betas is not None and ipc is not None:
         sweep_fraction = fraction if fraction is not None else cfg.evaluate.quick_fraction
         # the windows train like the beta stage's (tune.beta_augment: DSA by default, as in the paper's Figure 3)
-        window_cfg = dataclasses.replace(cfg.evaluate, augment=cfg.tune.beta_augment)
-        curve = run_sweep(ds, values, ipc=ipc, betas=betas, cfg=window_cfg, fraction=sweep_fraction, epochs=epochs,
-                          seeds=cfg.tune.beta_seeds, seed=cfg.seed)
+        curve = run_sweep(ds, values, ipc=ipc, betas=betas, cfg=cfg.evaluate, fraction=sweep_fraction, epochs=epochs,
+                          seeds=cfg.tune.beta_seeds, seed=cfg.seed, augment=cfg.tune.beta_augment)
         best = max(curve, key=lambda point: point[1])
         result["sweep"] = {
             "ipc": ipc,
@@ -116,7 +114,7 @@ def scores(ctx: click.Context, score: str | None, scores_file: str | None, sweep
             "epochs": epochs,
             "fraction": None if epochs is not None else sweep_fraction,
             "seeds": cfg.tune.beta_seeds,
-            "augment": window_cfg.augment,
+            "augment": cfg.tune.beta_augment,
             "curve": [{"beta": b, "mean": m, "std": s} for b, m, s in curve],
             "best_beta": best[0],
             "best_accuracy": best[1],
