@@ -77,3 +77,24 @@ def test_tune_regret_seeds_read_every_order_of_the_replicates_the_same_at_every_
         assert objs._row(rows[:1], Trial(2))[0] == 0.0  # a point with one replicate reads it
         assert objs.spent == 4.0
     assert sorted(orders) == sorted(set(orders)) and len(orders) == 6  # 3! orders, each once
+
+
+def test_score_correlation_compares_each_scores_best_window_with_random_draws(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH / "score_correlation.py"), "--dataset", "digits",
+                           "--cache-dir", str(tmp_path), "--set", "experts.num_experts=1", "--set", "experts.epochs=2",
+                           "--set", "scores.networks=1", "--set", "scores.epochs=1", "--set", "evaluate.steps=4",
+                           "--set", 'evaluate.model={name="convnet", depth=1, width=8, norm="batch"}',
+                           "--ipc", "3", "--betas", "0,0.5", "--seeds", "2", "--fraction", "1"],
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert set(report["spearman"]) == {"forgetting vs learning-speed", "forgetting vs el2n", "learning-speed vs el2n"}
+    windows = report["windows"]
+    assert (windows["ipc"], windows["steps"], windows["augment"], windows["split"]) == (3, 4, "dsa", "val")
+    random = windows["random"]["mean"]
+    assert 0.0 <= random <= 1.0
+    assert set(windows["scores"]) == {"forgetting", "learning-speed", "el2n"}
+    for score in windows["scores"].values():
+        assert list(score["curve"]) == ["0", "0.5"]
+        assert score["best"] == max(score["curve"].values()) and score["best_beta"] in (0.0, 0.5)
+        assert score["best_minus_random"] == pytest.approx(score["best"] - random, abs=2e-4)

@@ -246,20 +246,28 @@ def test_folder_dataset_with_a_scores_file(tmp_path):
 
 
 def test_without_given_knobs_it_tunes_them_into_out(tmp_path):
-    """No --alpha/--beta/--storage: alpha and beta are tuned into OUT/studies.db, and the cells say so."""
+    """No --alpha/--beta/--storage: alpha and beta are tuned into OUT/studies.db, and the cells say so. An IPC
+    whose set is smaller than distill.batch_syn (IPC 1 of digits: 10 images, preset batch 50) is tuned with the
+    whole set as the student batch, as its sets are distilled."""
+    import optuna
+
     out = tmp_path / "out"
     args = ["-d", "digits", "--cache-dir", str(tmp_path / "cache"), *TINY, "--set", "tune.trial_iterations=2",
-            "--set", "evaluate.runs=1", "--ipc", "10%", "--runs", "1", "--methods", "window,selmatch",
+            "--set", "evaluate.runs=1", "--ipc", "1,10%", "--runs", "1", "--methods", "window,selmatch",
             "--no-ablation", "--no-coverage", "--out", str(out)]
     result = invoke(args)
     assert result.exit_code == 0, result.output
     url = f"sqlite:///{out / 'studies.db'}"
-    knobs = study_knobs(url, "reproduce", [14])[14]
-    stored = json.loads((out / "results.json").read_text())["knobs"][0]
-    assert (stored["alpha"], stored["beta"]) == (knobs.alpha, knobs.beta)
-    assert stored["alpha_source"].startswith("tuned: study reproduce-ipc14-alpha")
-    cell = json.loads((out / "cells" / "selmatch-ipc14-s0.json").read_text())
-    assert (cell["alpha"], cell["beta"]) == (knobs.alpha, knobs.beta)
+    found = study_knobs(url, "reproduce", [1, 14])
+    stored = {k["ipc"]: k for k in json.loads((out / "results.json").read_text())["knobs"]}
+    for ipc, knobs in found.items():
+        assert (stored[ipc]["alpha"], stored[ipc]["beta"]) == (knobs.alpha, knobs.beta)
+        assert stored[ipc]["alpha_source"].startswith(f"tuned: study reproduce-ipc{ipc}-alpha")
+        cell = json.loads((out / "cells" / f"selmatch-ipc{ipc}-s0.json").read_text())
+        assert (cell["alpha"], cell["beta"]) == (knobs.alpha, knobs.beta)
+    batches = {ipc: optuna.load_study(study_name=f"reproduce-ipc{ipc}-alpha", storage=url).user_attrs
+               for ipc in (1, 14)}
+    assert [attrs["settings"]["distill"]["batch_syn"] for attrs in batches.values()] == [10, 50]
 
 
 # --------------------------------------------------------------------------------------------

@@ -53,8 +53,11 @@ def study_knobs(storage: str, prefix: str, ipcs: Sequence[int]) -> dict[int, Kno
     return knobs
 
 
-def resolve_knobs(plan: ReproducePlan, ipcs: Sequence[int], needed: bool) -> dict[int, Knobs]:
-    """Given values first; the rest from ``plan.storage``, else tuned into ``OUT/studies.db``."""
+def resolve_knobs(plan: ReproducePlan, ipcs: Sequence[int], needed: bool, classes: int) -> dict[int, Knobs]:
+    """Given values first; the rest from ``plan.storage``, else tuned into ``OUT/studies.db``.
+
+    ``classes`` (the dataset's) sizes the synthetic sets of a tune run here: see :func:`_tuned_knobs`.
+    """
     knobs = given_knobs(ipcs, plan.alphas, plan.betas)
     missing = [ipc for ipc in ipcs if knobs[ipc].alpha is None or knobs[ipc].beta is None]
     if not needed or not missing:
@@ -63,7 +66,7 @@ def resolve_knobs(plan: ReproducePlan, ipcs: Sequence[int], needed: bool) -> dic
         prefix = plan.study_prefix or safe_name(plan.cfg.data.name)
         found = study_knobs(plan.storage, prefix, missing)
     else:
-        found = _tuned_knobs(plan, missing)
+        found = _tuned_knobs(plan, missing, classes)
     for ipc in missing:
         have, new = knobs[ipc], found[ipc]
         knobs[ipc] = Knobs(ipc, have.alpha if have.alpha is not None else new.alpha,
@@ -72,16 +75,26 @@ def resolve_knobs(plan: ReproducePlan, ipcs: Sequence[int], needed: bool) -> dic
     return knobs
 
 
-def _tuned_knobs(plan: ReproducePlan, ipcs: Sequence[int]) -> dict[int, Knobs]:
-    """Run (or resume) ``autoselmatch tune`` into ``OUT/studies.db`` and read its optima."""
+def _tuned_knobs(plan: ReproducePlan, ipcs: Sequence[int], classes: int) -> dict[int, Knobs]:
+    """Run (or resume) ``autoselmatch tune`` into ``OUT/studies.db`` and read its optima.
+
+    As for the sets this benchmark distils, an IPC whose synthetic set (``classes * ipc`` images) is smaller
+    than ``distill.batch_syn`` is tuned with the whole set as the student batch (so ``--ipc 1%,10%`` runs with
+    one preset); the tune records the batch it used.
+    """
     from ..tune import tune
 
     storage = f"sqlite:///{(plan.out / 'studies.db').resolve()}"
     prefix = plan.study_prefix or DEFAULT_PREFIX
     LOG.info("no alpha/beta given for ipc %s: tuning into %s (prefix %s)", ",".join(map(str, ipcs)), storage, prefix)
-    result = tune(plan.cfg, list(ipcs), storage=storage, study_prefix=prefix)
-    if not result.complete:
-        raise DataError(f"tuning into {storage} did not finish; rerun the same command to resume it")
+    by_batch: dict[int, list[int]] = {}
+    for ipc in ipcs:
+        by_batch.setdefault(min(plan.cfg.distill.batch_syn, classes * ipc), []).append(ipc)
+    for batch, group in by_batch.items():
+        cfg = dataclasses.replace(plan.cfg, distill=dataclasses.replace(plan.cfg.distill, batch_syn=batch))
+        result = tune(cfg, group, storage=storage, study_prefix=prefix)
+        if not result.complete:
+            raise DataError(f"tuning into {storage} did not finish; rerun the same command to resume it")
     knobs = study_knobs(storage, prefix, ipcs)
     return {ipc: dataclasses.replace(k, alpha_source=f"tuned: {k.alpha_source}", beta_source=f"tuned: {k.beta_source}")
             for ipc, k in knobs.items()}

@@ -40,7 +40,7 @@ def reproduce(plan: ReproducePlan) -> ReproduceResult:
     ipcs = resolve_ipcs(tokens, ds)
     ablation_ipc = _ablation_ipc(cfg, ipcs) if plan.ablation else None
     needs_knobs = bool(set(methods) & (NEEDS_ALPHA | NEEDS_BETA)) or ablation_ipc is not None
-    knobs = resolve_knobs(plan, ipcs, needs_knobs)
+    knobs = resolve_knobs(plan, ipcs, needs_knobs, ds.num_classes)
     sizes = class_sizes(ds.train_labels, ds.train_index)
     for knob in knobs.values():
         if knob.beta is not None and knob.beta > max_beta(knob.ipc, sizes):
