@@ -57,7 +57,8 @@ FLIP_PROB = 0.5
 SCALE_RATIO = 1.2
 ROTATE_DEGREES = 15.0
 
-Augmentation = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Generator | None"], torch.Tensor]
+#: ``(x, distill_mask, generator, *, flip=True) -> x``; ``flip=False``: the simple augmentation does not mirror.
+Augmentation = Callable[..., torch.Tensor]
 
 
 def _rand(x: torch.Tensor, *shape: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -288,7 +289,7 @@ def default_pad(side: int) -> int:
 
 
 def simple_augment(
-    x: torch.Tensor, *, generator: torch.Generator | None = None, pad: int | None = None
+    x: torch.Tensor, *, generator: torch.Generator | None = None, pad: int | None = None, flip: bool = True
 ) -> torch.Tensor:
     """Random crop of the zero-padded image (torchvision ``RandomCrop(side, padding=pad)``) + flip (p = 0.5).
 
@@ -296,6 +297,7 @@ def simple_augment(
         x: Float (B, C, H, W) in normalised space (padding is 0 there, i.e. the mean colour).
         generator: Source of randomness on ``x.device`` (``None``: global RNG).
         pad: Padding in pixels; default ``max(1, round(side / 8))`` (4 at 32x32).
+        flip: Mirror half the images; False where a mirror changes the class (``data.flip``: digits).
     """
     _check_batch(x)
     b, _, h, w = x.shape
@@ -307,7 +309,7 @@ def simple_augment(
     shift_y = _randint(x, -pad, pad + 1, b, generator)
     shift_x = _randint(x, -pad, pad + 1, b, generator)
     x = translate(x, shift_y, shift_x, pad)
-    return _flip(x, generator)
+    return _flip(x, generator) if flip else x
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,6 +325,7 @@ def augment_grouped(
     generator: torch.Generator | None = None,
     strategy: str | None = None,
     host_generator: torch.Generator | None = None,
+    flip: bool = True,
 ) -> torch.Tensor:
     """Augment a batch whose first ``num_distill`` rows are D_distill and the rest D_select.
 
@@ -342,6 +345,7 @@ def augment_grouped(
             draws its own per image and refuses one.
         host_generator: CPU generator the DSA strategies are drawn from, so that
             drawing them reads no device value (default: ``generator``).
+        flip: Whether the simple augmentation mirrors (``data.flip``); DSA keeps its strategies.
     """
     if not 0 <= num_distill <= x.shape[0]:
         raise InvalidArgument(f"num_distill must be in [0, {x.shape[0]}], got {num_distill}")
@@ -351,26 +355,26 @@ def augment_grouped(
     if name == "none":
         return x
     if name == "simple":
-        return simple_augment(x, generator=generator)
+        return simple_augment(x, generator=generator, flip=flip)
     if name == "dsa":
         if strategy is None:
             strategy = draw_strategy(generator=strategy_generator)
         return dsa(x, generator=generator, strategy=strategy)
     if name == "combined":
         if num_distill == 0:
-            return simple_augment(x, generator=generator)
+            return simple_augment(x, generator=generator, flip=flip)
         index = draw_strategies(num_distill, generator=strategy_generator)
         distilled = dsa_per_image(x[:num_distill], index, generator=generator)
         if num_distill == x.shape[0]:
             return distilled
-        selected = simple_augment(x[num_distill:], generator=generator)
+        selected = simple_augment(x[num_distill:], generator=generator, flip=flip)
         return torch.cat([distilled, selected])
     AUGMENTATIONS.get(name)  # raises UnknownNameError with the known names
     raise InvalidArgument(f"augmentation {name!r} has no grouped form")
 
 
 def combined_augment(
-    x: torch.Tensor, distill_mask: torch.Tensor, *, generator: torch.Generator | None = None
+    x: torch.Tensor, distill_mask: torch.Tensor, *, generator: torch.Generator | None = None, flip: bool = True
 ) -> torch.Tensor:
     """DSA on the rows where ``distill_mask`` is True (one strategy per image), simple augmentation on the others.
 
@@ -382,6 +386,7 @@ def combined_augment(
         x: Float (B, C, H, W) in normalised space.
         distill_mask: Bool (B,), True for D_distill rows.
         generator: Source of randomness on ``x.device``.
+        flip: Whether the simple augmentation of the other rows mirrors (``data.flip``).
     """
     _check_batch(x)
     if distill_mask.shape != (x.shape[0],) or distill_mask.dtype != torch.bool:
@@ -391,7 +396,7 @@ def combined_augment(
     distill_mask = distill_mask.to(x.device)
     order = torch.argsort((~distill_mask).to(torch.int8), stable=True)  # distill rows first
     num_distill = int(distill_mask.sum())  # sync point on CUDA
-    grouped = augment_grouped(x[order], num_distill, "combined", generator=generator)
+    grouped = augment_grouped(x[order], num_distill, "combined", generator=generator, flip=flip)
     return grouped[torch.argsort(order)]
 
 
@@ -399,25 +404,29 @@ AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation")
 
 
 @AUGMENTATIONS.register("none")
-def _no_augment(x: torch.Tensor, distill_mask: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+def _no_augment(x: torch.Tensor, distill_mask: torch.Tensor | None, generator: torch.Generator | None, *,
+                flip: bool = True) -> torch.Tensor:
     return x
 
 
 @AUGMENTATIONS.register("simple")
-def _simple(x: torch.Tensor, distill_mask: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
-    return simple_augment(x, generator=generator)
+def _simple(x: torch.Tensor, distill_mask: torch.Tensor | None, generator: torch.Generator | None, *,
+            flip: bool = True) -> torch.Tensor:
+    return simple_augment(x, generator=generator, flip=flip)
 
 
 @AUGMENTATIONS.register("dsa")
-def _dsa(x: torch.Tensor, distill_mask: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+def _dsa(x: torch.Tensor, distill_mask: torch.Tensor | None, generator: torch.Generator | None, *,
+         flip: bool = True) -> torch.Tensor:
     return dsa(x, generator=generator)
 
 
 @AUGMENTATIONS.register("combined")
-def _combined(x: torch.Tensor, distill_mask: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+def _combined(x: torch.Tensor, distill_mask: torch.Tensor | None, generator: torch.Generator | None, *,
+              flip: bool = True) -> torch.Tensor:
     if distill_mask is None:  # a plain subset: every row is a selected real image
-        return simple_augment(x, generator=generator)
-    return combined_augment(x, distill_mask, generator=generator)
+        return simple_augment(x, generator=generator, flip=flip)
+    return combined_augment(x, distill_mask, generator=generator, flip=flip)
 
 
 def get_augmentation(name: str) -> Augmentation:

@@ -47,7 +47,12 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset, how its validation split is carved, and ``image_size``: the square side every image
-    is resized to at load, for any dataset (``None``: its own size; see :func:`autoselmatch.data.load_dataset`)."""
+    is resized to at load, for any dataset (``None``: its own size; see :func:`autoselmatch.data.load_dataset`).
+
+    ``flip``: whether a horizontal mirror keeps an image's class. The simple augmentation (random crop +
+    flip: real rows under ``combined``, ``simple`` training, the SRe2L teacher) flips only when it does;
+    handwriting (``digits``, MNIST) sets it false. DSA keeps its own strategies (``distill.dsa_strategies``).
+    """
 
     name: str = "digits"
     root: str | None = None
@@ -55,6 +60,7 @@ class DataConfig:
     val_fraction: float = 0.05
     split_seed: int = 0
     image_size: int | None = None
+    flip: bool = True
 
     def __post_init__(self) -> None:
         _check_range("data.val_fraction", self.val_fraction, 0.0, 0.5)
@@ -522,7 +528,7 @@ def to_dict(cfg: Any) -> Any:
 # Settings added after files keyed by their section were first written (expert caches, checkpoints,
 # final sets, reproduce's sets and cells), with the value that older versions implicitly used.
 ADDED_SETTINGS: dict[str, dict[str, Any]] = {
-    "data": {"image_size": None},
+    "data": {"image_size": None, "flip": True},
     "experts": {"snapshot_every": None},
     "distill": {"precision": "fp32", "coverage_every": 0, "method": "mtt", "gm_outer_loop": 10, "gm_inner_loop": 10,
                 "gm_batch_real": 256, "gm_lr_img": 0.1, "gm_lr_net": 0.01, "sre2l_teacher_epochs": 20,

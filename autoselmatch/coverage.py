@@ -83,7 +83,7 @@ def reference_network(ds: ImageDataset, ec: EvalConfig, *, seed: int, path: Path
         train_x = ds.normalize(train_x.to(device))
         steps = budget_steps(ec, n_set=len(train_y), n_full=len(ds.train_labels))
         model = train_network(train_x, train_y.to(device), num_classes=ds.num_classes, cfg=ec, steps=steps,
-                              seed=seed, device=device)
+                              seed=seed, device=device, flip=ds.flip)
         features = embed(model, train_x)
         radius = float(nearest_distances(features, features, exclude_self=True).mean())
         save_torch({"state": {k: v.cpu() for k, v in model.state_dict().items()}, "radius": radius}, path)
@@ -105,6 +105,8 @@ def distill_reference(ds: ImageDataset, cfg: RunConfig, device: torch.device) ->
     """
     ec = reference_config(cfg)
     data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("root", "download")}
+    if cfg.data.flip:  # data.flip came later: the references keyed before it keep their keys
+        del data["flip"]
     evaluate = {k: v for k, v in to_dict(ec).items() if k not in ("runs", "stack_runs")}
     key = stable_hash({"dataset": ds.name, "data": data, "evaluate": evaluate, "seed": cfg.seed,
                        "what": "coverage reference"})

@@ -71,6 +71,8 @@ class ImageDataset:
         val_index: int64 (V,) ascending indices of the validation samples.
         image_size: The side every image was resized to at load (``data.image_size``);
             ``None``: the dataset's own size.
+        flip: Whether a horizontal mirror keeps the class (``data.flip``): the simple
+            augmentation flips only then.
     """
 
     name: str
@@ -84,6 +86,7 @@ class ImageDataset:
     train_index: torch.Tensor
     val_index: torch.Tensor
     image_size: int | None = None
+    flip: bool = True
 
     @property
     def num_classes(self) -> int:
@@ -149,6 +152,7 @@ def load_dataset(
     val_fraction: float = 0.05,
     split_seed: int = 0,
     image_size: int | None = None,
+    flip: bool = True,
     device: torch.device | str = "cpu",
 ) -> ImageDataset:
     """Load a dataset by name and carve its validation split.
@@ -162,6 +166,7 @@ def load_dataset(
         split_seed: Seed of the validation split (independent of the run seed).
         image_size: Resize every image (train and test) to this square side once, at
             load (see :func:`resize_raw`); ``None`` keeps the dataset's size.
+        flip: Whether a horizontal mirror keeps the class (the simple augmentation flips only then).
         device: Where the tensors are placed.
     """
     if not 0.0 <= val_fraction <= 0.5:
@@ -193,13 +198,15 @@ def load_dataset(
         train_index=train_index,
         val_index=val_index,
         image_size=image_size,
+        flip=flip,
     ).to(device)
 
 
 def load_configured(data: "DataConfig", *, device: torch.device | str = "cpu") -> ImageDataset:
     """:func:`load_dataset` with the settings of a :class:`~autoselmatch.config.DataConfig`."""
     return load_dataset(data.name, root=data.root, download=data.download, val_fraction=data.val_fraction,
-                        split_seed=data.split_seed, image_size=data.image_size, device=device)
+                        split_seed=data.split_seed, image_size=data.image_size, flip=data.flip,
+                        device=device)
 
 
 def check_image_size(name: str, image_size: object) -> None:

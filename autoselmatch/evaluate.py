@@ -161,6 +161,7 @@ def train_network(
     seed: int = 0,
     epoch_callback: EpochCallback | None = None,
     device: torch.device | str | None = None,
+    flip: bool = True,
 ) -> nn.Module:
     """Train a fresh ``cfg.model`` from scratch on a tensor set for ``steps`` optimizer steps.
 
@@ -170,7 +171,7 @@ def train_network(
         The trained model, in eval mode.
     """
     return train_networks(images, labels, num_classes=num_classes, cfg=cfg, steps=steps, distill_mask=distill_mask,
-                          seeds=[seed], epoch_callback=epoch_callback, device=device)
+                          seeds=[seed], epoch_callback=epoch_callback, device=device, flip=flip)
 
 
 def train_networks(
@@ -184,6 +185,7 @@ def train_networks(
     seeds: Sequence[int] = (0,),
     epoch_callback: EpochCallback | None = None,
     device: torch.device | str | None = None,
+    flip: bool = True,
 ) -> nn.Module:
     """Train ``len(seeds)`` fresh ``cfg.model`` networks from scratch at once, each as if alone.
 
@@ -211,6 +213,7 @@ def train_networks(
             from 0; the last one may be partial); one network only. Exceptions it raises (e.g.
             ``optuna.TrialPruned``) propagate.
         device: Where to train; default ``images.device``.
+        flip: Whether the simple augmentation mirrors (``ImageDataset.flip``); DSA is unaffected.
 
     Returns:
         The trained networks, in eval mode: the model itself for one seed, else the stacked
@@ -272,7 +275,7 @@ def train_networks(
             for (distill_perm, select_perm), host_gen, device_gen in zip(perms, host_gens, device_gens):
                 idx = torch.cat([distill_perm[d0:d1], select_perm[s0:s1]])  # (B,)
                 xs.append(augment_grouped(x_all[idx], d1 - d0, cfg.augment, generator=device_gen,
-                                          host_generator=host_gen))
+                                          host_generator=host_gen, flip=flip))
                 ys.append(y_all[idx])
             x = (xs[0] if k == 1 else torch.cat(xs, dim=1)).contiguous(memory_format=memory_format)  # (B, k*C, H, W)
             # (B * k,) or (B * k, num_classes) soft; row b * k + r: network r, sample b
@@ -502,7 +505,7 @@ def evaluate_set(
         group_start = time.perf_counter()
         model = train_networks(train_x, train_y, num_classes=ds.num_classes, cfg=cfg, steps=steps,
                                distill_mask=distill_mask, seeds=[seed + run for run in group], epoch_callback=callback,
-                               device=device)
+                               device=device, flip=ds.flip)
         accs += accuracies(model, eval_x, eval_y, networks=len(group))
         train_seconds += [(time.perf_counter() - group_start) / len(group)] * len(group)
         LOG.debug("evaluate runs %s of %d: %s accuracy %s (%d steps)", [r + 1 for r in group], runs, split,

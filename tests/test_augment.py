@@ -209,6 +209,22 @@ def test_simple_augment_is_a_padded_crop_plus_flip():
     assert 5 < flips < 35
 
 
+def test_without_flip_the_simple_augmentation_only_crops_everywhere_it_applies():
+    """data.flip = false (digits): no mirrored row from simple, nor from the real rows of combined, in any form."""
+    x = torch.randn(40, 1, 8, 8)
+    mask = torch.arange(40) < 10  # 10 distilled rows, 30 real ones
+    outs = [simple_augment(x, generator=gen(8), flip=False),
+            augment_grouped(x, 0, "simple", generator=gen(8), flip=False),
+            get_augmentation("simple")(x, None, gen(8), flip=False),
+            get_augmentation("combined")(x, None, gen(8), flip=False)]
+    combined = combined_augment(x, mask, generator=gen(8), flip=False)
+    outs.append(torch.cat([x[:10], combined[10:]]))  # the real rows of a combined batch
+    for out in outs:
+        assert all(find_shift(out[b], x[b], max_shift=1) is not None for b in range(len(x)))
+    flipped = simple_augment(x, generator=gen(8), flip=True)
+    assert any(find_shift(flipped[b], x[b], max_shift=1) is None for b in range(len(x)))
+
+
 def test_simple_augment_rejects_negative_pad():
     with pytest.raises(InvalidArgument, match="pad"):
         simple_augment(torch.randn(2, 1, 8, 8), pad=-1)

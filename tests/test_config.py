@@ -147,3 +147,12 @@ def test_key_dict_leaves_out_added_settings_only_at_their_legacy_values():
     changed = key_dict("distill", DistillConfig(precision="bf16"))
     assert changed["precision"] == "bf16" and "coverage_every" not in changed
     assert key_dict("tune", load_preset("digits").tune) == to_dict(load_preset("digits").tune)  # no added settings
+
+
+def test_data_flip_is_keyed_only_when_off():
+    from autoselmatch.config import DataConfig, key_dict
+
+    assert "flip" not in key_dict("data", DataConfig())  # caches keyed before data.flip keep their keys
+    assert key_dict("data", DataConfig(flip=False))["flip"] is False
+    assert load_preset("digits").data.flip is False  # a mirrored digit is another symbol
+    assert load_preset("fashion-mnist").data.flip and load_preset("cifar10").data.flip

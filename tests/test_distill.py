@@ -498,8 +498,10 @@ FIXTURE_SETTINGS = {  # the --set options of the command in tests/fixtures/READM
 }
 
 
-def test_a_checkpoint_of_the_previous_release_resumes_bit_for_bit(digits, experts, expert_cache, tmp_path):
-    """checkpoint-v0.1.0.pt (iteration 2 of 2) extended to 4 iterations equals a fresh 4-iteration run."""
+def test_a_checkpoint_of_the_previous_release_resumes_as_a_fresh_run(digits, experts, expert_cache, tmp_path):
+    """checkpoint-v0.1.0.pt (iteration 2 of 2) extended to 4 iterations equals a fresh 4-iteration run, up to
+    float32 rounding: the fixture was written on another CPU, whose convolution kernels round otherwise (on
+    one machine, resumes are bit for bit: test_resume_after_an_interruption_reproduces_the_uninterrupted_run)."""
     cfg = apply_overrides(load_preset("digits"), {**FIXTURE_SETTINGS, "cache_dir": str(expert_cache),
                                                   "distill.iterations": 4})
     shutil.copy(FIXTURES / "checkpoint-v0.1.0.pt", tmp_path / CHECKPOINT_FILE)
@@ -507,9 +509,10 @@ def test_a_checkpoint_of_the_previous_release_resumes_bit_for_bit(digits, expert
     whole = selmatch(digits, cfg, ipc=2, alpha=0.5, experts=experts)
     old = SyntheticSet.load(FIXTURES / "set-v0.1.0.pt")
 
-    assert resumed.iterations == 4 and resumed.loss_history[:2] == old.loss_history
-    assert resumed.loss_history == whole.loss_history
-    assert torch.equal(resumed.images, whole.images) and resumed.eta == whole.eta
+    assert resumed.iterations == 4 and resumed.loss_history[:2] == pytest.approx(old.loss_history, rel=1e-4)
+    assert resumed.loss_history == pytest.approx(whole.loss_history, rel=1e-4)
+    torch.testing.assert_close(resumed.images, whole.images, rtol=0, atol=2e-3)  # pixels move ~0.03 std here
+    assert resumed.eta == pytest.approx(whole.eta, rel=1e-5)
     assert load_torch(tmp_path / CHECKPOINT_FILE)["iteration"] == 4
 
 

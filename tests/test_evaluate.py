@@ -166,6 +166,37 @@ def test_evaluate_set_is_seeded_and_runs_differ(digits):
     assert a.std == pytest.approx(float(np.std(a.accuracies)))
 
 
+def test_evaluation_and_coverage_reference_follow_the_datasets_flip(digits, monkeypatch, tmp_path):
+    """A dataset loaded with data.flip = false (digits' preset) trains every network without mirrors."""
+    import autoselmatch.evaluate as evaluate
+    from autoselmatch.config import apply_overrides, load_preset
+    from autoselmatch.coverage import distill_reference
+    from autoselmatch.data import load_configured
+
+    seen = []
+    real = evaluate.augment_grouped
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["flip"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "augment_grouped", spy)
+    x, y = digits.split("train")
+    subset = per_class(y, 3)
+    for flip in (True, False):
+        seen.clear()
+        ds = replace(digits, flip=flip)
+        evaluate_set(ds, x[subset], y[subset], cfg=small_cfg(epochs=1), runs=1)
+        assert seen and set(seen) == {flip}
+    cfg = apply_overrides(load_preset("digits"), {"cache_dir": str(tmp_path), "device": "cpu",
+                                                  "reproduce.full_epochs": 1, "evaluate.model.width": 8})
+    ds = load_configured(cfg.data)
+    assert ds.flip is False
+    seen.clear()
+    distill_reference(ds, cfg, torch.device("cpu"))
+    assert seen and set(seen) == {False}
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_stacked_networks_train_as_each_would_alone(digits, channels_last):
     """train_networks(seeds) gives network r what train_network(seed r) gives: same init, batches, augmentation."""

@@ -126,7 +126,7 @@ def test_a_worker_joining_a_study_just_created_elsewhere_uses_its_creators_uid(t
 # The tiny settings of the command that made tests/fixtures/beta-study-settings-v0.1.0.json (see its README).
 OLD_BETA_STUDY = {
     "scores.epochs": 1, "scores.networks": 1, "evaluate.model.width": 8, "evaluate.epochs": 2, "evaluate.runs": 1,
-    "tune.beta_seeds": 1, "evaluate.budget_fraction": 1.0,
+    "tune.beta_seeds": 1, "evaluate.budget_fraction": 1.0, "data.flip": True,  # the digits preset's flip then
 }
 
 
@@ -152,6 +152,25 @@ def test_a_beta_study_from_before_tune_beta_augment_resumes_only_on_crop_and_fli
     else:
         study = _open(storage, settings, defaults=default_settings("beta", 10))
         assert study.user_attrs["settings"]["beta_augment"] == "simple"
+
+
+def test_a_digits_study_from_before_data_flip_is_refused_under_the_preset_without_flips(tmp_path):
+    """Its networks trained on mirrored digits; the digits preset now crops only (data.flip = false)."""
+    import json
+    from pathlib import Path
+
+    from autoselmatch.config import apply_overrides, load_preset
+    from autoselmatch.tune._stage import default_settings, stage_settings
+
+    stored = json.loads((Path(__file__).parent / "fixtures" / "beta-study-settings-v0.1.0.json").read_text())
+    storage = open_storage(parse_storage(f"sqlite:///{tmp_path / 's.db'}"))
+    optuna.create_study(storage=storage, study_name="d-ipc10-beta", direction="maximize").set_user_attr("settings",
+                                                                                                        stored)
+    values = {**OLD_BETA_STUDY, "device": "cpu", "tune.beta_augment": "simple"}
+    del values["data.flip"]
+    settings = stage_settings(apply_overrides(load_preset("digits"), values), "beta", 10)
+    with pytest.raises(InvalidArgument, match=r"flip"):
+        _open(storage, settings, defaults=default_settings("beta", 10))
 
 
 # --------------------------------------------------------------------------------------------

@@ -188,7 +188,7 @@ def _train(net: nn.Module, ds: ImageDataset, cfg: RunConfig, folder: Path, key: 
         order = torch.randperm(len(y_all), generator=generator).to(device)
         for step in range(steps):
             batch = order[step * TEACHER_BATCH:(step + 1) * TEACHER_BATCH]
-            loss = F.cross_entropy(net(simple_augment(x_all[batch], generator=aug)), y_all[batch])
+            loss = F.cross_entropy(net(simple_augment(x_all[batch], generator=aug, flip=ds.flip)), y_all[batch])
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"the SRe2L teacher diverged in epoch {epoch + 1}; lower "
                                        f"distill.sre2l_teacher_lr ({dc.sre2l_teacher_lr})")
@@ -304,7 +304,7 @@ def kd_evaluate(ds: ImageDataset, images: torch.Tensor, teacher: nn.Module, *, c
             if len(order) < min(cfg.batch_size, len(images)):
                 order = torch.cat([order, torch.randperm(len(images), generator=generator)])
             batch, order = order[:cfg.batch_size].to(device), order[cfg.batch_size:]
-            x = augment(images[batch], None if mask is None else mask[batch], aug)
+            x = augment(images[batch], None if mask is None else mask[batch], aug, flip=ds.flip)
             with torch.no_grad():
                 target = F.softmax(teacher(x) / temperature, dim=1)
             log_p = F.log_softmax(student(x) / temperature, dim=1)

@@ -116,6 +116,8 @@ def expert_manifest(ds: ImageDataset, cfg: RunConfig) -> dict[str, Any]:
     }
     if snapshot is not None:  # absent by default: the key (and folder) of the per-epoch layout is unchanged
         key["snapshot_every"] = snapshot
+    if e.augment == "simple" and not ds.flip:  # crops without mirrors (data.flip); absent otherwise, as before
+        key["flip"] = False
     return key
 
 

@@ -56,6 +56,7 @@ class _TrainingData:
     num_classes: int
     augment: str  # none, simple or dsa
     device: torch.device
+    flip: bool = True  # whether ``simple`` mirrors (data.flip)
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ def _training_data(ds: ImageDataset, cfg: RunConfig, zca: ZCAWhitening | None, d
     if zca is not None:
         images, val_images = zca(images), zca(val_images)
     return _TrainingData(images, labels.to(device), val_images, val_labels.to(device), ds.num_classes,
-                         cfg.experts.augment, device)
+                         cfg.experts.augment, device, ds.flip)
 
 
 def _fitted_zca(ds: ImageDataset, eps: float, directory: Path) -> ZCAWhitening:
@@ -427,7 +428,8 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: _Trai
         index = perm[start : start + batch_size]
         images, labels = data.images[index], data.labels[index]  # (B, C, H, W), (B,)
         strategy = draw_strategy(generator=order) if data.augment == "dsa" else None
-        images = augment_grouped(images, len(index), data.augment, generator=augment_generator, strategy=strategy)
+        images = augment_grouped(images, len(index), data.augment, generator=augment_generator, strategy=strategy,
+                                 flip=data.flip)
         logits = model(images)  # (B, num_classes)
         loss = nn.functional.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
