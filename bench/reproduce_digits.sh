@@ -7,7 +7,8 @@
 #               (600 steps of 128 per network on digits); beta trials and quick alpha scores 20 % of it
 #   OUT/short   evaluate.budget_fraction 0.05: 30 steps per network (beta trials 6 steps)
 # Coverage of the easy and hard test halves is recorded every 50 distillation iterations (the paper's
-# Figure 7: OUT/*/coverage.html). 5 networks per cell, test split. About 1 h on one CPU core.
+# Figure 7: OUT/*/coverage.html). 5 networks per cell, test split. About 45 min on one CPU core.
+# Results and what they say: bench/RESULTS.md, "Digits at the paper's budget".
 #
 #   bash bench/reproduce_digits.sh [OUT]        (default OUT=/tmp/repro-digits; rerunning resumes)
 set -euo pipefail
