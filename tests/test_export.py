@@ -253,6 +253,22 @@ def test_augmented_samples_change_and_keep_labels(result_file, tmp_path):
     assert sum(not torch.equal(a[0], p[0]) for a, p in pairs) > len(pairs) // 2
 
 
+def test_augmented_samples_mirror_only_where_the_study_allowed_it(result_file, tmp_path, monkeypatch):
+    import autoselmatch.augment as augment
+
+    seen = []
+    real = augment.combined_augment
+    monkeypatch.setattr(augment, "combined_augment", lambda *a, **kw: seen.append(kw["flip"]) or real(*a, **kw))
+    export_set(result_file, tmp_path / "e", formats=["pt"])
+    loaded = load_distilled(tmp_path / "e", augment=True)
+    assert loaded.flip  # the export does not say: flips, as before data.flip
+    loaded[0]
+    loaded.manifest["study_settings"] = {"data": {"name": "digits", "flip": False}}  # as a digits study records
+    assert not loaded.flip
+    loaded[0]
+    assert seen == [True, False]
+
+
 def test_three_line_training_recipe(result_file, tmp_path):
     export_set(result_file, tmp_path / "e", formats=["pt"])
     train = autoselmatch.load_distilled(tmp_path / "e", augment=True)

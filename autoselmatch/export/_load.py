@@ -25,7 +25,8 @@ class DistilledSet(torch.utils.data.Dataset):
     distilled values when the export kept them, else the uint8 pixels
     normalised with the stored mean/std). With ``augment=True`` each sample
     goes through SelMatch's combined augmentation: DSA for D_distill images,
-    random crop + flip for D_select images. Batched training loops can skip
+    random crop + flip for D_select images (crop only when the study that made
+    the set had ``data.flip`` off, as the ``digits`` preset has). Batched training loops can skip
     the per-sample path: take ``images``, ``labels`` and ``distill_mask`` and
     call :func:`autoselmatch.augment.combined_augment` on each batch.
 
@@ -61,6 +62,13 @@ class DistilledSet(torch.utils.data.Dataset):
         self.generator = generator
 
     @property
+    def flip(self) -> bool:
+        """Whether D_select images may be mirrored: ``data.flip`` of the study that made the set (True when
+        the export does not say, e.g. a set exported from a file)."""
+        data = (self.manifest.get("study_settings") or {}).get("data") or {}
+        return bool(data.get("flip", True))
+
+    @property
     def classes(self) -> list[str]:
         return list(self.manifest["classes"])
 
@@ -80,7 +88,8 @@ class DistilledSet(torch.utils.data.Dataset):
         if self.augment:
             from ..augment import combined_augment
 
-            image = combined_augment(image[None], self.distill_mask[index : index + 1], generator=self.generator)[0]
+            image = combined_augment(image[None], self.distill_mask[index : index + 1], generator=self.generator,
+                                     flip=self.flip)[0]
         return image, self.labels[index]
 
 
