@@ -68,26 +68,17 @@ def main() -> None:
                            "seed": args.seed})
     ds = load_configured(cfg.data)
     pool = ds.train_index.numpy()
-    scores = {}
+    full, scores = {}, {}  # name -> float (N,) over the training split; its values on the pool
     for name in NAMES:
         run = apply_overrides(cfg, {"scores.name": name})
-        values = get_scores(ds, run.scores, cache_dir=run.cache_path, seed=run.seed, run=run)
-        scores[name] = values.numpy()[pool].astype(np.float64)
+        full[name] = get_scores(ds, run.scores, cache_dir=run.cache_path, seed=run.seed, run=run)
+        scores[name] = full[name].numpy()[pool].astype(np.float64)
 
     report = correlations(scores, len(pool))
     if args.ipc is not None:
-        report["windows"] = windows(ds, cfg, {n: get_scores_tensor(v, ds, pool) for n, v in scores.items()},
-                                    ipc=args.ipc, betas=parse_betas(args.betas), seeds=args.seeds,
+        report["windows"] = windows(ds, cfg, full, ipc=args.ipc, betas=parse_betas(args.betas), seeds=args.seeds,
                                     fraction=args.fraction if args.fraction is not None else cfg.evaluate.quick_fraction)
     print(json.dumps(report, indent=1))
-
-
-def get_scores_tensor(pool_values: np.ndarray, ds, pool: np.ndarray) -> torch.Tensor:
-    """Scores over the whole training split (float (N,)) from their values on the pool; off-pool rows are never
-    selected."""
-    values = torch.zeros(len(ds.train_labels), dtype=torch.float64)
-    values[torch.from_numpy(pool)] = torch.from_numpy(pool_values)
-    return values
 
 
 def correlations(scores: dict[str, np.ndarray], n_pool: int) -> dict:
