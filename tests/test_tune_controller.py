@@ -2,6 +2,8 @@
 
 import math
 import subprocess
+import threading
+import time
 import sys
 
 import optuna
@@ -241,3 +243,49 @@ def test_a_failing_baseline_is_retried_up_to_max_failures_then_left(tmp_path):
     failed = [t for t in study.trials if t.user_attrs.get("baseline") == "random"]
     assert [t.state for t in failed] == [TrialState.FAIL] * 2 and all("error" in t.user_attrs for t in failed)
     assert outcome.stopped == "done" and outcome.best_point == 0.2
+
+
+def test_a_stage_ends_only_once_no_other_worker_runs_its_baseline_and_a_dead_workers_is_rerun(tmp_path):
+    """Another process on this host holds the baseline, RUNNING, then dies: the controller, out of
+    grid points, waits for it instead of ending without a baseline, fails it as orphaned and runs it."""
+    spec, study = make_study(tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        study.enqueue_trial({"init": "random"}, user_attrs={"baseline": "random",
+                                                            "worker": {"host": worker_id()["host"], "pid": other.pid}})
+        held = study.ask()
+        held.suggest_categorical("init", ["random"])
+        threading.Timer(1.0, lambda: (other.kill(), other.wait())).start()  # reaped: a zombie is still alive
+        started = time.monotonic()
+        outcome = SearchController(study, spec, GridSearch((0.1, 0.2)), param="beta", objective=lambda x, t: x,
+                                   trial_attrs={"baseline": None}, baselines={"random": lambda t: 0.15},
+                                   poll_seconds=0.05).run()
+    finally:
+        other.kill()
+        other.wait()
+    assert time.monotonic() - started >= 1.0  # it waited for the other worker
+    assert outcome.stopped == "done" and outcome.best_point == 0.2
+    assert study.trials[held.number].state == TrialState.FAIL
+    done = [(t.user_attrs["baseline"], t.params.get("beta")) for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(done, key=str) == sorted([("random", None), (None, 0.1), (None, 0.2)], key=str)
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+
+
+def test_a_used_budget_still_waits_for_the_trials_that_used_it(tmp_path):
+    """A RUNNING trial counts against the budget; when its worker dies the budget frees up and its
+    point is run again, instead of the stage ending with it RUNNING."""
+    spec, study = make_study(tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        study.enqueue_trial({"beta": 0.3}, user_attrs={"worker": {"host": worker_id()["host"], "pid": other.pid}})
+        held = study.ask()
+        held.suggest_float("beta", 0.1, 0.3)
+        threading.Timer(0.5, lambda: (other.kill(), other.wait())).start()
+        outcome = SearchController(study, spec, GridSearch((0.1, 0.2, 0.3)), param="beta",
+                                   objective=lambda x, t: x, max_trials=3, poll_seconds=0.05).run()
+    finally:
+        other.kill()
+        other.wait()
+    assert outcome.stopped == "budget" and outcome.best_point == 0.3
+    assert study.trials[held.number].state == TrialState.FAIL
+    assert sorted(points(study)) == [0.1, 0.2, 0.3]

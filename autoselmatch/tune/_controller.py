@@ -229,7 +229,7 @@ class StageOutcome:
 
 
 _WAIT = "wait"
-_DONE = "done"
+_DONE = "done"  # the strategy has nothing left (a StopReason, as "budget" is)
 
 
 class SearchController:
@@ -253,7 +253,8 @@ class SearchController:
             ``baseline`` = name and the categorical param ``init`` = ``"random"``, never
             ``param``, so the search never sees it as a grid point.
         poll_seconds: Wait between looks when every useful point is being
-            evaluated by another worker.
+            evaluated by another worker, or when the search is over but another
+            worker still runs one of its trials or baselines.
 
     On server databases the storage lock is a no-op; two machines that claim
     the same point at the same moment are caught after the claim: the later
@@ -284,7 +285,12 @@ class SearchController:
         self.poll_seconds = poll_seconds
 
     def run(self) -> StageOutcome:
-        """Run trials until done; return the best point so far and why it stopped."""
+        """Run trials until done; return the best point so far and why it stopped.
+
+        It returns ``done`` or ``budget`` only once no trial of the search runs anywhere: a trial
+        another worker runs may change the optimum, and one whose worker died is failed by the
+        orphan check (heartbeat or process) and its point or baseline run again here.
+        """
         ran = 0
         while True:
             if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -292,13 +298,19 @@ class SearchController:
             with storage_lock(self.spec):
                 fail_orphaned_trials(self.study, self.spec)
                 status = self._status()
-                due = self._due_baselines()
+                due, running = self._baselines()
                 if self.max_trials is not None and status.used >= self.max_trials and not status.waiting \
                         and not due:
-                    return self.outcome(ran, "budget")
-                claim = self._claim(status, due)
-            if claim == _DONE:
-                return self.outcome(ran, "done")
+                    claim = _WAIT if status.pending or running else "budget"
+                else:
+                    claim = self._claim(status, due)
+                if claim == _DONE and (status.pending or running):
+                    # another worker still runs a trial of this stage: wait for it, so that every worker
+                    # reads the same outcome, and so that a trial whose worker dies is failed (by the
+                    # orphan check above) and retried rather than left RUNNING
+                    claim = _WAIT
+            if claim in (_DONE, "budget"):
+                return self.outcome(ran, claim)
             if claim == _WAIT:
                 time.sleep(self.poll_seconds)
                 continue
@@ -317,21 +329,26 @@ class SearchController:
         return summarize(self.study.get_trials(deepcopy=False), self.param, max_failures=self.max_failures,
                          line=self.line)
 
-    def _due_baselines(self) -> list[str]:
-        """Baselines without a settled or live trial: finished, pruned, running, waiting, or failed
-        ``max_failures`` times (trials failed by an interruption or as duplicates do not count)."""
+    def _baselines(self) -> tuple[list[str], bool]:
+        """The baselines still due, and whether one of ours is running or waiting.
+
+        Due: without a settled or live trial (finished, pruned, running, waiting, or failed
+        ``max_failures`` times; trials failed by an interruption or as duplicates do not count).
+        """
         if not self.baselines:
-            return []
+            return [], False
         settled: dict[str, int] = {}
+        running = False
         for trial in self.study.get_trials(deepcopy=False):
             name = trial.user_attrs.get(records.BASELINE)
             if name is None:
                 continue
             if trial.state != TrialState.FAIL:
                 settled[name] = self.max_failures
+                running |= name in self.baselines and trial.state in (TrialState.RUNNING, TrialState.WAITING)
             elif records.ERROR in trial.user_attrs:
                 settled[name] = settled.get(name, 0) + 1
-        return [name for name in self.baselines if settled.get(name, 0) < self.max_failures]
+        return [name for name in self.baselines if settled.get(name, 0) < self.max_failures], running
 
     def _claim(self, status: GridStatus, due: list[str]) -> tuple[optuna.Trial, float | str] | str:
         """Under the lock: pick a baseline or a point and turn it into a RUNNING trial of ours."""
