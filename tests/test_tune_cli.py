@@ -23,6 +23,7 @@ def invoke(*args):
     (["--ipc", "10", "--storage", "studies/x.txt"], "storage must be sqlite:///PATH.db"),
     (["--ipc", "10", "--pruner", "asha"], "unknown pruner 'asha'; choose one of: hyperband, median, none"),
     (["--ipc", "10", "--search", "spiral"], "unknown search strategy 'spiral'; choose one of: grid, line, tpe"),
+    (["--ipc", "10", "--beta-search", "spiral"], "unknown search strategy 'spiral'; choose one of: grid, line, tpe"),
     (["--ipc", "10", "--workers", "2"], "--workers 2 needs a storage several processes can write"),
     (["--ipc", "10", "--budget", "huge"], "tune.budget must be one of quick, paper, got 'huge'"),
     (["--ipc", "10", "--beta-trials", "0"], "tune.beta_trials must be >= 1, got 0"),
@@ -45,10 +46,10 @@ def test_bad_input_exits_2_with_one_line_before_any_work(tmp_path, monkeypatch, 
 def test_print_config_shows_the_tune_flags(tmp_path):
     result = invoke("tune", "--dataset", "digits", "--ipc", "10", "--search", "grid", "--pruner", "none",
                     "--budget", "paper", "--no-prior", "--alpha-trials", "4", "--z", "2", "--max-seeds", "3",
-                    "--print-config")
+                    "--beta-search", "tpe", "--print-config")
     assert result.exit_code == 0
     for line in ('search = "grid"', 'pruner = "none"', 'budget = "paper"', "prior = false", "alpha_trials = 4",
-                 "z = 2.0", "max_seeds = 3"):
+                 "z = 2.0", "max_seeds = 3", 'beta_search = "tpe"'):
         assert line in result.output
 
 

@@ -234,6 +234,36 @@ def test_grid_search_runs_every_point(tmp_path):
     assert result.ipcs[0].beta.best_point == 0.5
 
 
+class JaggedBeta(Synthetic):
+    """Stage 1's curve has a dip between the middle of the grid and its best window start (0.1)."""
+
+    def beta(self, ctx):
+        values = {0.0: 0.80, 0.1: 0.97, 0.2: 0.92, 0.3: 0.93, 0.4: 0.94, 0.5: 0.95, 0.6: 0.90, 0.7: 0.91, 0.8: 0.90}
+
+        def objective(beta, trial):
+            self._note("beta", beta)
+            return values[round(beta, 6)]
+
+        return objective
+
+
+def test_a_beta_sweep_finds_a_window_start_the_walk_misses_and_the_alpha_stage_still_walks(tmp_path):
+    walked = run(tmp_path / "line", cfg=config(), objectives=JaggedBeta)
+    assert walked.ipcs[0].beta.best_point == 0.5  # from the middle, both neighbours drop: the walk stops
+    log = tmp_path / "calls.log"
+    swept = run(tmp_path / "grid", cfg=config(**{"tune.beta_search": "grid"}),
+                objectives=functools.partial(JaggedBeta, log=log))
+    (r,) = swept.ipcs
+    assert r.beta.best_point == 0.1 and r.beta.ran == 9 + 1  # every window start, and the random baseline
+    assert sorted(float(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("beta ")) == \
+        [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    beta, alpha = load(tmp_path / "grid", "digits-ipc10-beta"), load(tmp_path / "grid", "digits-ipc10-alpha")
+    assert beta.user_attrs["search"]["strategy"] == "grid" and alpha.user_attrs["search"]["strategy"] == "line"
+    assert r.alpha.ran < 10 + 1 and r.alpha.best_point == 0.6  # a walk, not the alpha grid's 10 points
+    with pytest.raises(InvalidArgument, match="unknown search strategy 'sweep'"):
+        run(tmp_path / "bad", cfg=config(**{"tune.beta_search": "sweep"}))
+
+
 @pytest.mark.parametrize("text", ["", "10,", "ten", "10,x", "0", "-5", "2.5", "10;20"])
 def test_junk_ipc_lists_are_refused(text):
     with pytest.raises(InvalidArgument, match="--ipc"):

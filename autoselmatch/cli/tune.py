@@ -22,6 +22,8 @@ from ._common import (check_finite, emit, format_accuracy, global_options, outpu
 @click.option("--study-prefix", default=None, metavar="NAME",
               help="Studies are named PREFIX-ipcN-beta / -alpha (default: the dataset name).")
 @click.option("--search", default=None, metavar="NAME", help="Search strategy: line (default), grid or tpe.")
+@click.option("--beta-search", default=None, metavar="NAME",
+              help="The beta stage's search strategy, if not --search's (e.g. grid: beta trials are cheap).")
 @click.option("--pruner", default=None, metavar="NAME",
               help="Pruner: median (default), successive-halving, hyperband or none.")
 @click.option("--patience", type=int, default=None, help="Drops the line search tolerates before it stops (default 1).")
@@ -49,7 +51,7 @@ from ._common import (check_finite, emit, format_accuracy, global_options, outpu
 @global_options
 @click.pass_context
 def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, assignments, print_config, ipcs,
-         storage, artifacts, study_prefix, search, pruner, patience, score, method, budget, beta_trials, alpha_trials,
+         storage, artifacts, study_prefix, search, beta_search, pruner, patience, score, method, budget, beta_trials, alpha_trials,
          timeout, z, max_seeds, no_prior, new_study, force, workers, output) -> None:
     """Tune alpha and beta for one or more IPCs with Optuna and save the best distilled set.
 
@@ -72,6 +74,7 @@ def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, as
     """
     overrides = {
         "tune.search": search,
+        "tune.beta_search": beta_search,
         "tune.pruner": pruner,
         "tune.patience": patience,
         "tune.budget": budget,
