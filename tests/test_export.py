@@ -269,6 +269,20 @@ def test_augmented_samples_mirror_only_where_the_study_allowed_it(result_file, t
     assert seen == [True, False]
 
 
+def test_a_set_exported_from_a_file_keeps_the_flip_setting_of_the_run_that_made_it(result, tmp_path):
+    from autoselmatch.config import load_preset, to_dict
+
+    settings = {**result.settings, "config": to_dict(load_preset("digits"))}  # as `distill` stores its run
+    assert settings["config"]["data"]["flip"] is False
+    made = dataclasses.replace(result, settings=settings).save(tmp_path / "result.pt")
+    export_set(made, tmp_path / "e", formats=["pt"])
+    assert not load_distilled(tmp_path / "e").flip
+    settings["config"]["data"]["flip"] = True
+    export_set(dataclasses.replace(result, settings=settings).save(tmp_path / "flips.pt"), tmp_path / "f",
+               formats=["pt"])
+    assert load_distilled(tmp_path / "f").flip
+
+
 def test_three_line_training_recipe(result_file, tmp_path):
     export_set(result_file, tmp_path / "e", formats=["pt"])
     train = autoselmatch.load_distilled(tmp_path / "e", augment=True)

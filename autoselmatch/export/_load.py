@@ -63,10 +63,14 @@ class DistilledSet(torch.utils.data.Dataset):
 
     @property
     def flip(self) -> bool:
-        """Whether D_select images may be mirrored: ``data.flip`` of the study that made the set (True when
-        the export does not say, e.g. a set exported from a file)."""
-        data = (self.manifest.get("study_settings") or {}).get("data") or {}
-        return bool(data.get("flip", True))
+        """Whether D_select images may be mirrored: ``data.flip`` of the study that made the set, else of
+        the run that made it (a set exported from a file); True when neither says (sets made before
+        ``data.flip``)."""
+        for data in ((self.manifest.get("study_settings") or {}).get("data"),
+                     ((self.manifest.get("settings") or {}).get("config") or {}).get("data")):
+            if isinstance(data, dict) and "flip" in data:
+                return bool(data["flip"])
+        return True
 
     @property
     def classes(self) -> list[str]:
