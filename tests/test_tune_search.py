@@ -187,6 +187,47 @@ def test_pruner_registry_builds_each_pruner(name, cls):
     assert name in PRUNERS
 
 
+def test_the_median_pruner_compares_a_trial_only_with_finished_grid_trials_of_its_own_line():
+    """An alpha study: two alpha trials at beta 0.4 (step-1 values .5 and .6), and, far ahead at step 1,
+    the MTT baseline, two refinement trials (beta searched at alpha 0.6) and an alpha trial of another
+    line (beta 0.2). Optuna's median over all of them (0.9) would prune a trial at 0.58; its peers'
+    median (0.55) does not."""
+    study = optuna.create_study(direction="maximize", pruner=build_pruner("median", startup_trials=2))
+    unit = optuna.distributions.FloatDistribution(0, 1)
+    init = optuna.distributions.CategoricalDistribution(["random"])
+
+    def add(early, params, **attrs):
+        dists = {k: init if k == "init" else unit for k in params}
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=early, params=params,
+                                                  distributions=dists, intermediate_values={1: early},
+                                                  user_attrs={"baseline": None, **attrs}))
+
+    add(0.5, {"alpha": 0.3}, beta=0.4)
+    add(0.6, {"alpha": 0.5}, beta=0.4)
+    add(0.95, {"init": "random"}, baseline="mtt")
+    add(0.9, {"beta": 0.2}, alpha=0.6)
+    add(0.9, {"beta": 0.3}, alpha=0.6)
+    add(0.9, {"alpha": 0.7}, beta=0.2)
+
+    def pruned(value, param, **attrs):
+        trial = study.ask()
+        if param == "init":
+            trial.suggest_categorical("init", ["random"])
+        else:
+            trial.suggest_float(param, 0, 1)
+        for key, attr in {"baseline": None, **attrs}.items():
+            trial.set_user_attr(key, attr)
+        trial.report(value, 1)
+        return trial.should_prune()
+
+    assert not pruned(0.58, "alpha", beta=0.4)
+    assert pruned(0.52, "alpha", beta=0.4)
+    assert pruned(0.85, "beta", alpha=0.6)  # the refinement's own peers are at 0.9
+    assert not pruned(0.01, "init", baseline="mtt")  # a baseline has no peers: it always finishes
+    assert optuna.pruners.MedianPruner(n_startup_trials=2).prune(
+        study, study.trials[-4])  # what Optuna's own median would have done with the first one
+
+
 def test_unknown_pruner_is_refused():
     with pytest.raises(UnknownNameError, match="unknown pruner 'asha'; choose one of: hyperband, median, none"):
         build_pruner("asha")

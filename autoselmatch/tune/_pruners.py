@@ -2,28 +2,80 @@
 
 Both stages report at steps (epochs for beta, distillation iterations for
 alpha). A line search runs few trials, so the default lets the median pruner
-act as soon as two trials have finished instead of Optuna's five.
+act as soon as two of a trial's peers have finished instead of Optuna's five.
 
     pruner = build_pruner("median", startup_trials=2, warmup_steps=0)
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Container
 
 import optuna
+from optuna.trial import FrozenTrial
 
+from .. import records
 from ..errors import InvalidArgument
 from ..registry import Registry
 
 PrunerBuilder = Callable[[int, int], optuna.pruners.BasePruner]
 PRUNERS: Registry[PrunerBuilder] = Registry("pruner")
 
+_KNOBS = (records.BETA, records.ALPHA)
+
+
+def peers(a: FrozenTrial, b: FrozenTrial) -> bool:
+    """Whether ``a`` and ``b`` are grid trials of one line: neither is a baseline, they search the same
+    knob, and the knob fixed on the line (a user attr: ``alpha`` 0 in the beta stage, stage 1's ``beta``
+    in the alpha stage, the chosen ``alpha`` in the beta refinement) has the same value."""
+    if a.user_attrs.get(records.BASELINE) is not None or b.user_attrs.get(records.BASELINE) is not None:
+        return False
+    if set(a.params) != set(b.params):
+        return False
+    return all(_fixed(a, knob) == _fixed(b, knob) for knob in _KNOBS if knob not in b.params)
+
+
+def _fixed(trial: FrozenTrial, knob: str) -> float | None:
+    value = trial.user_attrs.get(knob)
+    return round(float(value), 6) if isinstance(value, (int, float)) else None
+
+
+class _PeerView:
+    """``study`` as a pruner reads it, with ``get_trials`` narrowed to the peers of ``trial``."""
+
+    def __init__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._study, self._trial = study, trial
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states: Container[Any] | None = None) -> list[FrozenTrial]:
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if peers(t, self._trial)]
+
+
+class PeerMedianPruner(optuna.pruners.MedianPruner):
+    """Optuna's median pruner, comparing a trial only with its peers (:func:`peers`).
+
+    A stage's study also holds its baseline (random selection in the beta study, MTT in the alpha
+    study), whose sets are of another kind and often score far above or below the grid early on,
+    and the alpha study holds the beta refinement's line too. Compared with them, a window or a
+    portion was pruned for being worse than a different method, and a line search treats a pruned
+    point as the worst, so one such comparison could end a walk. A baseline is compared with nothing
+    (it has no peers), so it always finishes.
+
+    Args:
+        n_startup_trials: Finished peers before it may prune.
+        n_warmup_steps: Steps of each trial that are never pruned.
+    """
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return super().prune(_PeerView(study, trial), trial)  # type: ignore[arg-type]
+
 
 @PRUNERS.register("median")
 def _median(startup_trials: int, warmup_steps: int) -> optuna.pruners.BasePruner:
-    """Stop a trial below the median of earlier trials at the same step."""
-    return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_steps)
+    """Stop a trial below the median of its finished peers at the same step (:class:`PeerMedianPruner`)."""
+    return PeerMedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_steps)
 
 
 @PRUNERS.register("successive-halving")
@@ -60,4 +112,4 @@ def build_pruner(name: str, *, startup_trials: int = 2, warmup_steps: int = 0) -
     return builder(startup_trials, warmup_steps)
 
 
-__all__ = ["PRUNERS", "build_pruner"]
+__all__ = ["PRUNERS", "PeerMedianPruner", "build_pruner", "peers"]
