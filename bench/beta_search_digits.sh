@@ -16,7 +16,7 @@ for SEED in $SEEDS; do
   for SEARCH in line grid; do
     RUN="$OUT/$SEARCH-s$SEED"
     autoselmatch --device cpu --seed "$SEED" bench reproduce -d digits --ipc 1%,5%,10%,20% --runs 5 \
-      --methods window,selmatch --cache-dir "$OUT/cache-s$SEED" \
+      --methods window,selmatch --no-ablation --no-coverage --cache-dir "$OUT/cache-s$SEED" \
       --set distill.iterations=400 --set tune.trial_iterations=200 --set evaluate.budget_fraction=1.0 \
       --set tune.beta_search="$SEARCH" --out "$RUN" > "$RUN.log" 2>&1
     echo "== seed $SEED, beta stage: $SEARCH =="; cat "$RUN/table.md"

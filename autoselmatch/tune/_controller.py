@@ -229,7 +229,8 @@ class StageOutcome:
 
 
 _WAIT = "wait"
-_DONE = "done"  # the strategy has nothing left (a StopReason, as "budget" is)
+_DONE: StopReason = "done"  # the strategy has nothing left
+_BUDGET: StopReason = "budget"  # max_trials are used
 
 
 class SearchController:
@@ -291,7 +292,7 @@ class SearchController:
         another worker runs may change the optimum, and one whose worker died is failed by the
         orphan check (heartbeat or process) and its point or baseline run again here.
         """
-        ran = 0
+        ran, told = 0, False
         while True:
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 return self.outcome(ran, "timeout")
@@ -301,15 +302,18 @@ class SearchController:
                 due, running = self._baselines()
                 if self.max_trials is not None and status.used >= self.max_trials and not status.waiting \
                         and not due:
-                    claim = _WAIT if status.pending or running else "budget"
+                    claim = _BUDGET
                 else:
                     claim = self._claim(status, due)
-                if claim == _DONE and (status.pending or running):
+                if claim in (_DONE, _BUDGET) and (status.pending or running):
                     # another worker still runs a trial of this stage: wait for it, so that every worker
                     # reads the same outcome, and so that a trial whose worker dies is failed (by the
                     # orphan check above) and retried rather than left RUNNING
-                    claim = _WAIT
-            if claim in (_DONE, "budget"):
+                    if not told:
+                        LOG.info("%s: nothing left to start here; waiting for the trials other workers run%s",
+                                 self.study.study_name, " (and the baseline)" if running else "")
+                    claim, told = _WAIT, True
+            if claim in (_DONE, _BUDGET):
                 return self.outcome(ran, claim)
             if claim == _WAIT:
                 time.sleep(self.poll_seconds)
