@@ -341,11 +341,11 @@ class TuneConfig:
         beta_grid: Candidate window starts (fractions of each class, hardest first).
         alpha_grid: Candidate distillation portions.
         alpha_start: Where the alpha line search starts.
-        search: ``line`` (unimodal line search), ``grid`` or ``tpe``.
-        beta_search: The beta stage's strategy (None: ``search``). A beta trial only trains
-            networks on a real window, far cheaper than an alpha trial's distillation, so ``grid``
-            sweeps every window start for little and does not rely on the curve being concave; the
-            beta refinement (``refine_beta``), made of alpha trials, keeps ``search``.
+        search: The alpha stage's strategy: ``line`` (unimodal line search), ``grid`` or ``tpe``.
+        beta_search: The beta stage's strategy (``search`` is the alpha stage's and the beta
+            refinement's, whose trials distil). A beta trial only trains networks on a real
+            window, so ``grid`` sweeps every window start for little and, unlike a walk, does not
+            rely on stage 1's curve being concave, which it often is not.
         pruner: Optuna pruner of both stages: ``median``, ``successive-halving``, ``hyperband`` or ``none``.
         patience: Drops tolerated by the line search before it stops.
         beta_seeds: Seeds averaged per beta trial.
@@ -392,7 +392,7 @@ class TuneConfig:
     alpha_grid: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     alpha_start: float = 0.5
     search: str = "line"
-    beta_search: str | None = None
+    beta_search: str = "grid"
     pruner: str = "median"
     patience: int = 1
     beta_seeds: int = 2

@@ -20,6 +20,7 @@ for SEED in $SEEDS; do
       --set distill.iterations=400 --set tune.trial_iterations=200 --set evaluate.budget_fraction=1.0 \
       --set tune.beta_search="$SEARCH" --out "$RUN" > "$RUN.log" 2>&1
     echo "== seed $SEED, beta stage: $SEARCH =="; cat "$RUN/table.md"
-    grep -h "tuned\|chose\|alpha .* beta" "$RUN.log" | grep -v "^ *$" | tail -4 || true
+    python -c 'import json, sys; r = json.load(open(sys.argv[1]))
+print("tuned (alpha, beta):", ", ".join("ipc %(ipc)s: (%(alpha)s, %(beta)s)" % k for k in r["knobs"]))' "$RUN/results.json"
   done
 done

@@ -46,20 +46,23 @@ SMALL = {  # digits, small enough for a CPU: a trial distils the full (short) bu
     "distill.iterations": 40, "tune.trial_iterations": 40, "distill.eval_every": 20, "distill.checkpoint_every": 20,
     "tune.beta_grid": [0.0, 0.2, 0.4, 0.6], "tune.alpha_grid": [0.2, 0.4, 0.6, 0.8, 1.0],
 }
-#: name -> (strategy, z, max_seeds, refine_beta, patience)
+#: name -> (strategy, z, max_seeds, refine_beta, patience, the beta stage's strategy)
 SEARCH_SETTINGS = {
-    "line, z 0, 1 seed (the walk before issue 16)": ("line", 0.0, 1, False, 0),
-    "line, z 1, 1 seed": ("line", 1.0, 1, False, 0),
-    "line, z 1, max 2 seeds": ("line", 1.0, 2, False, 0),
-    "line, z 1, max 3 seeds": ("line", 1.0, 3, False, 0),
-    "line, z 1, 1 seed, patience 1 (default)": ("line", 1.0, 1, False, 1),
-    "grid": ("grid", 0.0, 1, False, 0),
-    "tpe": ("tpe", 0.0, 1, False, 0),
-    "line + refine beta, z 1, 1 seed": ("line", 1.0, 1, True, 0),
-    "line + refine beta, z 1, max 2 seeds": ("line", 1.0, 2, True, 0),
-    "line + refine beta, z 1, 1 seed, patience 1": ("line", 1.0, 1, True, 1),
-    "line + refine beta, z 1, max 2 seeds, patience 1": ("line", 1.0, 2, True, 1),
-    "grid + refine beta": ("grid", 0.0, 1, True, 0),
+    "line, z 0, 1 seed (the walk before issue 16)": ("line", 0.0, 1, False, 0, "line"),
+    "line, z 1, 1 seed": ("line", 1.0, 1, False, 0, "line"),
+    "line, z 1, max 2 seeds": ("line", 1.0, 2, False, 0, "line"),
+    "line, z 1, max 3 seeds": ("line", 1.0, 3, False, 0, "line"),
+    "line, z 1, 1 seed, patience 1 (default)": ("line", 1.0, 1, False, 1, "line"),
+    "grid": ("grid", 0.0, 1, False, 0, "grid"),
+    "line, beta grid, z 1, 1 seed, patience 1 (default since 2026-12-01)": ("line", 1.0, 1, False, 1, "grid"),
+    "tpe": ("tpe", 0.0, 1, False, 0, "tpe"),
+    "line + refine beta, z 1, 1 seed": ("line", 1.0, 1, True, 0, "line"),
+    "line + refine beta, z 1, max 2 seeds": ("line", 1.0, 2, True, 0, "line"),
+    "line + refine beta, z 1, 1 seed, patience 1": ("line", 1.0, 1, True, 1, "line"),
+    "line + refine beta, z 1, max 2 seeds, patience 1": ("line", 1.0, 2, True, 1, "line"),
+    "grid + refine beta": ("grid", 0.0, 1, True, 0, "grid"),
+    "line + refine beta, beta grid, z 1, max 2 seeds (large-validation presets since 2026-12-01)":
+        ("line", 1.0, 2, True, 0, "grid"),
 }
 
 
@@ -218,12 +221,12 @@ def run_search(table: dict, name: str, seed: int, replicates: int, reference: di
     ``seed`` on the table's look-ups (the real pipeline: stages, refinement, controller, choice)."""
     from autoselmatch.tune import tune
 
-    strategy, z, max_seeds, refine, patience = SEARCH_SETTINGS[name]
+    strategy, z, max_seeds, refine, patience, beta_strategy = SEARCH_SETTINGS[name]
     betas = sorted(float(b) for b in table["beta"])
     alphas = sorted({float(k.split(",")[1]) for k in table["alpha"]})
     cfg = apply_overrides(load_preset(preset), {
-        "seed": seed, "tune.search": strategy, "tune.z": z, "tune.max_seeds": max_seeds, "tune.refine_beta": refine,
-        "tune.patience": patience,
+        "seed": seed, "tune.search": strategy, "tune.beta_search": beta_strategy, "tune.z": z,
+        "tune.max_seeds": max_seeds, "tune.refine_beta": refine, "tune.patience": patience,
         "tune.beta_grid": betas, "tune.alpha_grid": alphas, "tune.alpha_start": 0.6, "tune.prior": False,
         "tune.baselines": False, "tune.pruner": "none", "device": "cpu"})
     objs = TableObjectives(table, seed, replicates, reference, alpha_fraction)

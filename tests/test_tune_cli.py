@@ -67,7 +67,7 @@ def test_studies_lists_each_study_with_its_best(tmp_path, monkeypatch):
     result = invoke("studies")
     assert result.exit_code == 0
     lines = result.output.strip().splitlines()  # beta (stage 1) before alpha (stage 2), accuracies in %
-    assert lines[0] == "digits-ipc10-beta  (maximize; 5 complete)  best 99.96 % at beta=0.5  baseline random 50.00 %"
+    assert lines[0] == "digits-ipc10-beta  (maximize; 10 complete)  best 99.96 % at beta=0.5  baseline random 50.00 %"
     assert lines[1].startswith("digits-ipc10-alpha  (maximize; 5 complete)  best 99.99 % at alpha=0.6  "
                                "baseline mtt 90.00 %")
     assert lines[1].endswith("test 99.99 % (SelMatch chosen); baselines random selection (class-balanced) 40.00 %, "

@@ -120,7 +120,8 @@ def test_one_ipc_runs_both_stages_and_records_the_final_set(tmp_path):
     assert alpha.user_attrs["test_accuracy"]["mean"] == pytest.approx(alpha.best_value)
     assert alpha.user_attrs["result_path"] == str(
         tmp_path / "studies-artifacts" / "runs" / "digits-ipc10-alpha" / alpha.user_attrs["uid"] / "final.pt")
-    assert beta.user_attrs["settings"]["stage"] == "beta" and beta.user_attrs["search"]["strategy"] == "line"
+    assert beta.user_attrs["settings"]["stage"] == "beta" and beta.user_attrs["search"]["strategy"] == "grid"
+    assert alpha.user_attrs["search"]["strategy"] == "line"
     assert beta.user_attrs["settings"]["evaluate"]["budget_fraction"] == 0.25  # the digits preset's share
     assert beta.user_attrs["settings"]["beta_augment"] == "dsa"
     assert alpha.user_attrs["settings"]["distill"]["iterations"] == 60  # the digits preset's trial budget
@@ -179,7 +180,7 @@ def test_a_study_made_with_other_settings_is_refused_before_any_work(tmp_path):
     forced = run(tmp_path, cfg=config(**{"evaluate.lr": 0.05}), force=True)
     assert forced.ipcs[0].beta.ran == 0
     fresh = run(tmp_path, cfg=config(**{"evaluate.lr": 0.05}), new_study=True)
-    assert fresh.ipcs[0].beta.ran == 4 + 1  # and the random-selection baseline
+    assert fresh.ipcs[0].beta.ran == 9 + 1  # every window start, and the random-selection baseline
     assert load(tmp_path, "digits-ipc10-beta").user_attrs["settings"]["evaluate"]["lr"] == 0.05
 
 
@@ -247,12 +248,11 @@ class JaggedBeta(Synthetic):
         return objective
 
 
-def test_a_beta_sweep_finds_a_window_start_the_walk_misses_and_the_alpha_stage_still_walks(tmp_path):
-    walked = run(tmp_path / "line", cfg=config(), objectives=JaggedBeta)
-    assert walked.ipcs[0].beta.best_point == 0.5  # from the middle, both neighbours drop: the walk stops
+def test_the_beta_stage_sweeps_every_window_start_by_default_and_the_alpha_stage_still_walks(tmp_path):
+    walked = run(tmp_path / "line", cfg=config(**{"tune.beta_search": "line"}), objectives=JaggedBeta)
+    assert walked.ipcs[0].beta.best_point == 0.5  # a walk from the middle stops at the first drop
     log = tmp_path / "calls.log"
-    swept = run(tmp_path / "grid", cfg=config(**{"tune.beta_search": "grid"}),
-                objectives=functools.partial(JaggedBeta, log=log))
+    swept = run(tmp_path / "grid", objectives=functools.partial(JaggedBeta, log=log))
     (r,) = swept.ipcs
     assert r.beta.best_point == 0.1 and r.beta.ran == 9 + 1  # every window start, and the random baseline
     assert sorted(float(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("beta ")) == \

@@ -21,9 +21,10 @@ from ._common import (check_finite, emit, format_accuracy, global_options, outpu
               help="Folder of trial images, checkpoints and sets (default: {storage stem}-artifacts/).")
 @click.option("--study-prefix", default=None, metavar="NAME",
               help="Studies are named PREFIX-ipcN-beta / -alpha (default: the dataset name).")
-@click.option("--search", default=None, metavar="NAME", help="Search strategy: line (default), grid or tpe.")
+@click.option("--search", default=None, metavar="NAME",
+              help="Search strategy of the alpha stage (and the beta refinement): line (default), grid or tpe.")
 @click.option("--beta-search", default=None, metavar="NAME",
-              help="The beta stage's search strategy, if not --search's (e.g. grid: beta trials are cheap).")
+              help="Search strategy of the beta stage: grid (default: beta trials are cheap), line or tpe.")
 @click.option("--pruner", default=None, metavar="NAME",
               help="Pruner: median (default), successive-halving, hyperband or none.")
 @click.option("--patience", type=int, default=None, help="Drops the line search tolerates before it stops (default 1).")

@@ -206,8 +206,7 @@ def _check(cfg: RunConfig, ipcs: Sequence[int] | str, *, storage: str | None, ar
 
     ipc_list = parse_ipcs(ipcs)
     SEARCHES.get(cfg.tune.search)
-    if cfg.tune.beta_search is not None:
-        SEARCHES.get(cfg.tune.beta_search)
+    SEARCHES.get(cfg.tune.beta_search)
     SCORES.get(cfg.scores.name)
     build_pruner(cfg.tune.pruner, startup_trials=cfg.tune.pruner_startup_trials,
                  warmup_steps=cfg.tune.pruner_warmup_steps)
@@ -318,7 +317,7 @@ def _run_stage(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objec
                fixed: dict[str, float]) -> StageOutcome:
     cfg = plan.cfg
     bound = None if prior is None else prior[stage]
-    search = SEARCHES.get(cfg.tune.beta_search if stage == BETA and cfg.tune.beta_search else cfg.tune.search)
+    search = SEARCHES.get(cfg.tune.beta_search if stage == BETA else cfg.tune.search)
     if bound is not None and search is not LineSearch:  # only a walk can tell whether the curve still rises
         grid = [x for x in grid if x <= bound + _EPS] or grid[:1]  # holds the grid's smallest value
     strategy = search(grid, start=start, patience=cfg.tune.patience, seed=cfg.seed, z=cfg.tune.z,
