@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Tuning on Fashion-MNIST (CPU, reduced preset): `autoselmatch tune` at two IPCs with the line search,
-# the same with `--search grid` on the same grids (compute comparison), and the baselines at the
+# Tuning on Fashion-MNIST (CPU, reduced preset): `autoselmatch tune` at two IPCs with the line search in
+# both stages, the same with grids in both on the same grids (compute comparison), and the baselines at the
 # tuned IPCs: random selection, the window alone (alpha 0 at the tuned beta), MTT (alpha 1, random init).
 # Every set is scored the same way as tune's final set (test split, evaluate.runs networks).
 #
@@ -30,9 +30,9 @@ timed() {  # timed NAME CMD...: run CMD, append "NAME seconds" to $OUT/times.txt
 }
 
 timed tune-line "${RUN[@]}" tune -d fashion-mnist --ipc $IPCS --cache-dir "$C" "${SETS[@]}" --storage "$DB" \
-  --study-prefix fmnist-line --output json > "$OUT/line.json"
+  --study-prefix fmnist-line --beta-search line --output json > "$OUT/line.json"
 timed tune-grid "${RUN[@]}" tune -d fashion-mnist --ipc $IPCS --cache-dir "$C" "${SETS[@]}" --storage "$DB" \
-  --study-prefix fmnist-grid --search grid --output json > "$OUT/grid.json"
+  --study-prefix fmnist-grid --search grid --beta-search grid --output json > "$OUT/grid.json"
 
 for IPC in ${IPCS//,/ }; do
   BETA=$(python -c "import json; r = json.load(open('$OUT/line.json')); print([x for x in r['ipcs'] if x['ipc'] == $IPC][0]['beta']['best_point'])")
