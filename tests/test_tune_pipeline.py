@@ -368,6 +368,17 @@ def test_a_baseline_that_wins_on_validation_becomes_the_exported_set(tmp_path):
     assert manifest["test_accuracy"]["mean"] == 0.7 and manifest["settings"] == {"baseline": "mtt"}
 
 
+def test_a_baseline_that_equals_selmatch_up_to_float_rounding_is_a_tie_and_selmatch_is_kept(tmp_path):
+    class Equal(Synthetic):  # the same validation count, averaged in another order
+        baseline_values = {"random": 1.0 - (0.6 - 0.61) ** 2 + 1e-12, "mtt": 0.9}
+
+    r = run(tmp_path, objectives=Equal).ipcs[0]
+    assert Equal.baseline_values["random"] > r.alpha.best_value  # by float noise alone
+    assert r.final["chosen"] == "selmatch"
+    assert r.final["summary"].endswith("tied the best baseline on validation (random selection (class-balanced)); "
+                                       "a tie goes to SelMatch")
+
+
 def test_random_selection_that_wins_is_exported_from_the_beta_study(tmp_path):
     from autoselmatch.export import export_trial
 

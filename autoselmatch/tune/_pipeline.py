@@ -428,7 +428,7 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
             return done.to_dict()
         others = {n: float(t.value) for n, (t, _) in measured.items() if t.state == TrialState.COMPLETE}
         scores = {SELMATCH: float(best.best_value), **others}  # the point's mean over its replicates
-        chosen = max(scores, key=lambda n: (scores[n], n == SELMATCH))
+        chosen = max(scores, key=lambda n: (round(scores[n], _SAME_DIGITS), n == SELMATCH))
         baselines: dict[str, dict[str, Any]] = {}
         made: dict[str, dict[str, Any]] = {}  # what finish_baseline returned, per baseline
         method = plan.cfg.distill.method
@@ -457,6 +457,11 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
         for attr, value in final.to_attrs().items():  # FINAL last: a record is complete once it is there
             study.set_user_attr(attr, value)
     return final.to_dict()
+
+
+#: Validation accuracies are compared at this many decimals: counts of the same validation images,
+#: averaged in another order (a baseline's networks, a point's replicates), differ by float rounding only.
+_SAME_DIGITS = 9
 
 
 def _baseline_trials(plan: TunePlan, storage: optuna.storages.BaseStorage,
@@ -495,7 +500,7 @@ def _summary(chosen: str, selmatch: float, others: dict[str, float], alpha: floa
     if not others:
         return f"{point} chosen; no baseline finished (pruned or failed), so none could be compared"
     runner = max(others, key=others.get)
-    if others[runner] >= selmatch:
+    if round(others[runner], _SAME_DIGITS) >= round(selmatch, _SAME_DIGITS):
         return f"{point} tied the best baseline on validation ({label(runner, method)}); a tie goes to SelMatch"
     return (f"{point} beat every baseline on validation, the best of them ({label(runner, method)}) by "
             f"{100 * (selmatch - others[runner]):.2f} points")
