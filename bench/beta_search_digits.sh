@@ -2,9 +2,9 @@
 # Does the beta stage's strategy decide the tuned set? `bench reproduce` on digits at the paper's budget
 # (the settings of bench/reproduce_digits.sh: 400 distillation iterations, alpha trials of 200, 5 networks
 # per cell, test split), window and tuned selmatch at 1/5/10/20 %, with the beta stage walking
-# (tune.search line, the default) or sweeping every window start (tune.beta_search grid), the alpha stage a
-# line search in both, for several seeds of the whole run (scores, experts, tune and evaluation).
-# Results: bench/RESULTS.md, "The beta stage: walk or sweep". About 10 min per run on one CPU core.
+# (tune.beta_search line) or sweeping every window start (grid, the default since 2026-12-01), the alpha
+# stage a line search in both, for several seeds of the whole run (scores, experts, tune and evaluation).
+# Results: bench/RESULTS.md, "The tuner on digits at the paper's budget". About 10 min per run on one core.
 #
 #   bash bench/beta_search_digits.sh [OUT] [SEEDS]     (default OUT=/tmp/beta-search, SEEDS="0 1 2")
 set -euo pipefail

@@ -2,9 +2,9 @@
 
 import math
 import subprocess
+import sys
 import threading
 import time
-import sys
 
 import optuna
 import pytest
