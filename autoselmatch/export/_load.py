@@ -25,8 +25,8 @@ class DistilledSet(torch.utils.data.Dataset):
     distilled values when the export kept them, else the uint8 pixels
     normalised with the stored mean/std). With ``augment=True`` each sample
     goes through SelMatch's combined augmentation: DSA for D_distill images,
-    random crop + flip for D_select images (crop only when the study that made
-    the set had ``data.flip`` off, as the ``digits`` preset has). Batched training loops can skip
+    random crop + flip for D_select images (crop only when the study or run that
+    made the set had ``data.flip`` off, as the ``digits`` preset has). Batched training loops can skip
     the per-sample path: take ``images``, ``labels`` and ``distill_mask`` and
     call :func:`autoselmatch.augment.combined_augment` on each batch.
 

@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial
 from .. import records
 from ..errors import InvalidArgument
 from ..registry import Registry
+from ._controller import coordinate
 
 PrunerBuilder = Callable[[int, int], optuna.pruners.BasePruner]
 PRUNERS: Registry[PrunerBuilder] = Registry("pruner")
@@ -32,12 +33,7 @@ def peers(a: FrozenTrial, b: FrozenTrial) -> bool:
         return False
     if set(a.params) != set(b.params):
         return False
-    return all(_fixed(a, knob) == _fixed(b, knob) for knob in _KNOBS if knob not in b.params)
-
-
-def _fixed(trial: FrozenTrial, knob: str) -> float | None:
-    value = trial.user_attrs.get(knob)
-    return round(float(value), 6) if isinstance(value, (int, float)) else None
+    return all(coordinate(a, knob) == coordinate(b, knob) for knob in _KNOBS if knob not in b.params)
 
 
 class _PeerView:
