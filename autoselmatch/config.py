@@ -159,7 +159,10 @@ class DistillConfig:
         expert_epochs: M, expert epochs the student must match (stored snapshots
             when ``experts.snapshot_every`` is set).
         max_start_epoch: T+, start epochs (snapshots when ``experts.snapshot_every``
-            is set) are drawn from [0, T+).
+            is set) are drawn from [T-, T+).
+        min_start_epoch: T-, the first start epoch (snapshot) drawn; 0, the paper's, matches from the
+            experts' initialisation on. A later T- matches only the later, harder part of the
+            trajectories, as DATM (Guo et al. 2024) does for large sets.
         iterations: Distillation iterations.
         batch_syn: Student minibatch size b, drawn from the whole synthetic set.
         lr_img: Pixel learning rate.
@@ -209,6 +212,7 @@ class DistillConfig:
     syn_steps: int = 55
     expert_epochs: int = 2
     max_start_epoch: int = 80
+    min_start_epoch: int = 0
     iterations: int = 10000
     batch_syn: int = 125
     lr_img: float = 1000.0
@@ -253,6 +257,9 @@ class DistillConfig:
                      "sre2l_teacher_epochs", "sre2l_batch"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"distill.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.min_start_epoch < self.max_start_epoch:
+            raise InvalidArgument(f"distill.min_start_epoch must be in [0, distill.max_start_epoch = "
+                                  f"{self.max_start_epoch}), got {self.min_start_epoch}")
         if self.iterations < 0:
             raise InvalidArgument(f"distill.iterations must be >= 0, got {self.iterations}")
         if self.gm_inner_loop < 0:
@@ -538,7 +545,7 @@ ADDED_SETTINGS: dict[str, dict[str, Any]] = {
     "distill": {"precision": "fp32", "coverage_every": 0, "method": "mtt", "gm_outer_loop": 10, "gm_inner_loop": 10,
                 "gm_batch_real": 256, "gm_lr_img": 0.1, "gm_lr_net": 0.01, "sre2l_teacher_epochs": 20,
                 "sre2l_teacher_lr": 0.05, "sre2l_lr_img": 0.25, "sre2l_r_bn": 0.01, "sre2l_batch": 100,
-                "sre2l_temperature": 4.0, "sre2l_teacher": "train"},
+                "sre2l_temperature": 4.0, "sre2l_teacher": "train", "min_start_epoch": 0},
     "evaluate": {"budget_fraction": 1.0},
 }
 

@@ -65,8 +65,8 @@ class RandomExperts:
     def __init__(self, num_params: int) -> None:
         self.num_params = num_params
 
-    def sample(self, generator: torch.Generator, *, max_start_epoch: int,
-               expert_epochs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, generator: torch.Generator, *, max_start_epoch: int, expert_epochs: int,
+               min_start_epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         start = torch.randn(self.num_params, generator=generator) * 0.05
         return start, start + torch.randn(self.num_params, generator=generator) * 0.01
 

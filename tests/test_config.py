@@ -63,6 +63,8 @@ def test_roundtrip_through_dict():
         ({"data.val_fraction": 0.9}, r"data.val_fraction must be in \[0.0, 0.5\]"),
         ({"evaluate.runs": 0}, "evaluate.runs must be >= 1"),
         ({"data.download": "maybe"}, "data.download must be true or false"),
+        ({"distill.min_start_epoch": 6}, r"distill.min_start_epoch must be in \[0, distill.max_start_epoch = 6\), got 6"),
+        ({"distill.min_start_epoch": -1}, r"distill.min_start_epoch must be in \[0, .*got -1"),
     ],
 )
 def test_bad_overrides(overrides, message):

@@ -323,6 +323,26 @@ def test_non_finite_loss_stops_with_training_diverged(digits, experts, expert_ca
         _run(digits, NanTargets(), make_cfg(expert_cache), scores)
 
 
+def test_min_start_epoch_matches_only_later_expert_segments(digits, experts, expert_cache, scores):
+    class RecordStarts:
+        num_experts, num_params, num_epochs = experts.num_experts, experts.num_params, experts.num_epochs
+        manifest = experts.manifest
+
+        def __init__(self):
+            self.starts = []
+
+        def sample(self, generator, **kwargs):
+            expert, start = experts.sample_index(generator, **kwargs)
+            self.starts.append(start)
+            return experts.pair(expert, start, kwargs["expert_epochs"])
+
+    source = RecordStarts()
+    cfg = make_cfg(expert_cache, **{"distill.iterations": 12, "distill.min_start_epoch": 1})
+    result = _run(digits, source, cfg, scores)
+    assert len(source.starts) == 12 and set(source.starts) == {1, 2}  # T- = 1, T+ = 3: never the init, row 0
+    assert result.settings["config"]["distill"]["min_start_epoch"] == 1
+
+
 def test_negative_eta_stops_with_training_diverged(digits, experts, expert_cache, scores):
     cfg = make_cfg(expert_cache, **{"distill.lr_teacher": 1e-6, "distill.lr_lr": 1e3, "distill.iterations": 20})
     with pytest.raises(TrainingDiverged, match="eta became"):

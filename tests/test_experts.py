@@ -386,6 +386,26 @@ def test_sample_draws_a_stored_pair_within_the_start_range(trained):
     assert torch.equal(start, store.epoch(expert, t)) and torch.equal(target, store.epoch(expert, t + 1))
 
 
+def test_sample_draws_starts_from_min_start_epoch_on(trained):
+    _, store = trained
+    generator = torch.Generator().manual_seed(0)
+    seen = {store.sample_index(generator, max_start_epoch=2, expert_epochs=1, min_start_epoch=1) for _ in range(40)}
+    assert seen == {(0, 1), (1, 1)}
+    for bad in (-1, 2):
+        with pytest.raises(InvalidArgument, match=f"min_start_epoch < max_start_epoch, got {bad} and 2"):
+            store.sample_index(generator, max_start_epoch=2, expert_epochs=1, min_start_epoch=bad)
+
+
+def test_min_start_epoch_zero_draws_what_runs_before_it_existed_drew(trained):
+    _, store = trained
+    a, b = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    draws = [store.sample_index(a, max_start_epoch=2, expert_epochs=1) for _ in range(20)]
+    # torch.randint(high) and torch.randint(0, high) consume the generator alike: seeded runs repeat
+    assert draws == [store.sample_index(b, max_start_epoch=2, expert_epochs=1, min_start_epoch=0) for _ in range(20)]
+    assert draws == [(int(torch.randint(2, (1,), generator=g)), int(torch.randint(2, (1,), generator=g)))
+                     for g in [torch.Generator().manual_seed(7)] for _ in range(20)]
+
+
 def test_sample_rejects_more_epochs_than_stored(trained):
     _, store = trained
     with pytest.raises(InvalidArgument, match="exceeds the 3 epochs"):

@@ -147,7 +147,8 @@ class _TrajectoryObjective:
 
     def __call__(self, state: RunState) -> tuple[float, float]:
         start, target = self.experts.sample(state.generator, max_start_epoch=self.dc.max_start_epoch,
-                                            expert_epochs=self.dc.expert_epochs)
+                                            expert_epochs=self.dc.expert_epochs,
+                                            min_start_epoch=self.dc.min_start_epoch)
         out = self.matcher(state.images(), state.lr, start.to(self.device, torch.float32),
                            target.to(self.device, torch.float32), state.generator)
         fault_point("distill.iteration")
@@ -169,9 +170,9 @@ def _build_mtt(ds: ImageDataset, cfg: RunConfig, labels: torch.Tensor, device: t
 
 METHODS.register("mtt")(Method(needs="experts", labels="hard", evaluation="hard-labels",
                                optimizer=_sgd(lambda dc: dc.lr_img), build=_build_mtt,
-                               settings=("syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "lr_img",
-                                         "lr_lr", "lr_teacher", "memory", "segment", "precision", "momentum", "dsa",
-                                         "dsa_strategies")))
+                               settings=("syn_steps", "expert_epochs", "max_start_epoch", "min_start_epoch",
+                                         "batch_syn", "lr_img", "lr_lr", "lr_teacher", "memory", "segment",
+                                         "precision", "momentum", "dsa", "dsa_strategies")))
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ class ExpertSource(Protocol):
     num_epochs: int
     manifest: Mapping[str, Any]
 
-    def sample(self, generator: torch.Generator, *, max_start_epoch: int,
-               expert_epochs: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def sample(self, generator: torch.Generator, *, max_start_epoch: int, expert_epochs: int,
+               min_start_epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def student_network(cfg: RunConfig, ds: ImageDataset) -> nn.Module:

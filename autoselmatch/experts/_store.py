@@ -128,10 +128,12 @@ class ExpertStore:
             )
         return self.epoch(expert, start_epoch, device=device), self.epoch(expert, start_epoch + expert_epochs, device=device)
 
-    def sample_index(self, generator: torch.Generator, *, max_start_epoch: int, expert_epochs: int) -> tuple[int, int]:
-        """A uniformly drawn (expert, start epoch in [0, max_start_epoch))."""
-        if max_start_epoch < 1:
-            raise InvalidArgument(f"max_start_epoch must be >= 1, got {max_start_epoch}")
+    def sample_index(self, generator: torch.Generator, *, max_start_epoch: int, expert_epochs: int,
+                     min_start_epoch: int = 0) -> tuple[int, int]:
+        """A uniformly drawn (expert, start epoch in [min_start_epoch, max_start_epoch))."""
+        if not 0 <= min_start_epoch < max_start_epoch:
+            raise InvalidArgument(f"start epochs must satisfy 0 <= min_start_epoch < max_start_epoch, "
+                                  f"got {min_start_epoch} and {max_start_epoch}")
         if expert_epochs < 1:
             raise InvalidArgument(f"expert_epochs must be >= 1, got {expert_epochs}")
         if max_start_epoch + expert_epochs > self.num_epochs:
@@ -141,13 +143,14 @@ class ExpertStore:
             )
         device = generator.device  # a CUDA generator works too, at one sync per draw
         expert = int(torch.randint(self.num_experts, (1,), generator=generator, device=device))
-        start = int(torch.randint(max_start_epoch, (1,), generator=generator, device=device))
+        start = int(torch.randint(min_start_epoch, max_start_epoch, (1,), generator=generator, device=device))
         return expert, start
 
     def sample(self, generator: torch.Generator, *, max_start_epoch: int, expert_epochs: int,
-               device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               min_start_epoch: int = 0, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(start, target) float32 (P,) for a random expert and start epoch (see :meth:`sample_index`)."""
-        expert, start = self.sample_index(generator, max_start_epoch=max_start_epoch, expert_epochs=expert_epochs)
+        expert, start = self.sample_index(generator, max_start_epoch=max_start_epoch, expert_epochs=expert_epochs,
+                                          min_start_epoch=min_start_epoch)
         return self.pair(expert, start, expert_epochs, device=device)
 
     @property
