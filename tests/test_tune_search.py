@@ -11,6 +11,7 @@ from autoselmatch.errors import InvalidArgument
 from autoselmatch.registry import UnknownNameError
 from autoselmatch.tune import PRUNERS, SEARCHES, GridSearch, LineSearch, TPESearch, build_pruner
 from autoselmatch.tune._search import check_grid, grid_key, nearest
+from autoselmatch.tune._pruners import PeerHyperbandPruner, PeerMedianPruner, PeerSuccessiveHalvingPruner
 
 GRID = tuple(round(0.1 * i, 1) for i in range(11))  # 0.0 .. 1.0
 
@@ -178,21 +179,21 @@ def test_grid_values_are_sorted_deduplicated_and_rounded():
 # ---- pruners -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, cls", [("median", optuna.pruners.MedianPruner),
-                                       ("successive-halving", optuna.pruners.SuccessiveHalvingPruner),
-                                       ("hyperband", optuna.pruners.HyperbandPruner),
+@pytest.mark.parametrize("name, cls", [("median", PeerMedianPruner),
+                                       ("successive-halving", PeerSuccessiveHalvingPruner),
+                                       ("hyperband", PeerHyperbandPruner),
                                        ("none", optuna.pruners.NopPruner)])
 def test_pruner_registry_builds_each_pruner(name, cls):
     assert isinstance(build_pruner(name), cls)
     assert name in PRUNERS
 
 
-def test_the_median_pruner_compares_a_trial_only_with_finished_grid_trials_of_its_own_line():
+def _alpha_study(pruner):
     """An alpha study: two alpha trials at beta 0.4 (step-1 values .5 and .6), and, far ahead at step 1,
     the MTT baseline, two refinement trials (beta searched at alpha 0.6) and an alpha trial of another
-    line (beta 0.2). Optuna's median over all of them (0.9) would prune a trial at 0.58; its peers'
-    median (0.55) does not."""
-    study = optuna.create_study(direction="maximize", pruner=build_pruner("median", startup_trials=2))
+    line (beta 0.2). Returns the study and ``pruned(value, param, **user_attrs)``, which asks a trial,
+    reports ``value`` at step 1 and says whether ``pruner`` stops it."""
+    study = optuna.create_study(direction="maximize", pruner=pruner)
     unit = optuna.distributions.FloatDistribution(0, 1)
     init = optuna.distributions.CategoricalDistribution(["random"])
 
@@ -200,6 +201,7 @@ def test_the_median_pruner_compares_a_trial_only_with_finished_grid_trials_of_it
         dists = {k: init if k == "init" else unit for k in params}
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=early, params=params,
                                                   distributions=dists, intermediate_values={1: early},
+                                                  system_attrs={"completed_rung_0": early},  # successive halving's
                                                   user_attrs={"baseline": None, **attrs}))
 
     add(0.5, {"alpha": 0.3}, beta=0.4)
@@ -220,12 +222,36 @@ def test_the_median_pruner_compares_a_trial_only_with_finished_grid_trials_of_it
         trial.report(value, 1)
         return trial.should_prune()
 
+    return study, pruned
+
+
+def test_the_median_pruner_compares_a_trial_only_with_finished_grid_trials_of_its_own_line():
+    """Optuna's median over all six trials (0.9) would prune a trial at 0.58; its peers' median (0.55) does not."""
+    study, pruned = _alpha_study(build_pruner("median", startup_trials=2))
     assert not pruned(0.58, "alpha", beta=0.4)
     assert pruned(0.52, "alpha", beta=0.4)
     assert pruned(0.85, "beta", alpha=0.6)  # the refinement's own peers are at 0.9
     assert not pruned(0.01, "init", baseline="mtt")  # a baseline has no peers: it always finishes
     assert optuna.pruners.MedianPruner(n_startup_trials=2).prune(
         study, study.trials[-4])  # what Optuna's own median would have done with the first one
+
+
+@pytest.mark.parametrize("name", ["successive-halving", "hyperband"])
+def test_successive_halving_and_hyperband_rank_a_trial_only_among_its_peers(name):
+    """At rung 0 (step 1, a third promoted), a trial at 0.61 is its line's best (.5, .6) and goes on; among all
+    seven trials, the baseline's and the other lines' .9-.95 would stop it."""
+    study, pruned = _alpha_study(build_pruner(name))
+    assert not pruned(0.61, "alpha", beta=0.4)
+    assert pruned(0.55, "alpha", beta=0.4)  # its peers now hold .5, .6, .61: not in the top third
+    assert not pruned(0.91, "beta", alpha=0.6)  # the best of the refinement's line (.9, .9)
+    assert not pruned(0.01, "init", baseline="mtt")  # a baseline is never pruned
+    plain = optuna.create_study(direction="maximize", pruner=optuna.pruners.SuccessiveHalvingPruner())
+    for trial in study.trials[:6]:
+        plain.add_trial(trial)
+    judged = plain.ask()
+    judged.suggest_float("alpha", 0, 1)
+    judged.report(0.61, 1)
+    assert judged.should_prune()  # what Optuna's own successive halving does with the first one
 
 
 def test_unknown_pruner_is_refused():

@@ -68,6 +68,38 @@ class PeerMedianPruner(optuna.pruners.MedianPruner):
         return super().prune(_PeerView(study, trial), trial)  # type: ignore[arg-type]
 
 
+class PeerSuccessiveHalvingPruner(optuna.pruners.SuccessiveHalvingPruner):
+    """Optuna's asynchronous successive halving, ranking a trial at each rung only among its peers
+    (:func:`peers`), for the reasons of :class:`PeerMedianPruner`. With ``min_resource="auto"`` the first
+    rung is estimated from the first finished peers' steps; a baseline is never pruned.
+    """
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        if trial.user_attrs.get(records.BASELINE) is not None:
+            return False
+        return super().prune(_PeerView(study, trial), trial)  # type: ignore[arg-type]
+
+
+class PeerHyperbandPruner(optuna.pruners.HyperbandPruner):
+    """Optuna's Hyperband, whose successive-halving brackets rank a trial only among its peers
+    (:func:`peers`). A baseline is never pruned.
+
+    Optuna's Hyperband hands each bracket a study of its own that reads the storage directly, so the
+    peer view is put around that bracket study, through Hyperband's bracket helpers (Optuna 4-5).
+    """
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        if trial.user_attrs.get(records.BASELINE) is not None:
+            return False
+        view = _PeerView(study, trial)
+        if not self._pruners:
+            self._try_initialization(view)  # type: ignore[arg-type]  # brackets from the first finished peers
+            if not self._pruners:
+                return False
+        bracket = self._get_bracket_id(study, trial)
+        return self._pruners[bracket].prune(_PeerView(self._create_bracket_study(study, bracket), trial), trial)
+
+
 @PRUNERS.register("median")
 def _median(startup_trials: int, warmup_steps: int) -> optuna.pruners.BasePruner:
     """Stop a trial below the median of its finished peers at the same step (:class:`PeerMedianPruner`)."""
@@ -76,14 +108,14 @@ def _median(startup_trials: int, warmup_steps: int) -> optuna.pruners.BasePruner
 
 @PRUNERS.register("successive-halving")
 def _successive_halving(startup_trials: int, warmup_steps: int) -> optuna.pruners.BasePruner:
-    """Asynchronous successive halving (Li et al. 2020); rungs from the first trial's steps."""
-    return optuna.pruners.SuccessiveHalvingPruner(min_resource="auto", reduction_factor=3)
+    """Asynchronous successive halving (Li et al. 2020) among peers; rungs from the first finished peers' steps."""
+    return PeerSuccessiveHalvingPruner(min_resource="auto", reduction_factor=3)
 
 
 @PRUNERS.register("hyperband")
 def _hyperband(startup_trials: int, warmup_steps: int) -> optuna.pruners.BasePruner:
-    """Hyperband (Li et al. 2018) over successive-halving brackets."""
-    return optuna.pruners.HyperbandPruner(min_resource=max(1, warmup_steps), reduction_factor=3)
+    """Hyperband (Li et al. 2018) over successive-halving brackets, among peers."""
+    return PeerHyperbandPruner(min_resource=max(1, warmup_steps), reduction_factor=3)
 
 
 @PRUNERS.register("none")
@@ -108,4 +140,5 @@ def build_pruner(name: str, *, startup_trials: int = 2, warmup_steps: int = 0) -
     return builder(startup_trials, warmup_steps)
 
 
-__all__ = ["PRUNERS", "PeerMedianPruner", "build_pruner", "peers"]
+__all__ = ["PRUNERS", "PeerHyperbandPruner", "PeerMedianPruner", "PeerSuccessiveHalvingPruner", "build_pruner",
+           "peers"]
