@@ -54,8 +54,10 @@ from pathlib import Path
 out, segments = Path(sys.argv[1]), {s.split(":")[0]: s.split(":")[1:] for s in sys.argv[2].split()}
 print("| IPC | set | start rows [T-, T+) | loss ratio | eta | pixel change (std) | test accuracy (%) |")
 print("|---|---|---|---|---|---|---|")
-for path in sorted(out.glob("eval-*.json"), key=lambda p: (int(p.stem.rsplit("-", 1)[1]), p.stem != "eval-random-" + p.stem.rsplit("-", 1)[1])):
-    name, ipc = path.stem[len("eval-"):].rsplit("-", 1)
+order = ["random", *segments]
+cells = [path.stem[len("eval-"):].rsplit("-", 1) for path in out.glob("eval-*.json")]
+for name, ipc in sorted(cells, key=lambda c: (int(c[1]), order.index(c[0]) if c[0] in order else len(order))):
+    path = out / f"eval-{name}-{ipc}.json"
     acc = [100 * a for a in json.loads(path.read_text())["accuracies"]]
     try:
         report = json.loads((out / f"distill-{name}-{ipc}.json").read_text())
