@@ -184,6 +184,9 @@ class DistillConfig:
             space, as SRe2L starts its recover step).
         mode: ``selmatch`` (students train on D_select and D_distill) or ``merge`` (the paper's
             ablation: distil D_distill alone, then concatenate D_select).
+        clip: Keep the D_distill pixels inside the data's range ([0, 1] before normalisation) after every
+            step, so the set is what its uint8 export holds. Off (the paper's MTT): distilled pixels drift
+            out of range, most where real images are black, and an export rounds that drift away.
         coverage_every: Iterations between measurements of the set's coverage of the easy and
             hard test halves (paper Figure 7; 0: never). The first measurement trains a reference
             network on the whole training split (cached; see :mod:`autoselmatch.coverage`).
@@ -228,6 +231,7 @@ class DistillConfig:
     dsa_strategies: str = "color_crop_cutout_flip_scale_rotate"
     init: str = "window"
     mode: str = "selmatch"
+    clip: bool = False
     coverage_every: int = 0
     method: str = "mtt"
     gm_outer_loop: int = 10
@@ -545,7 +549,8 @@ ADDED_SETTINGS: dict[str, dict[str, Any]] = {
     "distill": {"precision": "fp32", "coverage_every": 0, "method": "mtt", "gm_outer_loop": 10, "gm_inner_loop": 10,
                 "gm_batch_real": 256, "gm_lr_img": 0.1, "gm_lr_net": 0.01, "sre2l_teacher_epochs": 20,
                 "sre2l_teacher_lr": 0.05, "sre2l_lr_img": 0.25, "sre2l_r_bn": 0.01, "sre2l_batch": 100,
-                "sre2l_temperature": 4.0, "sre2l_teacher": "train", "min_start_epoch": 0},
+                "sre2l_temperature": 4.0, "sre2l_teacher": "train", "min_start_epoch": 0,
+                "clip": False},
     "evaluate": {"budget_fraction": 1.0},
 }
 

@@ -19,6 +19,7 @@ from autoselmatch.distill import (
     TrajectoryMatcher,
     distill,
     initial_set,
+    pixel_bounds,
     selmatch,
     student_network,
 )
@@ -341,6 +342,18 @@ def test_min_start_epoch_matches_only_later_expert_segments(digits, experts, exp
     result = _run(digits, source, cfg, scores)
     assert len(source.starts) == 12 and set(source.starts) == {1, 2}  # T- = 1, T+ = 3: never the init, row 0
     assert result.settings["config"]["distill"]["min_start_epoch"] == 1
+
+
+def test_clip_keeps_distilled_pixels_in_the_data_range(digits, experts, expert_cache, scores):
+    low, high = pixel_bounds(digits, torch.device("cpu"))
+    free = _run(digits, experts, make_cfg(expert_cache, **{"distill.lr_img": 1000.0}), scores)
+    clipped = _run(digits, experts, make_cfg(expert_cache, **{"distill.lr_img": 1000.0, "distill.clip": True}), scores)
+    rows = free.distill_mask
+    assert ((free.images[rows] < low) | (free.images[rows] > high)).any()  # unclipped pixels leave the range
+    assert ((clipped.images >= low) & (clipped.images <= high)).all()
+    assert not torch.equal(clipped.images[rows], free.images[rows])
+    assert torch.equal(clipped.images[~rows], free.images[~rows])  # D_select rows stay as selected
+    assert clipped.settings["config"]["distill"]["clip"] is True
 
 
 def test_negative_eta_stops_with_training_diverged(digits, experts, expert_cache, scores):

@@ -66,6 +66,7 @@ from ._run import (
     RunState,
     distill,
     evaluate_distilled,
+    pixel_bounds,
     quick_evaluator,
     saved_set_config,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "initial_set",
     "method_key",
     "method_settings",
+    "pixel_bounds",
     "quick_evaluator",
     "saved_set_config",
     "selmatch",

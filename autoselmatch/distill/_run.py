@@ -60,6 +60,13 @@ Callback = Callable[[DistillStep], None]
 # --------------------------------------------------------------------------------------------
 
 
+def pixel_bounds(ds: ImageDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high) float32 (1, C, 1, 1): pixel values 0 and 1 in ``ds``'s normalised space."""
+    mean = torch.tensor(ds.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(ds.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return -mean / std, (1 - mean) / std
+
+
 class RunState:
     """Everything a distillation run changes as it goes (after nanoGPT's train.py: state_dicts in one dict).
 
@@ -77,12 +84,16 @@ class RunState:
         seed: Seed of the generator.
         image_optimizer: Builds the pixels' optimizer from the (d, C, H, W) leaf tensor (the base
             method's, see ``distill.METHODS``); None: SGD with ``dc.lr_img`` and ``dc.momentum``.
+        bounds: (low, high) float32 (1, C, 1, 1) in normalised space: the pixels are clamped to them after
+            every step (``distill.clip``); None: never clamped.
     """
 
     def __init__(self, images: torch.Tensor, rows: torch.Tensor, dc: DistillConfig, seed: int,
-                 image_optimizer: Callable[[torch.Tensor], torch.optim.Optimizer] | None = None) -> None:
+                 image_optimizer: Callable[[torch.Tensor], torch.optim.Optimizer] | None = None,
+                 bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         self.base = images
         self.rows = rows
+        self.bounds = bounds
         self.pixels = images[rows].clone().requires_grad_(True)  # (d, C, H, W): the only pixels that learn
         self.lr = torch.tensor(dc.lr_teacher, device=images.device, requires_grad=True)  # eta ()
         self.opt_img = (torch.optim.SGD([self.pixels], lr=dc.lr_img, momentum=dc.momentum) if image_optimizer is None
@@ -113,6 +124,9 @@ class RunState:
         """One pixel-optimizer step with dL/dimages (n, C, H, W): only the D_distill rows move (the partial update)."""
         self.pixels.grad = grad_images[self.rows]
         self.opt_img.step()
+        if self.bounds is not None:
+            with torch.no_grad():
+                self.pixels.clamp_(*self.bounds)
 
     def finish(self, loss: torch.Tensor) -> tuple[float, float]:
         """Count an iteration whose loss (scalar tensor) was ``loss``; return (loss, eta). Sync point."""
@@ -361,7 +375,8 @@ def distill(
         coverage = coverage_probe(ds, cfg, device)
 
     state = RunState(init_images.detach().to(device, torch.float32).clone(), rows.to(device), dc, cfg.seed,
-                     image_optimizer=lambda pixels: method.optimizer(pixels, dc))
+                     image_optimizer=lambda pixels: method.optimizer(pixels, dc),
+                     bounds=pixel_bounds(ds, device) if dc.clip else None)
     checkpoint = Checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None,
                             _fingerprint(ds, cfg, experts, init_images, labels, distill_mask))
     if resume and checkpoint.restore(state):
