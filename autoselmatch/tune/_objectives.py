@@ -120,6 +120,7 @@ class SelMatchObjectives:
         from ..selection import window_accuracy
 
         cfg, ecfg = ctx.cfg, ctx.cfg.evaluate
+        windows = scores is None  # the grid's objective, not the random-selection baseline's
         scores = self.scores if scores is None else scores
         val_images, val_y = self.ds.split("val")
         val_x = self.ds.normalize(val_images)  # (V, C, H, W) float, on the dataset's device
@@ -127,9 +128,10 @@ class SelMatchObjectives:
         n_full = len(self.ds.train_labels)
         steps = budget_steps(ecfg, n_set=n_set, n_full=n_full, fraction=ecfg.quick_fraction)
         final = budget_steps(ecfg, n_set=n_set, n_full=n_full)
-        LOG.info("%s: beta trials train %d networks with %s augmentation, %d steps each: evaluate.quick_fraction "
-                 "%g of the final budget, %s", ctx.study_name, cfg.tune.beta_seeds, cfg.tune.beta_augment, steps,
-                 ecfg.quick_fraction, budget_text(final, paper_share(final, n_full=n_full, batch_size=ecfg.batch_size)))
+        if windows:  # said once: the random-selection baseline's trials train alike
+            LOG.info("%s: beta trials train %d networks with %s augmentation, %d steps each: evaluate.quick_fraction "
+                     "%g of the final budget, %s", ctx.study_name, cfg.tune.beta_seeds, cfg.tune.beta_augment, steps,
+                     ecfg.quick_fraction, budget_text(final, paper_share(final, n_full=n_full, batch_size=ecfg.batch_size)))
         epochs_per_run = math.ceil(steps / (len(batch_bounds(n_set, ecfg.batch_size)) - 1))
         first = epochs_per_run // 2 + 1  # the first reported epoch of each network (1-based)
         stride = max(1, (epochs_per_run - first + 1) // REPORTS_PER_NETWORK)
