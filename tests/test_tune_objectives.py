@@ -65,6 +65,14 @@ def test_beta_objective_reports_validation_accuracy_per_network(objectives, tmp_
     assert (steps[2] + steps[4]) / 2 == pytest.approx(value)  # steps count across networks, the last is the result
 
 
+def test_the_beta_trials_budget_is_logged_by_the_window_objective_only(objectives, tmp_path, caplog):
+    ctx = context(objectives, tmp_path, "beta")
+    with caplog.at_level(logging.INFO, logger="autoselmatch"):
+        objectives.beta(ctx)
+        objectives.baseline(ctx, "random")  # the random-selection baseline builds a beta objective of its own
+    assert sum("beta trials train 2 networks" in r.getMessage() for r in caplog.records) == 1
+
+
 @pytest.mark.parametrize("augment", ["dsa", "simple"])
 def test_beta_trials_train_the_window_with_tune_beta_augment(objectives, tmp_path, monkeypatch, augment):
     """The paper's sliding-window experiment trains with DSA (the default); the setting chooses."""
