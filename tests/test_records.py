@@ -238,6 +238,9 @@ def test_a_real_tune_measures_both_baselines_and_evaluates_their_sets(tuned):
         assert 0.0 <= baseline[records.TEST_ACCURACY]["mean"] <= 1.0
     assert final.baselines[records.MTT][records.ITERATIONS] == 4  # continued to distill.iterations like the winner
     assert final.baselines[records.RANDOM][records.ITERATIONS] == 0  # selection only: nothing distilled
+    # scored as its beta trial trained (tune.beta_augment, DSA), not with crop + flip alone under `combined`
+    assert final.baselines[records.RANDOM][records.EVALUATION]["augment"] == "dsa"
+    assert final.baselines[records.MTT][records.EVALUATION]["augment"] == "combined"
 
 
 def test_the_mtt_baseline_is_named_after_the_study_s_base_method():

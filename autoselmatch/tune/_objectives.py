@@ -258,7 +258,8 @@ class SelMatchObjectives:
             result = selmatch(self.ds, run_cfg, ipc=ctx.ipc, alpha=alpha, beta=beta, scores=self.scores,
                               experts=self._experts_for(cfg) if alpha > 0 else None, checkpoint_dir=final_dir,
                               resume=True, evaluator=quick_evaluator(self.ds, cfg))
-        test = evaluate_distilled(self.ds, result.images.to(self.device), result.labels.to(self.device), cfg,
+        test = evaluate_distilled(self.ds, result.images.to(self.device), result.labels.to(self.device),
+                                  _scored_like_its_trials(cfg, result.distill_mask),
                                   distill_mask=result.distill_mask.to(self.device), split="test",
                                   runs=cfg.evaluate.runs, seed=cfg.seed)
         spread = f" ± {100 * test.std:.2f}" if test.runs > 1 else ""  # one run has no spread
@@ -274,6 +275,15 @@ class SelMatchObjectives:
             records.EVALUATION: {"runs": test.runs, "steps": test.steps, "paper_share": test.paper_share,
                                  "model": test.model, "augment": test.augment, "seconds": test.seconds},
         }
+
+
+def _scored_like_its_trials(cfg: RunConfig, distill_mask: torch.Tensor) -> RunConfig:
+    """``cfg`` for the test score of a final set: a selection-only set (no D_distill row: random selection,
+    alpha 0) trains with ``tune.beta_augment``, as the beta trials that chose it did and as the paper's Table 1
+    scores selection; under ``combined`` it would get crop + flip only. Other sets keep ``evaluate.augment``."""
+    if bool(distill_mask.any()) or cfg.evaluate.augment != "combined":
+        return cfg
+    return dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, augment=cfg.tune.beta_augment))
 
 
 def _with_iterations(cfg: RunConfig, iterations: int) -> RunConfig:
