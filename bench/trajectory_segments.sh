@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Which part of the expert trajectories should plain MTT match on Fashion-MNIST (bench/RESULTS.md,
-# "Which expert segments to match")? The active preset draws start rows from the first 250 expert
+# "Why the active distillation loses to real images")? The active preset draws start rows from the first 250 expert
 # steps only, and its distilled sets scored below the random real images they started from (CPU at
 # IPC 60, H200 at IPC 600). DATM (Guo et al. 2024) argues that larger sets need the later, harder part
 # of the trajectories. Per IPC this builds, with one seed and the same evaluation networks:
@@ -10,7 +10,7 @@
 # then scores every set on the test split with DSA and prints activity and accuracy.
 #
 #   bash bench/trajectory_segments.sh OUT [GLOBAL OPTIONS...]     e.g. bash bench/trajectory_segments.sh /tmp/seg
-#   (about 35 min for IPC 60 and 70 min for IPC 300 on 2 free CPU cores, after ~12 min of experts)
+#   (on 2 free CPU cores: experts ~7 min, IPC 60 ~15 min, IPC 300 ~35 min)
 #
 # Knobs (environment): IPCS ("60 300"), ITERS ("60:40 300:200": distillation iterations per IPC, so that
 # each image is drawn about as often at every IPC), SEGMENTS ("early:0:10 late:20:50 whole:0:50"),
