@@ -25,7 +25,8 @@ fixed knob), :data:`REPLICATE`, :data:`NETWORK_SEEDS`, :data:`WORKER`, :data:`VA
 A baseline trial (:data:`BASELINES`: random selection in the beta study, MTT
 in the alpha study) has :data:`BASELINE` set to its name and the categorical
 param :data:`INIT` instead of the stage's grid param; the final record
-compares the chosen set with each of them. The :data:`MTT` baseline is the
+compares the chosen set with each of them, and with :data:`WINDOW`, stage 1's
+best window alone (selection only, alpha 0), which needs no trial of its own. The :data:`MTT` baseline is the
 study's base method (``distill.method``) at alpha 1 from random init: its
 key stays ``"mtt"`` whatever the method, and :func:`label` names it after
 the method ("DSA (alpha 1, random init)").
@@ -92,9 +93,17 @@ INIT = "init"
 RANDOM, MTT = "random", "mtt"
 #: The baseline measured in each stage's study (``tune.baselines``).
 BASELINES: dict[str, tuple[str, ...]] = {BETA: (RANDOM,), ALPHA: (MTT,)}
-#: How summaries and the report name each candidate of the final choice.
+
+# ---- candidates of the final choice ----------------------------------------------------------
 SELMATCH = "selmatch"  # FinalRecord.chosen when the best grid point won
-LABELS = {SELMATCH: "SelMatch", RANDOM: "random selection (class-balanced)", MTT: "MTT (alpha 1, random init)"}
+WINDOW = "window"  # ... when stage 1's best window alone (selection only, alpha 0) won
+#: The candidates of the final choice, in the order a tie on validation is broken (the first wins).
+CANDIDATES = (SELMATCH, WINDOW, RANDOM, MTT)
+#: Candidates whose set comes from a trial of the beta study (the final record names no alpha trial).
+FROM_BETA_STUDY = (WINDOW, RANDOM)
+#: How summaries and the report name each candidate of the final choice.
+LABELS = {SELMATCH: "SelMatch", WINDOW: "selection-only window (alpha 0)", RANDOM: "random selection (class-balanced)",
+          MTT: "MTT (alpha 1, random init)"}
 
 
 def label(name: str, method: str = "mtt") -> str:
@@ -210,13 +219,16 @@ class FinalRecord:
         test_accuracy: ``{"mean", "std", "accuracies"}`` on the test split.
         iterations: Distillation iterations of the set.
         evaluation: How the test accuracy was measured (``{"runs", "steps", "model", "augment", "seconds"}``).
-        chosen: Which candidate the set is: :data:`SELMATCH` (the best grid trial) or a baseline
-            (:data:`RANDOM`, :data:`MTT`), the best on validation (``None``: written before baselines).
+        chosen: Which candidate the set is: :data:`SELMATCH` (the best grid trial), :data:`WINDOW`
+            (stage 1's best window alone) or a baseline (:data:`RANDOM`, :data:`MTT`), the best on
+            validation (``None``: written before baselines).
         val_accuracy: The chosen candidate's validation score.
         selmatch: The best grid point, ``{"alpha", "beta", "trial", "val_accuracy"}``, whichever
             candidate was chosen (``alpha`` and ``beta`` above are the chosen set's own).
-        baselines: Per baseline measured: ``{"label", "study", "trial", "state", "val_accuracy",
-            "test_accuracy", "result_path", "iterations"}`` (``None`` with ``tune.baselines = false``).
+        baselines: Per candidate other than SelMatch (:data:`WINDOW` and each baseline measured):
+            ``{"label", "study", "trial", "state", "val_accuracy", "test_accuracy", "result_path",
+            "iterations"}``, and ``"beta"`` for the window (``None`` with ``tune.baselines = false``;
+            records written before the window was a candidate lack it).
         summary: One line on the choice, e.g. "MTT (alpha 1, random init) beat every SelMatch point ...".
         extra: Any other JSON-able fact the objectives returned.
     """
@@ -268,6 +280,8 @@ __all__ = [
     "ALPHA",
     "BASELINES",
     "BETA",
+    "CANDIDATES",
+    "FROM_BETA_STUDY",
     "LABELS",
     "MTT",
     "RANDOM",
@@ -275,6 +289,7 @@ __all__ = [
     "REFINE_ATTR",
     "SELMATCH",
     "STAGES",
+    "WINDOW",
     "FinalRecord",
     "StudyName",
     "label",

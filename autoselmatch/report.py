@@ -7,7 +7,7 @@ accuracies of every distillation trial (pruned ones dashed), whether each
 distillation did anything (matching-loss ratio, eta and pixel change over
 iterations, and the coverage of the easy and hard test halves when
 ``distill.coverage_every`` recorded it), the final test accuracy against the
-baselines (random selection, MTT) on validation and test, the best set's
+other candidates (stage 1's window alone, random selection, MTT) on validation and test, the best set's
 image grid and the settings; above them, the optimal alpha and beta against
 IPC.
 
@@ -419,7 +419,8 @@ def _baselines_table(group: IpcStudies) -> str:
     rows = [(SELMATCH, f" (best grid point{point})", val, final.test_accuracy if final.chosen == SELMATCH else None, "")]
     for name, baseline in final.baselines.items():
         state = baseline.get("state")
-        rows.append((name, "", baseline.get(records.VAL_ACCURACY), baseline.get(records.TEST_ACCURACY),
+        detail = f" (beta {baseline[BETA]:g})" if BETA in baseline else ""  # the window's start
+        rows.append((name, detail, baseline.get(records.VAL_ACCURACY), baseline.get(records.TEST_ACCURACY),
                      "" if state == "complete" else f" ({state})"))
     method = records.study_method(group.alpha.user_attrs) if group.alpha is not None else "mtt"
     body = "".join(

@@ -227,8 +227,8 @@ def test_a_real_tune_records_a_final_record_that_reads_back(tuned):
 @pytest.mark.slow
 def test_a_real_tune_measures_both_baselines_and_evaluates_their_sets(tuned):
     final = FinalRecord.from_attrs(tuned[records.ALPHA].user_attrs)
-    assert final.chosen in (records.SELMATCH, records.RANDOM, records.MTT) and final.summary
-    assert set(final.baselines) == {records.RANDOM, records.MTT}
+    assert final.chosen in records.CANDIDATES and final.summary
+    assert set(final.baselines) == {records.WINDOW, records.RANDOM, records.MTT}
     for name, stage in ((records.RANDOM, records.BETA), (records.MTT, records.ALPHA)):
         baseline = final.baselines[name]
         (trial,) = [t for t in tuned[stage].trials if t.user_attrs[records.BASELINE] == name]
@@ -241,6 +241,21 @@ def test_a_real_tune_measures_both_baselines_and_evaluates_their_sets(tuned):
     # scored as its beta trial trained (tune.beta_augment, DSA), not with crop + flip alone under `combined`
     assert final.baselines[records.RANDOM][records.EVALUATION]["augment"] == "dsa"
     assert final.baselines[records.MTT][records.EVALUATION]["augment"] == "combined"
+
+
+@pytest.mark.slow
+def test_a_real_tune_makes_stage_1s_window_alone_from_its_best_beta_trial(tuned):
+    from autoselmatch.synset import SyntheticSet
+
+    final = FinalRecord.from_attrs(tuned[records.ALPHA].user_attrs)
+    outcome = tuned["result"].ipcs[0].beta
+    window = final.baselines[records.WINDOW]
+    assert (window["trial"], window[records.BETA]) == (outcome.best_trial, outcome.best_point)
+    assert tuned[records.BETA].trials[window["trial"]].params == {records.BETA: outcome.best_point}
+    assert window[records.VAL_ACCURACY] == pytest.approx(outcome.best_value)
+    assert window[records.ITERATIONS] == 0 and window[records.EVALUATION]["augment"] == "dsa"  # as its beta trials
+    made = SyntheticSet.load(window[records.RESULT_PATH])
+    assert not made.distill_mask.any() and made.settings["beta"] == outcome.best_point and made.settings["alpha"] == 0.0
 
 
 def test_the_mtt_baseline_is_named_after_the_study_s_base_method():

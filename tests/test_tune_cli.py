@@ -70,10 +70,10 @@ def test_studies_lists_each_study_with_its_best(tmp_path, monkeypatch):
     assert lines[0] == "digits-ipc10-beta  (maximize; 10 complete)  best 99.96 % at beta=0.5  baseline random 50.00 %"
     assert lines[1].startswith("digits-ipc10-alpha  (maximize; 5 complete)  best 99.99 % at alpha=0.6  "
                                "baseline mtt 90.00 %")
-    assert lines[1].endswith("test 99.99 % (SelMatch chosen); baselines random selection (class-balanced) 40.00 %, "
-                             "MTT (alpha 1, random init) 80.00 %")
+    assert lines[1].endswith("test 99.99 % (SelMatch chosen); baselines selection-only window (alpha 0) 89.96 %, "
+                             "random selection (class-balanced) 40.00 %, MTT (alpha 1, random init) 80.00 %")
     assert lines[2] == ("  SelMatch (alpha 0.6, beta 0.5) beat every baseline on validation, the best of them "
-                        "(MTT (alpha 1, random init)) by 9.99 points")
+                        "(selection-only window (alpha 0) at beta 0.5) by 0.03 points")
     rows = json.loads(invoke("studies", "--dataset", "digits", "--output", "json").output)["studies"]
     assert [r["name"] for r in rows] == ["digits-ipc10-beta", "digits-ipc10-alpha"]
 

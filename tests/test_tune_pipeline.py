@@ -10,6 +10,7 @@ import pytest
 
 from autoselmatch.config import apply_overrides, load_preset
 from autoselmatch.errors import InvalidArgument
+from autoselmatch.records import ALPHA
 from autoselmatch.storage import open_storage, parse_storage
 from autoselmatch.tune import parse_ipcs, report, tune
 
@@ -337,12 +338,17 @@ def test_both_baselines_are_trials_once_per_ipc_and_are_not_rerun_on_resume(tmp_
         assert final["baselines"]["random"]["val_accuracy"] == 0.5 and final["baselines"]["mtt"]["val_accuracy"] == 0.9
         assert final["baselines"]["random"]["trial"] == rand.number and final["baselines"]["random"]["study"] == beta.study_name
         assert final["baselines"]["mtt"]["test_accuracy"]["mean"] == pytest.approx(0.8)
+        window = final["baselines"]["window"]  # stage 1's best window alone: a candidate with no trial of its own
+        assert list(final["baselines"]) == ["window", "random", "mtt"]
+        assert (window["trial"], window["study"], window["beta"]) == (r.beta.best_trial, beta.study_name, r.beta.best_point)
+        assert window["val_accuracy"] == pytest.approx(r.beta.best_value) and window["label"] == "selection-only window (alpha 0)"
         assert final["summary"] == (f"SelMatch (alpha {r.alpha.best_point:g}, beta {r.beta.best_point:g}) beat every "
-                                    f"baseline on validation, the best of them (MTT (alpha 1, random init)) by "
-                                    f"{100 * (r.alpha.best_value - 0.9):.2f} points")
+                                    f"baseline on validation, the best of them (selection-only window (alpha 0) at "
+                                    f"beta {r.beta.best_point:g}) by {100 * (r.alpha.best_value - r.beta.best_value):.2f} points")
         assert alpha.user_attrs["final"] == final
     calls = log.read_text().splitlines()
     assert sum(line.startswith("random ") for line in calls) == 2 and sum(line.startswith("mtt ") for line in calls) == 2
+    assert sum(line.startswith("finish-window ") for line in calls) == 2  # one window set per IPC
     again = run(tmp_path, "10,20", objectives=functools.partial(Synthetic, log=log))
     assert log.read_text().splitlines() == calls  # nothing rerun, no final set remade
     assert [r.final for r in again.ipcs] == [r.final for r in result.ipcs]
@@ -364,7 +370,7 @@ def test_a_baseline_that_wins_on_validation_becomes_the_exported_set(tmp_path):
                                  "val_accuracy": result.ipcs[0].alpha.best_value}  # what reproduce reads
     manifest = export_trial(f"sqlite:///{tmp_path / 'studies.db'}", "digits-ipc10-alpha", tmp_path / "out")
     assert manifest["chosen"] == "mtt" and manifest["trial"] == mtt.number and manifest["alpha"] == 1.0
-    assert manifest["summary"] == final["summary"] and set(manifest["baselines"]) == {"random", "mtt"}
+    assert manifest["summary"] == final["summary"] and set(manifest["baselines"]) == {"window", "random", "mtt"}
     assert manifest["test_accuracy"]["mean"] == 0.7 and manifest["settings"] == {"baseline": "mtt"}
 
 
@@ -392,6 +398,59 @@ def test_random_selection_that_wins_is_exported_from_the_beta_study(tmp_path):
     assert manifest["chosen"] == "random" and manifest["trial"] is None and manifest["settings"] == {"baseline": "random"}
 
 
+class WindowWins(MttWins):
+    """Stage 1's windows score above every other candidate (validation 1.4996 at beta 0.5)."""
+
+    def beta(self, ctx):
+        window = super().beta(ctx)
+        return lambda beta, trial: window(beta, trial) + 0.5
+
+
+def test_stage_1s_window_that_wins_on_validation_is_exported_named_and_reported(tmp_path, monkeypatch):
+    import re
+
+    from click.testing import CliRunner
+
+    import autoselmatch.tune._pipeline as pipeline
+    from autoselmatch.cli import cli
+    from autoselmatch.export import export_trial
+    from autoselmatch.report import build_report
+
+    monkeypatch.setattr(pipeline, "SelMatchObjectives", WindowWins)
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    result = CliRunner().invoke(cli, ["--quiet", "tune", "--dataset", "digits", "--ipc", "10", "--pruner", "none",
+                                      "--storage", url], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "ipc 10: beta 0.5, alpha 0.6; chosen set: selection-only window (alpha 0) at beta 0.5, test accuracy" \
+        in result.output
+    final = load(tmp_path, "digits-ipc10-alpha").user_attrs["final"]
+    window = 1.5 - (0.5 - 0.52) ** 2
+    assert final["chosen"] == "window" and "trial" not in final and (final["alpha"], final["beta"]) == (0.0, 0.5)
+    assert final["val_accuracy"] == pytest.approx(window) and final["result_path"].endswith("final/window/result.pt")
+    assert final["selmatch"][ALPHA] == 0.6 and final["baselines"]["window"]["test_accuracy"]["mean"] == 0.4
+    assert final["summary"] == ("selection-only window (alpha 0) at beta 0.5 beat every SelMatch point on validation by "
+                                f"{100 * (window - final['selmatch']['val_accuracy']):.2f} points; exporting it")
+    manifest = export_trial(url, "digits-ipc10-alpha", tmp_path / "out")  # the set of a trial of the beta study
+    assert manifest["chosen"] == "window" and manifest["trial"] is None and (manifest["alpha"], manifest["beta"]) == (0.0, 0.5)
+    assert manifest["settings"] == {"baseline": "window"}
+    build_report(url, "digits", tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert re.search(r"<td>selection-only window \(alpha 0\) \(beta 0\.5\)</td><td>149\.96 %</td><td>40\.00 %</td>"
+                     r"<td>exported</td>", page)
+
+
+def test_a_tie_between_the_window_and_random_selection_goes_to_the_window(tmp_path):
+    class Tie(Synthetic):  # random selection scores exactly the best window
+        baseline_values = {"random": 1.0 - (0.5 - 0.52) ** 2 + 0.5, "mtt": 0.9}
+
+        def beta(self, ctx):
+            window = super().beta(ctx)
+            return lambda beta, trial: window(beta, trial) + 0.5
+
+    final = run(tmp_path, objectives=Tie).ipcs[0].final
+    assert final["chosen"] == "window" and final["baselines"]["random"]["val_accuracy"] == final["val_accuracy"]
+
+
 def test_baselines_off_measures_none_and_records_the_best_grid_point(tmp_path):
     log = tmp_path / "calls.log"
     result = run(tmp_path, cfg=config(**{"tune.baselines": False}), objectives=functools.partial(MttWins, log=log))
@@ -417,9 +476,10 @@ def test_a_study_made_before_baselines_existed_resumes_and_gets_them(tmp_path):
         study.set_user_attr("settings", settings)
     again = run(tmp_path, objectives=functools.partial(Synthetic, log=log))
     calls = [line.split()[0] for line in log.read_text().splitlines()]
-    assert calls == ["random", "mtt", "finish-random", "finish-mtt", "final"]  # no grid point rerun
+    assert calls == ["random", "mtt", "finish-window", "finish-random", "finish-mtt", "final"]  # no grid point rerun
     assert again.ipcs[0].beta.ran == 1 and again.ipcs[0].alpha.ran == 1
-    assert again.ipcs[0].final["chosen"] == "selmatch" and set(again.ipcs[0].final["baselines"]) == {"random", "mtt"}
+    assert again.ipcs[0].final["chosen"] == "selmatch"
+    assert set(again.ipcs[0].final["baselines"]) == {"window", "random", "mtt"}
 
 
 def test_the_cli_names_a_winning_baseline_as_the_chosen_set(tmp_path, monkeypatch):

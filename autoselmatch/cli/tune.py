@@ -96,7 +96,7 @@ def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, as
 
     import optuna
 
-    from ..records import SELMATCH, FinalRecord, label
+    from ..records import SELMATCH, WINDOW, FinalRecord, label
     from ..tune import parse_ipcs, tune as run_tune
 
     check_tunable(cfg, parse_ipcs(ipcs))
@@ -115,6 +115,7 @@ def tune(ctx: click.Context, dataset, preset, data_root, download, cache_dir, as
             final = FinalRecord.from_dict(r.final)
             if final.chosen not in (None, SELMATCH):  # beta and alpha above are SelMatch's best point, not the set's
                 line += f"; chosen set: {label(final.chosen, cfg.distill.method)}"
+                line += f" at beta {final.beta:g}" if final.chosen == WINDOW else ""
             acc = final.test_accuracy
             runs = len(acc.get('accuracies') or []) or None
             line += f", test accuracy {format_accuracy(acc['mean'], acc['std'], runs)}"

@@ -220,8 +220,8 @@ def export_trial(
             names = ", ".join(s.study_name for s in source.get_all_studies()) or "none"
             raise InvalidArgument(f"unknown study {study_name!r}; the storage holds: {names}") from None
         final = FinalRecord.from_attrs(study.user_attrs) if trial is None else None
-        # a random-selection final set comes from a trial of the beta study, not of this one
-        chosen = None if final is not None and final.chosen == records.RANDOM else \
+        # a selection-only final set (the window, random selection) comes from a trial of the beta study
+        chosen = None if final is not None and final.chosen in records.FROM_BETA_STUDY else \
             pick_trial(study, final.trial if final is not None else trial)
         dataset = study.user_attrs.get(records.DATASET) or records.prefix_of(study_name)
         art_dir = Path(artifacts).expanduser() if artifacts is not None else artifact_dir_of(spec, dataset)

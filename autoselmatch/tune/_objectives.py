@@ -25,7 +25,8 @@
 - baselines: random selection (class-balanced, ``seed``) is scored by the
   stage-1 objective as the window of seeded random scores; MTT is the stage-2
   objective at alpha 1 from a random real init (``distill.init = random``);
-  their final sets are made and evaluated like the best trial's.
+  their final sets, and that of stage 1's best window alone, are made and
+  evaluated like the best trial's.
 
 Building :class:`SelMatchObjectives` loads the dataset only; the difficulty
 scores are loaded or computed (and cached) when a stage first needs them,
@@ -231,6 +232,10 @@ class SelMatchObjectives:
 
     def finish_baseline(self, ctx: StageContext, *, name: str, trial: optuna.trial.FrozenTrial, study: optuna.Study,
                         upload: bool) -> dict[str, Any]:
+        if name == records.WINDOW:  # stage 1's best trial: its window alone, nothing distilled
+            beta = float(trial.params[records.BETA])
+            return self._final_set(ctx, ctx.cfg, alpha=0.0, beta=beta, trial=trial, study=study, upload=upload,
+                                   final_dir=ctx.workdir / "final" / name)
         alpha = 1.0 if name == records.MTT else 0.0
         return self._final_set(ctx, _with_init(ctx.cfg, "random"), alpha=alpha, beta=0.0, trial=trial, study=study,
                                upload=upload, final_dir=ctx.workdir / "final" / name, init="random")

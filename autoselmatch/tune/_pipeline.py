@@ -16,10 +16,11 @@ For each IPC, in ascending order:
    both lines: stage 1 scores windows alone, and the best window start for a
    set that is partly distilled can lie elsewhere.
 3. **final**: the best candidate on validation is chosen among the best alpha
-   trial and the baselines (``tune.baselines``: random selection, a trial of the
+   trial, stage 1's best window alone (selection only, alpha 0: the beta study's
+   best trial) and the baselines (``tune.baselines``: random selection, a trial of the
    beta study, and MTT, a trial of the alpha study); the objectives'
    ``finish`` / ``finish_baseline`` continue it to the full budget, evaluate it on the
-   test split and save it, and every baseline's set is finished and evaluated the
+   test split and save it, and every other candidate's set is finished and evaluated the
    same way; it all goes into the alpha study as its :class:`~autoselmatch.records.FinalRecord`.
 
 What is evaluated comes from an :class:`Objectives` object built by a
@@ -48,7 +49,20 @@ from .. import records
 from ..config import RunConfig, key_dict, to_dict
 from ..errors import DataError, InvalidArgument
 from ..fileio import file_lock, stable_hash
-from ..records import ALPHA, BASELINES, BETA, MTT, REFINE, SELMATCH, STAGES, FinalRecord, label, study_name
+from ..records import (
+    ALPHA,
+    BASELINES,
+    BETA,
+    CANDIDATES,
+    MTT,
+    REFINE,
+    SELMATCH,
+    STAGES,
+    WINDOW,
+    FinalRecord,
+    label,
+    study_name,
+)
 from ..runtime import LOG
 from ..storage import default_artifacts_dir, default_storage_url, open_storage, parse_storage, safe_name
 from ._controller import StageOutcome
@@ -284,7 +298,7 @@ def _tune_ipc(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Object
                      refine_out.best_value, alpha_out.best_value)
             best, beta = refine_out, refine_out.best_point
 
-    final = _finish(plan, storage, objs, ipc, alpha=alpha_out.best_point, beta=beta, best=best)
+    final = _finish(plan, storage, objs, ipc, alpha=alpha_out.best_point, beta=beta, best=best, window=beta_out)
     return IpcResult(ipc, beta_out, alpha_out, final, prior, refine_out)
 
 
@@ -397,16 +411,17 @@ def _record_stage(study: optuna.Study, job: StageJob, prior: dict[str, Any] | No
 
 
 def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectives, ipc: int, *, alpha: float,
-            beta: float, best: StageOutcome) -> dict[str, Any]:
+            beta: float, best: StageOutcome, window: StageOutcome) -> dict[str, Any]:
     """Choose, make, evaluate and record the final set, unless the study already holds it for these trials.
 
     ``(alpha, beta)`` is the best SelMatch point and ``best`` the outcome of the search that found
-    it (stage 2, or the refinement), which names its value and trial in the alpha study.
-    The final set is the best on validation among that point and the
-    finished baselines (a tie goes to SelMatch); every baseline's set is made and
-    evaluated on the test split too. Workers that end the alpha stage together
-    take turns on a lock in the study's folder: the first makes the sets, the
-    others wait and reuse them.
+    it (stage 2, or the refinement), which names its value and trial in the alpha study;
+    ``window`` is stage 1's outcome, whose best window alone (alpha 0) is a candidate too.
+    The final set is the best on validation among that point, the window and the
+    finished baselines (a tie goes to the first in :data:`~autoselmatch.records.CANDIDATES`,
+    SelMatch); every other candidate's set is made and evaluated on the test split too.
+    Workers that end the alpha stage together take turns on a lock in the study's folder:
+    the first makes the sets, the others wait and reuse them.
     """
     from ..distill import method_key
 
@@ -415,7 +430,7 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
     trial = study.trials[best.best_trial]
     shaped = {"trial": trial.number, "beta": beta, "distill": method_key(plan.cfg)["distill"],
               "evaluate": key_dict("evaluate", plan.cfg.evaluate)}  # what shapes the final set and its test score
-    measured = _baseline_trials(plan, storage, ipc) if plan.cfg.tune.baselines else {}
+    measured = _candidate_trials(plan, storage, ipc, window) if plan.cfg.tune.baselines else {}
     if plan.cfg.tune.baselines:  # without baselines the key is the one older versions wrote
         shaped["baselines"] = {n: [t.number, t.state.name] for n, (t, _) in measured.items()}
     key = stable_hash(shaped)
@@ -426,25 +441,31 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
         if done is not None and done.key == key:
             LOG.info("%s: final set already made (%s)", name, done.result_path)
             return done.to_dict()
-        others = {n: float(t.value) for n, (t, _) in measured.items() if t.state == TrialState.COMPLETE}
+        others = {n: float(window.best_value if n == WINDOW else t.value)  # the window: its point's replicate mean
+                  for n, (t, _) in measured.items() if t.state == TrialState.COMPLETE}
         scores = {SELMATCH: float(best.best_value), **others}  # the point's mean over its replicates
-        chosen = max(scores, key=lambda n: (round(scores[n], _SAME_DIGITS), n == SELMATCH))
-        baselines: dict[str, dict[str, Any]] = {}
-        made: dict[str, dict[str, Any]] = {}  # what finish_baseline returned, per baseline
+        chosen = max(scores, key=lambda n: (round(scores[n], _SAME_DIGITS), -CANDIDATES.index(n)))
         method = plan.cfg.distill.method
+        names = {n: _named(n, method, window.best_point) for n in measured}
+        baselines: dict[str, dict[str, Any]] = {}
+        made: dict[str, dict[str, Any]] = {}  # what finish_baseline returned, per candidate
         for n, (t, source) in measured.items():
-            LOG.info("%s: final set of the baseline %s (trial %d of %s)", name, label(n, method), t.number, source)
+            LOG.info("%s: final set of the %s (trial %d of %s)", name, names[n], t.number, source)
             made[n] = objs.finish_baseline(ctx, name=n, trial=t, study=study, upload=n == chosen)
+            value = others.get(n, _trial_score(t))
             baselines[n] = {"label": label(n, method), "study": source, "trial": t.number,
-                            "state": t.state.name.lower(), records.VAL_ACCURACY: _trial_score(t), **made[n]}
+                            "state": t.state.name.lower(), records.VAL_ACCURACY: value, **made[n]}
+            if n == WINDOW:
+                baselines[n][BETA] = window.best_point
         if chosen == SELMATCH:
             number = trial.number
             LOG.info("%s: final set from trial %d (alpha=%g, beta=%g)", name, number, alpha, beta)
             facts = {**objs.finish(ctx, alpha=alpha, beta=beta, trial=trial, study=study), ALPHA: alpha, BETA: beta}
-        else:  # the baseline's own set: random selection distils nothing, MTT all of it; neither has a window
-            number = measured[chosen][0].number if chosen == MTT else None  # random's trial is the beta study's
-            facts = {**made[chosen], ALPHA: 1.0 if chosen == MTT else 0.0, BETA: 0.0}
-        summary = _summary(chosen, float(best.best_value), others, alpha, beta, method) \
+        else:  # a set with nothing distilled (the window, random selection) or all of it (MTT, from random init)
+            number = measured[chosen][0].number if chosen == MTT else None  # the others' trials are the beta study's
+            facts = {**made[chosen], ALPHA: 1.0 if chosen == MTT else 0.0,
+                     BETA: window.best_point if chosen == WINDOW else 0.0}
+        summary = _summary(chosen, float(best.best_value), others, names, alpha, beta) \
             if plan.cfg.tune.baselines else None
         if summary is not None:
             LOG.info("%s: %s", name, summary)
@@ -464,20 +485,24 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
 _SAME_DIGITS = 9
 
 
-def _baseline_trials(plan: TunePlan, storage: optuna.storages.BaseStorage,
-                     ipc: int) -> dict[str, tuple[FrozenTrial, str]]:
-    """Each baseline's settled trial (finished, else pruned) and its study's name; unsettled ones are left out."""
+def _candidate_trials(plan: TunePlan, storage: optuna.storages.BaseStorage, ipc: int,
+                      window: StageOutcome) -> dict[str, tuple[FrozenTrial, str]]:
+    """The trial and study name of each candidate but SelMatch, in :data:`~autoselmatch.records.CANDIDATES`
+    order: stage 1's best trial (``window``) for the window, each baseline's settled trial (finished,
+    else pruned); baselines not yet settled are left out."""
     found: dict[str, tuple[FrozenTrial, str]] = {}
     for stage in STAGES:
         name = study_name(plan.prefix, ipc, stage)
-        trials = optuna.load_study(study_name=name, storage=storage).get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        study = optuna.load_study(study_name=name, storage=storage)
+        if stage == BETA and window.best_trial is not None:
+            found[WINDOW] = (study.trials[window.best_trial], name)
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         for baseline in BASELINES[stage]:
             mine = [t for t in trials if t.user_attrs.get(records.BASELINE) == baseline]
             if mine:
                 best = max(mine, key=lambda t: (t.state == TrialState.COMPLETE, -t.number))
                 found[baseline] = (best, name)
-    return found
+    return {n: found[n] for n in CANDIDATES if n in found}
 
 
 def _trial_score(trial: FrozenTrial) -> float | None:
@@ -488,21 +513,27 @@ def _trial_score(trial: FrozenTrial) -> float | None:
     return float(steps[max(steps)]) if steps else None
 
 
-def _summary(chosen: str, selmatch: float, others: dict[str, float], alpha: float, beta: float,
-             method: str = "mtt") -> str:
+def _named(name: str, method: str, window_beta: float | None) -> str:
+    """How the log and the summary name candidate ``name``: its :func:`~autoselmatch.records.label`, and
+    the window's start for the window."""
+    return label(name, method) + (f" at beta {window_beta:g}" if name == WINDOW else "")
+
+
+def _summary(chosen: str, selmatch: float, others: dict[str, float], names: dict[str, str], alpha: float,
+             beta: float) -> str:
     """One line on the final choice: ``chosen`` among the best grid point (score ``selmatch``) and the
-    finished baselines (``others``) of a study with base method ``method``; differences in percentage
-    points of validation accuracy."""
+    finished baselines, the window among them (``others``, named by ``names``); differences in
+    percentage points of validation accuracy."""
     if chosen != SELMATCH:
-        return (f"{label(chosen, method)} beat every SelMatch point on validation by "
+        return (f"{names[chosen]} beat every SelMatch point on validation by "
                 f"{100 * (others[chosen] - selmatch):.2f} points; exporting it")
     point = f"SelMatch (alpha {alpha:g}, beta {beta:g})"
     if not others:
         return f"{point} chosen; no baseline finished (pruned or failed), so none could be compared"
-    runner = max(others, key=others.get)
+    runner = max(others, key=lambda n: (others[n], -CANDIDATES.index(n)))
     if round(others[runner], _SAME_DIGITS) >= round(selmatch, _SAME_DIGITS):
-        return f"{point} tied the best baseline on validation ({label(runner, method)}); a tie goes to SelMatch"
-    return (f"{point} beat every baseline on validation, the best of them ({label(runner, method)}) by "
+        return f"{point} tied the best baseline on validation ({names[runner]}); a tie goes to SelMatch"
+    return (f"{point} beat every baseline on validation, the best of them ({names[runner]}) by "
             f"{100 * (selmatch - others[runner]):.2f} points")
 
 

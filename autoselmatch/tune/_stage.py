@@ -91,9 +91,10 @@ class Objectives(Protocol):
 
     def finish_baseline(self, ctx: StageContext, *, name: str, trial: FrozenTrial, study: optuna.Study,
                         upload: bool) -> dict[str, Any]:
-        """Make and evaluate baseline ``name``'s final set (MTT continued to ``distill.iterations``,
-        random selection as it is) from its ``trial``, like :meth:`finish`; ``ctx`` and ``study`` are
-        the alpha study's. ``upload``: the set is the chosen one (store it as the study's artifacts)."""
+        """Make and evaluate the final set of candidate ``name`` from its ``trial``, like :meth:`finish`:
+        a baseline (MTT continued to ``distill.iterations``, random selection as it is) or ``window``
+        (stage 1's best window alone, from that beta trial); ``ctx`` and ``study`` are the alpha
+        study's. ``upload``: the set is the chosen one (store it as the study's artifacts)."""
 
 
 ObjectivesFactory = Callable[[RunConfig], Objectives]
