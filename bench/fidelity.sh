@@ -14,24 +14,27 @@
 #
 # Knobs (environment): DATASET (fashion-mnist), PRESET (configs/fashion-mnist-active.toml), IPCS ("600 60"),
 # ITERS (500 distillation iterations), BATCH_SYN (200), ALPHAS ("0.5 0.25"), BETA (0.6), EXPERTS (5),
-# RUNS (3 evaluation networks), SEED (0), FIDELITY_BUDGET (seconds, default: no limit).
+# RUNS (3 evaluation networks), SEED (0), FIDELITY_BUDGET (seconds, default: no limit), SETS (more
+# `--set KEY=VALUE` settings for every command, space-separated, e.g. "experts.epochs=6 distill.max_start_epoch=50").
 set -uo pipefail
 OUT=${1:?usage: bash bench/fidelity.sh OUT [GLOBAL OPTIONS...]}; shift
 mkdir -p "$OUT"
 DATASET=${DATASET:-fashion-mnist} PRESET=${PRESET:-configs/fashion-mnist-active.toml}
 IPCS=${IPCS:-600 60} ITERS=${ITERS:-500} BATCH_SYN=${BATCH_SYN:-200} ALPHAS=${ALPHAS:-0.5 0.25} BETA=${BETA:-0.6}
-EXPERTS=${EXPERTS:-5} RUNS=${RUNS:-3} SEED=${SEED:-0} BUDGET=${FIDELITY_BUDGET:-1000000000}
+EXPERTS=${EXPERTS:-5} RUNS=${RUNS:-3} SEED=${SEED:-0} BUDGET=${FIDELITY_BUDGET:-1000000000} SETS=${SETS:-}
 export AUTOSELMATCH_NO_PROGRESS=1
 GLOBAL=(--seed "$SEED" "$@")
 COMMON=(-d "$DATASET" --preset "$PRESET" --cache-dir "$OUT/cache" --set "experts.num_experts=$EXPERTS"
         --set "distill.iterations=$ITERS" --set "distill.checkpoint_every=100" --set "evaluate.runs=$RUNS")
+for setting in $SETS; do COMMON+=(--set "$setting"); done
 asm() {  # asm ARGS...: one autoselmatch command, cut to what is left of the budget (skipped under 15 s)
   local left=$((BUDGET - SECONDS))
   if (( left < 15 )); then echo "skipped (budget spent): autoselmatch $*" >&2; return 1; fi
   timeout "$left" python -m autoselmatch "${GLOBAL[@]}" "$@"
 }
 echo "settings: dataset $DATASET, preset $PRESET, IPCs $IPCS, $ITERS iterations, batch_syn $BATCH_SYN," \
-     "alphas $ALPHAS, beta $BETA, $EXPERTS experts, $RUNS networks, seed $SEED, global options $*" | tee "$OUT/settings.txt"
+     "alphas $ALPHAS, beta $BETA, $EXPERTS experts, $RUNS networks, seed $SEED, settings ${SETS:-none}," \
+     "global options $*" | tee "$OUT/settings.txt"
 asm experts "${COMMON[@]}" > /dev/null || exit 1
 for IPC in $IPCS; do
   B=$((BATCH_SYN < IPC * 10 ? BATCH_SYN : IPC * 10))

@@ -87,7 +87,10 @@ fi
 
 if want fidelity; then
   echo "== 6. issue 15 on Fashion-MNIST: random, window, MTT and SelMatch at IPC 600 and 60 (bench/fidelity.sh)"
+  # with what the CPU runs of 2026-12-01 found better (bench/RESULTS.md, "Why the active distillation loses"):
+  # start rows from the whole expert trajectory (6 epochs), the window at beta 0.4, alpha 0.2
   if [ -d "$DATA/fashion-mnist" ]; then
+    BETA=${BETA:-0.4} ALPHAS=${ALPHAS:-0.2} SETS=${SETS:-experts.epochs=6 distill.max_start_epoch=50} \
     FIDELITY_BUDGET=$(cap 100000) bash bench/fidelity.sh "$OUT/fidelity" --device cuda --data-root "$DATA" \
         2>&1 | tee "$OUT/fidelity.log" | grep -v "^[0-9:]* INFO"
   else

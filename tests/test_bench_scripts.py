@@ -98,3 +98,26 @@ def test_score_correlation_compares_each_scores_best_window_with_random_draws(tm
         assert list(score["curve"]) == ["0", "0.5"]
         assert score["best"] == max(score["curve"].values()) and score["best_beta"] in (0.0, 0.5)
         assert score["best_minus_random"] == pytest.approx(score["best"] - random, abs=2e-4)
+
+
+@pytest.mark.slow  # five autoselmatch commands, a torch start-up each
+def test_fidelity_script_scores_every_set_with_extra_settings(tmp_path):
+    """bench/fidelity.sh (the GPU check of issue 15) on digits: SETS reaches every command, every set is
+    made and scored, and the table names each one."""
+    import os
+
+    tiny = ("experts.epochs=2 distill.max_start_epoch=1 distill.expert_epochs=1 distill.syn_steps=2 "
+            "evaluate.steps=5 scores.epochs=1 scores.networks=1")
+    env = {**os.environ, "DATASET": "digits", "PRESET": str(BENCH.parent / "configs" / "digits.toml"), "IPCS": "3",
+           "ITERS": "2", "ALPHAS": "0.5", "EXPERTS": "1", "RUNS": "1", "BETA": "0.2", "SETS": tiny}
+    done = subprocess.run(["bash", str(BENCH / "fidelity.sh"), str(tmp_path / "out"), "--device", "cpu"], env=env,
+                          capture_output=True, text=True, check=False, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| 3 |")]
+    assert sorted(row[1] for row in rows) == ["mtt", "random", "selmatch0.5", "window"]
+    assert all(row[4].endswith("(1 run) |") for row in rows)
+    from autoselmatch.synset import SyntheticSet
+
+    config = SyntheticSet.load(tmp_path / "out" / "mtt-3" / "result.pt").settings["config"]
+    assert config["experts"]["epochs"] == 2 and config["distill"]["max_start_epoch"] == 1  # SETS reached the command
+    assert "settings experts.epochs=2" in (tmp_path / "out" / "settings.txt").read_text()
