@@ -270,9 +270,10 @@ def test_distill_survives(reference, tmp_path, fault):
 # tune
 # --------------------------------------------------------------------------------------------
 
-# Hits of one run: beta trials 1-3 (claimed, 2 reports, told each), alpha trials 1-2 (claimed, 2 iterations
-# each with a checkpoint, 1 report, a last checkpoint, result.pt, told), final set (checkpoint 7: the best
-# trial's checkpoint copied, then 2 more iterations, checkpoints 8-10, result.pt 3).
+# Hits of one run: beta trials 1-3 (claimed, 2 reports, told each), alpha trials (claimed, 2 iterations
+# each with a checkpoint, 1 report, a last checkpoint, result.pt, told: MTT's result.pt 1, the grid's 2-3),
+# final sets (the window's result.pt 4, random selection's 5; MTT's checkpoint 10 copied from its trial,
+# 2 more iterations, checkpoints 11-13, result.pt 6; MTT is the chosen set here).
 TUNE_FAULTS = [  # per study the baseline trial comes first (random selection, then MTT), then the grid's
     "tune.claimed:1:KILL",  # the first trial claimed (RUNNING), not started: the random-selection baseline
     "tune.claimed:2:INT",  # Ctrl-C between the baseline and the first beta grid trial
@@ -283,7 +284,7 @@ TUNE_FAULTS = [  # per study the baseline trial comes first (random selection, t
     "tune.report:10:INT",  # Ctrl-C in the first alpha grid trial, after its report
     "write:result.pt:2:KILL",  # the first alpha grid trial's set written, not renamed, the trial not told
     "write:checkpoint.pt:10:KILL",  # while MTT's checkpoint is copied for its final set
-    "write:result.pt:5:INT",  # Ctrl-C while a final set (here MTT's, continued to distill.iterations) is written
+    "write:result.pt:6:INT",  # Ctrl-C while a final set (here MTT's, continued to distill.iterations) is written
 ]
 RANDOM_KILLS = [0, 1]  # seeds of the random delays
 

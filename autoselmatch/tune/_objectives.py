@@ -268,8 +268,8 @@ class SelMatchObjectives:
                                   distill_mask=result.distill_mask.to(self.device), split="test",
                                   runs=cfg.evaluate.runs, seed=cfg.seed)
         spread = f" ± {100 * test.std:.2f}" if test.runs > 1 else ""  # one run has no spread
-        LOG.info("%s: test accuracy %.2f%s %% (%d run%s)%s", ctx.study_name, 100 * test.mean, spread, test.runs,
-                 "" if test.runs == 1 else "s", "" if init is None else f" ({final_dir.name})")
+        LOG.info("%s: test accuracy %.2f%s %% (%d run%s) of %s", ctx.study_name, 100 * test.mean, spread, test.runs,
+                 "" if test.runs == 1 else "s", final_dir.name)
         path = result.save(final_dir / RESULT_FILE).resolve()
         if upload:
             upload_trial_artifacts(study, ctx.artifact_store(), path)

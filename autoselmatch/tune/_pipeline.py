@@ -450,7 +450,7 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
         baselines: dict[str, dict[str, Any]] = {}
         made: dict[str, dict[str, Any]] = {}  # what finish_baseline returned, per candidate
         for n, (t, source) in measured.items():
-            LOG.info("%s: final set of the %s (trial %d of %s)", name, names[n], t.number, source)
+            LOG.info("%s: final set of a candidate, %s (trial %d of %s)", name, names[n], t.number, source)
             made[n] = objs.finish_baseline(ctx, name=n, trial=t, study=study, upload=n == chosen)
             value = others.get(n, _trial_score(t))
             baselines[n] = {"label": label(n, method), "study": source, "trial": t.number,
