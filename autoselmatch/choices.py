@@ -34,6 +34,8 @@ DISTILL_MODES = ("selmatch", "merge")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: Trial budgets of ``tune.budget``.
 TUNE_BUDGETS = ("quick", "paper")
+#: What ``tune.choose_on`` compares the candidates of the final choice by.
+TUNE_CHOOSE_ON = ("trials", "final")
 #: Methods of ``bench reproduce`` in table order (one set builder each in ``reproduce.METHODS``).
 REPRODUCE_METHODS = ("random", "hardest", "window", "mtt", "mtt-init", "merge", "selmatch", "full")
 #: File formats of an exported set.
@@ -55,4 +57,5 @@ __all__ = [
     "REPRODUCE_METHODS",
     "SRE2L_TEACHERS",
     "TUNE_BUDGETS",
+    "TUNE_CHOOSE_ON",
 ]

@@ -26,7 +26,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .choices import (AUGMENTATIONS, COMPILE_MODES, DISTILL_INITS, DISTILL_METHODS, DISTILL_MODES, DISTILL_PRECISIONS,
                       EXPERT_AUGMENTATIONS, MAX_SEED, MEMORY_MODES, REPRODUCE_METHODS, SRE2L_TEACHERS,
-                      TUNE_BUDGETS)
+                      TUNE_BUDGETS, TUNE_CHOOSE_ON)
 from .data import check_image_size
 from .errors import InvalidArgument
 from .models import ModelSpec
@@ -397,6 +397,12 @@ class TuneConfig:
             trials in the alpha study, walking from stage 1's beta), and take the best (beta,
             alpha) of both searches: stage 1 scores windows alone (alpha 0), where the best
             beta can differ from the best one under distillation.
+        choose_on: What the final choice compares (with ``baselines``): ``trials``, each
+            candidate's trial score (quick evaluations on validation), or ``final``, each
+            candidate's final set trained as the test evaluation trains it (``evaluate.runs``
+            networks, the full budget) and scored on validation. ``final`` costs one more final
+            evaluation per candidate, and makes SelMatch's final set even when it loses; quick
+            scores favour easy windows and sets that gain little from a longer training.
     """
 
     beta_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -425,6 +431,7 @@ class TuneConfig:
     max_seeds: int = 1
     alpha_fraction: float | None = None
     refine_beta: bool = False
+    choose_on: str = "trials"
 
     def __post_init__(self) -> None:
         for name in ("beta_grid", "alpha_grid"):
@@ -440,6 +447,7 @@ class TuneConfig:
                                   f"budget) or unset, got {self.alpha_fraction}")
         _check_choice("tune.budget", self.budget, TUNE_BUDGETS)
         _check_choice("tune.beta_augment", self.beta_augment, AUGMENTATIONS)
+        _check_choice("tune.choose_on", self.choose_on, TUNE_CHOOSE_ON)
         for name in ("patience", "pruner_startup_trials", "pruner_warmup_steps"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"tune.{name} must be >= 0, got {getattr(self, name)}")

@@ -70,6 +70,7 @@ REFINE_ATTR = "refine"  # on the alpha study: {"alpha", "from", "search"} of the
 FINAL = "final"  # FinalRecord.to_dict() of the IPC's final set (alpha study)
 TEST_ACCURACY = "test_accuracy"  # {"mean", "std", "accuracies"} on the test split (beside FINAL)
 EVALUATION = "evaluation"  # how TEST_ACCURACY was measured: {"runs", "steps", "model", "augment", "seconds"}
+FINAL_VAL_ACCURACY = "final_val_accuracy"  # tune.choose_on = final: {"mean", "std", "accuracies"} on validation
 
 # ---- trial user attrs ------------------------------------------------------------------------
 RESULT_PATH = "result_path"  # the trial's distilled set on disk (also in FINAL: the final set)
@@ -222,9 +223,14 @@ class FinalRecord:
         chosen: Which candidate the set is: :data:`SELMATCH` (the best grid trial), :data:`WINDOW`
             (stage 1's best window alone) or a baseline (:data:`RANDOM`, :data:`MTT`), the best on
             validation (``None``: written before baselines).
-        val_accuracy: The chosen candidate's validation score.
+        val_accuracy: The chosen candidate's trial score (quick evaluations on validation).
+        choose_on: What the choice compared (``tune.choose_on``): ``trials`` (each candidate's
+            ``val_accuracy``) or ``final`` (each candidate's :data:`FINAL_VAL_ACCURACY`, in its
+            entry and, for SelMatch's set, in ``selmatch``); ``None``: written before the setting.
         selmatch: The best grid point, ``{"alpha", "beta", "trial", "val_accuracy"}``, whichever
-            candidate was chosen (``alpha`` and ``beta`` above are the chosen set's own).
+            candidate was chosen (``alpha`` and ``beta`` above are the chosen set's own); under
+            ``choose_on = final`` also its final set's ``final_val_accuracy``, ``test_accuracy``
+            and ``result_path``.
         baselines: Per candidate other than SelMatch (:data:`WINDOW` and each baseline measured):
             ``{"label", "study", "trial", "state", "val_accuracy", "test_accuracy", "result_path",
             "iterations"}``, and ``"beta"`` for the window (``None`` with ``tune.baselines = false``;
@@ -244,6 +250,7 @@ class FinalRecord:
     evaluation: dict[str, Any] | None = None
     chosen: str | None = None
     val_accuracy: float | None = None
+    choose_on: str | None = None
     selmatch: dict[str, Any] | None = None
     baselines: dict[str, dict[str, Any]] | None = None
     summary: str | None = None

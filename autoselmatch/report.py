@@ -408,7 +408,8 @@ def _percent(value: Any) -> str:
 
 
 def _baselines_table(group: IpcStudies) -> str:
-    """Every candidate of the final choice: validation score, test accuracy, which one was exported."""
+    """Every candidate of the final choice: validation score (of its trials, and of its final set under
+    ``tune.choose_on = final``), test accuracy, which one was exported."""
     final = _final(group)
     if final is None or final.baselines is None:
         return ""
@@ -416,21 +417,25 @@ def _baselines_table(group: IpcStudies) -> str:
     grid = final.selmatch or {}
     point = f": alpha {grid[ALPHA]:g}, beta {grid[BETA]:g}" if ALPHA in grid and BETA in grid else ""
     val = grid.get(records.VAL_ACCURACY, None if best is None else best.value)
-    rows = [(SELMATCH, f" (best grid point{point})", val, final.test_accuracy if final.chosen == SELMATCH else None, "")]
+    test = final.test_accuracy if final.chosen == SELMATCH else grid.get(records.TEST_ACCURACY)
+    rows = [(SELMATCH, f" (best grid point{point})", val, grid.get(records.FINAL_VAL_ACCURACY), test, "")]
     for name, baseline in final.baselines.items():
         state = baseline.get("state")
         detail = f" (beta {baseline[BETA]:g})" if BETA in baseline else ""  # the window's start
-        rows.append((name, detail, baseline.get(records.VAL_ACCURACY), baseline.get(records.TEST_ACCURACY),
-                     "" if state == "complete" else f" ({state})"))
+        rows.append((name, detail, baseline.get(records.VAL_ACCURACY), baseline.get(records.FINAL_VAL_ACCURACY),
+                     baseline.get(records.TEST_ACCURACY), "" if state == "complete" else f" ({state})"))
     method = records.study_method(group.alpha.user_attrs) if group.alpha is not None else "mtt"
+    on_final = final.choose_on == "final"
     body = "".join(
         f"<tr><td>{html.escape(records.label(name, method) + detail)}</td><td>{html.escape(_percent(val) + note)}</td>"
-        f"<td>{html.escape(_percent(test) if test is not None else 'not evaluated (not chosen)')}</td>"
+        + (f"<td>{html.escape(_percent(final_val))}</td>" if on_final else "")
+        + f"<td>{html.escape(_percent(test) if test is not None else 'not evaluated (not chosen)')}</td>"
         f"<td>{'exported' if name == final.chosen else ''}</td></tr>"
-        for name, detail, val, test, note in rows)
+        for name, detail, val, final_val, test, note in rows)
     summary = f"<p>{html.escape(final.summary)}</p>" if final.summary else ""
+    final_head = "<th>validation accuracy (final set, compared)</th>" if on_final else ""
     return (f'<h3>Baselines</h3>{summary}<table id="ipc{group.ipc}-baselines"><tr><th>candidate</th>'
-            f"<th>validation accuracy</th><th>test accuracy</th><th></th></tr>{body}</table>")
+            f"<th>validation accuracy (trials)</th>{final_head}<th>test accuracy</th><th></th></tr>{body}</table>")
 
 
 def _ipc_section(group: IpcStudies, storage: "optuna.storages.BaseStorage", art_dir: Path | None) -> str:

@@ -16,6 +16,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 PACKAGE = Path(autoselmatch.__file__).parent
 #: Keys tune writes only when something happens: a trial fails, or --force replaces the settings.
 ON_EVENT = {"ERROR", "INTERRUPTED", "DUPLICATE_OF", "REPEAT_OF", "UNQUEUED", "SETTINGS_HISTORY"}
+#: Keys of the final record that tune writes only under a setting other than the default.
+UNDER_SETTING = {"FINAL_VAL_ACCURACY"}  # tune.choose_on = final
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,10 +172,11 @@ def test_every_key_that_is_read_is_declared_and_written():
     keys = {getattr(records, name): name for name in read}
     declared = set(records.STUDY_ATTRS_READ) | set(records.TRIAL_ATTRS_READ)
     assert read - written == set()
-    assert {name for value, name in keys.items() if value not in declared} <= ON_EVENT
+    undeclared = {name for value, name in keys.items() if value not in declared and value not in records.CANDIDATES}
+    assert undeclared <= ON_EVENT | UNDER_SETTING  # candidate names index the final record's maps, not attrs
     readers = ("report.py", "export/", "reproduce/", "cli/", "tune/_studies.py")
     outside = set().union(*(rw["reads"] for m, rw in scan.items() if m.startswith(readers)))
-    assert {getattr(records, name) for name in outside} <= declared
+    assert {getattr(records, name) for name in outside - UNDER_SETTING} <= declared  # readers .get() the others
 
 
 TINY = {
@@ -256,6 +259,22 @@ def test_a_real_tune_makes_stage_1s_window_alone_from_its_best_beta_trial(tuned)
     assert window[records.ITERATIONS] == 0 and window[records.EVALUATION]["augment"] == "dsa"  # as its beta trials
     made = SyntheticSet.load(window[records.RESULT_PATH])
     assert not made.distill_mask.any() and made.settings["beta"] == outcome.best_point and made.settings["alpha"] == 0.0
+
+
+@pytest.mark.slow
+def test_a_real_tune_choosing_on_final_sets_scores_each_candidate_on_validation(tmp_path):
+    from autoselmatch.tune import tune
+
+    cfg = apply_overrides(load_preset("digits"), {**TINY, "evaluate.runs": 2, "tune.choose_on": "final",
+                                                  "cache_dir": str(tmp_path / "cache"), "device": "cpu"})
+    final = FinalRecord.from_dict(tune(cfg, [5], storage=f"sqlite:///{tmp_path / 'studies.db'}").ipcs[0].final)
+    scores = {records.SELMATCH: final.selmatch[records.FINAL_VAL_ACCURACY],
+              **{n: b[records.FINAL_VAL_ACCURACY] for n, b in final.baselines.items()}}
+    assert set(scores) == set(records.CANDIDATES) and final.choose_on == "final"
+    assert all(len(v["accuracies"]) == 2 and 0.0 <= v["mean"] <= 1.0 for v in scores.values())
+    best = max(v["mean"] for v in scores.values())
+    assert scores[final.chosen]["mean"] == best
+    assert final.chosen == next(n for n in records.CANDIDATES if scores[n]["mean"] == best)  # ties: the first
 
 
 def test_the_mtt_baseline_is_named_after_the_study_s_base_method():

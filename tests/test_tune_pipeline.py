@@ -64,12 +64,16 @@ class Synthetic:
 
         return objective
 
-    def finish(self, ctx, *, alpha, beta, trial, study):
+    #: Validation score of each candidate's final set (tune.choose_on = final): SelMatch's is its trial's value.
+    final_values = {"window": 0.5, "random": 0.5, "mtt": 0.9}
+
+    def finish(self, ctx, *, alpha, beta, trial, validate=False):
         if self.log is not None:  # logged without waiting for peers: one worker makes the final set
             with open(self.log, "a") as f:
                 f.write(f"final {alpha:g} {os.getpid()}\n")
         time.sleep(self.finish_delay)
-        return {"result_path": str(ctx.workdir / "final.pt"), "test_accuracy": {"mean": trial.value, "std": 0.0}}
+        facts = {"result_path": str(ctx.workdir / "final.pt"), "test_accuracy": {"mean": trial.value, "std": 0.0}}
+        return {**facts, "final_val_accuracy": {"mean": trial.value, "std": 0.0}} if validate else facts
 
     #: Validation scores of the baselines: below every grid point near the optima, so SelMatch wins.
     baseline_values = {"random": 0.5, "mtt": 0.9}
@@ -87,12 +91,13 @@ class Synthetic:
 
         return objective
 
-    def finish_baseline(self, ctx, *, name, trial, study, upload):
+    def finish_baseline(self, ctx, *, name, trial, validate=False):
         if self.log is not None:
             with open(self.log, "a") as f:
                 f.write(f"finish-{name} 0 {os.getpid()}\n")
-        return {"result_path": str(ctx.workdir / f"final-{name}.pt"), "test_accuracy": {"mean": trial.value - 0.1,
-                                                                                         "std": 0.0}}
+        facts = {"result_path": str(ctx.workdir / f"final-{name}.pt"), "test_accuracy": {"mean": trial.value - 0.1,
+                                                                                          "std": 0.0}}
+        return {**facts, "final_val_accuracy": {"mean": self.final_values[name], "std": 0.0}} if validate else facts
 
 
 def config(**overrides):
@@ -308,7 +313,7 @@ class MttWins(Synthetic):
 
     baseline_values = {"random": 0.5, "mtt": 1.25}
 
-    def finish_baseline(self, ctx, *, name, trial, study, upload):
+    def finish_baseline(self, ctx, *, name, trial, validate=False):
         import torch
 
         from autoselmatch.synset import SyntheticSet
@@ -449,6 +454,41 @@ def test_a_tie_between_the_window_and_random_selection_goes_to_the_window(tmp_pa
 
     final = run(tmp_path, objectives=Tie).ipcs[0].final
     assert final["chosen"] == "window" and final["baselines"]["random"]["val_accuracy"] == final["val_accuracy"]
+
+
+def test_choose_on_final_compares_every_candidates_final_set_on_validation(tmp_path):
+    class MttFinishesBest(Synthetic):  # MTT trails SelMatch in its trial (0.9) and leads it as a final set
+        final_values = {"window": 0.5, "random": 0.5, "mtt": 1.2}
+
+    log = tmp_path / "calls.log"
+    objectives = functools.partial(MttFinishesBest, log=log)
+    assert run(tmp_path, objectives=objectives, study_prefix="quick").ipcs[0].final["chosen"] == "selmatch"
+    log.write_text("")
+    r = run(tmp_path, cfg=config(**{"tune.choose_on": "final"}), objectives=objectives).ipcs[0]
+    final = r.final
+    assert final["chosen"] == "mtt" and final["choose_on"] == "final" and final["test_accuracy"]["mean"] == pytest.approx(0.8)
+    assert final["val_accuracy"] == 0.9  # the chosen candidate's trial score
+    assert final["selmatch"]["final_val_accuracy"]["mean"] == pytest.approx(r.alpha.best_value)
+    assert final["selmatch"]["test_accuracy"]["mean"] == pytest.approx(r.alpha.best_value)  # made though it lost
+    assert final["result_path"].endswith("final-mtt.pt") and final["selmatch"]["result_path"].endswith("final.pt")
+    assert {n: b["final_val_accuracy"]["mean"] for n, b in final["baselines"].items()} == MttFinishesBest.final_values
+    assert final["summary"] == ("MTT (alpha 1, random init) beat SelMatch's best point on validation (final sets) by "
+                                f"{100 * (1.2 - r.alpha.best_value):.2f} points; exporting it")
+    calls = [line.split()[0] for line in log.read_text().splitlines()]
+    assert calls[-4:] == ["finish-window", "finish-random", "finish-mtt", "final"]  # SelMatch's set made though it lost
+    again = run(tmp_path, cfg=config(**{"tune.choose_on": "final"}), objectives=objectives)
+    assert again.ipcs[0].final == final and log.read_text().count("finish-") == 3  # the record is reused
+    import re
+
+    from autoselmatch.report import build_report
+
+    build_report(f"sqlite:///{tmp_path / 'studies.db'}", "digits", tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert "<th>validation accuracy (final set, compared)</th>" in page
+    assert re.search(r"<td>MTT \(alpha 1, random init\)</td><td>90\.00 %</td><td>120\.00 %</td><td>80\.00 %</td>"
+                     r"<td>exported</td>", page)
+    assert re.search(r"<td>SelMatch \(best grid point: alpha 0\.6, beta 0\.5\)</td><td>99\.99 %</td><td>99\.99 %</td>"
+                     r"<td>99\.99 %</td><td></td>", page)  # its final set was made and scored though it lost
 
 
 def test_baselines_off_measures_none_and_records_the_best_grid_point(tmp_path):

@@ -21,7 +21,9 @@
   retries the point.
 - final: the best trial continued to ``distill.iterations`` (from a copy of
   its checkpoint), evaluated on the **test** split with ``evaluate.runs``
-  seeds, saved, and uploaded as the study's artifacts.
+  seeds and saved (the pipeline uploads the chosen set as the study's
+  artifacts); under ``tune.choose_on = final`` first scored on the
+  **validation** split by as many networks of the next seeds.
 - baselines: random selection (class-balanced, ``seed``) is scored by the
   stage-1 objective as the window of seeded random scores; MTT is the stage-2
   objective at alpha 1 from a random real init (``distill.init = random``);
@@ -53,6 +55,7 @@ from ._controller import BaselineObjective, Objective, replicate_of, report
 from ._stage import StageContext, replicate_seeds, trial_iterations
 
 if TYPE_CHECKING:
+    from ..evaluate import EvalResult
     from ..experts import ExpertStore
 
 REPORTS_PER_NETWORK = 3  # validation reports per trained network in the beta stage (second half)
@@ -209,8 +212,8 @@ class SelMatchObjectives:
     # ---- final -------------------------------------------------------------------------------
 
     def finish(self, ctx: StageContext, *, alpha: float, beta: float, trial: optuna.trial.FrozenTrial,
-               study: optuna.Study) -> dict[str, Any]:
-        return self._final_set(ctx, ctx.cfg, alpha=alpha, beta=beta, trial=trial, study=study, upload=True,
+               validate: bool = False) -> dict[str, Any]:
+        return self._final_set(ctx, ctx.cfg, alpha=alpha, beta=beta, trial=trial, validate=validate,
                                final_dir=ctx.workdir / "final" / f"beta{beta:g}-alpha{alpha:g}")
 
     # ---- baselines ---------------------------------------------------------------------------
@@ -230,24 +233,24 @@ class SelMatchObjectives:
             return lambda trial: mtt(1.0, trial)
         raise ValueError(f"unknown baseline {name!r}")
 
-    def finish_baseline(self, ctx: StageContext, *, name: str, trial: optuna.trial.FrozenTrial, study: optuna.Study,
-                        upload: bool) -> dict[str, Any]:
+    def finish_baseline(self, ctx: StageContext, *, name: str, trial: optuna.trial.FrozenTrial,
+                        validate: bool = False) -> dict[str, Any]:
         if name == records.WINDOW:  # stage 1's best trial: its window alone, nothing distilled
             beta = float(trial.params[records.BETA])
-            return self._final_set(ctx, ctx.cfg, alpha=0.0, beta=beta, trial=trial, study=study, upload=upload,
+            return self._final_set(ctx, ctx.cfg, alpha=0.0, beta=beta, trial=trial, validate=validate,
                                    final_dir=ctx.workdir / "final" / name)
         alpha = 1.0 if name == records.MTT else 0.0
-        return self._final_set(ctx, _with_init(ctx.cfg, "random"), alpha=alpha, beta=0.0, trial=trial, study=study,
-                               upload=upload, final_dir=ctx.workdir / "final" / name, init="random")
+        return self._final_set(ctx, _with_init(ctx.cfg, "random"), alpha=alpha, beta=0.0, trial=trial,
+                               validate=validate, final_dir=ctx.workdir / "final" / name, init="random")
 
     # ---- final sets --------------------------------------------------------------------------
 
     def _final_set(self, ctx: StageContext, cfg: RunConfig, *, alpha: float, beta: float,
-                   trial: optuna.trial.FrozenTrial, study: optuna.Study, upload: bool, final_dir: Path,
+                   trial: optuna.trial.FrozenTrial, validate: bool, final_dir: Path,
                    init: str | None = None) -> dict[str, Any]:
-        """``trial``'s set continued to ``distill.iterations`` in ``final_dir``, evaluated on the test split."""
+        """``trial``'s set continued to ``distill.iterations`` in ``final_dir``, evaluated on the test split
+        (with ``validate``, first on the validation split, by networks of the next seeds)."""
         from ..distill import CHECKPOINT_FILE, RESULT_FILE, DistillResult, evaluate_distilled, quick_evaluator, selmatch
-        from ..export import upload_trial_artifacts
 
         replicate = replicate_of(trial)
         if trial.user_attrs.get(records.ITERATIONS, 0) >= cfg.distill.iterations:
@@ -263,19 +266,28 @@ class SelMatchObjectives:
             result = selmatch(self.ds, run_cfg, ipc=ctx.ipc, alpha=alpha, beta=beta, scores=self.scores,
                               experts=self._experts_for(cfg) if alpha > 0 else None, checkpoint_dir=final_dir,
                               resume=True, evaluator=quick_evaluator(self.ds, cfg))
-        test = evaluate_distilled(self.ds, result.images.to(self.device), result.labels.to(self.device),
-                                  _scored_like_its_trials(cfg, result.distill_mask),
-                                  distill_mask=result.distill_mask.to(self.device), split="test",
-                                  runs=cfg.evaluate.runs, seed=cfg.seed)
-        spread = f" ± {100 * test.std:.2f}" if test.runs > 1 else ""  # one run has no spread
-        LOG.info("%s: test accuracy %.2f%s %% (%d run%s) of %s", ctx.study_name, 100 * test.mean, spread, test.runs,
-                 "" if test.runs == 1 else "s", final_dir.name)
+        scored = _scored_like_its_trials(cfg, result.distill_mask)
+        runs = cfg.evaluate.runs
+        facts: dict[str, Any] = {}
+
+        def evaluate(split: str, seed: int) -> EvalResult:
+            scores = evaluate_distilled(self.ds, result.images.to(self.device), result.labels.to(self.device), scored,
+                                        distill_mask=result.distill_mask.to(self.device), split=split, runs=runs,
+                                        seed=seed)
+            spread = f" ± {100 * scores.std:.2f}" if scores.runs > 1 else ""  # one run has no spread
+            LOG.info("%s: %s accuracy %.2f%s %% (%d run%s) of %s", ctx.study_name, split, 100 * scores.mean, spread,
+                     scores.runs, "" if scores.runs == 1 else "s", final_dir.name)
+            return scores
+
+        if validate:  # the final choice's score: networks other than the test's, so that none is scored twice
+            val = evaluate("val", cfg.seed + runs)
+            facts[records.FINAL_VAL_ACCURACY] = {"mean": val.mean, "std": val.std, "accuracies": val.accuracies}
+        test = evaluate("test", cfg.seed)
         path = result.save(final_dir / RESULT_FILE).resolve()
-        if upload:
-            upload_trial_artifacts(study, ctx.artifact_store(), path)
         return {
             records.RESULT_PATH: str(path),
             records.TEST_ACCURACY: {"mean": test.mean, "std": test.std, "accuracies": test.accuracies},
+            **facts,
             records.ITERATIONS: result.iterations,
             records.EVALUATION: {"runs": test.runs, "steps": test.steps, "paper_share": test.paper_share,
                                  "model": test.model, "augment": test.augment, "seconds": test.seconds},

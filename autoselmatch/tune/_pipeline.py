@@ -419,20 +419,26 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
     ``window`` is stage 1's outcome, whose best window alone (alpha 0) is a candidate too.
     The final set is the best on validation among that point, the window and the
     finished baselines (a tie goes to the first in :data:`~autoselmatch.records.CANDIDATES`,
-    SelMatch); every other candidate's set is made and evaluated on the test split too.
-    Workers that end the alpha stage together take turns on a lock in the study's folder:
-    the first makes the sets, the others wait and reuse them.
+    SelMatch), by their trial scores or, under ``tune.choose_on = final``, by their final sets
+    scored on validation; every candidate's set is made and evaluated on the test split too
+    (SelMatch's only when chosen, under ``trials``), and the chosen one is uploaded as the study's
+    artifacts. Workers that end the alpha stage together take turns on a lock in the study's
+    folder: the first makes the sets, the others wait and reuse them.
     """
     from ..distill import method_key
 
     name = study_name(plan.prefix, ipc, ALPHA)
     study = optuna.load_study(study_name=name, storage=storage)
     trial = study.trials[best.best_trial]
+    tc = plan.cfg.tune
+    on_final = tc.baselines and tc.choose_on == "final"
     shaped = {"trial": trial.number, "beta": beta, "distill": method_key(plan.cfg)["distill"],
               "evaluate": key_dict("evaluate", plan.cfg.evaluate)}  # what shapes the final set and its test score
-    measured = _candidate_trials(plan, storage, ipc, window) if plan.cfg.tune.baselines else {}
-    if plan.cfg.tune.baselines:  # without baselines the key is the one older versions wrote
+    measured = _candidate_trials(plan, storage, ipc, window) if tc.baselines else {}
+    if tc.baselines:  # without baselines the key is the one older versions wrote
         shaped["baselines"] = {n: [t.number, t.state.name] for n, (t, _) in measured.items()}
+    if on_final:  # the default keeps the keys of records made before the setting
+        shaped["choose_on"] = tc.choose_on
     key = stable_hash(shaped)
     ctx = stage_context(plan, plan.cfg, ipc, study)
     ctx.workdir.mkdir(parents=True, exist_ok=True)
@@ -444,40 +450,63 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
         others = {n: float(window.best_value if n == WINDOW else t.value)  # the window: its point's replicate mean
                   for n, (t, _) in measured.items() if t.state == TrialState.COMPLETE}
         scores = {SELMATCH: float(best.best_value), **others}  # the point's mean over its replicates
-        chosen = max(scores, key=lambda n: (round(scores[n], _SAME_DIGITS), -CANDIDATES.index(n)))
+        trial_scores = dict(scores)
         method = plan.cfg.distill.method
         names = {n: _named(n, method, window.best_point) for n in measured}
-        baselines: dict[str, dict[str, Any]] = {}
-        made: dict[str, dict[str, Any]] = {}  # what finish_baseline returned, per candidate
+        made: dict[str, dict[str, Any]] = {}  # what finish_baseline / finish returned, per candidate
         for n, (t, source) in measured.items():
             LOG.info("%s: final set of a candidate, %s (trial %d of %s)", name, names[n], t.number, source)
-            made[n] = objs.finish_baseline(ctx, name=n, trial=t, study=study, upload=n == chosen)
-            value = others.get(n, _trial_score(t))
-            baselines[n] = {"label": label(n, method), "study": source, "trial": t.number,
-                            "state": t.state.name.lower(), records.VAL_ACCURACY: value, **made[n]}
-            if n == WINDOW:
-                baselines[n][BETA] = window.best_point
+            made[n] = objs.finish_baseline(ctx, name=n, trial=t, validate=on_final)
+        chosen = _best(scores)
+        if on_final or chosen == SELMATCH:
+            LOG.info("%s: final set of SelMatch, trial %d (alpha=%g, beta=%g)", name, trial.number, alpha, beta)
+            made[SELMATCH] = {**objs.finish(ctx, alpha=alpha, beta=beta, trial=trial, validate=on_final),
+                              ALPHA: alpha, BETA: beta}
+        if on_final:  # the candidates of the trial scores, compared by their final sets on validation
+            scores = {n: float(made[n][records.FINAL_VAL_ACCURACY]["mean"]) for n in scores}
+            chosen = _best(scores)
+            others = {n: v for n, v in scores.items() if n != SELMATCH}
+        baselines = {n: {"label": label(n, method), "study": source, "trial": t.number, "state": t.state.name.lower(),
+                         records.VAL_ACCURACY: trial_scores.get(n, _trial_score(t)), **made[n]}
+                     for n, (t, source) in measured.items()}
+        if WINDOW in baselines:
+            baselines[WINDOW][BETA] = window.best_point
         if chosen == SELMATCH:
-            number = trial.number
-            LOG.info("%s: final set from trial %d (alpha=%g, beta=%g)", name, number, alpha, beta)
-            facts = {**objs.finish(ctx, alpha=alpha, beta=beta, trial=trial, study=study), ALPHA: alpha, BETA: beta}
+            number, facts = trial.number, made[SELMATCH]
         else:  # a set with nothing distilled (the window, random selection) or all of it (MTT, from random init)
             number = measured[chosen][0].number if chosen == MTT else None  # the others' trials are the beta study's
             facts = {**made[chosen], ALPHA: 1.0 if chosen == MTT else 0.0,
                      BETA: window.best_point if chosen == WINDOW else 0.0}
-        summary = _summary(chosen, float(best.best_value), others, names, alpha, beta) \
-            if plan.cfg.tune.baselines else None
+        _upload(study, ctx, facts.get(records.RESULT_PATH))
+        summary = _summary(chosen, scores[SELMATCH], others, names, alpha, beta, on_final) if tc.baselines else None
         if summary is not None:
             LOG.info("%s: %s", name, summary)
         final = FinalRecord.from_dict(facts)
-        if plan.cfg.tune.baselines:
+        if tc.baselines:
             point = {ALPHA: alpha, BETA: beta, "trial": trial.number, records.VAL_ACCURACY: float(best.best_value)}
-            final = dataclasses.replace(final, chosen=chosen, val_accuracy=scores[chosen], selmatch=point,
-                                        baselines=baselines, summary=summary)
+            if on_final:  # SelMatch's final set was made whichever won: its scores and file
+                point.update({k: made[SELMATCH][k] for k in (records.FINAL_VAL_ACCURACY, records.TEST_ACCURACY,
+                                                              records.RESULT_PATH)})
+            final = dataclasses.replace(final, chosen=chosen, val_accuracy=trial_scores[chosen], choose_on=tc.choose_on,
+                                        selmatch=point, baselines=baselines, summary=summary)
         final = dataclasses.replace(final, key=key, ipc=ipc, trial=number)
         for attr, value in final.to_attrs().items():  # FINAL last: a record is complete once it is there
             study.set_user_attr(attr, value)
     return final.to_dict()
+
+
+def _best(scores: dict[str, float]) -> str:
+    """The candidate with the highest score; a tie (up to float rounding) goes to the first in
+    :data:`~autoselmatch.records.CANDIDATES`."""
+    return max(scores, key=lambda n: (round(scores[n], _SAME_DIGITS), -CANDIDATES.index(n)))
+
+
+def _upload(study: optuna.Study, ctx: StageContext, path: str | None) -> None:
+    """Store the chosen set at ``path`` as ``study``'s artifacts (nothing when the objectives made no file)."""
+    from ..export import upload_trial_artifacts
+
+    if path is not None and Path(path).is_file():
+        upload_trial_artifacts(study, ctx.artifact_store(), Path(path))
 
 
 #: Validation accuracies are compared at this many decimals: counts of the same validation images,
@@ -520,20 +549,22 @@ def _named(name: str, method: str, window_beta: float | None) -> str:
 
 
 def _summary(chosen: str, selmatch: float, others: dict[str, float], names: dict[str, str], alpha: float,
-             beta: float) -> str:
+             beta: float, on_final: bool = False) -> str:
     """One line on the final choice: ``chosen`` among the best grid point (score ``selmatch``) and the
     finished baselines, the window among them (``others``, named by ``names``); differences in
-    percentage points of validation accuracy."""
+    percentage points of validation accuracy, of the trials or (``on_final``) of the final sets."""
+    where = "on validation (final sets)" if on_final else "on validation"
     if chosen != SELMATCH:
-        return (f"{names[chosen]} beat every SelMatch point on validation by "
+        beaten = "SelMatch's best point" if on_final else "every SelMatch point"
+        return (f"{names[chosen]} beat {beaten} {where} by "
                 f"{100 * (others[chosen] - selmatch):.2f} points; exporting it")
     point = f"SelMatch (alpha {alpha:g}, beta {beta:g})"
     if not others:
         return f"{point} chosen; no baseline finished (pruned or failed), so none could be compared"
     runner = max(others, key=lambda n: (others[n], -CANDIDATES.index(n)))
     if round(others[runner], _SAME_DIGITS) >= round(selmatch, _SAME_DIGITS):
-        return f"{point} tied the best baseline on validation ({names[runner]}); a tie goes to SelMatch"
-    return (f"{point} beat every baseline on validation, the best of them ({names[runner]}) by "
+        return f"{point} tied the best baseline {where} ({names[runner]}); a tie goes to SelMatch"
+    return (f"{point} beat every baseline {where}, the best of them ({names[runner]}) by "
             f"{100 * (selmatch - others[runner]):.2f} points")
 
 

@@ -79,22 +79,22 @@ class Objectives(Protocol):
         """``objective(alpha, trial) -> score`` of stage 2, beta fixed."""
 
     def finish(self, ctx: StageContext, *, alpha: float, beta: float, trial: FrozenTrial,
-               study: optuna.Study) -> dict[str, Any]:
-        """Make and evaluate the final set from the best alpha ``trial`` of ``study``; JSON-able
-        facts for the study's :class:`~autoselmatch.records.FinalRecord` (``result_path``,
-        ``test_accuracy``, ...)."""
+               validate: bool = False) -> dict[str, Any]:
+        """Make and evaluate the final set from the best alpha ``trial``; JSON-able facts for the
+        study's :class:`~autoselmatch.records.FinalRecord` (``result_path``, ``test_accuracy``, ...).
+        ``validate`` (``tune.choose_on = final``): also ``final_val_accuracy``, the set trained as
+        for the test and scored on the validation split."""
 
     def baseline(self, ctx: StageContext, name: str) -> BaselineObjective:
         """``objective(trial) -> score`` of baseline ``name`` in its stage's study: ``random``
         (random selection, scored like a window in stage 1) or ``mtt`` (alpha 1 from a random
         real init, scored like an alpha trial in stage 2)."""
 
-    def finish_baseline(self, ctx: StageContext, *, name: str, trial: FrozenTrial, study: optuna.Study,
-                        upload: bool) -> dict[str, Any]:
+    def finish_baseline(self, ctx: StageContext, *, name: str, trial: FrozenTrial,
+                        validate: bool = False) -> dict[str, Any]:
         """Make and evaluate the final set of candidate ``name`` from its ``trial``, like :meth:`finish`:
         a baseline (MTT continued to ``distill.iterations``, random selection as it is) or ``window``
-        (stage 1's best window alone, from that beta trial); ``ctx`` and ``study`` are the alpha
-        study's. ``upload``: the set is the chosen one (store it as the study's artifacts)."""
+        (stage 1's best window alone, from that beta trial); ``ctx`` is the alpha study's."""
 
 
 ObjectivesFactory = Callable[[RunConfig], Objectives]
