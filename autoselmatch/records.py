@@ -26,8 +26,8 @@ A baseline trial (:data:`BASELINES`: random selection in the beta study, MTT
 in the alpha study) has :data:`BASELINE` set to its name and the categorical
 param :data:`INIT` instead of the stage's grid param; the final record
 compares the chosen set with each of them, and with :data:`WINDOW`, stage 1's
-best window alone (selection only, alpha 0), which needs no trial of its own. The :data:`MTT` baseline is the
-study's base method (``distill.method``) at alpha 1 from random init: its
+best window alone (selection only, alpha 0), which needs no trial of its own.
+The :data:`MTT` baseline is the study's base method (``distill.method``) at alpha 1 from random init: its
 key stays ``"mtt"`` whatever the method, and :func:`label` names it after
 the method ("DSA (alpha 1, random init)").
 

@@ -329,6 +329,9 @@ def _accuracy_figure(group: IpcStudies) -> "go.Figure | None":
     chosen = final.chosen if final is not None else None
     method = records.study_method(group.alpha.user_attrs) if group.alpha is not None else "mtt"
     bars = {f"chosen: {records.label(chosen, method)}" if chosen else "autoselmatch": test}
+    made = _mean_std((final.selmatch or {}).get(records.TEST_ACCURACY)) if final is not None else None
+    if made is not None and chosen != SELMATCH:  # tune.choose_on = final makes SelMatch's set when it loses too
+        bars[records.label(SELMATCH, method)] = made
     for name, baseline in ((final.baselines or {}) if final is not None else {}).items():
         value = _mean_std(baseline.get(records.TEST_ACCURACY))
         if value is not None and name != chosen:

@@ -489,6 +489,7 @@ def test_choose_on_final_compares_every_candidates_final_set_on_validation(tmp_p
                      r"<td>exported</td>", page)
     assert re.search(r"<td>SelMatch \(best grid point: alpha 0\.6, beta 0\.5\)</td><td>99\.99 %</td><td>99\.99 %</td>"
                      r"<td>99\.99 %</td><td></td>", page)  # its final set was made and scored though it lost
+    assert '"x":["chosen: MTT (alpha 1, random init)","SelMatch","selection-only window (alpha 0)"' in page  # test bars
 
 
 def test_baselines_off_measures_none_and_records_the_best_grid_point(tmp_path):
