@@ -35,7 +35,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 #: Trial budgets of ``tune.budget``.
 TUNE_BUDGETS = ("quick", "paper")
 #: What ``tune.choose_on`` compares the candidates of the final choice by.
-TUNE_CHOOSE_ON = ("trials", "final")
+TUNE_CHOOSE_ON = ("final", "trials")
 #: Methods of ``bench reproduce`` in table order (one set builder each in ``reproduce.METHODS``).
 REPRODUCE_METHODS = ("random", "hardest", "window", "mtt", "mtt-init", "merge", "selmatch", "full")
 #: File formats of an exported set.

@@ -397,12 +397,13 @@ class TuneConfig:
             trials in the alpha study, walking from stage 1's beta), and take the best (beta,
             alpha) of both searches: stage 1 scores windows alone (alpha 0), where the best
             beta can differ from the best one under distillation.
-        choose_on: What the final choice compares (with ``baselines``): ``trials``, each
-            candidate's trial score (quick evaluations on validation), or ``final``, each
+        choose_on: What the final choice compares (with ``baselines``): ``final``, each
             candidate's final set trained as the test evaluation trains it (``evaluate.runs``
-            networks, the full budget) and scored on validation. ``final`` costs one more final
-            evaluation per candidate, and makes SelMatch's final set even when it loses; quick
-            scores favour easy windows and sets that gain little from a longer training.
+            networks of other seeds, the full budget) and scored on validation, or ``trials``,
+            each candidate's trial score (quick evaluations on validation). ``final`` costs one
+            more final evaluation per candidate and makes SelMatch's final set even when it
+            loses; ``trials`` is cheaper, but quick scores favour easy windows and sets that
+            gain little from a longer training (bench/RESULTS.md, "The tuner's final choice").
     """
 
     beta_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -431,7 +432,7 @@ class TuneConfig:
     max_seeds: int = 1
     alpha_fraction: float | None = None
     refine_beta: bool = False
-    choose_on: str = "trials"
+    choose_on: str = "final"
 
     def __post_init__(self) -> None:
         for name in ("beta_grid", "alpha_grid"):

@@ -229,8 +229,8 @@ class FinalRecord:
             entry and, for SelMatch's set, in ``selmatch``); ``None``: written before the setting.
         selmatch: The best grid point, ``{"alpha", "beta", "trial", "val_accuracy"}``, whichever
             candidate was chosen (``alpha`` and ``beta`` above are the chosen set's own); under
-            ``choose_on = final`` also its final set's ``final_val_accuracy``, ``test_accuracy``
-            and ``result_path``.
+            ``choose_on = final`` also its final set's ``final_val_accuracy``, ``test_accuracy``,
+            ``result_path`` and ``iterations``.
         baselines: Per candidate other than SelMatch (:data:`WINDOW` and each baseline measured):
             ``{"label", "study", "trial", "state", "val_accuracy", "test_accuracy", "result_path",
             "iterations"}``, and ``"beta"`` for the window (``None`` with ``tune.baselines = false``;

@@ -197,7 +197,7 @@ CASES = [
     case("tune", [*DIGITS, "--ipc", "10", "--set", "tune.beta_augment=mixup"],
          "tune.beta_augment must be one of none, simple, dsa, combined, got 'mixup'", "tune-unknown-beta-augment"),
     case("tune", [*DIGITS, "--ipc", "10", "--set", "tune.choose_on=test"],
-         "tune.choose_on must be one of trials, final, got 'test'", "tune-unknown-choose-on"),
+         "tune.choose_on must be one of final, trials, got 'test'", "tune-unknown-choose-on"),
     case("tune", ["--dataset", "imagenet-1k", "--ipc", "10"], "unknown dataset 'imagenet-1k'", "tune-unknown-dataset"),
     case("tune", [*DIGITS, "--ipc", "10", "--preset", "nosuch"], "unknown preset 'nosuch'", "tune-unknown-preset"),
     case("tune", [*DIGITS, "--ipc", "10", "--set", "distill.bogus=1"],

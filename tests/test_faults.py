@@ -273,7 +273,8 @@ def test_distill_survives(reference, tmp_path, fault):
 # Hits of one run: beta trials 1-3 (claimed, 2 reports, told each), alpha trials (claimed, 2 iterations
 # each with a checkpoint, 1 report, a last checkpoint, result.pt, told: MTT's result.pt 1, the grid's 2-3),
 # final sets (the window's result.pt 4, random selection's 5; MTT's checkpoint 10 copied from its trial,
-# 2 more iterations, checkpoints 11-13, result.pt 6; MTT is the chosen set here).
+# 2 more iterations, checkpoints 11-13, result.pt 6; then SelMatch's, made whichever wins under the default
+# tune.choose_on = final).
 TUNE_FAULTS = [  # per study the baseline trial comes first (random selection, then MTT), then the grid's
     "tune.claimed:1:KILL",  # the first trial claimed (RUNNING), not started: the random-selection baseline
     "tune.claimed:2:INT",  # Ctrl-C between the baseline and the first beta grid trial

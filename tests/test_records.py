@@ -220,10 +220,14 @@ def test_a_real_tune_writes_every_declared_key(tuned):
 def test_a_real_tune_records_a_final_record_that_reads_back(tuned):
     alpha = tuned[records.ALPHA]
     final = FinalRecord.from_attrs(alpha.user_attrs)
-    assert final is not None and final.ipc == 5 and final.trial == tuned["result"].ipcs[0].alpha.best_trial
+    distilled = final.chosen in (records.SELMATCH, records.MTT)  # the others' sets are selection only
+    trial = {records.SELMATCH: tuned["result"].ipcs[0].alpha.best_trial,
+             records.MTT: final.baselines[records.MTT]["trial"]}.get(final.chosen)  # the others': the beta study's
+    assert final is not None and final.ipc == 5 and final.trial == trial and final.choose_on == "final"
     assert final.to_dict() == tuned["result"].ipcs[0].final == alpha.user_attrs[records.FINAL]
     assert all(alpha.user_attrs[k] == v for k, v in final.to_attrs().items())
-    assert Path(final.result_path).is_file() and final.iterations == 4 and final.evaluation["runs"] == 1
+    assert Path(final.result_path).is_file() and final.iterations == (4 if distilled else 0)
+    assert final.evaluation["runs"] == 1 and final.selmatch[records.ITERATIONS] == 4  # made whichever won
     assert parse_study_name(alpha.study_name) == StudyName("digits", 5, records.ALPHA)
 
 

@@ -133,7 +133,9 @@ def test_tune_digits_end_to_end_leaves_a_best_trial_with_a_set_on_disk(tmp_path,
     assert any(k.startswith("artifacts:") for k in best.system_attrs)  # grid and set uploaded
     assert Path(alpha.user_attrs["result_path"]).is_file()
     assert 0.0 < alpha.user_attrs["test_accuracy"]["mean"] <= 1.0
-    assert alpha.user_attrs["iterations"] == 4  # the final set was continued to the full budget
+    final = alpha.user_attrs["final"]  # tune.choose_on = final: SelMatch's final set is made whichever wins
+    assert final["selmatch"]["iterations"] == 4 and Path(final["selmatch"]["result_path"]).is_file()  # continued
+    assert alpha.user_attrs["iterations"] == (0 if final["chosen"] in ("window", "random") else 4)
     again = invoke("tune", "--dataset", "digits", "--ipc", "10", "--cache-dir", str(cache_dir), *TINY)
     assert again.exit_code == 0 and len(optuna.load_study(study_name="digits-ipc10-alpha",
                                                           storage=storage).trials) == len(alpha.trials)

@@ -101,9 +101,11 @@ class Synthetic:
 
 
 def config(**overrides):
-    """The digits preset without pruning, and with walks that stop at the first drop (the trial counts
-    below assume it; ``tune.patience`` itself is tested in test_tune_search.py)."""
-    return apply_overrides(load_preset("digits"), {"tune.pruner": "none", "tune.patience": 0, **overrides})
+    """The digits preset without pruning, with walks that stop at the first drop (the trial counts
+    below assume it; ``tune.patience`` itself is tested in test_tune_search.py), and the final choice on
+    trial scores (the tests of ``tune.choose_on = final`` say so)."""
+    return apply_overrides(load_preset("digits"), {"tune.pruner": "none", "tune.patience": 0,
+                                                   "tune.choose_on": "trials", **overrides})
 
 
 def run(tmp_path, ipcs="10", cfg=None, **kw):
@@ -424,6 +426,7 @@ def test_stage_1s_window_that_wins_on_validation_is_exported_named_and_reported(
     monkeypatch.setattr(pipeline, "SelMatchObjectives", WindowWins)
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     result = CliRunner().invoke(cli, ["--quiet", "tune", "--dataset", "digits", "--ipc", "10", "--pruner", "none",
+                                      "--set", "tune.choose_on=trials",
                                       "--storage", url], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "ipc 10: beta 0.5, alpha 0.6; chosen set: selection-only window (alpha 0) at beta 0.5, test accuracy" \
@@ -471,6 +474,7 @@ def test_choose_on_final_compares_every_candidates_final_set_on_validation(tmp_p
     assert final["selmatch"]["final_val_accuracy"]["mean"] == pytest.approx(r.alpha.best_value)
     assert final["selmatch"]["test_accuracy"]["mean"] == pytest.approx(r.alpha.best_value)  # made though it lost
     assert final["result_path"].endswith("final-mtt.pt") and final["selmatch"]["result_path"].endswith("final.pt")
+    assert "iterations" not in final["selmatch"]  # the synthetic objectives report none
     assert {n: b["final_val_accuracy"]["mean"] for n, b in final["baselines"].items()} == MttFinishesBest.final_values
     assert final["summary"] == ("MTT (alpha 1, random init) beat SelMatch's best point on validation (final sets) by "
                                 f"{100 * (1.2 - r.alpha.best_value):.2f} points; exporting it")
@@ -531,6 +535,7 @@ def test_the_cli_names_a_winning_baseline_as_the_chosen_set(tmp_path, monkeypatc
 
     monkeypatch.setattr(pipeline, "SelMatchObjectives", MttWins)
     result = CliRunner().invoke(cli, ["--quiet", "tune", "--dataset", "digits", "--ipc", "10", "--pruner", "none",
+                                      "--set", "tune.choose_on=trials",
                                       "--storage", f"sqlite:///{tmp_path / 'studies.db'}"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     line = next(x for x in result.output.splitlines() if x.startswith("ipc 10:"))
@@ -582,6 +587,7 @@ def test_the_baselines_are_named_after_the_base_method(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "SelMatchObjectives", MttWins)
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     result = CliRunner().invoke(cli, ["--quiet", "tune", "--dataset", "digits", "--ipc", "10", "--pruner", "none",
+                                      "--set", "tune.choose_on=trials",
                                       "--method", "sre2l", "--storage", url], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     named = "SRe2L (alpha 1, random init)"

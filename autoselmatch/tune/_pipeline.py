@@ -485,8 +485,8 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
         if tc.baselines:
             point = {ALPHA: alpha, BETA: beta, "trial": trial.number, records.VAL_ACCURACY: float(best.best_value)}
             if on_final:  # SelMatch's final set was made whichever won: its scores and file
-                point.update({k: made[SELMATCH][k] for k in (records.FINAL_VAL_ACCURACY, records.TEST_ACCURACY,
-                                                              records.RESULT_PATH)})
+                kept = (records.FINAL_VAL_ACCURACY, records.TEST_ACCURACY, records.RESULT_PATH, records.ITERATIONS)
+                point.update({k: v for k, v in made[SELMATCH].items() if k in kept})
             final = dataclasses.replace(final, chosen=chosen, val_accuracy=trial_scores[chosen], choose_on=tc.choose_on,
                                         selmatch=point, baselines=baselines, summary=summary)
         final = dataclasses.replace(final, key=key, ipc=ipc, trial=number)
