@@ -437,7 +437,7 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
     measured = _candidate_trials(plan, storage, ipc, window) if tc.baselines else {}
     if tc.baselines:  # without baselines the key is the one older versions wrote
         shaped["baselines"] = {n: [t.number, t.state.name] for n, (t, _) in measured.items()}
-    if on_final:  # the default keeps the keys of records made before the setting
+    if on_final:  # `trials` keeps the keys of records made before the setting
         shaped["choose_on"] = tc.choose_on
     key = stable_hash(shaped)
     ctx = stage_context(plan, plan.cfg, ipc, study)
