@@ -561,7 +561,7 @@ def _summary(chosen: str, selmatch: float, others: dict[str, float], names: dict
     point = f"SelMatch (alpha {alpha:g}, beta {beta:g})"
     if not others:
         return f"{point} chosen; no baseline finished (pruned or failed), so none could be compared"
-    runner = max(others, key=lambda n: (others[n], -CANDIDATES.index(n)))
+    runner = _best(others)
     if round(others[runner], _SAME_DIGITS) >= round(selmatch, _SAME_DIGITS):
         return f"{point} tied the best baseline {where} ({names[runner]}); a tie goes to SelMatch"
     return (f"{point} beat every baseline {where}, the best of them ({names[runner]}) by "
