@@ -236,6 +236,9 @@ class FinalRecord:
             "iterations"}``, and ``"beta"`` for the window (``None`` with ``tune.baselines = false``;
             records written before the window was a candidate lack it).
         summary: One line on the choice, e.g. "MTT (alpha 1, random init) beat every SelMatch point ...".
+        margin: Under ``choose_on = final``, the chosen set's lead on validation over the runner-up,
+            paired by network: ``{"against", "diff", "se", "pairs"}`` (``se`` is ``None`` with fewer than
+            two networks); ``None`` otherwise, or with one candidate.
         extra: Any other JSON-able fact the objectives returned.
     """
 
@@ -254,6 +257,7 @@ class FinalRecord:
     selmatch: dict[str, Any] | None = None
     baselines: dict[str, dict[str, Any]] | None = None
     summary: str | None = None
+    margin: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -496,6 +496,63 @@ def test_choose_on_final_compares_every_candidates_final_set_on_validation(tmp_p
     assert '"x":["chosen: MTT (alpha 1, random init)","SelMatch","selection-only window (alpha 0)"' in page  # test bars
 
 
+class PerNetwork(MttWins):
+    """Final sets scored by 3 networks each (tune.choose_on = final): ``networks`` per candidate; the
+    baselines' sets are files (so that a chosen one exports)."""
+
+    networks = {}
+
+    def _scored(self, name, facts):
+        accs = self.networks[name]
+        return {**facts, "final_val_accuracy": {"mean": sum(accs) / len(accs), "std": 0.0, "accuracies": accs}}
+
+    def finish(self, ctx, *, alpha, beta, trial, validate=False):
+        return self._scored("selmatch", super().finish(ctx, alpha=alpha, beta=beta, trial=trial, validate=validate))
+
+    def finish_baseline(self, ctx, *, name, trial, validate=False):
+        return self._scored(name, super().finish_baseline(ctx, name=name, trial=trial, validate=validate))
+
+
+@pytest.mark.parametrize("random_acc, window_acc, within", [
+    ([0.81, 0.85, 0.83], [0.70, 0.70, 0.70], True),  # leads SelMatch by 1 point, paired differences .01 .03 -.01
+    ([0.90, 0.93, 0.92], [0.86, 0.86, 0.86], False),  # leads the window by 6.3 points, differences .04 .07 .06
+])
+def test_choose_on_final_says_whether_the_lead_is_within_noise(tmp_path, random_acc, window_acc, within):
+    class Scored(PerNetwork):
+        networks = {"selmatch": [0.80, 0.82, 0.84], "window": window_acc, "random": random_acc, "mtt": [0.5] * 3}
+
+    final = run(tmp_path, cfg=config(**{"tune.choose_on": "final"}), objectives=Scored).ipcs[0].final
+    runner = "selmatch" if within else "window"
+    diffs = [a - b for a, b in zip(random_acc, Scored.networks[runner])]
+    mean = sum(diffs) / 3
+    se = (sum((d - mean) ** 2 for d in diffs) / 2) ** 0.5 / 3 ** 0.5
+    assert final["chosen"] == "random" and final["margin"]["against"] == runner and final["margin"]["pairs"] == 3
+    assert final["margin"]["diff"] == pytest.approx(mean) and final["margin"]["se"] == pytest.approx(se)
+    noise = f"(± {100 * se:.2f} standard error over 3 paired networks{'; within noise' if within else ''})"
+    lead = f"{100 * (sum(random_acc) - 2.46) / 3:.2f} points"  # over SelMatch's mean, 0.82
+    if not within:
+        lead += f", and the next best set (selection-only window (alpha 0) at beta 0.5) by {100 * mean:.2f} {noise}"
+    else:
+        lead += f" {noise}"
+    assert final["summary"] == ("random selection (class-balanced) beat SelMatch's best point on validation "
+                                f"(final sets) by {lead}; exporting it")
+    from autoselmatch.export import export_trial
+
+    manifest = export_trial(f"sqlite:///{tmp_path / 'studies.db'}", "digits-ipc10-alpha", tmp_path / "out")
+    assert manifest["chosen"] == "random" and manifest["margin"] == final["margin"]
+
+
+def test_choose_on_final_with_selmatch_ahead_gives_its_margin_over_the_best_baseline(tmp_path):
+    class Scored(PerNetwork):
+        networks = {"selmatch": [0.90, 0.93, 0.92], "window": [0.86, 0.86, 0.87], "random": [0.85] * 3,
+                    "mtt": [0.5] * 3}
+
+    final = run(tmp_path, cfg=config(**{"tune.choose_on": "final"}), objectives=Scored).ipcs[0].final
+    assert final["chosen"] == "selmatch" and final["margin"]["against"] == "window"
+    assert final["summary"].endswith("the best of them (selection-only window (alpha 0) at beta 0.5) by 5.33 points "
+                                     "(± 0.88 standard error over 3 paired networks)")  # differences .04 .07 .05
+
+
 def test_baselines_off_measures_none_and_records_the_best_grid_point(tmp_path):
     log = tmp_path / "calls.log"
     result = run(tmp_path, cfg=config(**{"tune.baselines": False}), objectives=functools.partial(MttWins, log=log))

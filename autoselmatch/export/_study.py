@@ -249,6 +249,7 @@ def export_trial(
         "chosen": None if final is None else final.chosen,
         "baselines": None if final is None else final.baselines,
         "summary": None if final is None else final.summary,
+        "margin": None if final is None else final.margin,
         "study_settings": study.user_attrs.get(records.SETTINGS),
     }
     meta = {key: value for key, value in meta.items() if value is not None}

@@ -66,12 +66,14 @@ from ..records import (
 from ..runtime import LOG
 from ..storage import default_artifacts_dir, default_storage_url, open_storage, parse_storage, safe_name
 from ._controller import StageOutcome
+from ._noise import PointStats, compare
 from ._objectives import SelMatchObjectives
 from ._pruners import build_pruner
 from ._search import SEARCHES, LineSearch, SearchStrategy, check_grid
 from ._stage import (
     Objectives,
     ObjectivesFactory,
+    StageContext,
     StageJob,
     TunePlan,
     default_settings,
@@ -447,25 +449,11 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
         if done is not None and done.key == key:
             LOG.info("%s: final set already made (%s)", name, done.result_path)
             return done.to_dict()
-        others = {n: float(window.best_value if n == WINDOW else t.value)  # the window: its point's replicate mean
-                  for n, (t, _) in measured.items() if t.state == TrialState.COMPLETE}
-        scores = {SELMATCH: float(best.best_value), **others}  # the point's mean over its replicates
-        trial_scores = dict(scores)
         method = plan.cfg.distill.method
         names = {n: _named(n, method, window.best_point) for n in measured}
-        made: dict[str, dict[str, Any]] = {}  # what finish_baseline / finish returned, per candidate
-        for n, (t, source) in measured.items():
-            LOG.info("%s: final set of a candidate, %s (trial %d of %s)", name, names[n], t.number, source)
-            made[n] = objs.finish_baseline(ctx, name=n, trial=t, validate=on_final)
+        trial_scores, scores, made = _make_candidates(objs, ctx, measured, names, trial, alpha=alpha, beta=beta,
+                                                      best=best, window=window, on_final=on_final)
         chosen = _best(scores)
-        if on_final or chosen == SELMATCH:
-            LOG.info("%s: final set of SelMatch, trial %d (alpha=%g, beta=%g)", name, trial.number, alpha, beta)
-            made[SELMATCH] = {**objs.finish(ctx, alpha=alpha, beta=beta, trial=trial, validate=on_final),
-                              ALPHA: alpha, BETA: beta}
-        if on_final:  # the candidates of the trial scores, compared by their final sets on validation
-            scores = {n: float(made[n][records.FINAL_VAL_ACCURACY]["mean"]) for n in scores}
-            chosen = _best(scores)
-            others = {n: v for n, v in scores.items() if n != SELMATCH}
         baselines = {n: {"label": label(n, method), "study": source, "trial": t.number, "state": t.state.name.lower(),
                          records.VAL_ACCURACY: trial_scores.get(n, _trial_score(t)), **made[n]}
                      for n, (t, source) in measured.items()}
@@ -478,21 +466,54 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
             facts = {**made[chosen], ALPHA: 1.0 if chosen == MTT else 0.0,
                      BETA: window.best_point if chosen == WINDOW else 0.0}
         _upload(study, ctx, facts.get(records.RESULT_PATH))
-        summary = _summary(chosen, scores[SELMATCH], others, names, alpha, beta, on_final) if tc.baselines else None
-        if summary is not None:
-            LOG.info("%s: %s", name, summary)
         final = FinalRecord.from_dict(facts)
         if tc.baselines:
+            margin = _margin(chosen, list(scores), made) if on_final else None
+            summary = _summary(chosen, scores, names, alpha, beta, on_final, margin)
+            LOG.info("%s: %s", name, summary)
             point = {ALPHA: alpha, BETA: beta, "trial": trial.number, records.VAL_ACCURACY: float(best.best_value)}
             if on_final:  # SelMatch's final set was made whichever won: its scores and file
                 kept = (records.FINAL_VAL_ACCURACY, records.TEST_ACCURACY, records.RESULT_PATH, records.ITERATIONS)
                 point.update({k: v for k, v in made[SELMATCH].items() if k in kept})
             final = dataclasses.replace(final, chosen=chosen, val_accuracy=trial_scores[chosen], choose_on=tc.choose_on,
-                                        selmatch=point, baselines=baselines, summary=summary)
+                                        selmatch=point, baselines=baselines, summary=summary, margin=margin)
         final = dataclasses.replace(final, key=key, ipc=ipc, trial=number)
         for attr, value in final.to_attrs().items():  # FINAL last: a record is complete once it is there
             study.set_user_attr(attr, value)
     return final.to_dict()
+
+
+def _make_candidates(objs: Objectives, ctx: StageContext, measured: dict[str, tuple[FrozenTrial, str]],
+                     names: dict[str, str], trial: FrozenTrial, *, alpha: float, beta: float, best: StageOutcome,
+                     window: StageOutcome, on_final: bool
+                     ) -> tuple[dict[str, float], dict[str, float], dict[str, dict[str, Any]]]:
+    """Make and score the final set of each candidate.
+
+    ``measured`` holds every candidate but SelMatch (:func:`_candidate_trials`), SelMatch is ``trial``
+    at ``(alpha, beta)``, the best point of ``best``. Every baseline's set is made; SelMatch's when it
+    leads on trial scores, or always when ``on_final``, where each set is also scored on validation.
+
+    Returns:
+        ``(trial_scores, scores, made)``: each finished candidate's trial score (a point's replicate
+        mean); the scores the choice compares (the trial scores, or the final sets' validation
+        means); what ``finish`` / ``finish_baseline`` returned per candidate made.
+    """
+    trial_scores = {SELMATCH: float(best.best_value)}
+    for n, (t, _) in measured.items():
+        if t.state == TrialState.COMPLETE:  # the window: its point's replicate mean
+            trial_scores[n] = float(window.best_value if n == WINDOW else t.value)
+    made: dict[str, dict[str, Any]] = {}
+    for n, (t, source) in measured.items():
+        LOG.info("%s: final set of a candidate, %s (trial %d of %s)", ctx.study_name, names[n], t.number, source)
+        made[n] = objs.finish_baseline(ctx, name=n, trial=t, validate=on_final)
+    if on_final or _best(trial_scores) == SELMATCH:
+        LOG.info("%s: final set of SelMatch, trial %d (alpha=%g, beta=%g)", ctx.study_name, trial.number, alpha, beta)
+        made[SELMATCH] = {**objs.finish(ctx, alpha=alpha, beta=beta, trial=trial, validate=on_final),
+                          ALPHA: alpha, BETA: beta}
+    if not on_final:
+        return trial_scores, trial_scores, made
+    scores = {n: float(made[n][records.FINAL_VAL_ACCURACY]["mean"]) for n in trial_scores}
+    return trial_scores, scores, made
 
 
 def _best(scores: dict[str, float]) -> str:
@@ -548,16 +569,56 @@ def _named(name: str, method: str, window_beta: float | None) -> str:
     return label(name, method) + (f" at beta {window_beta:g}" if name == WINDOW else "")
 
 
-def _summary(chosen: str, selmatch: float, others: dict[str, float], names: dict[str, str], alpha: float,
-             beta: float, on_final: bool = False) -> str:
-    """One line on the final choice: ``chosen`` among the best grid point (score ``selmatch``) and the
-    finished baselines, the window among them (``others``, named by ``names``); differences in
-    percentage points of validation accuracy, of the trials or (``on_final``) of the final sets."""
+def _margin(chosen: str, compared: Sequence[str], made: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """How far the chosen final set led the runner-up among ``compared`` on validation, and how surely.
+
+    Every candidate's final set is scored by networks of the same seeds (``made``: what ``finish`` /
+    ``finish_baseline`` returned), so the per-network differences are paired (:func:`~._noise.compare`).
+    ``None`` with one candidate.
+
+    Returns:
+        ``{"against", "diff", "se", "pairs"}``: the runner-up, the mean difference in accuracy, its
+        standard error (``None``: fewer than two networks recorded), and the number of paired differences
+        (networks; 1 when only the means were recorded).
+    """
+    final = {n: made[n][records.FINAL_VAL_ACCURACY] for n in compared}
+    if len(final) < 2:
+        return None
+    runner = _best({n: float(v["mean"]) for n, v in final.items() if n != chosen})
+
+    def stats(n: str) -> PointStats:
+        return PointStats(values={0: float(final[n]["mean"])}, networks={0: tuple(final[n].get("accuracies") or ())})
+
+    c = compare(stats(chosen), stats(runner))
+    return {"against": runner, "diff": c.diff, "se": c.se, "pairs": c.pairs}
+
+
+#: A lead under this many standard errors of the paired differences is called within noise.
+_CLEAR_Z = 2.0
+
+
+def _summary(chosen: str, scores: dict[str, float], names: dict[str, str], alpha: float, beta: float,
+             on_final: bool = False, margin: dict[str, Any] | None = None) -> str:
+    """One line on the final choice: ``chosen`` among the best grid point and the finished baselines,
+    the window among them (``scores``, named by ``names``); differences in percentage points of
+    validation accuracy, of the trials or (``on_final``) of the final sets, with ``margin``'s
+    standard error when it has one (:func:`_margin`)."""
     where = "on validation (final sets)" if on_final else "on validation"
+    others = {n: v for n, v in scores.items() if n != SELMATCH}
+    selmatch = scores[SELMATCH]
+    noise = ""
+    if margin is not None and margin["se"] is not None:
+        within = abs(margin["diff"]) <= _CLEAR_Z * margin["se"]
+        noise = (f" (± {100 * margin['se']:.2f} standard error over {margin['pairs']} paired networks"
+                 f"{'; within noise' if within else ''})")
     if chosen != SELMATCH:
         beaten = "SelMatch's best point" if on_final else "every SelMatch point"
-        return (f"{names[chosen]} beat {beaten} {where} by "
-                f"{100 * (others[chosen] - selmatch):.2f} points; exporting it")
+        lead = f"{100 * (others[chosen] - selmatch):.2f} points"
+        if margin is not None and margin["against"] == SELMATCH:
+            lead += noise
+        elif noise:
+            lead += f", and the next best set ({names[margin['against']]}) by {100 * margin['diff']:.2f}{noise}"
+        return f"{names[chosen]} beat {beaten} {where} by {lead}; exporting it"
     point = f"SelMatch (alpha {alpha:g}, beta {beta:g})"
     if not others:
         return f"{point} chosen; no baseline finished (pruned or failed), so none could be compared"
@@ -565,7 +626,7 @@ def _summary(chosen: str, selmatch: float, others: dict[str, float], names: dict
     if round(others[runner], _SAME_DIGITS) >= round(selmatch, _SAME_DIGITS):
         return f"{point} tied the best baseline {where} ({names[runner]}); a tie goes to SelMatch"
     return (f"{point} beat every baseline {where}, the best of them ({names[runner]}) by "
-            f"{100 * (selmatch - others[runner]):.2f} points")
+            f"{100 * (selmatch - others[runner]):.2f} points{noise}")
 
 
 __all__ = ["IpcResult", "TuneResult", "parse_ipcs", "tune"]
