@@ -574,7 +574,8 @@ def _margin(chosen: str, compared: Sequence[str], made: dict[str, dict[str, Any]
 
     Every candidate's final set is scored by networks of the same seeds (``made``: what ``finish`` /
     ``finish_baseline`` returned), so the per-network differences are paired (:func:`~._noise.compare`).
-    ``None`` with one candidate.
+    The error is the networks' only: the validation images are the same for every candidate, and the
+    noise of their finite sample is not in it. ``None`` with one candidate.
 
     Returns:
         ``{"against", "diff", "se", "pairs"}``: the runner-up, the mean difference in accuracy, its
