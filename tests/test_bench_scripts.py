@@ -121,3 +121,31 @@ def test_fidelity_script_scores_every_set_with_extra_settings(tmp_path):
     config = SyntheticSet.load(tmp_path / "out" / "mtt-3" / "result.pt").settings["config"]
     assert config["experts"]["epochs"] == 2 and config["distill"]["max_start_epoch"] == 1  # SETS reached the command
     assert "settings experts.epochs=2" in (tmp_path / "out" / "settings.txt").read_text()
+
+
+@pytest.mark.slow  # one bench reproduce on digits
+def test_reproduce_active_script_makes_a_table_per_ratio_with_extra_settings(tmp_path):
+    """bench/reproduce_active.sh (issue 15's active-preset tables) on digits: one table per ratio, with the
+    selection-only rows scored with DSA, and SETS and ITERS reaching the distillations."""
+    import os
+
+    tiny = ("experts.num_experts=1 distill.max_start_epoch=2 distill.expert_epochs=1 distill.syn_steps=2 "
+            "evaluate.steps=5 scores.epochs=1 scores.networks=1 reproduce.full_epochs=1")
+    env = {**os.environ, "DATASET": "digits", "PRESET": str(BENCH.parent / "configs" / "digits.toml"), "ITERS": "2",
+           "RUNS": "1", "METHODS": "random,mtt,selmatch", "SETS": tiny}
+    done = subprocess.run(["bash", str(BENCH / "reproduce_active.sh"), str(tmp_path / "out"), "10"], env=env,
+                          capture_output=True, text=True, check=False, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = (tmp_path / "out" / "r10" / "table.md").read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1] for line in table.splitlines()
+            if line.startswith("| ") and "IPC 14" not in line and "---" not in line}
+    assert rows == {"random": "dsa", "mtt": "combined", "selmatch": "combined"}
+    from autoselmatch.synset import SyntheticSet
+
+    sets = map(SyntheticSet.load, (tmp_path / "out" / "r10" / "sets").glob("*.pt"))
+    made = {s.settings["method"]: s.settings for s in sets if "method" in s.settings}  # random has no method
+    assert (made["selmatch"]["alpha"], made["selmatch"]["beta"], made["selmatch"]["init"]) == (0.2, 0.4, "window")
+    assert made["selmatch"]["iterations"] == made["mtt"]["iterations"] == 2  # ITERS
+    assert made["mtt"]["init"] == "random" and made["selmatch"]["activity"][-1]["pixel_change"] > 0
+    (experts,) = (tmp_path / "out" / "cache" / "experts").iterdir()  # the script's CACHE default
+    assert len(list(experts.glob("expert_*[0-9].npy"))) == 1  # SETS reached the command: experts.num_experts=1
