@@ -429,6 +429,16 @@ def _combined(x: torch.Tensor, distill_mask: torch.Tensor | None, generator: tor
     return combined_augment(x, distill_mask, generator=generator, flip=flip)
 
 
+def augment_of_set(augment: str, *, distilled: bool, selection: str = "dsa") -> str:
+    """The augmentation a set trains with under the evaluation protocol ``augment``.
+
+    ``combined`` gives a set with no D_distill row (a selection: random, a window) crop + flip
+    only; such a set trains with ``selection`` instead, as the paper's Table 1 scores selection
+    with DSA. ``distilled``: the set has D_distill rows. Other protocols apply to every set as named.
+    """
+    return selection if augment == "combined" and not distilled else augment
+
+
 def get_augmentation(name: str) -> Augmentation:
     """The registered augmentation ``(x, distill_mask, generator) -> x`` called ``name``."""
     return AUGMENTATIONS.get(name)
@@ -438,6 +448,7 @@ __all__ = [
     "AUGMENTATIONS",
     "DSA_STRATEGIES",
     "augment_grouped",
+    "augment_of_set",
     "combined_augment",
     "cutout_size",
     "default_pad",

@@ -5,6 +5,7 @@ from autoselmatch.augment import (
     AUGMENTATIONS,
     DSA_STRATEGIES,
     augment_grouped,
+    augment_of_set,
     combined_augment,
     cutout_size,
     default_pad,
@@ -352,3 +353,10 @@ def test_registry_has_every_config_choice_with_one_signature():
     with pytest.raises(UnknownNameError, match="combined"):
         get_augmentation("mixup")
 
+
+
+def test_a_selection_trains_with_its_own_augmentation_only_under_combined():
+    assert augment_of_set("combined", distilled=False) == "dsa"  # crop + flip alone would be all it got
+    assert augment_of_set("combined", distilled=False, selection="simple") == "simple"
+    assert augment_of_set("combined", distilled=True, selection="simple") == "combined"
+    assert augment_of_set("simple", distilled=False) == "simple"  # other protocols apply to every set

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..augment import augment_of_set
 from ..config import EvalConfig, RunConfig, key_dict
 from ..fileio import stable_hash
 from ..models import ModelSpec
@@ -25,11 +26,10 @@ def eval_cell_id(spec: SetSpec, seed: int, augment: str, default_augment: str, m
 def main_augment(method: str, default: str) -> str:
     """Augmentation of ``method``'s cells in the main table, as in the paper's Table 1.
 
-    Selection-only sets (random, hardest, window) train with DSA on every image; under the
-    ``combined`` protocol they would get crop + flip only, having no D_distill. Other sets, and
-    every set when ``evaluate.augment`` is not ``combined``, use ``default``.
+    Selection-only sets (random, hardest, window) train with DSA on every image
+    (:func:`~autoselmatch.augment.augment_of_set`); other sets use ``default``.
     """
-    return "dsa" if method in SELECTION_ONLY and default == "combined" else default
+    return augment_of_set(default, distilled=method not in SELECTION_ONLY)
 
 
 def plan_cells(cfg: RunConfig, methods: Sequence[str], ipcs: Sequence[int], knobs: dict[int, Knobs], *, runs: int,

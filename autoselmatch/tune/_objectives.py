@@ -48,6 +48,7 @@ import optuna
 import torch
 
 from .. import records
+from ..augment import augment_of_set
 from ..config import RunConfig
 from ..fileio import atomic_write
 from ..runtime import LOG, resolve_device
@@ -295,12 +296,11 @@ class SelMatchObjectives:
 
 
 def _scored_like_its_trials(cfg: RunConfig, distill_mask: torch.Tensor) -> RunConfig:
-    """``cfg`` for the test score of a final set: a selection-only set (no D_distill row: random selection,
-    alpha 0) trains with ``tune.beta_augment``, as the beta trials that chose it did and as the paper's Table 1
-    scores selection; under ``combined`` it would get crop + flip only. Other sets keep ``evaluate.augment``."""
-    if bool(distill_mask.any()) or cfg.evaluate.augment != "combined":
-        return cfg
-    return dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, augment=cfg.tune.beta_augment))
+    """``cfg`` for the scores of a final set: a selection-only set (no D_distill row: random selection,
+    alpha 0) trains with ``tune.beta_augment``, as the beta trials that chose it did
+    (:func:`~autoselmatch.augment.augment_of_set`). Other sets keep ``evaluate.augment``."""
+    augment = augment_of_set(cfg.evaluate.augment, distilled=bool(distill_mask.any()), selection=cfg.tune.beta_augment)
+    return dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, augment=augment))
 
 
 def _with_iterations(cfg: RunConfig, iterations: int) -> RunConfig:
