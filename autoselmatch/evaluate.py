@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -320,6 +320,15 @@ def accuracies(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
 
     Every network sees the float (n, C, H, W) ``images``; the model is used in eval mode and its mode restored.
     """
+    correct = hits(model, images, labels, networks=networks, batch_size=batch_size).sum(1)  # (networks,)
+    return [int(c) / len(images) for c in correct.tolist()]  # sync point: one read at the end
+
+
+@torch.no_grad()
+def hits(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, networks: int,
+         batch_size: int = 1024) -> torch.Tensor:
+    """(networks, n) bool: whether each of the ``networks`` stacked in ``model`` classifies each of the
+    float (n, C, H, W) ``images`` correctly (eval mode; the model's mode is restored)."""
     if len(images) != len(labels):
         raise InvalidArgument(f"{len(images)} images but {len(labels)} labels")
     if len(images) == 0:
@@ -327,15 +336,15 @@ def accuracies(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    correct = torch.zeros(networks, dtype=torch.long, device=device)
+    parts = []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device)  # (B, C, H, W)
         y = labels[start:start + batch_size].to(device)
         stacked = x if networks == 1 else x.repeat(1, networks, 1, 1)  # (B, k * C, H, W)
         logits = model(stacked).view(len(x), networks, -1)  # (B, k, classes)
-        correct += (logits.argmax(2) == y[:, None]).sum(0)
+        parts.append(logits.argmax(2) == y[:, None])  # (B, k)
     model.train(was_training)
-    return [int(c) / len(images) for c in correct.tolist()]  # sync point: one read at the end
+    return torch.cat(parts).T
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,6 +374,9 @@ class EvalResult:
             their group's time equally).
         paper_share: ``steps`` as a share of the paper's budget rule on this dataset
             (:func:`paper_share`; ``None`` in records written before it existed).
+        image_hits: (m,) int, for each image of the split, how many of the runs classified it
+            correctly (``None``: not measured). Sets scored on the same split compare image by
+            image with it; it stays out of :meth:`to_dict` (one number per image).
     """
 
     mean: float
@@ -382,9 +394,12 @@ class EvalResult:
     seed: int
     train_seconds: list[float] = field(default_factory=list)
     paper_share: float | None = None
+    image_hits: torch.Tensor | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(replace(self, image_hits=None))  # no deep copy of the tensor
+        del record["image_hits"]
+        return record
 
 
 def check_set(ds: ImageDataset, images: torch.Tensor, labels: torch.Tensor, distill_mask: torch.Tensor | None) -> None:
@@ -496,6 +511,7 @@ def evaluate_set(
     stack = 1 if epoch_callback is not None else cfg.stack_runs
     groups = [list(range(first, min(first + stack, runs))) for first in range(0, runs, stack)]
     accs, train_seconds = [], []
+    image_hits = torch.zeros(len(eval_y), dtype=torch.long, device=device)  # (m,)
     started = time.perf_counter()
     for group in progress(groups, desc=f"evaluate {cfg.model.name} ({split})"):
         callback = None
@@ -506,7 +522,9 @@ def evaluate_set(
         model = train_networks(train_x, train_y, num_classes=ds.num_classes, cfg=cfg, steps=steps,
                                distill_mask=distill_mask, seeds=[seed + run for run in group], epoch_callback=callback,
                                device=device, flip=ds.flip)
-        accs += accuracies(model, eval_x, eval_y, networks=len(group))
+        correct = hits(model, eval_x, eval_y, networks=len(group))  # (k, m)
+        image_hits += correct.sum(0)
+        accs += [int(c) / len(eval_y) for c in correct.sum(1).tolist()]
         train_seconds += [(time.perf_counter() - group_start) / len(group)] * len(group)
         LOG.debug("evaluate runs %s of %d: %s accuracy %s (%d steps)", [r + 1 for r in group], runs, split,
                   accs[-len(group):], steps)
@@ -526,6 +544,7 @@ def evaluate_set(
         seed=seed,
         train_seconds=train_seconds,
         paper_share=paper_share(steps, n_full=len(ds.train_labels), batch_size=cfg.batch_size),
+        image_hits=image_hits.cpu(),
     )
 
 
@@ -669,6 +688,7 @@ __all__ = [
     "coverage",
     "embed",
     "evaluate_set",
+    "hits",
     "model_coverage",
     "nearest_distances",
     "paper_budget",

@@ -71,6 +71,8 @@ FINAL = "final"  # FinalRecord.to_dict() of the IPC's final set (alpha study)
 TEST_ACCURACY = "test_accuracy"  # {"mean", "std", "accuracies"} on the test split (beside FINAL)
 EVALUATION = "evaluation"  # how TEST_ACCURACY was measured: {"runs", "steps", "model", "augment", "seconds"}
 FINAL_VAL_ACCURACY = "final_val_accuracy"  # tune.choose_on = final: {"mean", "std", "accuracies"} on validation
+# what the objectives' finish returns beside it, never stored: (m,) per validation image, how many networks were right
+FINAL_VAL_HITS = "final_val_hits"
 
 # ---- trial user attrs ------------------------------------------------------------------------
 RESULT_PATH = "result_path"  # the trial's distilled set on disk (also in FINAL: the final set)
@@ -236,9 +238,9 @@ class FinalRecord:
             "iterations"}``, and ``"beta"`` for the window (``None`` with ``tune.baselines = false``;
             records written before the window was a candidate lack it).
         summary: One line on the choice, e.g. "MTT (alpha 1, random init) beat every SelMatch point ...".
-        margin: Under ``choose_on = final``, the chosen set's lead on validation over the runner-up,
-            paired by network: ``{"against", "diff", "se", "pairs"}`` (``se`` is ``None`` with fewer than
-            two networks); ``None`` otherwise, or with one candidate.
+        margin: Under ``choose_on = final``, the chosen set's lead on validation over the runner-up and
+            its standard error, ``{"against", "diff", "se", "se_networks", "se_images", "networks",
+            "images"}`` (see ``tune``'s ``_margin``); ``None`` otherwise, or with one candidate.
         extra: Any other JSON-able fact the objectives returned.
     """
 

@@ -265,6 +265,8 @@ def test_sre2l_evaluation_distils_from_the_teacher_and_ignores_hard_labels(digit
     b = evaluate_distilled(digits, start.images, shuffled, teacher_cfg, split="val", runs=1)
     assert a.accuracies == b.accuracies and 0.0 < a.mean <= 1.0
     assert "kd" in a.augment
+    m = len(digits.split("val")[1])
+    assert a.image_hits.shape == (m,) and int(a.image_hits.sum()) == round(a.mean * m)  # one network: 0 or 1 per image
 
 
 @pytest.mark.faults  # three torch start-ups in subprocesses: about 15 s on an idle machine

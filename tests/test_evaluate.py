@@ -226,6 +226,11 @@ def test_evaluate_set_stacks_runs_to_the_same_accuracies(digits):
     stacked = evaluate_set(digits, x[subset], y[subset], cfg=small_cfg(epochs=3, stack_runs=2), distill_mask=mask,
                            runs=5, seed=1)  # groups of 2, 2 and 1
     assert stacked.accuracies == pytest.approx(one.accuracies, abs=0.01) and len(stacked.train_seconds) == 5
+    m = len(digits.split("val")[1])
+    for result in (one, stacked):  # per image, how many of the 5 networks were right: the accuracies, image by image
+        assert result.image_hits.shape == (m,) and 0 <= int(result.image_hits.min()) <= int(result.image_hits.max()) <= 5
+        assert float(result.image_hits.sum()) / m == pytest.approx(sum(result.accuracies), abs=1e-9)
+        assert "image_hits" not in result.to_dict() and result.to_dict()["accuracies"] == result.accuracies
 
 
 @pytest.mark.parametrize("stack_runs", [1, 2])

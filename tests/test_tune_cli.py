@@ -136,6 +136,10 @@ def test_tune_digits_end_to_end_leaves_a_best_trial_with_a_set_on_disk(tmp_path,
     final = alpha.user_attrs["final"]  # tune.choose_on = final: SelMatch's final set is made whichever wins
     assert final["selmatch"]["iterations"] == 4 and Path(final["selmatch"]["result_path"]).is_file()  # continued
     assert alpha.user_attrs["iterations"] == (0 if final["chosen"] in ("window", "random") else 4)
+    margin, val_images = final["margin"], 143  # digits: 5 % of the training pool is validation
+    assert margin["images"] == val_images and margin["networks"] == 1 and margin["se_networks"] is None  # runs=1
+    assert margin["se"] == margin["se_images"] > 0 and f"{val_images} validation images" in final["summary"]
+    assert "final_val_hits" not in final["selmatch"] and "final_val_hits" not in json.dumps(final)
     again = invoke("tune", "--dataset", "digits", "--ipc", "10", "--cache-dir", str(cache_dir), *TINY)
     assert again.exit_code == 0 and len(optuna.load_study(study_name="digits-ipc10-alpha",
                                                           storage=storage).trials) == len(alpha.trials)

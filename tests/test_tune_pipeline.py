@@ -497,14 +497,19 @@ def test_choose_on_final_compares_every_candidates_final_set_on_validation(tmp_p
 
 
 class PerNetwork(MttWins):
-    """Final sets scored by 3 networks each (tune.choose_on = final): ``networks`` per candidate; the
-    baselines' sets are files (so that a chosen one exports)."""
+    """Final sets scored by 3 networks each (tune.choose_on = final): ``networks`` per candidate, and,
+    where ``hits`` names it, how many were right on each validation image; the baselines' sets are files
+    (so that a chosen one exports)."""
 
     networks = {}
+    hits = {}
 
     def _scored(self, name, facts):
+        import torch
+
         accs = self.networks[name]
-        return {**facts, "final_val_accuracy": {"mean": sum(accs) / len(accs), "std": 0.0, "accuracies": accs}}
+        facts = {**facts, "final_val_accuracy": {"mean": sum(accs) / len(accs), "std": 0.0, "accuracies": accs}}
+        return {**facts, "final_val_hits": torch.tensor(self.hits[name])} if name in self.hits else facts
 
     def finish(self, ctx, *, alpha, beta, trial, validate=False):
         return self._scored("selmatch", super().finish(ctx, alpha=alpha, beta=beta, trial=trial, validate=validate))
@@ -526,8 +531,9 @@ def test_choose_on_final_says_whether_the_lead_is_within_noise(tmp_path, random_
     diffs = [a - b for a, b in zip(random_acc, Scored.networks[runner])]
     mean = sum(diffs) / 3
     se = (sum((d - mean) ** 2 for d in diffs) / 2) ** 0.5 / 3 ** 0.5
-    assert final["chosen"] == "random" and final["margin"]["against"] == runner and final["margin"]["pairs"] == 3
+    assert final["chosen"] == "random" and final["margin"]["against"] == runner and final["margin"]["networks"] == 3
     assert final["margin"]["diff"] == pytest.approx(mean) and final["margin"]["se"] == pytest.approx(se)
+    assert final["margin"]["se_networks"] == final["margin"]["se"] and final["margin"]["se_images"] is None
     noise = f"(± {100 * se:.2f} standard error over 3 paired networks{'; within noise' if within else ''})"
     lead = f"{100 * (sum(random_acc) - 2.46) / 3:.2f} points"  # over SelMatch's mean, 0.82
     if not within:
@@ -540,6 +546,26 @@ def test_choose_on_final_says_whether_the_lead_is_within_noise(tmp_path, random_
 
     manifest = export_trial(f"sqlite:///{tmp_path / 'studies.db'}", "digits-ipc10-alpha", tmp_path / "out")
     assert manifest["chosen"] == "random" and manifest["margin"] == final["margin"]
+
+
+def test_the_margin_counts_the_validation_images_noise_when_the_sets_record_it_per_image(tmp_path):
+    # 4 validation images, 3 networks: SelMatch's sets get 3, 3, 2, 0 of them right, random selection's 3, 3, 3, 1
+    class Scored(PerNetwork):
+        networks = {"selmatch": [0.50, 0.75, 0.75], "window": [0.1] * 3, "random": [0.75, 0.75, 1.00],
+                    "mtt": [0.1] * 3}
+        hits = {"selmatch": [3, 3, 2, 0], "random": [3, 3, 3, 1]}
+
+    final = run(tmp_path, cfg=config(**{"tune.choose_on": "final"}), objectives=Scored).ipcs[0].final
+    margin = final["margin"]
+    assert final["chosen"] == "random" and margin["against"] == "selmatch" and (margin["networks"], margin["images"]) == (3, 4)
+    per_image = [0, 0, 1 / 3, 1 / 3]  # mean 1/6, sample std 0.19245
+    assert margin["diff"] == pytest.approx(1 / 6) and margin["se_images"] == pytest.approx(0.19245 / 2, abs=1e-5)
+    assert margin["se_networks"] == pytest.approx(0.144338 / 3 ** 0.5, abs=1e-5)  # differences .25 0 .25
+    assert margin["se"] == pytest.approx((margin["se_images"] ** 2 + margin["se_networks"] ** 2) ** 0.5)
+    assert final["summary"].endswith("by 16.67 points (± 12.73 standard error: 3 networks 8.33, 4 validation images "
+                                     "9.62; within noise); exporting it")
+    assert "final_val_hits" not in final["baselines"]["random"] and "final_val_hits" not in final["selmatch"]
+    assert sum(per_image) / 4 == pytest.approx(margin["diff"])
 
 
 def test_choose_on_final_with_selmatch_ahead_gives_its_margin_over_the_best_baseline(tmp_path):

@@ -276,7 +276,7 @@ def kd_evaluate(ds: ImageDataset, images: torch.Tensor, teacher: nn.Module, *, c
     images (n, C, H, W) augmented per ``cfg.augment``; its target is ``softmax(teacher(x) / temperature)``
     on the same augmented batch (SRe2L's relabel). Hard labels are not used.
     """
-    from ..evaluate import EvalResult, accuracy, batch_bounds, budget_steps, paper_share
+    from ..evaluate import EvalResult, batch_bounds, budget_steps, hits, paper_share
 
     started = time.perf_counter()
     device = images.device
@@ -288,6 +288,7 @@ def kd_evaluate(ds: ImageDataset, images: torch.Tensor, teacher: nn.Module, *, c
     channels, size, _ = ds.image_shape
     mask = None if distill_mask is None else distill_mask.to(device)
     accs, seconds = [], []
+    image_hits: torch.Tensor | None = None  # (m,) networks right per evaluation image
     for run in range(runs):
         run_start = time.perf_counter()
         generator = torch.Generator().manual_seed(seed + run)
@@ -313,7 +314,9 @@ def kd_evaluate(ds: ImageDataset, images: torch.Tensor, teacher: nn.Module, *, c
             loss.backward()
             optimizer.step()
             schedule.step()
-        accs.append(accuracy(student, eval_x, eval_y))
+        correct = hits(student, eval_x, eval_y, networks=1)[0]  # (m,)
+        image_hits = correct.long() if image_hits is None else image_hits + correct
+        accs.append(int(correct.sum()) / len(correct))
         seconds.append(time.perf_counter() - run_start)
     mean = sum(accs) / runs
     return EvalResult(mean=mean, std=math.sqrt(sum((a - mean) ** 2 for a in accs) / runs), accuracies=accs,
@@ -321,5 +324,6 @@ def kd_evaluate(ds: ImageDataset, images: torch.Tensor, teacher: nn.Module, *, c
                       seconds=time.perf_counter() - started, runs=runs, n_images=len(images),
                       n_distill=0 if mask is None else int(mask.sum()), model=cfg.model.name,
                       augment=f"{cfg.augment}+kd(T={temperature:g})", seed=seed, train_seconds=seconds,
-                      paper_share=paper_share(steps, n_full=len(ds.train_labels), batch_size=cfg.batch_size))
+                      paper_share=paper_share(steps, n_full=len(ds.train_labels), batch_size=cfg.batch_size),
+                      image_hits=image_hits.cpu())
 

@@ -283,6 +283,7 @@ class SelMatchObjectives:
         if validate:  # the final choice's score: networks other than the test's, so that none is scored twice
             val = evaluate("val", cfg.seed + runs)
             facts[records.FINAL_VAL_ACCURACY] = {"mean": val.mean, "std": val.std, "accuracies": val.accuracies}
+            facts[records.FINAL_VAL_HITS] = val.image_hits  # (m,): the margin compares the sets image by image
         test = evaluate("test", cfg.seed)
         path = result.save(final_dir / RESULT_FILE).resolve()
         return {

@@ -35,6 +35,7 @@ every study where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 import time
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from .. import records
@@ -454,6 +456,7 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
         trial_scores, scores, made = _make_candidates(objs, ctx, measured, names, trial, alpha=alpha, beta=beta,
                                                       best=best, window=window, on_final=on_final)
         chosen = _best(scores)
+        image_hits = {n: facts.pop(records.FINAL_VAL_HITS, None) for n, facts in made.items()}  # not stored
         baselines = {n: {"label": label(n, method), "study": source, "trial": t.number, "state": t.state.name.lower(),
                          records.VAL_ACCURACY: trial_scores.get(n, _trial_score(t)), **made[n]}
                      for n, (t, source) in measured.items()}
@@ -468,7 +471,7 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
         _upload(study, ctx, facts.get(records.RESULT_PATH))
         final = FinalRecord.from_dict(facts)
         if tc.baselines:
-            margin = _margin(chosen, list(scores), made) if on_final else None
+            margin = _margin(chosen, list(scores), made, image_hits) if on_final else None
             summary = _summary(chosen, scores, names, alpha, beta, on_final, margin)
             LOG.info("%s: %s", name, summary)
             point = {ALPHA: alpha, BETA: beta, "trial": trial.number, records.VAL_ACCURACY: float(best.best_value)}
@@ -569,18 +572,22 @@ def _named(name: str, method: str, window_beta: float | None) -> str:
     return label(name, method) + (f" at beta {window_beta:g}" if name == WINDOW else "")
 
 
-def _margin(chosen: str, compared: Sequence[str], made: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+def _margin(chosen: str, compared: Sequence[str], made: dict[str, dict[str, Any]],
+            image_hits: dict[str, torch.Tensor | None]) -> dict[str, Any] | None:
     """How far the chosen final set led the runner-up among ``compared`` on validation, and how surely.
 
-    Every candidate's final set is scored by networks of the same seeds (``made``: what ``finish`` /
-    ``finish_baseline`` returned), so the per-network differences are paired (:func:`~._noise.compare`).
-    The error is the networks' only: the validation images are the same for every candidate, and the
-    noise of their finite sample is not in it. ``None`` with one candidate.
+    Every candidate's final set is scored by networks of the same seeds on the same validation images
+    (``made``: what ``finish`` / ``finish_baseline`` returned; ``image_hits``: per candidate, how many
+    networks were right on each image, or ``None``). The lead has two sources of noise, each estimated
+    from paired differences: the networks (:func:`~._noise.compare` of the per-network accuracies:
+    another draw of networks) and the images (the spread of the per-image differences, averaged over
+    the networks: another draw of validation images). ``se`` combines them as independent.
 
     Returns:
-        ``{"against", "diff", "se", "pairs"}``: the runner-up, the mean difference in accuracy, its
-        standard error (``None``: fewer than two networks recorded), and the number of paired differences
-        (networks; 1 when only the means were recorded).
+        ``{"against", "diff", "se", "se_networks", "se_images", "networks", "images"}``: the runner-up,
+        the mean difference in accuracy, its standard error, and each source's (``None`` where not
+        estimable: fewer than two networks, or no per-image record), with the numbers of networks and
+        images they rest on; ``None`` with one candidate.
     """
     final = {n: made[n][records.FINAL_VAL_ACCURACY] for n in compared}
     if len(final) < 2:
@@ -590,12 +597,34 @@ def _margin(chosen: str, compared: Sequence[str], made: dict[str, dict[str, Any]
     def stats(n: str) -> PointStats:
         return PointStats(values={0: float(final[n]["mean"])}, networks={0: tuple(final[n].get("accuracies") or ())})
 
-    c = compare(stats(chosen), stats(runner))
-    return {"against": runner, "diff": c.diff, "se": c.se, "pairs": c.pairs}
+    by_network = compare(stats(chosen), stats(runner))
+    se_images, images = None, None
+    a, b = image_hits.get(chosen), image_hits.get(runner)
+    runs = len(final[chosen].get("accuracies") or ())
+    if a is not None and b is not None and len(a) == len(b) > 1 and runs == len(final[runner].get("accuracies") or ()):
+        per_image = (a.double() - b.double()) / max(runs, 1)  # (m,) difference of the networks' mean hit
+        se_images, images = float(per_image.std() / math.sqrt(len(per_image))), len(per_image)
+    parts = [x for x in (by_network.se, se_images) if x is not None]
+    return {"against": runner, "diff": by_network.diff, "se": math.sqrt(sum(x * x for x in parts)) if parts else None,
+            "se_networks": by_network.se, "se_images": se_images, "networks": by_network.pairs, "images": images}
 
 
 #: A lead under this many standard errors of the paired differences is called within noise.
 _CLEAR_Z = 2.0
+
+
+def _noise_text(margin: dict[str, Any]) -> str:
+    """`` (± 0.45 standard error: 3 networks 0.03, 3,000 validation images 0.45; within noise)``, or ``""``
+    without an estimate (:func:`_margin`)."""
+    if margin["se"] is None:
+        return ""
+    within = "; within noise" if abs(margin["diff"]) <= _CLEAR_Z * margin["se"] else ""
+    if margin["se_images"] is None:
+        return f" (± {100 * margin['se']:.2f} standard error over {margin['networks']} paired networks{within})"
+    parts = [f"{margin['images']:,} validation images {100 * margin['se_images']:.2f}"]
+    if margin["se_networks"] is not None:
+        parts.insert(0, f"{margin['networks']} networks {100 * margin['se_networks']:.2f}")
+    return f" (± {100 * margin['se']:.2f} standard error: {', '.join(parts)}{within})"
 
 
 def _summary(chosen: str, scores: dict[str, float], names: dict[str, str], alpha: float, beta: float,
@@ -607,11 +636,7 @@ def _summary(chosen: str, scores: dict[str, float], names: dict[str, str], alpha
     where = "on validation (final sets)" if on_final else "on validation"
     others = {n: v for n, v in scores.items() if n != SELMATCH}
     selmatch = scores[SELMATCH]
-    noise = ""
-    if margin is not None and margin["se"] is not None:
-        within = abs(margin["diff"]) <= _CLEAR_Z * margin["se"]
-        noise = (f" (± {100 * margin['se']:.2f} standard error over {margin['pairs']} paired networks"
-                 f"{'; within noise' if within else ''})")
+    noise = "" if margin is None else _noise_text(margin)
     if chosen != SELMATCH:
         beaten = "SelMatch's best point" if on_final else "every SelMatch point"
         lead = f"{100 * (others[chosen] - selmatch):.2f} points"
