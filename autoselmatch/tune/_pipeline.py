@@ -456,7 +456,7 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
         trial_scores, scores, made = _make_candidates(objs, ctx, measured, names, trial, alpha=alpha, beta=beta,
                                                       best=best, window=window, on_final=on_final)
         chosen = _best(scores)
-        image_hits = {n: facts.pop(records.FINAL_VAL_HITS, None) for n, facts in made.items()}  # not stored
+        image_hits = {n: out.pop(records.FINAL_VAL_HITS, None) for n, out in made.items()}  # not stored
         baselines = {n: {"label": label(n, method), "study": source, "trial": t.number, "state": t.state.name.lower(),
                          records.VAL_ACCURACY: trial_scores.get(n, _trial_score(t)), **made[n]}
                      for n, (t, source) in measured.items()}

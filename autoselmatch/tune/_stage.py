@@ -83,7 +83,9 @@ class Objectives(Protocol):
         """Make and evaluate the final set from the best alpha ``trial``; JSON-able facts for the
         study's :class:`~autoselmatch.records.FinalRecord` (``result_path``, ``test_accuracy``, ...).
         ``validate`` (``tune.choose_on = final``): also ``final_val_accuracy``, the set trained as
-        for the test and scored on the validation split."""
+        for the test and scored on the validation split, and optionally ``final_val_hits``, a (m,)
+        tensor of how many of those networks were right on each validation image (not stored: the
+        final choice's margin compares the candidates image by image with it)."""
 
     def baseline(self, ctx: StageContext, name: str) -> BaselineObjective:
         """``objective(trial) -> score`` of baseline ``name`` in its stage's study: ``random``
