@@ -477,14 +477,20 @@ class ReproduceConfig:
         full_epochs: Epochs of the ``full`` row's networks on the whole training
             split (None: the evaluation budget rule applied to the full split).
         ablation_ipc: IPC of the ablation table (None: the largest IPC of the run).
-        barely_distilled: A distilled set whose final matching-loss ratio (end / start) stays
-            above this is marked "barely distilled" in the tables.
+        barely_moved: A distilled set whose D_distill pixels moved less than this on average
+            (mean |x - x0| in units of the data's std, the ``pixel_change`` of its activity) is
+            marked "barely distilled" in the tables, whatever its loss ratio: the learned eta
+            lowers the loss without the pixels, and a partial update's real rows keep it high
+            while its distilled ones move.
+        barely_distilled: For a set that did not record its pixel change, the final matching-loss
+            ratio (end / start) above which it is marked "barely distilled" instead.
     """
 
     ratios: tuple[float, ...] = (0.01, 0.05, 0.1)
     methods: tuple[str, ...] = REPRODUCE_METHODS
     full_epochs: int | None = None
     ablation_ipc: int | None = None
+    barely_moved: float = 0.05
     barely_distilled: float = 0.8
 
     def __post_init__(self) -> None:
@@ -497,6 +503,9 @@ class ReproduceConfig:
             raise InvalidArgument(f"reproduce.full_epochs must be >= 1, got {self.full_epochs}")
         if self.ablation_ipc is not None and self.ablation_ipc < 1:
             raise InvalidArgument(f"reproduce.ablation_ipc must be >= 1, got {self.ablation_ipc}")
+        if not 0 <= self.barely_moved < math.inf:  # also refuses nan
+            raise InvalidArgument(f"reproduce.barely_moved must be a finite pixel change >= 0 (mean |x - x0| in "
+                                  f"units of the data's std), got {self.barely_moved}")
         if not self.barely_distilled > 0:  # also refuses nan
             raise InvalidArgument(f"reproduce.barely_distilled must be > 0 (a ratio of final to initial matching "
                                   f"loss), got {self.barely_distilled}")

@@ -297,26 +297,46 @@ def test_a_set_distilled_5_iterations_at_a_tiny_lr_img_is_marked_barely_distille
     records = {"mtt-ipc5-s0": {"accuracy": 0.5, "seed": 0, "set": built.settings},
                "random-ipc5-dsa-s0": {"accuracy": 0.6, "seed": 0, "set": {"method": "random"}}}
     rows = {r["method"]: r for r in main_rows(cfg, ["random", "mtt"], [5], cells, records)}
-    assert rows["mtt"]["loss_ratio"] == ratio and rows["mtt"]["barely_distilled"] is True
+    pixels = built.settings["activity"][-1]["pixel_change"]
+    assert pixels < cfg.reproduce.barely_moved  # nor the pixels
+    assert rows["mtt"]["loss_ratio"] == ratio and rows["mtt"]["pixel_change"] == pixels
+    assert rows["mtt"]["barely_distilled"] is True
     assert rows["random"]["loss_ratio"] is None and rows["random"]["barely_distilled"] is False
     table = table_markdown(list(rows.values()), [5], {}, dataset="digits", runs=1)
-    assert "loss ratio (per IPC)" in table and "barely distilled: the ratio stayed above 0.8" in table
-    assert f"| mtt | combined | 50.00 ‡ | {ratio:.3f} ‡ |" in table  # one seed: no "± 0.00"
+    assert "loss ratio (pixel change), per IPC" in table and "the pixels moved less than 0.05 std" in table
+    assert f"| mtt | combined | 50.00 ‡ | {ratio:.3f} ({pixels:.3f}) ‡ |" in table  # one seed: no "± 0.00"
     assert "| random | dsa | **60.00** |  |" in table  # nothing distilled: no ratio, no mark
     csv_rows = {r["method"]: r for r in csv.DictReader(table_csv(list(rows.values())).splitlines())}
     assert float(csv_rows["mtt"]["loss_ratio"]) == pytest.approx(ratio) and csv_rows["mtt"]["barely_distilled"] == "1"
+    assert float(csv_rows["mtt"]["pixel_change"]) == pytest.approx(pixels)
     assert csv_rows["random"]["loss_ratio"] == "" and csv_rows["random"]["barely_distilled"] == "0"
 
-    lenient = apply_overrides(cfg, {"reproduce.barely_distilled": ratio + 0.5})
+    still = apply_overrides(cfg, {"reproduce.barely_distilled": ratio + 0.5})  # the pixel change decides, not the ratio
+    assert all(r["barely_distilled"] is (r["method"] == "mtt") for r in main_rows(still, ["random", "mtt"], [5], cells,
+                                                                                    records))
+    lenient = apply_overrides(cfg, {"reproduce.barely_moved": pixels / 2})
     rows = {r["method"]: r for r in main_rows(lenient, ["random", "mtt"], [5], cells, records)}
     assert rows["mtt"]["barely_distilled"] is False
-    table = table_markdown(list(rows.values()), [5], {}, dataset="digits", runs=1,
-                           barely_distilled=lenient.reproduce.barely_distilled)
+    table = table_markdown(list(rows.values()), [5], {}, dataset="digits", runs=1, rule=lenient.reproduce)
     assert "‡" not in next(line for line in table.splitlines() if line.startswith("| mtt "))
     row = {"select_init": False, "partial_update": False, "combined_augmentation": True, "set": "mtt", "label": "mtt",
            "ipc": 5, "alpha": 1.0, "beta": None, "mean": 0.5, "std": 0.0, "accuracies": [0.5], "loss_ratio": ratio,
-           "barely_distilled": True}
-    assert f"| {ratio:.3f} ‡ |" in ablation_markdown([row], 5)
+           "pixel_change": pixels, "barely_distilled": True}
+    assert f"| {ratio:.3f} ({pixels:.3f}) ‡ |" in ablation_markdown([row], 5)
+
+
+def test_the_pixel_change_decides_barely_distilled_and_the_loss_ratio_only_without_it():
+    from autoselmatch.config import ReproduceConfig
+    from autoselmatch.reproduce._tables import activity, barely_distilled
+
+    rule = ReproduceConfig()  # 0.05 std, ratio 0.8
+    assert barely_distilled(0.98, 0.64, rule) is False  # a partial SRe2L set: its real rows keep the loss up
+    assert barely_distilled(0.63, 0.03, rule) is True  # eta lowered the loss, the pixels stayed
+    assert barely_distilled(0.9, None, rule) is True and barely_distilled(0.7, None, rule) is False  # older sets
+    assert barely_distilled(None, 0.0, rule) is False  # not distilled
+    made = {"loss_ratio": 0.85, "activity": [{"iteration": 0, "pixel_change": 0.0}, {"iteration": 9, "pixel_change": 0.2}]}
+    assert activity([{"set": made}], rule) == {"loss_ratio": 0.85, "pixel_change": 0.2, "barely_distilled": False}
+    assert activity([{"set": {"loss_ratio": 0.85}}], rule)["barely_distilled"] is True  # no activity recorded
 
 
 @pytest.mark.parametrize("method", ["mtt", "dsa", "sre2l"])
@@ -346,6 +366,10 @@ def test_bad_barely_distilled_threshold_is_refused():
 
     with pytest.raises(InvalidArgument, match="reproduce.barely_distilled must be > 0"):
         apply_overrides(load_preset("digits"), {"reproduce.barely_distilled": 0})
+    with pytest.raises(InvalidArgument, match="reproduce.barely_moved must be a finite pixel change >= 0.*-0.1"):
+        apply_overrides(load_preset("digits"), {"reproduce.barely_moved": -0.1})
+    with pytest.raises(InvalidArgument, match="reproduce.barely_moved must be a finite number, got nan"):
+        apply_overrides(load_preset("digits"), {"reproduce.barely_moved": float("nan")})
 
 
 def test_cell_keys_tell_augmentations_and_budget_fractions_apart():

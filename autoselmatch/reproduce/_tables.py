@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..config import RunConfig, to_dict
+from ..config import ReproduceConfig, RunConfig, to_dict
 from ..fileio import save_json, save_text
 from ._cells import _ablation_augment, _spec, cross_model, eval_cell_id, main_augment
 from ._command import rerun_command
@@ -44,7 +44,7 @@ def main_rows(cfg: RunConfig, methods: Sequence[str], ipcs: Sequence[int], cells
             first = done[0] if done else {}
             for knob in ("alpha", "beta", "alpha_source", "beta_source"):
                 row[knob] = first.get(knob)
-            row.update(activity(done, cfg.reproduce.barely_distilled))
+            row.update(activity(done, cfg.reproduce))
             rows.append(row)
     return rows
 
@@ -52,31 +52,49 @@ def main_rows(cfg: RunConfig, methods: Sequence[str], ipcs: Sequence[int], cells
 BARELY_MARK = "‡"
 
 
-def activity(done: Sequence[dict[str, Any]], threshold: float) -> dict[str, Any]:
-    """``{"loss_ratio", "barely_distilled"}`` of a row from its finished cells' records.
+def activity(done: Sequence[dict[str, Any]], rule: ReproduceConfig) -> dict[str, Any]:
+    """``{"loss_ratio", "pixel_change", "barely_distilled"}`` of a row from its finished cells' records.
 
     ``loss_ratio``: the final matching-loss ratio (end / start, see
     :func:`autoselmatch.synset.loss_ratio`) of the row's distilled set, None for a set
-    that was not distilled (or saved before the ratio was recorded);
-    ``barely_distilled``: that ratio stayed above ``threshold`` (``reproduce.barely_distilled``).
+    that was not distilled (or saved before the ratio was recorded); ``pixel_change``: its
+    last activity entry's (mean |x - x0| of the D_distill pixels, in std units; None if not
+    recorded); ``barely_distilled``: :func:`barely_distilled` under ``rule``'s thresholds.
     """
-    ratio = next((r["set"]["loss_ratio"] for r in done if (r.get("set") or {}).get("loss_ratio") is not None), None)
-    return {"loss_ratio": ratio, "barely_distilled": ratio is not None and ratio > threshold}
+    made = next((r["set"] for r in done if (r.get("set") or {}).get("loss_ratio") is not None), None)
+    ratio = None if made is None else made["loss_ratio"]
+    pixels = None if made is None else ((made.get("activity") or [{}])[-1].get("pixel_change"))
+    return {"loss_ratio": ratio, "pixel_change": pixels, "barely_distilled": barely_distilled(ratio, pixels, rule)}
 
 
-def barely_note(rows: Sequence[dict[str, Any]], threshold: float) -> str:
-    """The legend of the loss-ratio column and of the mark (empty when no row has a loss ratio)."""
+def barely_distilled(ratio: float | None, pixels: float | None, rule: ReproduceConfig) -> bool:
+    """A distilled set's pixels moved less than ``rule.barely_moved`` std, or, when the set did not
+    record its pixel change, its loss ratio stayed above ``rule.barely_distilled``. The pixel change
+    decides where known: the loss ratio misleads both ways (the learned eta lowers the loss while the
+    pixels stay; a partial update's real rows keep it high while the distilled ones move)."""
+    if ratio is None:
+        return False  # not distilled
+    if pixels is not None:
+        return pixels < rule.barely_moved
+    return ratio > rule.barely_distilled
+
+
+def barely_note(rows: Sequence[dict[str, Any]], rule: ReproduceConfig) -> str:
+    """The legend of the activity column and of the mark (empty when no row has a loss ratio)."""
     if not any(r.get("loss_ratio") is not None for r in rows):
         return ""
     return (f"Loss ratio: the distillation's final matching loss over its initial one (mean of the last and first "
-            f"iterations); {BARELY_MARK} barely distilled: the ratio stayed above {threshold:g} "
-            f"(reproduce.barely_distilled).")
+            f"iterations), with the pixel change in brackets: the mean |x - x0| of the distilled pixels, in units "
+            f"of the data's std; {BARELY_MARK} barely distilled: the pixels moved less than {rule.barely_moved:g} std "
+            f"(reproduce.barely_moved), or, for a set without a recorded pixel change, the ratio stayed above "
+            f"{rule.barely_distilled:g} (reproduce.barely_distilled).")
 
 
 def _ratio_text(row: dict[str, Any] | None) -> str:
     if row is None or row.get("loss_ratio") is None:
         return "—"
-    return f"{row['loss_ratio']:.3f}" + (f" {BARELY_MARK}" if row.get("barely_distilled") else "")
+    pixels = "" if row.get("pixel_change") is None else f" ({row['pixel_change']:.3f})"
+    return f"{row['loss_ratio']:.3f}{pixels}" + (f" {BARELY_MARK}" if row.get("barely_distilled") else "")
 
 
 def budget_markdown(rows: Sequence[dict[str, Any]], records: dict[str, dict[str, Any]]) -> str:
@@ -97,21 +115,22 @@ def budget_markdown(rows: Sequence[dict[str, Any]], records: dict[str, dict[str,
 
 
 def table_markdown(rows: Sequence[dict[str, Any]], ipcs: Sequence[int], labels: dict[int, str], *, dataset: str,
-                   runs: int, budget: str = "", barely_distilled: float = 0.8, heading: str = "",
+                   runs: int, budget: str = "", rule: ReproduceConfig = ReproduceConfig(), heading: str = "",
                    names: dict[str, str] | None = None) -> str:
     """Methods x IPCs, mean ± std (%), the best method of each IPC in bold; ``full`` as the last row.
 
     Each row names the training augmentation of its cells; ``budget`` (:func:`budget_markdown`) follows the title.
-    When some set was distilled, a last column gives each IPC's final loss ratio (:func:`activity`) and
-    the accuracy of a set whose ratio stayed above ``barely_distilled`` is marked "barely distilled".
+    When some set was distilled, a last column gives each IPC's final loss ratio and pixel change
+    (:func:`activity`), and the accuracy of a set that ``rule`` calls barely distilled (:func:`barely_distilled`)
+    is marked.
     ``heading``: a first line (a base table's, :func:`base_heading`); ``names``: row labels by method.
     """
-    ratios = bool(barely_note(rows, barely_distilled))
+    ratios = bool(barely_note(rows, rule))
     header = "| method | augmentation | " + " | ".join(f"IPC {ipc}{labels.get(ipc, '')}" for ipc in ipcs) + " |"
-    header += " loss ratio (per IPC) |" if ratios else ""
+    header += " loss ratio (pixel change), per IPC |" if ratios else ""
     spread = "one seed" if runs == 1 else f"mean ± std over {runs} seeds"
     lines = [*([heading] if heading else []), f"Test accuracy (%) on {dataset}, {spread}; best per IPC in bold.",
-             *([budget] if budget else []), *([barely_note(rows, barely_distilled)] if ratios else []), "", header,
+             *([budget] if budget else []), *([barely_note(rows, rule)] if ratios else []), "", header,
              "|---|---|" + "---:|" * (len(ipcs) + ratios)]
     best = {}
     for ipc in ipcs:
@@ -161,7 +180,7 @@ def table_csv(rows: Sequence[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["method", "augment", "ipc", "mean", "std", "runs", "accuracies", "alpha", "beta", "alpha_source",
-                     "beta_source", "loss_ratio", "barely_distilled"])
+                     "beta_source", "loss_ratio", "pixel_change", "barely_distilled"])
     for r in rows:
         writer.writerow([r["method"], r.get("augment") or "", "" if r["ipc"] is None else r["ipc"],
                          "" if r["mean"] is None else f"{r['mean']:.6f}", "" if r["std"] is None else f"{r['std']:.6f}",
@@ -169,6 +188,7 @@ def table_csv(rows: Sequence[dict[str, Any]]) -> str:
                          "" if r["alpha"] is None else r["alpha"], "" if r["beta"] is None else r["beta"],
                          r["alpha_source"] or "", r["beta_source"] or "",
                          "" if r.get("loss_ratio") is None else f"{r['loss_ratio']:.6f}",
+                         "" if r.get("pixel_change") is None else f"{r['pixel_change']:.6f}",
                          int(bool(r.get("barely_distilled")))])
     return buffer.getvalue()
 
@@ -259,20 +279,21 @@ def ablation_rows(cfg: RunConfig, ipc: int, knobs: dict[int, Knobs],
                          "set": name, "label": set_label(name, cfg.distill.method), "ipc": ipc,
                          "alpha": spec.alpha if partial else 1.0, "beta": spec.beta if select_init else None,
                          "cells": ids, "accuracies": accuracies, "mean": mean, "std": std,
-                         **activity([records[i] for i in ids if i in records], cfg.reproduce.barely_distilled)})
+                         **activity([records[i] for i in ids if i in records], cfg.reproduce)})
     return rows
 
 
 def ablation_markdown(rows: Sequence[dict[str, Any]], ipc: int, budget: str = "",
-                      barely_distilled: float = 0.8) -> str:
+                      rule: ReproduceConfig = ReproduceConfig()) -> str:
     def mark(flag: bool) -> str:
         return "✓" if flag else "–"
 
     lines = [f"Ablation at IPC {ipc} (paper Table 3): test accuracy (%), mean ± std over the seeds (the value alone for one seed). Combined augmentation off = "
              "DSA on every image, which is what combined gives a set without D_select (alpha 1): those rows share "
              "their cells.", *([budget] if budget else []),
-             *([note] if (note := barely_note(rows, barely_distilled)) else []), "",
-             "| selection init | partial update | combined augmentation | set | alpha | beta | accuracy | loss ratio |",
+             *([note] if (note := barely_note(rows, rule)) else []), "",
+             "| selection init | partial update | combined augmentation | set | alpha | beta | accuracy "
+             "| loss ratio (pixel change) |",
              "|:-:|:-:|:-:|---|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["select_init"], r["partial_update"], r["combined_augmentation"])):
         acc = "—" if r["mean"] is None else _fmt(r)
@@ -390,7 +411,7 @@ def write_outputs(plan: ReproducePlan, run: RunOutcome) -> ReproduceResult:
     rows = main_rows(cfg, run.methods, ipcs, run.cells, records)
     layout = BASE_LAYOUTS.get(cfg.distill.method)  # None: MTT, the main table of every method
     table_md = table_markdown(rows, ipcs, labels, dataset=run.dataset, runs=plan.runs,
-                              budget=budget_markdown(rows, records), barely_distilled=cfg.reproduce.barely_distilled,
+                              budget=budget_markdown(rows, records), rule=cfg.reproduce,
                               heading="" if layout is None else base_heading(cfg, layout),
                               names=None if layout is None else dict(layout.rows))
     files = {"table.md": out / "table.md", "table.csv": out / "table.csv", "results.json": out / "results.json"}
@@ -408,8 +429,8 @@ def write_outputs(plan: ReproducePlan, run: RunOutcome) -> ReproduceResult:
         rows_ab = ablation_rows(cfg, run.ablation_ipc, run.knobs, records, plan.runs)
         results["ablation"] = rows_ab
         files["ablation.md"] = out / "ablation.md"
-        save_text(ablation_markdown(rows_ab, run.ablation_ipc, budget_markdown(rows_ab, records),
-                                    cfg.reproduce.barely_distilled), files["ablation.md"])
+        save_text(ablation_markdown(rows_ab, run.ablation_ipc, budget_markdown(rows_ab, records), cfg.reproduce),
+                  files["ablation.md"])
     activities = coverage_activities(rows, records)
     if plan.coverage or activities:
         rows_cov = coverage_rows(run.cells, records, cfg.distill.method)
