@@ -10,8 +10,9 @@
 #
 #   bash bench/reproduce_active.sh OUT [RATIO...]      e.g. bash bench/reproduce_active.sh /tmp/ra 10 20
 #       ratios in % of each class (default: 1 5 10 20); each lands in OUT/rRATIO/table.md
-#   on 2 CPU cores one ratio takes 1.5-2 hours (12 networks of 1,173 steps, 2 distillations); two ratios
-#   run side by side with OMP_NUM_THREADS=1 as two calls of this script (as in RESULTS). Rerunning resumes.
+#   on 2 CPU cores one ratio took about 50 min (12 networks of 1,173 steps, 2-3.5 min each; 2 distillations,
+#   11 min each at 200 iterations), with two ratios side by side as two calls of this script under
+#   OMP_NUM_THREADS=1 (bench/RESULTS.md). Rerunning resumes: finished cells are reused.
 #
 # Knobs (environment): ALPHA (0.2), BETA (0.4), RUNS (3), SEED (0), METHODS (random,window,mtt,selmatch),
 # DEVICE (cpu), CACHE (OUT/cache: experts, scores and the coverage reference network), DATASET

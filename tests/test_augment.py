@@ -354,7 +354,6 @@ def test_registry_has_every_config_choice_with_one_signature():
         get_augmentation("mixup")
 
 
-
 def test_a_selection_trains_with_its_own_augmentation_only_under_combined():
     assert augment_of_set("combined", distilled=False) == "dsa"  # crop + flip alone would be all it got
     assert augment_of_set("combined", distilled=False, selection="simple") == "simple"
