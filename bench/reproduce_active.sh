@@ -17,13 +17,14 @@
 # Knobs (environment): ALPHA (0.2), BETA (0.4), RUNS (3), SEED (0), METHODS (random,window,mtt,selmatch),
 # DEVICE (cpu), CACHE (OUT/cache: experts, scores and the coverage reference network), DATASET
 # (fashion-mnist), PRESET (configs/fashion-mnist-active.toml), SETS (more `--set KEY=VALUE`, space-separated),
-# ITERS (iterations at every ratio, instead of 40 / 200).
+# ITERS (iterations at every ratio, instead of 40 / 200), ABLATION (1: also the ablation table, Table 3, at
+# each ratio; default 0).
 set -euo pipefail
 OUT=${1:?usage: bash bench/reproduce_active.sh OUT [RATIO...]}; shift
 RATIOS=${*:-1 5 10 20}
 ALPHA=${ALPHA:-0.2} BETA=${BETA:-0.4} RUNS=${RUNS:-3} SEED=${SEED:-0} DEVICE=${DEVICE:-cpu}
 METHODS=${METHODS:-random,window,mtt,selmatch} CACHE=${CACHE:-$OUT/cache} DATASET=${DATASET:-fashion-mnist}
-PRESET=${PRESET:-configs/fashion-mnist-active.toml} SETS=${SETS:-}
+PRESET=${PRESET:-configs/fashion-mnist-active.toml} SETS=${SETS:-} ABLATION=${ABLATION:-0}
 export AUTOSELMATCH_NO_PROGRESS=${AUTOSELMATCH_NO_PROGRESS:-1}
 mkdir -p "$OUT"
 COMMON=(-d "$DATASET" --preset "$PRESET" --cache-dir "$CACHE" --set experts.epochs=6 --set distill.max_start_epoch=50)
@@ -32,5 +33,5 @@ for R in $RATIOS; do
   iterations=${ITERS:-$(( R < 5 ? 40 : 200 ))}
   python -m autoselmatch --device "$DEVICE" --seed "$SEED" bench reproduce "${COMMON[@]}" \
     --set distill.iterations="$iterations" --ipc "$R%" --methods "$METHODS" --alpha "$ALPHA" --beta "$BETA" \
-    --runs "$RUNS" --no-ablation --out "$OUT/r$R"
+    --runs "$RUNS" "$( (( ABLATION )) && echo --ablation || echo --no-ablation)" --out "$OUT/r$R"
 done
