@@ -320,8 +320,12 @@ def accuracies(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
 
     Every network sees the float (n, C, H, W) ``images``; the model is used in eval mode and its mode restored.
     """
-    correct = hits(model, images, labels, networks=networks, batch_size=batch_size).sum(1)  # (networks,)
-    return [int(c) / len(images) for c in correct.tolist()]  # sync point: one read at the end
+    return hit_rates(hits(model, images, labels, networks=networks, batch_size=batch_size))
+
+
+def hit_rates(correct: torch.Tensor) -> list[float]:
+    """Accuracy in [0, 1] of each row of a (networks, n) bool :func:`hits` record (one read of the device)."""
+    return [int(c) / correct.shape[1] for c in correct.sum(1).tolist()]
 
 
 @torch.no_grad()
@@ -524,7 +528,7 @@ def evaluate_set(
                                device=device, flip=ds.flip)
         correct = hits(model, eval_x, eval_y, networks=len(group))  # (k, m)
         image_hits += correct.sum(0)
-        accs += [int(c) / len(eval_y) for c in correct.sum(1).tolist()]
+        accs += hit_rates(correct)
         train_seconds += [(time.perf_counter() - group_start) / len(group)] * len(group)
         LOG.debug("evaluate runs %s of %d: %s accuracy %s (%d steps)", [r + 1 for r in group], runs, split,
                   accs[-len(group):], steps)
@@ -688,6 +692,7 @@ __all__ = [
     "coverage",
     "embed",
     "evaluate_set",
+    "hit_rates",
     "hits",
     "model_coverage",
     "nearest_distances",

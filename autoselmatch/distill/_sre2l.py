@@ -276,7 +276,7 @@ def kd_evaluate(ds: ImageDataset, images: torch.Tensor, teacher: nn.Module, *, c
     images (n, C, H, W) augmented per ``cfg.augment``; its target is ``softmax(teacher(x) / temperature)``
     on the same augmented batch (SRe2L's relabel). Hard labels are not used.
     """
-    from ..evaluate import EvalResult, batch_bounds, budget_steps, hits, paper_share
+    from ..evaluate import EvalResult, batch_bounds, budget_steps, hit_rates, hits, paper_share
 
     started = time.perf_counter()
     device = images.device
@@ -314,9 +314,9 @@ def kd_evaluate(ds: ImageDataset, images: torch.Tensor, teacher: nn.Module, *, c
             loss.backward()
             optimizer.step()
             schedule.step()
-        correct = hits(student, eval_x, eval_y, networks=1)[0]  # (m,)
-        image_hits = correct.long() if image_hits is None else image_hits + correct
-        accs.append(int(correct.sum()) / len(correct))
+        correct = hits(student, eval_x, eval_y, networks=1)  # (1, m)
+        image_hits = correct[0].long() if image_hits is None else image_hits + correct[0]
+        accs += hit_rates(correct)
         seconds.append(time.perf_counter() - run_start)
     mean = sum(accs) / runs
     return EvalResult(mean=mean, std=math.sqrt(sum((a - mean) ** 2 for a in accs) / runs), accuracies=accs,
