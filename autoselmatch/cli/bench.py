@@ -2,6 +2,7 @@
 
     autoselmatch bench reproduce -d digits --ipc 5%,10% --alpha 0.5 --beta 0.2 --runs 2 --out bench-digits
     autoselmatch bench reproduce -d fashion-mnist --ipc 1%,5%,10% --storage sqlite:///studies/fashion-mnist.db
+    autoselmatch bench combine runs/s0 runs/s1 runs/s2 --out runs/seeds
 """
 
 from __future__ import annotations
@@ -121,3 +122,35 @@ def reproduce(ctx: click.Context, ipc: str | None, methods: str | None, method: 
         click.echo("\n" + result.cross_arch_md, nl=False)
     click.echo(f"\n{result.computed} cell(s) computed, {result.reused} reused; outputs in {result.out}/: "
                + ", ".join(sorted(result.files)))
+
+
+@bench.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--against", default=None, metavar="METHOD",
+              help="Method of the paired differences (default: selmatch when the runs have it, else their first).")
+@out_option(file=False, required=True, metavar="DIR", help="Output folder: seeds.md and seeds.json.")
+@global_options
+def combine(folders: tuple[str, ...], against: str | None, out: str) -> None:
+    """Combine `bench reproduce` runs that differ only in --seed: mean ± std across the seeds.
+
+    One run's spread is its evaluation networks' alone: its seed fixes the split
+    draw, the scores, the experts and the distillations. Rerun with other seeds
+    (same settings, any --out) and combine: each seed's mean, then the mean ±
+    std across seeds, SelMatch's alpha and beta per seed, and each method's paired
+    difference against --against, seed by seed, ± its standard error. Prints
+    seeds.md.
+
+    \b
+    Example:
+      for s in 0 1 2; do autoselmatch --seed $s bench reproduce -d digits --ipc 10% --alpha 0.5 --beta 0.2 \\
+          --out runs/s$s; done
+      autoselmatch bench combine runs/s0 runs/s1 runs/s2 --out runs/seeds
+    """
+    from pathlib import Path
+
+    from ..reproduce import combine_seeds
+
+    check_writable(out, "--out", folder=True)
+    result = combine_seeds([Path(f) for f in folders], Path(out), against=against)
+    click.echo(result.table_md, nl=False)
+    click.echo(f"\noutputs in {result.out}/: " + ", ".join(sorted(result.files)))

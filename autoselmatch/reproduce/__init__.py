@@ -48,6 +48,10 @@ reads); seeds vary the evaluation network only. When a set's D_syn (or
 D_distill in ``merge``) is smaller than ``distill.batch_syn``, the student
 batch is the whole set (recorded in the set's settings).
 
+Runs made with other ``--seed`` values (another split draw, scores, experts and
+distillations) combine into one table of means across the seeds, with paired
+differences against one method: :func:`combine_seeds` (``bench combine``).
+
 Coverage is measured in the feature space of one reference network (the
 evaluation model trained on the whole training split with the ``full``
 budget, seed ``cfg.seed``); the test set is split into easy and hard halves
@@ -67,6 +71,7 @@ from ._extras import parse_extras
 from ._knobs import given_knobs, resolve_knobs, study_knobs
 from ._plan import ABLATION_GRID, BASE_LAYOUTS, BaseLayout, Cell, Knobs, ReproducePlan, ReproduceResult, SetSpec
 from ._run import reproduce
+from ._seeds import SeedsResult, combine_seeds
 from ._sets import METHODS, Recipe, distill_recipe, set_key
 
 __all__ = [
@@ -79,8 +84,10 @@ __all__ = [
     "Recipe",
     "ReproducePlan",
     "ReproduceResult",
+    "SeedsResult",
     "SetSpec",
     "distill_recipe",
+    "combine_seeds",
     "given_knobs",
     "parse_base_method",
     "parse_extras",

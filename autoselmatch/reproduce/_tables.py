@@ -4,12 +4,15 @@ cells."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..config import ReproduceConfig, RunConfig, to_dict
+from ..errors import InvalidArgument
 from ..fileio import save_json, save_text
 from ._cells import _ablation_augment, _spec, cross_model, eval_cell_id, main_augment
 from ._command import rerun_command
@@ -452,3 +455,25 @@ def write_outputs(plan: ReproducePlan, run: RunOutcome) -> ReproduceResult:
         save_text(cross_arch_csv(rows_x), files["cross_arch.csv"])
     save_json(results, files["results.json"])
     return ReproduceResult(out, table_md, files, run.computed, run.reused, results, cross_md)
+
+
+#: Keys every ``results.json`` has (:func:`write_outputs`); :func:`read_results` checks them.
+RESULTS_KEYS = ("dataset", "ipcs", "ipc_labels", "methods", "runs", "config", "knobs", "table", "cells")
+
+
+def read_results(folder: str | Path) -> dict[str, Any]:
+    """The ``results.json`` that :func:`write_outputs` left in a `bench reproduce` ``--out`` folder.
+
+    Raises :class:`InvalidArgument` (one line) when the folder has none, or the file is not one.
+    """
+    path = Path(folder) / "results.json"
+    if not path.is_file():
+        raise InvalidArgument(f"{folder} has no results.json: expected the --out folder of a `bench reproduce` run")
+    try:
+        results = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"{path} is not valid JSON ({exc})") from None
+    missing = [key for key in RESULTS_KEYS if not isinstance(results, dict) or key not in results]
+    if missing:
+        raise InvalidArgument(f"{path} is not a `bench reproduce` results file: it has no {', '.join(missing)}")
+    return results
