@@ -19,7 +19,7 @@ def combine(*args):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Random and window sets on digits at IPC 3 and 7, 2 networks each, for pipeline seeds 0 and 1."""
+    """Random and window sets on digits at IPC 3 and 7, 2 networks each, and their coverage, for seeds 0 and 1."""
     root = tmp_path_factory.mktemp("seeds")
     folders = []
     for seed in (0, 1):
@@ -27,7 +27,7 @@ def runs(tmp_path_factory):
         result = RUNNER.invoke(cli, ["--device", "cpu", "--seed", str(seed), "bench", "reproduce", "-d", "digits",
                                      "--cache-dir", str(root / "cache"), *TINY, "--ipc", "3,7", "--runs", "2",
                                      "--methods", "random,window", "--alpha", "0.5", "--beta", "0.2", "--no-ablation",
-                                     "--no-coverage", "--out", str(out)])
+                                     "--out", str(out)])
         assert result.exit_code == 0, result.output
         folders.append(out)
     return root, folders
@@ -62,6 +62,14 @@ def test_the_table_is_the_mean_and_std_across_seeds_and_the_differences_are_pair
     assert line.split(" | ")[-1].startswith(f"{100 * diff['mean']:+.2f} ± {100 * diff['se']:.2f}")  # IPC 7
     assert "IPC 7: seed 0 (0.5, 0.2; given), seed 1 (0.5, 0.2; given)" in table  # the knobs of each seed
     assert "Evaluation budget: sets 10 steps per network" in table  # the runs' common budget line
+    coverage = [{(r["method"], r["ipc"]): r for r in json.loads((f / "results.json").read_text())["coverage"]}
+                for f in folders]
+    combined = {(r["method"], r["ipc"]): r for r in saved["coverage"]}
+    assert set(combined) == {(m, i) for m in ("random", "window") for i in (3, 7)}
+    for key, row in combined.items():
+        assert row["seeds"] == [0, 1]
+        assert row["hard"] == pytest.approx(np.mean([c[key]["hard"] for c in coverage]))
+    assert f"| window | 7 | {combined[('window', 7)]['coverage']:.3f} |" in table
 
 
 def test_a_row_missing_from_a_seed_counts_only_the_seeds_that_have_it(runs, tmp_path):

@@ -20,7 +20,7 @@ import numpy as np
 from ..config import ReproduceConfig, from_dict
 from ..errors import InvalidArgument
 from ..fileio import save_json, save_text
-from ._tables import _stats, barely_distilled, budget_markdown, read_results, table_markdown
+from ._tables import _stats, barely_distilled, budget_markdown, coverage_markdown, read_results, table_markdown
 
 #: Top-level settings that may differ between the runs combined: the seed, and where they ran.
 FREE_SETTINGS = ("seed", "cache_dir", "device")
@@ -78,8 +78,12 @@ def combine_seeds(folders: Sequence[Path], out: Path, *, against: str | None = N
                         budget=budgets.pop() if len(budgets) == 1 else "", rule=rule, heading=heading)
     md += _short_rows_note(rows, len(seeds))
     md += "\n" + knobs_markdown(runs, seeds) + "\n" + differences_markdown(differences, ipcs, labels, against, len(seeds))
+    coverage = seed_coverage(runs, seeds)
+    if coverage:
+        md += "\nMean over the seeds, each against its own reference network. " + coverage_markdown(coverage, seeds=True)
     results = {"dataset": runs[0]["dataset"], "seeds": seeds, "folders": [str(f) for f in folders],
                "ipcs": ipcs, "methods": methods, "against": against, "table": rows, "differences": differences,
+               "coverage": coverage,
                "knobs": {str(seed): run.get("knobs", []) for seed, run in zip(seeds, runs)}}
     files = {"seeds.md": out / "seeds.md", "seeds.json": out / "seeds.json"}
     save_text(md, files["seeds.md"])
@@ -170,6 +174,18 @@ def paired_differences(runs: Sequence[dict[str, Any]], seeds: Sequence[int], met
                         "mean": float(np.mean(values)) if values else None,
                         "se": float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None})
     return out
+
+
+def seed_coverage(runs: Sequence[dict[str, Any]], seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Per (method, IPC) with coverage in any run: the mean ``coverage``, ``easy`` and ``hard`` over the seeds
+    that measured it, and those ``seeds``."""
+    found: dict[tuple[str, int | None], list[tuple[int, dict[str, Any]]]] = {}
+    for seed, run in zip(seeds, runs):
+        for row in run.get("coverage") or []:
+            found.setdefault((row["method"], row["ipc"]), []).append((seed, row))
+    return [{"method": method, "ipc": ipc, "seeds": [seed for seed, _ in entries],
+             **{key: float(np.mean([row[key] for _, row in entries])) for key in ("coverage", "easy", "hard")}}
+            for (method, ipc), entries in found.items()]
 
 
 def _short_rows_note(rows: Sequence[dict[str, Any]], total: int) -> str:

@@ -317,13 +317,16 @@ def coverage_rows(cells: Sequence[Cell], records: dict[str, dict[str, Any]], met
     return rows
 
 
-def coverage_markdown(rows: Sequence[dict[str, Any]]) -> str:
+def coverage_markdown(rows: Sequence[dict[str, Any]], *, seeds: bool = False) -> str:
+    """Coverage per set; ``seeds``: rows combined over pipeline seeds, with how many (``len(row["seeds"])``)."""
     lines = ["Coverage of the test set (fraction within radius r of a set sample, in the feature space of the "
              "evaluation model trained on the whole training split); easy/hard halves by that network's EL2N.", "",
-             "| method | IPC | coverage | easy half | hard half |", "|---|---:|---:|---:|---:|"]
+             "| method | IPC | coverage | easy half | hard half |" + (" seeds |" if seeds else ""),
+             "|---|---:|---:|---:|---:|" + ("---:|" if seeds else "")]
     for r in rows:
         ipc = "all" if r["ipc"] is None else r["ipc"]
-        lines.append(f"| {r['method']} | {ipc} | {r['coverage']:.3f} | {r['easy']:.3f} | {r['hard']:.3f} |")
+        lines.append(f"| {r['method']} | {ipc} | {r['coverage']:.3f} | {r['easy']:.3f} | {r['hard']:.3f} |"
+                     + (f" {len(r['seeds'])} |" if seeds else ""))
     return "\n".join(lines) + "\n"
 
 
