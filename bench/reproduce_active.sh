@@ -13,6 +13,10 @@
 #   on 2 CPU cores one ratio took about 50 min (12 networks of 1,173 steps, 2-3.5 min each; 2 distillations,
 #   11 min each at 200 iterations), with two ratios side by side as two calls of this script under
 #   OMP_NUM_THREADS=1 (bench/RESULTS.md). Rerunning resumes: finished cells are reused.
+#   Other pipeline seeds (split draw, EL2N scores, experts, distillations, networks) go to their own OUT and
+#   combine into mean ± std across seeds with paired differences:
+#       SEED=1 bash bench/reproduce_active.sh OUT-s1 10; SEED=2 bash bench/reproduce_active.sh OUT-s2 10
+#       autoselmatch bench combine OUT/r10 OUT-s1/r10 OUT-s2/r10 --out OUT/r10-seeds
 #
 # Knobs (environment): ALPHA (0.2), BETA (0.4), RUNS (3), SEED (0), METHODS (random,window,mtt,selmatch),
 # DEVICE (cpu), CACHE (OUT/cache: experts, scores and the coverage reference network), DATASET
