@@ -101,6 +101,21 @@ def loss_ratio(losses: Sequence[float], window: int = ACTIVITY_WINDOW) -> float 
     return float(np.mean(losses[-w:])) / start if start else None
 
 
+def barely_distilled(ratio: float | None, pixels: float | None, *, moved: float, ratio_above: float) -> bool:
+    """Whether a distillation barely moved its set: its D_distill pixels moved less than ``moved`` std or,
+    for a set that did not record its pixel change, its loss ratio stayed above ``ratio_above``.
+
+    The pixel change decides where known: the loss ratio misleads both ways (the learned eta lowers
+    the loss while the pixels stay; a partial update's real rows keep it high while the distilled
+    ones move). False for a set that was not distilled (``ratio`` None).
+    """
+    if ratio is None:
+        return False
+    if pixels is not None:
+        return pixels < moved
+    return ratio > ratio_above
+
+
 def from_pixels(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (n, C, H, W) pixels -> float32 (n, C, H, W) in normalised space: ``(x / 255 - mean) / std``."""
     m = torch.tensor(mean, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
@@ -178,6 +193,11 @@ class SyntheticSet:
         if self.activity:
             return self.activity[-1].get("loss_ratio")
         return loss_ratio(self.loss_history)
+
+    @property
+    def pixel_change(self) -> float | None:
+        """The final mean |x - x0| of the D_distill pixels (std units): the last activity entry's, else None."""
+        return self.activity[-1].get("pixel_change") if self.activity else None
 
     def to_pixels(self) -> torch.Tensor:
         """uint8 (n, C, H, W) pixels (on the images' device): the images mapped back through the normalisation."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from autoselmatch.errors import DataError
-from autoselmatch.synset import SyntheticSet, from_pixels, loss_ratio, to_pixels
+from autoselmatch.synset import SyntheticSet, barely_distilled, from_pixels, loss_ratio, to_pixels
 
 PREVIOUS = Path(__file__).parent / "fixtures" / "set-v0.1.0.pt"  # written by 0.1.0; see fixtures/README.md
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -78,6 +78,7 @@ def test_the_previous_release_set_file_loads(digits):
     assert torch.equal(s.to_pixels()[real], digits.train_images[s.indices[real]])
     assert s.activity == []  # written before the activity record existed
     assert s.loss_ratio == pytest.approx(s.loss_history[1] / s.loss_history[0])  # from the stored losses
+    assert s.pixel_change is None and a_set().pixel_change == 0.03  # the last activity entry's, when recorded
 
 
 @pytest.mark.parametrize("losses, expected", [
@@ -192,3 +193,13 @@ def test_inconsistent_content_is_refused(tmp_path, change, needle):
     with pytest.raises(DataError) as exc_info:
         SyntheticSet.load(tmp_path / "bad.pt", what="result file")
     one_line(exc_info, "result file", needle)
+
+
+@pytest.mark.parametrize("ratio, pixels, barely", [
+    (0.98, 0.64, False),  # a partial SRe2L set: its real rows keep the loss up while its distilled ones move
+    (0.63, 0.03, True),  # the learned eta lowered the loss; the pixels stayed
+    (0.9, None, True), (0.7, None, False),  # sets saved before the pixel change was recorded: the ratio decides
+    (None, 0.0, False),  # not distilled
+])
+def test_barely_distilled_reads_the_pixel_change_and_the_loss_ratio_only_without_it(ratio, pixels, barely):
+    assert barely_distilled(ratio, pixels, moved=0.05, ratio_above=0.8) is barely

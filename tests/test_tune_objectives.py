@@ -180,3 +180,31 @@ def test_identical_seeds_give_identical_values_at_one_point_and_a_replicate_has_
     (first, seeds0, accs0), (again, seeds_again, accs_again), (other, seeds1, accs1) = runs
     assert first == again and accs0 == accs_again and seeds0 == seeds_again == [0, 1]
     assert seeds1 == [2, 3] and accs1 != accs0
+
+
+@pytest.mark.parametrize("barely_moved, warned", [(1e9, True), (0.0, False)])
+def test_alpha_trials_record_their_activity_and_warn_once_when_barely_distilled(objectives, tmp_path, caplog,
+                                                                              monkeypatch, barely_moved, warned):
+    """Every alpha trial stores its set's loss ratio and pixel change; when a trial moved its pixels less than
+    reproduce.barely_moved, the stage says once that its trials compare barely distilled sets."""
+    monkeypatch.setattr(LOG, "propagate", True)  # the CLI's setup_logging turns it off
+    cfg = apply_overrides(objectives.cfg, {"reproduce.barely_moved": barely_moved})
+    objs = SelMatchObjectives(cfg)
+    (tmp_path / "art").mkdir()
+    objective = objs.alpha(context(objs, tmp_path, "alpha"), beta=0.2)
+    study = optuna.create_study(direction="maximize")
+    with caplog.at_level(logging.WARNING, logger="autoselmatch"):
+        for alpha in (0.5, 0.7):
+            trial = study.ask()
+            study.tell(trial, objective(alpha, trial))
+    from autoselmatch.distill import DistillResult
+
+    for frozen in study.trials:
+        saved = DistillResult.load(frozen.user_attrs["result_path"])
+        assert 0 < frozen.user_attrs["pixel_change"] == saved.pixel_change == saved.activity[-1]["pixel_change"]
+        assert frozen.user_attrs["loss_ratio"] == saved.loss_ratio is not None
+    messages = [r.getMessage() for r in caplog.records if "barely distilled" in r.getMessage()]
+    assert len(messages) == (1 if warned else 0)  # once per stage, not once per trial
+    if warned:
+        assert "the trial at alpha=0.5 was barely distilled in its 4 iterations" in messages[0]
+        assert "raise tune.trial_iterations" in messages[0]

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .. import synset
 from ..config import ReproduceConfig, RunConfig, to_dict
 from ..errors import InvalidArgument
 from ..fileio import save_json, save_text
@@ -71,15 +72,9 @@ def activity(done: Sequence[dict[str, Any]], rule: ReproduceConfig) -> dict[str,
 
 
 def barely_distilled(ratio: float | None, pixels: float | None, rule: ReproduceConfig) -> bool:
-    """A distilled set's pixels moved less than ``rule.barely_moved`` std, or, when the set did not
-    record its pixel change, its loss ratio stayed above ``rule.barely_distilled``. The pixel change
-    decides where known: the loss ratio misleads both ways (the learned eta lowers the loss while the
-    pixels stay; a partial update's real rows keep it high while the distilled ones move)."""
-    if ratio is None:
-        return False  # not distilled
-    if pixels is not None:
-        return pixels < rule.barely_moved
-    return ratio > rule.barely_distilled
+    """:func:`autoselmatch.synset.barely_distilled` under ``rule``'s thresholds (``reproduce.barely_moved``,
+    ``reproduce.barely_distilled``)."""
+    return synset.barely_distilled(ratio, pixels, moved=rule.barely_moved, ratio_above=rule.barely_distilled)
 
 
 def barely_note(rows: Sequence[dict[str, Any]], rule: ReproduceConfig) -> str:

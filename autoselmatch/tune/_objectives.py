@@ -52,6 +52,7 @@ from ..augment import augment_of_set
 from ..config import RunConfig
 from ..fileio import atomic_write
 from ..runtime import LOG, resolve_device
+from ..synset import barely_distilled
 from ._controller import BaselineObjective, Objective, replicate_of, report
 from ._stage import StageContext, replicate_seeds, trial_iterations
 
@@ -171,8 +172,10 @@ class SelMatchObjectives:
         cfg = cfg if init is None else _with_init(cfg, init)
         evaluators = {0: quick_evaluator(self.ds, cfg, runs=cfg.tune.alpha_seeds)}
         final_fraction = cfg.tune.alpha_fraction  # None: the last quick evaluation is the value
+        warned = False  # the barely-distilled warning, once per stage
 
         def objective(alpha: float, trial: optuna.Trial) -> float:
+            nonlocal warned
             replicate = replicate_of(trial)
             run_cfg = _replicate_config(cfg, records.ALPHA, replicate)  # distils and evaluates from its seeds
             if replicate not in evaluators:
@@ -205,6 +208,16 @@ class SelMatchObjectives:
             trial.set_user_attr(records.VAL_ACCURACY, float(value))
             trial.set_user_attr(records.ITERATIONS, result.iterations)
             trial.set_user_attr(records.ETA, result.eta)
+            trial.set_user_attr(records.LOSS_RATIO, result.loss_ratio)
+            trial.set_user_attr(records.PIXEL_CHANGE, result.pixel_change)
+            if not warned and barely_distilled(result.loss_ratio, result.pixel_change, moved=cfg.reproduce.barely_moved,
+                                               ratio_above=cfg.reproduce.barely_distilled):
+                warned = True
+                LOG.warning("%s: the trial at alpha=%g was barely distilled in its %d iterations (pixel change %s "
+                            "std, under reproduce.barely_moved = %g): the alpha trials compare sets that hardly "
+                            "moved, so the stage's choice is close to noise; raise tune.trial_iterations",
+                            ctx.study_name, alpha, result.iterations, _text(result.pixel_change),
+                            cfg.reproduce.barely_moved)
             upload_trial_artifacts(trial, ctx.artifact_store(), path)
             return float(value)
 
@@ -294,6 +307,10 @@ class SelMatchObjectives:
             records.EVALUATION: {"runs": test.runs, "steps": test.steps, "paper_share": test.paper_share,
                                  "model": test.model, "augment": test.augment, "seconds": test.seconds},
         }
+
+
+def _text(value: float | None) -> str:
+    return "unrecorded" if value is None else f"{value:.3f}"
 
 
 def _scored_like_its_trials(cfg: RunConfig, distill_mask: torch.Tensor) -> RunConfig:
