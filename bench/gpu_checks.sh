@@ -14,6 +14,7 @@
 #   bash bench/gpu_checks.sh                             # every check, from the repository root
 #   bash bench/gpu_checks.sh evaluate smoke precision    # some: evaluate, smoke, precision, distill, experts, fidelity
 #   bash bench/gpu_checks.sh fidelity                     # issue 15 on Fashion-MNIST (bench/fidelity.sh): minutes
+#   bash bench/gpu_checks.sh bases                        # issue 17 on Fashion-MNIST (bench/bases_fashion.sh)
 #
 # Needs torch on the machine; the package is used from the source tree.
 set -uo pipefail
@@ -22,10 +23,10 @@ mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 AUTOSELMATCH_NO_PROGRESS=1
 DATA=${AUTOSELMATCH_GPU_DATA:-.gpudata}   # holds fashion-mnist/*.gz (idx files)
 CACHE=$(mktemp -d)
-CHECKS=" ${*:-evaluate smoke precision distill experts fidelity} "
+CHECKS=" ${*:-evaluate smoke precision distill experts fidelity bases} "
 for check in $CHECKS; do
-  case $check in evaluate|smoke|precision|distill|experts|fidelity) ;;
-    *) echo "unknown check '$check' (evaluate, smoke, precision, distill, experts, fidelity)" >&2; exit 2;; esac
+  case $check in evaluate|smoke|precision|distill|experts|fidelity|bases) ;;
+    *) echo "unknown check '$check' (evaluate, smoke, precision, distill, experts, fidelity, bases)" >&2; exit 2;; esac
 done
 want() { [[ $CHECKS == *" $1 "* ]]; }
 BUDGET=${GPU_CHECKS_BUDGET:-580}
@@ -93,6 +94,22 @@ if want fidelity; then
     BETA=${BETA:-0.4} ALPHAS=${ALPHAS:-0.2} SETS=${SETS:-experts.epochs=6 distill.max_start_epoch=50} \
     FIDELITY_BUDGET=$(cap 100000) bash bench/fidelity.sh "$OUT/fidelity" --device cuda --data-root "$DATA" \
         2>&1 | tee "$OUT/fidelity.log" | grep -v "^[0-9:]* INFO"
+  else
+    echo "skipped: no $DATA/fashion-mnist"
+  fi
+fi
+
+if want bases; then
+  echo "== 7. issue 17 on Fashion-MNIST: Table 8 (SRe2L) and Table 7 (DSA) layouts at 5 and 10 %, seeds 0-2"
+  # SRe2L first, at the paper's 1,000 recover iterations (its seeds all before DSA's); then DSA with the
+  # paper's 10 x 10 matching loops for 100 iterations (a tenth of the paper's). Whatever the time cap cuts
+  # keeps its finished cells under $OUT/bases (rerun the same command on CPU to finish and combine them).
+  if [ -d "$DATA/fashion-mnist" ]; then
+    for method in sre2l dsa; do
+      run_for "bases-$method" 100000 env DEVICE=cuda DATA_ROOT="$DATA" CACHE="$CACHE" ITERS_SRE2L=1000 ITERS_DSA=100 \
+          GM_OUTER=10 GM_INNER=10 bash bench/bases_fashion.sh "$OUT/bases" "$method" 2>&1 | tee -a "$OUT/bases.log" \
+          | grep -v "^[0-9:]* INFO"
+    done
   else
     echo "skipped: no $DATA/fashion-mnist"
   fi

@@ -149,3 +149,32 @@ def test_reproduce_active_script_makes_a_table_per_ratio_with_extra_settings(tmp
     assert made["mtt"]["init"] == "random" and made["selmatch"]["activity"][-1]["pixel_change"] > 0
     (experts,) = (tmp_path / "out" / "cache" / "experts").iterdir()  # the script's CACHE default
     assert len(list(experts.glob("expert_*[0-9].npy"))) == 1  # SETS reached the command: experts.num_experts=1
+
+
+@pytest.mark.slow  # four bench reproduce runs and two combines on digits
+def test_bases_script_makes_each_methods_paper_table_per_seed_and_combines_the_seeds(tmp_path):
+    """bench/bases_fashion.sh (issue 17's Table 7 / 8 layouts) on digits: one table per method and seed, the
+    methods' reduced settings reach their distillations, and the seeds combine into one table per method."""
+    import os
+
+    tiny = ("experts.num_experts=1 experts.epochs=2 distill.max_start_epoch=1 distill.expert_epochs=1 "
+            "distill.sre2l_batch=20 evaluate.steps=5 scores.epochs=1 scores.networks=1")
+    env = {**os.environ, "DATASET": "digits", "PRESET": str(BENCH.parent / "configs" / "digits.toml"), "RATIOS": "10",
+           "SEEDS": "0 1", "RUNS": "1", "ITERS_SRE2L": "2", "ITERS_DSA": "1", "SETS": tiny}
+    done = subprocess.run(["bash", str(BENCH / "bases_fashion.sh"), str(tmp_path / "out"), "sre2l", "dsa"], env=env,
+                          capture_output=True, text=True, check=False, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "out"
+    for method, table, rows in (("sre2l", 8, 4), ("dsa", 7, 3)):
+        for seed in (0, 1):
+            results = json.loads((out / f"{method}-s{seed}" / "results.json").read_text())
+            assert results["base"]["paper_table"] == table and len(results["table"]) == rows
+            assert results["config"]["seed"] == seed and results["config"]["distill"]["method"] == method
+        combined = (out / f"{method}-seeds" / "seeds.md").read_text()
+        assert f"Paper Table {table} layout, base method {method}" in combined and "over 2 pipeline seeds" in combined
+        assert "| SelMatch (window at beta, partial update of alpha) | combined |" in combined  # the layout's names
+    sre2l = json.loads((out / "sre2l-s0" / "results.json").read_text())["config"]["distill"]
+    dsa = json.loads((out / "dsa-s0" / "results.json").read_text())["config"]["distill"]
+    assert sre2l["sre2l_teacher"] == "expert" and sre2l["iterations"] == 2  # the method's reduced settings
+    assert (dsa["iterations"], dsa["gm_outer_loop"], dsa["gm_inner_loop"]) == (1, 2, 1)
+    assert not (out / "cache" / "teachers").exists() or not any((out / "cache" / "teachers").iterdir())  # no teacher trained

@@ -74,10 +74,15 @@ def combine_seeds(folders: Sequence[Path], out: Path, *, against: str | None = N
     networks = sorted({run["runs"] for run in runs})
     heading = (f"Combined over {len(seeds)} pipeline seeds ({', '.join(map(str, seeds))}): each seed's mean over its "
                f"{' or '.join(map(str, networks))} network(s) per set, then the mean ± std across the seeds.")
+    base = runs[0].get("base")  # a base method's table (paper Table 7 / 8): its rows' names
+    names = dict(base["rows"]) if base else {}
+    if base:
+        heading += f" Paper Table {base['paper_table']} layout, base method {base['method']}."
     md = table_markdown(rows, ipcs, labels, dataset=runs[0]["dataset"], runs=len(seeds),
-                        budget=budgets.pop() if len(budgets) == 1 else "", rule=rule, heading=heading)
+                        budget=budgets.pop() if len(budgets) == 1 else "", rule=rule, heading=heading, names=names)
     md += _short_rows_note(rows, len(seeds))
-    md += "\n" + knobs_markdown(runs, seeds) + "\n" + differences_markdown(differences, ipcs, labels, against, len(seeds))
+    md += "\n" + knobs_markdown(runs, seeds) + "\n" + differences_markdown(differences, ipcs, labels, against,
+                                                                          len(seeds), names)
     coverage = seed_coverage(runs, seeds)
     if coverage:
         md += "\nMean over the seeds, each against its own reference network. " + coverage_markdown(coverage, seeds=True)
@@ -208,10 +213,12 @@ def knobs_markdown(runs: Sequence[dict[str, Any]], seeds: Sequence[int]) -> str:
 
 
 def differences_markdown(differences: Sequence[dict[str, Any]], ipcs: Sequence[int], labels: dict[int, str],
-                         against: str, total: int) -> str:
-    """Methods x IPCs: the mean paired difference against ``against`` in points, ± its standard error."""
-    lines = [f"Paired differences against {against} (points): each seed's difference of the two means, then the "
-             f"mean ± standard error across the seeds (n in brackets when fewer than {total}).", "",
+                         against: str, total: int, names: dict[str, str] | None = None) -> str:
+    """Methods x IPCs: the mean paired difference against ``against`` in points, ± its standard error;
+    ``names``: row labels by method (a base method's table)."""
+    names = names or {}
+    lines = [f"Paired differences against {names.get(against, against)} (points): each seed's difference of the "
+             f"two means, then the mean ± standard error across the seeds (n in brackets when fewer than {total}).", "",
              "| method | " + " | ".join(f"IPC {ipc}{labels.get(ipc, '')}" for ipc in ipcs) + " |",
              "|---|" + "---:|" * len(ipcs)]
     for method in dict.fromkeys(d["method"] for d in differences):
@@ -223,5 +230,5 @@ def differences_markdown(differences: Sequence[dict[str, Any]], ipcs: Sequence[i
                 continue
             text = f"{100 * d['mean']:+.2f}" + ("" if d["se"] is None else f" ± {100 * d['se']:.2f}")
             cells.append(text + (f" ({len(d['diffs'])})" if len(d["diffs"]) < total else ""))
-        lines.append(f"| {method} − {against} | " + " | ".join(cells) + " |")
+        lines.append(f"| {names.get(method, method)} − {names.get(against, against)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
