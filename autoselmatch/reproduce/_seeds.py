@@ -205,11 +205,16 @@ def knobs_markdown(runs: Sequence[dict[str, Any]], seeds: Sequence[int]) -> str:
     by_ipc: dict[int, list[str]] = {}
     for seed, run in zip(seeds, runs):
         for k in run.get("knobs", []):
-            by_ipc.setdefault(k["ipc"], []).append(
-                f"seed {seed} ({k['alpha']:g}, {k['beta']:g}; {k['alpha_source']})")
+            sources = " / ".join(dict.fromkeys(str(k[f"{knob}_source"]) for knob in ("alpha", "beta")
+                                               if k[knob] is not None))
+            by_ipc.setdefault(k["ipc"], []).append(f"seed {seed} ({_knob(k['alpha'])}, {_knob(k['beta'])}; {sources})")
     for ipc, parts in by_ipc.items():
         lines.append(f"- IPC {ipc}: " + ", ".join(parts))
     return ("SelMatch's (alpha, beta) per seed:\n" + "\n".join(lines) + "\n") if lines else ""
+
+
+def _knob(value: float | None) -> str:
+    return "—" if value is None else f"{value:g}"
 
 
 def differences_markdown(differences: Sequence[dict[str, Any]], ipcs: Sequence[int], labels: dict[int, str],
