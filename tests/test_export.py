@@ -253,6 +253,32 @@ def test_augmented_samples_change_and_keep_labels(result_file, tmp_path):
     assert sum(not torch.equal(a[0], p[0]) for a, p in pairs) > len(pairs) // 2
 
 
+@pytest.mark.parametrize("evaluation, augment, used", [
+    (None, True, "combined"),  # no evaluation record (a set exported from a file): SelMatch's protocol
+    ({"augment": "combined", "runs": 2}, True, "combined"),  # a SelMatch set scored with combined
+    ({"augment": "dsa", "runs": 2}, True, "dsa"),  # a selection tune exported, scored with DSA
+    ({"augment": "dsa", "runs": 2}, "simple", "simple"),  # a name given overrides the record
+])
+def test_augmented_samples_use_the_augmentation_the_test_score_used(result_file, tmp_path, monkeypatch,
+                                                                    evaluation, augment, used):
+    import autoselmatch.augment as augment_module
+
+    export_set(result_file, tmp_path / "e", formats=["pt"], meta={} if evaluation is None else {"evaluation": evaluation})
+    seen = []
+    real = augment_module.get_augmentation
+    monkeypatch.setattr(augment_module, "get_augmentation", lambda name: seen.append(name) or real(name))
+    loaded = load_distilled(tmp_path / "e", augment=augment, generator=torch.Generator().manual_seed(0))
+    image, _ = loaded[0]
+    assert loaded.augmentation == used and seen == [used] and image.shape == loaded.images[0].shape
+
+
+def test_an_unknown_augmentation_name_is_refused_in_one_line(result_file, tmp_path):
+    export_set(result_file, tmp_path / "e", formats=["pt"])
+    with pytest.raises(Exception, match="unknown augmentation 'sharpen'") as caught:
+        load_distilled(tmp_path / "e", augment="sharpen")
+    assert "\n" not in str(caught.value)
+
+
 def test_augmented_samples_mirror_only_where_the_study_allowed_it(result_file, tmp_path, monkeypatch):
     import autoselmatch.augment as augment
 

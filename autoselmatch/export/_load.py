@@ -24,11 +24,15 @@ class DistilledSet(torch.utils.data.Dataset):
     Images are float32 (C, H, W) in the dataset's normalised space (the exact
     distilled values when the export kept them, else the uint8 pixels
     normalised with the stored mean/std). With ``augment=True`` each sample
-    goes through SelMatch's combined augmentation: DSA for D_distill images,
-    random crop + flip for D_select images (crop only when the study or run that
-    made the set had ``data.flip`` off, as the ``digits`` preset has). Batched training loops can skip
-    the per-sample path: take ``images``, ``labels`` and ``distill_mask`` and
-    call :func:`autoselmatch.augment.combined_augment` on each batch.
+    goes through the augmentation its test score was measured with
+    (:attr:`augmentation`): SelMatch's combined augmentation for a distilled
+    set (DSA for D_distill images, random crop + flip for D_select images, crop
+    only when the study or run that made the set had ``data.flip`` off, as the
+    ``digits`` preset has), DSA for a selection that ``tune`` exported (random
+    selection, the window: scored with ``tune.beta_augment``). Batched training
+    loops can skip the per-sample path: take ``images``, ``labels`` and
+    ``distill_mask`` and call :func:`autoselmatch.augment.get_augmentation`
+    (``augmentation``) on each batch.
 
     Args:
         images: float32 (n, C, H, W), normalised.
@@ -36,7 +40,8 @@ class DistilledSet(torch.utils.data.Dataset):
         labels: int64 (n,).
         distill_mask: bool (n,), True for D_distill rows.
         manifest: The export's manifest (dataset, IPC, alpha, beta, accuracies, settings).
-        augment: Apply the combined augmentation in ``__getitem__``.
+        augment: Augment each sample in ``__getitem__``: ``True`` with :attr:`augmentation`, or the
+            name of a registered augmentation (``combined``, ``dsa``, ``simple``, ``none``) to use instead.
         generator: Source of the augmentation's randomness (CPU generator;
             ``None``: torch's global RNG, which DataLoader workers seed one by one,
             whereas a generator would be copied into every worker unchanged).
@@ -50,9 +55,13 @@ class DistilledSet(torch.utils.data.Dataset):
         distill_mask: torch.Tensor,
         manifest: dict[str, Any],
         *,
-        augment: bool = False,
+        augment: bool | str = False,
         generator: torch.Generator | None = None,
     ) -> None:
+        if isinstance(augment, str):
+            from ..augment import AUGMENTATIONS
+
+            AUGMENTATIONS.get(augment)  # an unknown name is a one-line error naming the known ones
         self.images = images
         self.pixels = pixels
         self.labels = labels
@@ -73,6 +82,18 @@ class DistilledSet(torch.utils.data.Dataset):
         return True
 
     @property
+    def augmentation(self) -> str:
+        """The augmentation the set's networks train with: the one its recorded test score used (the
+        manifest's ``evaluation.augment``: ``dsa`` for a selection ``tune`` exported, ``combined`` for a
+        SelMatch set), else ``combined`` (exports without an evaluation record), or the name given as
+        ``augment``."""
+        if isinstance(self.augment, str):
+            return self.augment
+        evaluation = self.manifest.get("evaluation")
+        recorded = evaluation.get("augment") if isinstance(evaluation, dict) else None
+        return recorded if isinstance(recorded, str) else "combined"
+
+    @property
     def classes(self) -> list[str]:
         return list(self.manifest["classes"])
 
@@ -90,17 +111,17 @@ class DistilledSet(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.images[index]  # (C, H, W)
         if self.augment:
-            from ..augment import combined_augment
+            from ..augment import get_augmentation
 
-            image = combined_augment(image[None], self.distill_mask[index : index + 1], generator=self.generator,
-                                     flip=self.flip)[0]
+            augment = get_augmentation(self.augmentation)
+            image = augment(image[None], self.distill_mask[index : index + 1], self.generator, flip=self.flip)[0]
         return image, self.labels[index]
 
 
 def load_distilled(
     path: str | os.PathLike,
     *,
-    augment: bool = False,
+    augment: bool | str = False,
     generator: torch.Generator | None = None,
 ) -> DistilledSet:
     """Load an export written by :func:`export_set` after checking every file's sha256.
@@ -111,7 +132,8 @@ def load_distilled(
 
     Args:
         path: The export folder (a file inside it, e.g. its ``dataset.npz``, stands for the folder).
-        augment: Apply SelMatch's combined augmentation to each sample.
+        augment: Augment each sample: ``True`` with the augmentation the set's test score used
+            (:attr:`DistilledSet.augmentation`), or a registered augmentation's name.
         generator: Randomness of the augmentation.
     """
     root = Path(path).expanduser()
