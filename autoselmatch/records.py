@@ -73,6 +73,9 @@ EVALUATION = "evaluation"  # how TEST_ACCURACY was measured: {"runs", "steps", "
 FINAL_VAL_ACCURACY = "final_val_accuracy"  # tune.choose_on = final: {"mean", "std", "accuracies"} on validation
 # what the objectives' finish returns beside it, never stored: (m,) per validation image, how many networks were right
 FINAL_VAL_HITS = "final_val_hits"
+#: tune.final_augments: validation mean of SelMatch's final set under each augmentation it was tried with
+#: (the best trained its test networks: ``EVALUATION["augment"]``); absent when only one was tried
+FINAL_AUGMENTS = "final_augments"
 
 # ---- trial user attrs ------------------------------------------------------------------------
 RESULT_PATH = "result_path"  # the trial's distilled set on disk (also in FINAL: the final set)

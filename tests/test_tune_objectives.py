@@ -208,3 +208,26 @@ def test_alpha_trials_record_their_activity_and_warn_once_when_barely_distilled(
     if warned:
         assert "the trial at alpha=0.5 was barely distilled in its 4 iterations" in messages[0]
         assert "raise tune.trial_iterations" in messages[0]
+
+
+@pytest.mark.parametrize("final_augments, tried", [(("dsa",), ["combined", "dsa"]), ((), None)])
+def test_selmatchs_final_set_keeps_the_better_augmentation_on_validation(objectives, tmp_path, final_augments, tried):
+    """Under choose_on = final, a final set with D_select and D_distill rows is trained on validation with
+    evaluate.augment and each of tune.final_augments; the best trains the test networks. The window, a set
+    with no D_distill row, is trained with tune.beta_augment only."""
+    objs, cfg, _, frozen, _ = one_alpha_trial(objectives, tmp_path, {"tune.final_augments": list(final_augments),
+                                                                      "evaluate.runs": 2})
+    ctx = context(objs, tmp_path, "alpha")
+    made = objs.finish(ctx, alpha=0.5, beta=0.2, trial=frozen, validate=True)
+    if tried is None:
+        assert "final_augments" not in made and made["evaluation"]["augment"] == "combined"
+    else:
+        scores = made["final_augments"]
+        assert list(scores) == tried and made["evaluation"]["augment"] == max(scores, key=scores.get)
+        assert made["final_val_accuracy"]["mean"] == scores[made["evaluation"]["augment"]]
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"beta": 0.2})
+    trial = study.ask({"beta": optuna.distributions.FloatDistribution(0.0, 1.0)})
+    study.tell(trial, objs.beta(context(objs, tmp_path, "beta"))(0.2, trial))
+    alone = objs.finish_baseline(ctx, name="window", trial=study.trials[0], validate=True)
+    assert "final_augments" not in alone and alone["evaluation"]["augment"] == "dsa"  # tune.beta_augment

@@ -579,6 +579,33 @@ def test_choose_on_final_with_selmatch_ahead_gives_its_margin_over_the_best_base
                                      "(± 0.88 standard error over 3 paired networks)")  # differences .04 .07 .05
 
 
+@pytest.mark.parametrize("selmatch_acc, chosen", [([0.90, 0.93, 0.92], "selmatch"), ([0.80, 0.80, 0.80], "window")])
+def test_the_summary_and_record_say_which_augmentation_selmatchs_final_set_kept(tmp_path, selmatch_acc, chosen):
+    """tune.final_augments: the objectives tried SelMatch's final set with two augmentations on validation and
+    kept the better; the record keeps both scores and the summary names the one kept, whichever set won."""
+    class Scored(PerNetwork):
+        networks = {"selmatch": selmatch_acc, "window": [0.86, 0.86, 0.87], "random": [0.85] * 3, "mtt": [0.5] * 3}
+
+        def finish(self, ctx, *, alpha, beta, trial, validate=False):
+            made = super().finish(ctx, alpha=alpha, beta=beta, trial=trial, validate=validate)
+            mean = made["final_val_accuracy"]["mean"]
+            return {**made, "final_augments": {"combined": mean - 0.0198, "dsa": mean},
+                    "evaluation": {"runs": 3, "augment": "dsa"}}
+
+    final = run(tmp_path, cfg=config(**{"tune.choose_on": "final"}), objectives=Scored).ipcs[0].final
+    assert final["chosen"] == chosen
+    assert final["selmatch"]["final_augments"] == pytest.approx({"combined": sum(selmatch_acc) / 3 - 0.0198,
+                                                                 "dsa": sum(selmatch_acc) / 3})
+    assert final["selmatch"]["evaluation"]["augment"] == "dsa"
+    if chosen == "selmatch":
+        assert final["summary"].startswith("SelMatch (alpha 0.6, beta 0.5; trained with dsa, 1.98 points above "
+                                           "combined) beat every baseline")
+        assert final["evaluation"]["augment"] == "dsa"  # the exported set's protocol
+    else:
+        assert "beat SelMatch's best point (trained with dsa, 1.98 points above combined) on validation" in \
+            final["summary"]
+
+
 def test_baselines_off_measures_none_and_records_the_best_grid_point(tmp_path):
     log = tmp_path / "calls.log"
     result = run(tmp_path, cfg=config(**{"tune.baselines": False}), objectives=functools.partial(MttWins, log=log))

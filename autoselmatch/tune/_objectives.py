@@ -23,7 +23,9 @@
   its checkpoint), evaluated on the **test** split with ``evaluate.runs``
   seeds and saved (the pipeline uploads the chosen set as the study's
   artifacts); under ``tune.choose_on = final`` first scored on the
-  **validation** split by as many networks of the next seeds.
+  **validation** split by as many networks of the next seeds, with
+  ``evaluate.augment`` and each of ``tune.final_augments`` when the set has
+  both D_select and D_distill rows: the best of them trains the test networks.
 - baselines: random selection (class-balanced, ``seed``) is scored by the
   stage-1 objective as the window of seeded random scores; MTT is the stage-2
   objective at alpha 1 from a random real init (``distill.init = random``);
@@ -284,20 +286,26 @@ class SelMatchObjectives:
         runs = cfg.evaluate.runs
         facts: dict[str, Any] = {}
 
-        def evaluate(split: str, seed: int) -> EvalResult:
-            scores = evaluate_distilled(self.ds, result.images.to(self.device), result.labels.to(self.device), scored,
-                                        distill_mask=result.distill_mask.to(self.device), split=split, runs=runs,
-                                        seed=seed)
+        def evaluate(augment: str, split: str, seed: int) -> EvalResult:
+            run_cfg = _with_augment(scored, augment)
+            scores = evaluate_distilled(self.ds, result.images.to(self.device), result.labels.to(self.device),
+                                        run_cfg, distill_mask=result.distill_mask.to(self.device), split=split,
+                                        runs=runs, seed=seed)
             spread = f" ± {100 * scores.std:.2f}" if scores.runs > 1 else ""  # one run has no spread
-            LOG.info("%s: %s accuracy %.2f%s %% (%d run%s) of %s", ctx.study_name, split, 100 * scores.mean, spread,
-                     scores.runs, "" if scores.runs == 1 else "s", final_dir.name)
+            LOG.info("%s: %s accuracy %.2f%s %% (%d run%s, %s) of %s", ctx.study_name, split, 100 * scores.mean,
+                     spread, scores.runs, "" if scores.runs == 1 else "s", augment, final_dir.name)
             return scores
 
+        augment = scored.evaluate.augment
         if validate:  # the final choice's score: networks other than the test's, so that none is scored twice
-            val = evaluate("val", cfg.seed + runs)
+            tried = {a: evaluate(a, "val", cfg.seed + runs) for a in _augments_to_try(scored, result.distill_mask)}
+            augment = max(tried, key=lambda a: round(tried[a].mean, 9))  # a tie keeps the first: evaluate.augment
+            val = tried[augment]
             facts[records.FINAL_VAL_ACCURACY] = {"mean": val.mean, "std": val.std, "accuracies": val.accuracies}
             facts[records.FINAL_VAL_HITS] = val.image_hits  # (m,): the margin compares the sets image by image
-        test = evaluate("test", cfg.seed)
+            if len(tried) > 1:
+                facts[records.FINAL_AUGMENTS] = {a: r.mean for a, r in tried.items()}
+        test = evaluate(augment, "test", cfg.seed)
         path = result.save(final_dir / RESULT_FILE).resolve()
         return {
             records.RESULT_PATH: str(path),
@@ -318,6 +326,18 @@ def _scored_like_its_trials(cfg: RunConfig, distill_mask: torch.Tensor) -> RunCo
     alpha 0) trains with ``tune.beta_augment``, as the beta trials that chose it did
     (:func:`~autoselmatch.augment.augment_of_set`). Other sets keep ``evaluate.augment``."""
     augment = augment_of_set(cfg.evaluate.augment, distilled=bool(distill_mask.any()), selection=cfg.tune.beta_augment)
+    return _with_augment(cfg, augment)
+
+
+def _augments_to_try(cfg: RunConfig, distill_mask: torch.Tensor) -> list[str]:
+    """``evaluate.augment``, then ``tune.final_augments``, for a set with both D_select and D_distill rows
+    (SelMatch's); ``evaluate.augment`` alone for the others, where combined augmentation is one
+    augmentation on every row (all distilled: DSA; none: see :func:`_scored_like_its_trials`)."""
+    mixed = bool(distill_mask.any()) and not bool(distill_mask.all())
+    return list(dict.fromkeys([cfg.evaluate.augment, *(cfg.tune.final_augments if mixed else ())]))
+
+
+def _with_augment(cfg: RunConfig, augment: str) -> RunConfig:
     return dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, augment=augment))
 
 

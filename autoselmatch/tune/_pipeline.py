@@ -443,6 +443,8 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
         shaped["baselines"] = {n: [t.number, t.state.name] for n, (t, _) in measured.items()}
     if on_final:  # `trials` keeps the keys of records made before the setting
         shaped["choose_on"] = tc.choose_on
+        if tc.final_augments:  # (none: the key of records made before tune.final_augments)
+            shaped["final_augments"] = list(tc.final_augments)
     key = stable_hash(shaped)
     ctx = stage_context(plan, plan.cfg, ipc, study)
     ctx.workdir.mkdir(parents=True, exist_ok=True)
@@ -472,11 +474,13 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
         final = FinalRecord.from_dict(facts)
         if tc.baselines:
             margin = _margin(chosen, list(scores), made, image_hits) if on_final else None
-            summary = _summary(chosen, scores, names, alpha, beta, on_final, margin)
+            summary = _summary(chosen, scores, names, alpha, beta, on_final, margin,
+                               augments=made.get(SELMATCH, {}).get(records.FINAL_AUGMENTS))
             LOG.info("%s: %s", name, summary)
             point = {ALPHA: alpha, BETA: beta, "trial": trial.number, records.VAL_ACCURACY: float(best.best_value)}
             if on_final:  # SelMatch's final set was made whichever won: its scores and file
-                kept = (records.FINAL_VAL_ACCURACY, records.TEST_ACCURACY, records.RESULT_PATH, records.ITERATIONS)
+                kept = (records.FINAL_VAL_ACCURACY, records.TEST_ACCURACY, records.RESULT_PATH, records.ITERATIONS,
+                        records.EVALUATION, records.FINAL_AUGMENTS)
                 point.update({k: v for k, v in made[SELMATCH].items() if k in kept})
             final = dataclasses.replace(final, chosen=chosen, val_accuracy=trial_scores[chosen], choose_on=tc.choose_on,
                                         selmatch=point, baselines=baselines, summary=summary, margin=margin)
@@ -628,24 +632,28 @@ def _noise_text(margin: dict[str, Any]) -> str:
 
 
 def _summary(chosen: str, scores: dict[str, float], names: dict[str, str], alpha: float, beta: float,
-             on_final: bool = False, margin: dict[str, Any] | None = None) -> str:
+             on_final: bool = False, margin: dict[str, Any] | None = None,
+             augments: dict[str, float] | None = None) -> str:
     """One line on the final choice: ``chosen`` among the best grid point and the finished baselines,
     the window among them (``scores``, named by ``names``); differences in percentage points of
     validation accuracy, of the trials or (``on_final``) of the final sets, with ``margin``'s
-    standard error when it has one (:func:`_margin`)."""
+    standard error when it has one (:func:`_margin`); ``augments``: SelMatch's final set's validation
+    score under each augmentation tried (``tune.final_augments``), the best of which it kept."""
     where = "on validation (final sets)" if on_final else "on validation"
     others = {n: v for n, v in scores.items() if n != SELMATCH}
     selmatch = scores[SELMATCH]
     noise = "" if margin is None else _noise_text(margin)
+    trained = _augments_text(augments)
     if chosen != SELMATCH:
-        beaten = "SelMatch's best point" if on_final else "every SelMatch point"
+        beaten = "every SelMatch point" if not on_final else \
+            f"SelMatch's best point ({trained})" if trained else "SelMatch's best point"
         lead = f"{100 * (others[chosen] - selmatch):.2f} points"
         if margin is not None and margin["against"] == SELMATCH:
             lead += noise
         elif noise:
             lead += f", and the next best set ({names[margin['against']]}) by {100 * margin['diff']:.2f}{noise}"
         return f"{names[chosen]} beat {beaten} {where} by {lead}; exporting it"
-    point = f"SelMatch (alpha {alpha:g}, beta {beta:g})"
+    point = f"SelMatch (alpha {alpha:g}, beta {beta:g}{'; ' + trained if trained else ''})"
     if not others:
         return f"{point} chosen; no baseline finished (pruned or failed), so none could be compared"
     runner = _best(others)
@@ -653,6 +661,15 @@ def _summary(chosen: str, scores: dict[str, float], names: dict[str, str], alpha
         return f"{point} tied the best baseline {where} ({names[runner]}); a tie goes to SelMatch"
     return (f"{point} beat every baseline {where}, the best of them ({names[runner]}) by "
             f"{100 * (selmatch - others[runner]):.2f} points{noise}")
+
+
+def _augments_text(augments: dict[str, float] | None) -> str:
+    """``trained with dsa, 1.98 points above combined``: the augmentation SelMatch's final set kept and its
+    lead over the runner-up on validation; empty when one augmentation was tried."""
+    if not augments or len(augments) < 2:
+        return ""
+    kept, runner = sorted(augments, key=lambda a: -augments[a])[:2]  # stable: a tie keeps the first tried
+    return f"trained with {kept}, {100 * (augments[kept] - augments[runner]):.2f} points above {runner}"
 
 
 __all__ = ["IpcResult", "TuneResult", "parse_ipcs", "tune"]
