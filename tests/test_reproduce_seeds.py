@@ -92,6 +92,33 @@ def test_a_row_missing_from_a_seed_counts_only_the_seeds_that_have_it(runs, tmp_
     assert diff["seeds"] == [0] and diff["se"] is None
 
 
+def test_the_ablation_is_combined_row_by_row_over_the_seeds_that_finished_it(runs, tmp_path):
+    """Each seed's ablation row (paper Table 3) -> mean ± std across seeds; a row one seed lacks says so."""
+    _, folders = runs
+
+    def ablation(means):
+        return [{"ipc": 7, "select_init": s, "partial_update": p, "combined_augmentation": c, "set": name,
+                 "label": name, "alpha": 1.0 if not p else 0.5, "beta": 0.2 if s else None, "cells": [],
+                 "accuracies": [] if m is None else [m], "mean": m, "std": None if m is None else 0.0,
+                 "loss_ratio": 0.9, "pixel_change": 0.2, "barely_distilled": False}
+                for (s, p, c, name), m in zip([(True, True, False, "selmatch"), (True, True, True, "selmatch"),
+                                               (False, True, True, "partial")], means)]
+
+    copies = [_edited(folders[0], tmp_path, "s0", lambda r: r.update(ablation=ablation([0.80, 0.78, 0.75]))),
+              _edited(folders[1], tmp_path, "s1", lambda r: r.update(ablation=ablation([0.84, 0.76, None])))]
+    result = combine(*copies, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    rows = {(r["set"], r["combined_augmentation"]): r for r in
+            json.loads((tmp_path / "out" / "seeds.json").read_text())["ablation"]}
+    assert rows[("selmatch", False)]["accuracies"] == [0.80, 0.84] and rows[("selmatch", False)]["seeds"] == [0, 1]
+    assert rows[("selmatch", False)]["mean"] == pytest.approx(0.82) and rows[("selmatch", False)]["std"] == pytest.approx(0.02)
+    assert rows[("partial", True)]["seeds"] == [0] and rows[("partial", True)]["label"] == "partial (1 of 2 seeds)"
+    table = (tmp_path / "out" / "seeds.md").read_text()
+    assert "Ablation at IPC 7 (paper Table 3)" in table
+    assert "| ✓ | ✓ | – | selmatch | 0.5 | 0.2 | 82.00 ± 2.00 | 0.900 (0.200) |" in table
+    assert "| – | ✓ | ✓ | partial (1 of 2 seeds) | 0.5 |  | 75.00 | 0.900 (0.200) |" in table
+
+
 def _edited(folder, tmp_path, name, edit):
     copy = tmp_path / name
     shutil.copytree(folder, copy)

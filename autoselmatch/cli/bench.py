@@ -136,9 +136,9 @@ def combine(folders: tuple[str, ...], against: str | None, out: str) -> None:
     One run's spread is its evaluation networks' alone: its seed fixes the split
     draw, the scores, the experts and the distillations. Rerun with other seeds
     (same settings, any --out) and combine: each seed's mean, then the mean ±
-    std across seeds, SelMatch's alpha and beta per seed, and each method's paired
-    difference against --against, seed by seed, ± its standard error. Prints
-    seeds.md.
+    std across seeds, SelMatch's alpha and beta per seed, each method's paired
+    difference against --against, seed by seed, ± its standard error, and the
+    ablation and coverage where the runs have them. Prints seeds.md.
 
     \b
     Example:

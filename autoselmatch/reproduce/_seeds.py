@@ -20,7 +20,8 @@ import numpy as np
 from ..config import ReproduceConfig, from_dict
 from ..errors import InvalidArgument
 from ..fileio import save_json, save_text
-from ._tables import _stats, barely_distilled, budget_markdown, coverage_markdown, read_results, table_markdown
+from ._tables import (_stats, ablation_markdown, barely_distilled, budget_markdown, coverage_markdown, read_results,
+                      table_markdown)
 
 #: Top-level settings that may differ between the runs combined: the seed, and where they ran.
 FREE_SETTINGS = ("seed", "cache_dir", "device")
@@ -83,12 +84,16 @@ def combine_seeds(folders: Sequence[Path], out: Path, *, against: str | None = N
     md += _short_rows_note(rows, len(seeds))
     md += "\n" + knobs_markdown(runs, seeds) + "\n" + differences_markdown(differences, ipcs, labels, against,
                                                                           len(seeds), names)
+    ablation = seed_ablation(runs, seeds, rule)
+    for ipc in dict.fromkeys(r["ipc"] for r in ablation):
+        md += f"\nOver the {len(seeds)} pipeline seeds, as above. " + ablation_markdown(
+            [r for r in ablation if r["ipc"] == ipc], ipc, rule=rule)
     coverage = seed_coverage(runs, seeds)
     if coverage:
         md += "\nMean over the seeds, each against its own reference network. " + coverage_markdown(coverage, seeds=True)
     results = {"dataset": runs[0]["dataset"], "seeds": seeds, "folders": [str(f) for f in folders],
                "ipcs": ipcs, "methods": methods, "against": against, "table": rows, "differences": differences,
-               "coverage": coverage,
+               "ablation": ablation, "coverage": coverage,
                "knobs": {str(seed): run.get("knobs", []) for seed, run in zip(seeds, runs)}}
     files = {"seeds.md": out / "seeds.md", "seeds.json": out / "seeds.json"}
     save_text(md, files["seeds.md"])
@@ -179,6 +184,34 @@ def paired_differences(runs: Sequence[dict[str, Any]], seeds: Sequence[int], met
                         "mean": float(np.mean(values)) if values else None,
                         "se": float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None})
     return out
+
+
+#: What identifies an ablation row (paper Table 3) across runs.
+_ABLATION_KEY = ("ipc", "select_init", "partial_update", "combined_augmentation")
+
+
+def seed_ablation(runs: Sequence[dict[str, Any]], seeds: Sequence[int], rule: ReproduceConfig) -> list[dict[str, Any]]:
+    """The ablation rows (:func:`~._tables.ablation_rows`) of the runs that computed one, over the seeds: each
+    seed's mean, then their mean ± std; a row finished in fewer seeds than all says so in its label. The set's
+    alpha and beta are the first seed's (tuned knobs may differ by seed: see the knobs per seed)."""
+    found: dict[tuple[Any, ...], list[tuple[int, dict[str, Any]]]] = {}
+    for seed, run in zip(seeds, runs):
+        for row in run.get("ablation") or []:
+            if row.get("mean") is not None:
+                found.setdefault(tuple(row[k] for k in _ABLATION_KEY), []).append((seed, row))
+    rows = []
+    for entries in found.values():
+        first = entries[0][1]
+        means = [row["mean"] for _, row in entries]
+        ratio = _mean_of(row.get("loss_ratio") for _, row in entries)
+        pixels = _mean_of(row.get("pixel_change") for _, row in entries)
+        mean, std = _stats(means)
+        label = first["label"] + ("" if len(entries) == len(seeds) else f" ({len(entries)} of {len(seeds)} seeds)")
+        rows.append({**{k: first[k] for k in (*_ABLATION_KEY, "set", "alpha", "beta")}, "label": label,
+                     "seeds": [seed for seed, _ in entries], "accuracies": means, "mean": mean, "std": std,
+                     "loss_ratio": ratio, "pixel_change": pixels,
+                     "barely_distilled": barely_distilled(ratio, pixels, rule)})
+    return rows
 
 
 def seed_coverage(runs: Sequence[dict[str, Any]], seeds: Sequence[int]) -> list[dict[str, Any]]:
