@@ -419,6 +419,8 @@ def _baselines_table(group: IpcStudies) -> str:
     best = _best(group.alpha)
     grid = final.selmatch or {}
     point = f": alpha {grid[ALPHA]:g}, beta {grid[BETA]:g}" if ALPHA in grid and BETA in grid else ""
+    if grid.get(records.FINAL_AUGMENTS):  # tune.final_augments: the augmentation its final set kept
+        point += f"; trained with {(grid.get(records.EVALUATION) or {}).get('augment', '?')}"
     val = grid.get(records.VAL_ACCURACY, None if best is None else best.value)
     test = final.test_accuracy if final.chosen == SELMATCH else grid.get(records.TEST_ACCURACY)
     rows = [(SELMATCH, f" (best grid point{point})", val, grid.get(records.FINAL_VAL_ACCURACY), test, "")]

@@ -604,6 +604,11 @@ def test_the_summary_and_record_say_which_augmentation_selmatchs_final_set_kept(
     else:
         assert "beat SelMatch's best point (trained with dsa, 1.98 points above combined) on validation" in \
             final["summary"]
+    from autoselmatch.report import build_report
+
+    build_report(f"sqlite:///{tmp_path / 'studies.db'}", "digits", tmp_path / "report.html")
+    assert "<td>SelMatch (best grid point: alpha 0.6, beta 0.5; trained with dsa)</td>" in \
+        (tmp_path / "report.html").read_text()
 
 
 def test_baselines_off_measures_none_and_records_the_best_grid_point(tmp_path):
