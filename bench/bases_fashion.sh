@@ -19,8 +19,8 @@
 #   - SRe2L ITERS_SRE2L (200) recover iterations; DSA ITERS_DSA (20) iterations of GM_OUTER (2) matching
 #     updates and GM_INNER (1) inner epochs.
 # Costs measured with bench/method_speed.py (bench/RESULTS.md, "Base methods"): one SRe2L iteration at
-# IPC 300 is ~5 CPU s, one reduced DSA iteration ~55 CPU s; on 2 CPU cores one seed of SRe2L at 5 % is
-# about 1.5 h, so the 3-seed tables at 5 and 10 % are GPU work (DEVICE=cuda).
+# IPC 300 is ~5 CPU s, one reduced DSA iteration ~55 CPU s; on 2 CPU cores one seed of SRe2L at 5 % would take
+# an estimated 1.5 h (not timed), so the 3-seed tables at 5 and 10 % are GPU work (DEVICE=cuda).
 #
 # Knobs (environment): RATIOS ("5 10", % of each class), SEEDS ("0 1 2"), ALPHA (0.5), BETA (0.4), RUNS (3),
 # ITERS_SRE2L, ITERS_DSA, GM_OUTER, GM_INNER, DEVICE (cpu), DATA_ROOT (the dataset's folder, if not the
