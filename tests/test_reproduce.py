@@ -536,3 +536,34 @@ def test_a_bad_base_method_is_a_one_line_error(tmp_path):
         assert result.exit_code == 2, result.output
         assert message in result.output and result.output.strip().count("\n") == 0
         assert not (tmp_path / "out").exists()
+
+
+def test_a_set_another_process_is_building_is_waited_for_and_loaded_not_built_again(digits, tmp_path, monkeypatch):
+    """Two runs on one OUT (the same command started twice): the second waits on the set's lock, then loads
+    the set the first saved, instead of distilling it beside it from the same checkpoints."""
+    import threading
+
+    import torch
+
+    from autoselmatch.config import load_preset
+    from autoselmatch.fileio import file_lock
+    from autoselmatch.reproduce import _sets
+    from autoselmatch.synset import SyntheticSet
+
+    cfg = dataclasses.replace(load_preset("digits"), cache_dir=str(tmp_path / "cache"))
+    spec, sets_dir = SetSpec("random", 3), tmp_path / "sets"
+    path = _sets.set_path(spec, cfg, sets_dir)
+    monkeypatch.setattr(_sets, "_builder", lambda name: pytest.fail(f"{name} built again"))
+    sets_dir.mkdir()
+    loaded = []
+    with file_lock(sets_dir / f".{path.stem}.lock"):  # "the other process" holds the set while it builds
+        waiter = threading.Thread(target=lambda: loaded.append(_sets.load_or_build(_sets._Inputs(digits, cfg), spec,
+                                                                                     sets_dir)))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not loaded  # waits for the lock
+        images, labels = digits.split("train")
+        SyntheticSet(images[:30].cpu(), labels[:30].cpu(), torch.zeros(30, dtype=torch.bool),
+                     settings={"method": "random"}).save(path)  # what the other process saved
+    waiter.join(timeout=60)
+    assert len(loaded) == 1 and len(loaded[0].labels) == 30 and loaded[0].settings["method"] == "random"

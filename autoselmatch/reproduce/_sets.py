@@ -14,7 +14,7 @@ import torch
 from ..config import RunConfig, key_dict, to_dict
 from ..data import ImageDataset
 from ..distill import METHODS as BASES, method_key, selmatch
-from ..fileio import stable_hash
+from ..fileio import file_lock, stable_hash
 from ..registry import Registry
 from ..runtime import LOG
 from ..selection import select_count
@@ -189,21 +189,33 @@ def set_key(spec: SetSpec, cfg: RunConfig) -> str:
     return stable_hash(parts)
 
 
+def set_path(spec: SetSpec, cfg: RunConfig, sets_dir: Path) -> Path:
+    """Where the set of ``spec`` is cached: ``sets_dir/{kind}-ipc{N}-{set_key}.pt`` (methods with one recipe
+    share the ``distilled`` file)."""
+    kind = spec.name if distill_recipe(spec) is None else "distilled"
+    stem = f"{kind if spec.ipc is None else f'{kind}-ipc{spec.ipc}'}-{set_key(spec, cfg)}"
+    return sets_dir / f"{stem}.pt"
+
+
 def load_or_build(inputs: _Inputs, spec: SetSpec, sets_dir: Path) -> BuiltSet:
-    """The cached set of ``spec`` from ``sets_dir``, or build and save it (a set file: :mod:`autoselmatch.synset`)."""
-    kind = spec.name if distill_recipe(spec) is None else "distilled"  # methods with one recipe share the file
-    stem = f"{kind if spec.ipc is None else f'{kind}-ipc{spec.ipc}'}-{set_key(spec, inputs.cfg)}"
-    path = sets_dir / f"{stem}.pt"
-    if path.is_file():
-        cached = SyntheticSet.load(path)
-        return BuiltSet(cached.images, cached.labels, cached.distill_mask, cached.settings)
-    LOG.info("building set %s", spec.label)
-    started = time.perf_counter()
-    built = _builder(spec.name)(inputs, spec, sets_dir / stem)
-    settings = {**built.settings, "ipc": spec.ipc, "alpha": spec.alpha, "beta": spec.beta,
-                "seconds": time.perf_counter() - started}
-    if spec.name != "full":  # the full split is the dataset itself; not worth a copy on disk
-        ds = inputs.ds
-        SyntheticSet(built.images, built.labels, built.distill_mask, dataset=ds.name, classes=tuple(ds.classes),
-                     mean=tuple(ds.mean), std=tuple(ds.std), settings=settings).save(path)
+    """The cached set of ``spec`` from ``sets_dir``, or build and save it (a set file: :mod:`autoselmatch.synset`).
+
+    Processes that share ``sets_dir`` (the same command started twice) take turns on a lock per set: the
+    first builds it, the others wait and load its file instead of distilling it again beside it.
+    """
+    path = set_path(spec, inputs.cfg, sets_dir)
+    sets_dir.mkdir(parents=True, exist_ok=True)
+    with file_lock(sets_dir / f".{path.stem}.lock"):
+        if path.is_file():
+            cached = SyntheticSet.load(path)
+            return BuiltSet(cached.images, cached.labels, cached.distill_mask, cached.settings)
+        LOG.info("building set %s", spec.label)
+        started = time.perf_counter()
+        built = _builder(spec.name)(inputs, spec, sets_dir / path.stem)
+        settings = {**built.settings, "ipc": spec.ipc, "alpha": spec.alpha, "beta": spec.beta,
+                    "seconds": time.perf_counter() - started}
+        if spec.name != "full":  # the full split is the dataset itself; not worth a copy on disk
+            ds = inputs.ds
+            SyntheticSet(built.images, built.labels, built.distill_mask, dataset=ds.name, classes=tuple(ds.classes),
+                         mean=tuple(ds.mean), std=tuple(ds.std), settings=settings).save(path)
     return dataclasses.replace(built, settings=settings)
