@@ -16,8 +16,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 PACKAGE = Path(autoselmatch.__file__).parent
 #: Keys tune writes only when something happens: a trial fails, or --force replaces the settings.
 ON_EVENT = {"ERROR", "INTERRUPTED", "DUPLICATE_OF", "REPEAT_OF", "UNQUEUED", "SETTINGS_HISTORY"}
-#: Keys of the final record that tune writes only under a setting other than the default.
-UNDER_SETTING = {"FINAL_VAL_ACCURACY"}  # tune.choose_on = final
+#: Keys of the final record (and of its ``selmatch`` map) that tune writes only under some settings:
+#: tune.choose_on = final (the default; ``trials`` writes none of them), and for FINAL_AUGMENTS a non-empty
+#: tune.final_augments; readers .get() them.
+UNDER_SETTING = {"FINAL_VAL_ACCURACY", "FINAL_AUGMENTS", "EVALUATION"}
 
 
 # --------------------------------------------------------------------------------------------

@@ -191,12 +191,15 @@ def test_alpha_trials_record_their_activity_and_warn_once_when_barely_distilled(
     cfg = apply_overrides(objectives.cfg, {"reproduce.barely_moved": barely_moved})
     objs = SelMatchObjectives(cfg)
     (tmp_path / "art").mkdir()
-    objective = objs.alpha(context(objs, tmp_path, "alpha"), beta=0.2)
+    ctx = context(objs, tmp_path, "alpha")
+    objective = objs.alpha(ctx, beta=0.2)
     study = optuna.create_study(direction="maximize")
     with caplog.at_level(logging.WARNING, logger="autoselmatch"):
         for alpha in (0.5, 0.7):
             trial = study.ask()
             study.tell(trial, objective(alpha, trial))
+        trial = study.ask()
+        study.tell(trial, objs.baseline(ctx, "mtt")(trial))  # the study's MTT baseline: another objective
     from autoselmatch.distill import DistillResult
 
     for frozen in study.trials:
@@ -204,7 +207,7 @@ def test_alpha_trials_record_their_activity_and_warn_once_when_barely_distilled(
         assert 0 < frozen.user_attrs["pixel_change"] == saved.pixel_change == saved.activity[-1]["pixel_change"]
         assert frozen.user_attrs["loss_ratio"] == saved.loss_ratio is not None
     messages = [r.getMessage() for r in caplog.records if "barely distilled" in r.getMessage()]
-    assert len(messages) == (1 if warned else 0)  # once per stage, not once per trial
+    assert len(messages) == (1 if warned else 0)  # once per study, not once per trial or objective
     if warned:
         assert "the trial at alpha=0.5 was barely distilled in its 4 iterations" in messages[0]
         assert "raise tune.trial_iterations" in messages[0]

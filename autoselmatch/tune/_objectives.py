@@ -93,6 +93,7 @@ class SelMatchObjectives:
         self.device = resolve_device(cfg.device)
         self.ds = load_configured(cfg.data, device=self.device)
         self.class_sizes = class_sizes(self.ds.train_labels, self.ds.train_index).cpu()
+        self._barely_warned: set[str] = set()  # studies whose alpha trials were said to barely distil
 
     def max_beta(self, ipc: int) -> float:
         from ..selection import max_beta
@@ -174,10 +175,8 @@ class SelMatchObjectives:
         cfg = cfg if init is None else _with_init(cfg, init)
         evaluators = {0: quick_evaluator(self.ds, cfg, runs=cfg.tune.alpha_seeds)}
         final_fraction = cfg.tune.alpha_fraction  # None: the last quick evaluation is the value
-        warned = False  # the barely-distilled warning, once per stage
 
         def objective(alpha: float, trial: optuna.Trial) -> float:
-            nonlocal warned
             replicate = replicate_of(trial)
             run_cfg = _replicate_config(cfg, records.ALPHA, replicate)  # distils and evaluates from its seeds
             if replicate not in evaluators:
@@ -212,9 +211,10 @@ class SelMatchObjectives:
             trial.set_user_attr(records.ETA, result.eta)
             trial.set_user_attr(records.LOSS_RATIO, result.loss_ratio)
             trial.set_user_attr(records.PIXEL_CHANGE, result.pixel_change)
-            if not warned and barely_distilled(result.loss_ratio, result.pixel_change, moved=cfg.reproduce.barely_moved,
-                                               ratio_above=cfg.reproduce.barely_distilled):
-                warned = True
+            if ctx.study_name not in self._barely_warned and barely_distilled(
+                    result.loss_ratio, result.pixel_change, moved=cfg.reproduce.barely_moved,
+                    ratio_above=cfg.reproduce.barely_distilled):
+                self._barely_warned.add(ctx.study_name)  # once per study, its grid trials and MTT's alike
                 LOG.warning("%s: the trial at alpha=%g was barely distilled in its %d iterations (pixel change %s "
                             "std, under reproduce.barely_moved = %g): the alpha trials compare sets that hardly "
                             "moved, so the stage's choice is close to noise; raise tune.trial_iterations",
