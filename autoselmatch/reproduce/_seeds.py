@@ -152,15 +152,21 @@ def seed_rows(runs: Sequence[dict[str, Any]], seeds: Sequence[int], methods: Seq
         for ipc in ([None] if method == "full" else ipcs):
             found = [(seed, row) for seed, row in ((s, _row(run, method, ipc)) for s, run in zip(seeds, runs))
                      if row is not None]
-            means = [row["mean"] for _, row in found]
-            ratio = _mean_of(row.get("loss_ratio") for _, row in found)
-            pixels = _mean_of(row.get("pixel_change") for _, row in found)
-            mean, std = _stats(means) if means else (None, None)
             rows.append({"method": method, "ipc": ipc, "augment": found[0][1].get("augment") if found else None,
-                         "seeds": [seed for seed, _ in found], "accuracies": means, "mean": mean, "std": std,
-                         "loss_ratio": ratio, "pixel_change": pixels,
-                         "barely_distilled": barely_distilled(ratio, pixels, rule)})
+                         **_across(found, rule)})
     return rows
+
+
+def _across(found: Sequence[tuple[int, dict[str, Any]]], rule: ReproduceConfig) -> dict[str, Any]:
+    """What one row of several seeds (``(seed, row)`` pairs with finished means) holds: ``seeds``,
+    ``accuracies`` (each seed's mean), ``mean``/``std`` across them, the seeds' mean ``loss_ratio`` and
+    ``pixel_change``, and ``barely_distilled`` by ``rule`` on those."""
+    means = [row["mean"] for _, row in found]
+    ratio = _mean_of(row.get("loss_ratio") for _, row in found)
+    pixels = _mean_of(row.get("pixel_change") for _, row in found)
+    mean, std = _stats(means) if means else (None, None)
+    return {"seeds": [seed for seed, _ in found], "accuracies": means, "mean": mean, "std": std,
+            "loss_ratio": ratio, "pixel_change": pixels, "barely_distilled": barely_distilled(ratio, pixels, rule)}
 
 
 def _mean_of(values: Any) -> float | None:
@@ -202,15 +208,9 @@ def seed_ablation(runs: Sequence[dict[str, Any]], seeds: Sequence[int], rule: Re
     rows = []
     for entries in found.values():
         first = entries[0][1]
-        means = [row["mean"] for _, row in entries]
-        ratio = _mean_of(row.get("loss_ratio") for _, row in entries)
-        pixels = _mean_of(row.get("pixel_change") for _, row in entries)
-        mean, std = _stats(means)
         label = first["label"] + ("" if len(entries) == len(seeds) else f" ({len(entries)} of {len(seeds)} seeds)")
         rows.append({**{k: first[k] for k in (*_ABLATION_KEY, "set", "alpha", "beta")}, "label": label,
-                     "seeds": [seed for seed, _ in entries], "accuracies": means, "mean": mean, "std": std,
-                     "loss_ratio": ratio, "pixel_change": pixels,
-                     "barely_distilled": barely_distilled(ratio, pixels, rule)})
+                     **_across(entries, rule)})
     return rows
 
 
