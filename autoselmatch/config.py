@@ -364,6 +364,10 @@ class TuneConfig:
             selection-only window (``dsa``: as the paper's sliding-window experiment).
         alpha_seeds: Networks averaged per quick validation accuracy of an alpha
             trial (more cost per evaluation, less noise between alphas).
+        alpha_augment: Training augmentation of the networks that score the alpha trials' sets
+            (their quick evaluations and values) and of SelMatch's and MTT's final sets (None:
+            ``evaluate.augment``, the paper's combined augmentation). ``dsa`` scores the trials as
+            ``tune.final_augments`` may train the final set: DSA on the real D_select rows too.
         trial_iterations: Distillation iterations per alpha trial under the ``quick``
             budget (None: distill.iterations).
         beta_start: Where the beta line search starts (None: the previous IPC's
@@ -424,6 +428,7 @@ class TuneConfig:
     beta_seeds: int = 2
     beta_augment: str = "dsa"
     alpha_seeds: int = 1
+    alpha_augment: str | None = None
     trial_iterations: int | None = None
     beta_start: float | None = None
     budget: str = "quick"
@@ -457,6 +462,8 @@ class TuneConfig:
                                   f"budget) or unset, got {self.alpha_fraction}")
         _check_choice("tune.budget", self.budget, TUNE_BUDGETS)
         _check_choice("tune.beta_augment", self.beta_augment, AUGMENTATIONS)
+        if self.alpha_augment is not None:
+            _check_choice("tune.alpha_augment", self.alpha_augment, AUGMENTATIONS)
         _check_choice("tune.choose_on", self.choose_on, TUNE_CHOOSE_ON)
         for augment in self.final_augments:
             _check_choice("tune.final_augments values", augment, AUGMENTATIONS)

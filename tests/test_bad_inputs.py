@@ -196,6 +196,8 @@ CASES = [
          "tune.budget must be one of quick, paper, got 'huge'", "tune-unknown-budget"),
     case("tune", [*DIGITS, "--ipc", "10", "--set", "tune.beta_augment=mixup"],
          "tune.beta_augment must be one of none, simple, dsa, combined, got 'mixup'", "tune-unknown-beta-augment"),
+    case("tune", [*DIGITS, "--ipc", "10", "--set", "tune.alpha_augment=cutmix"],
+         "tune.alpha_augment must be one of none, simple, dsa, combined, got 'cutmix'", "tune-unknown-alpha-augment"),
     case("tune", [*DIGITS, "--ipc", "10", "--set", "tune.choose_on=test"],
          "tune.choose_on must be one of final, trials, got 'test'", "tune-unknown-choose-on"),
     case("tune", ["--dataset", "imagenet-1k", "--ipc", "10"], "unknown dataset 'imagenet-1k'", "tune-unknown-dataset"),

@@ -165,6 +165,26 @@ def test_tune_alpha_fraction_scores_the_trials_set_on_that_share_of_the_final_bu
     assert last == pytest.approx(scored[0.2])  # the pruner's reports stay quick
 
 
+def test_tune_alpha_augment_trains_the_networks_that_score_the_alpha_trials_and_the_final_set(objectives, tmp_path):
+    """tune.alpha_augment = dsa: the trial's value is its set scored by networks trained with DSA on every
+    row (not evaluate.augment, combined), and its final set is trained with DSA too."""
+    import dataclasses
+
+    from autoselmatch.evaluate import evaluate_set
+
+    objs, cfg, value, frozen, result = one_alpha_trial(objectives, tmp_path, {"tune.alpha_augment": "dsa",
+                                                                              "tune.final_augments": [],
+                                                                              "evaluate.epochs": 40})
+    assert cfg.evaluate.augment == "combined"
+    scored = {a: evaluate_set(objs.ds, result.images, result.labels, cfg=dataclasses.replace(cfg.evaluate, augment=a),
+                              split="val", runs=1, distill_mask=result.distill_mask, fraction=cfg.evaluate.quick_fraction,
+                              seed=cfg.seed).mean for a in ("combined", "dsa")}
+    assert scored["dsa"] != scored["combined"]  # the two augmentations tell apart on this set
+    assert value == pytest.approx(scored["dsa"])
+    made = objs.finish(context(objs, tmp_path, "alpha"), alpha=0.5, beta=0.2, trial=frozen, validate=True)
+    assert made["evaluation"]["augment"] == "dsa" and "final_augments" not in made
+
+
 def test_identical_seeds_give_identical_values_at_one_point_and_a_replicate_has_its_own(objectives, tmp_path):
     """Common random numbers: every trial of a replicate trains from the same seeds, so at one point
     two trials of replicate 0 agree exactly; replicate 1 trains from the next seeds."""

@@ -243,3 +243,17 @@ def test_an_alpha_study_stored_with_every_distill_setting_resumes(tmp_path, meth
             _open_alpha(storage, cfg)
     else:
         _open_alpha(storage, cfg)
+
+
+def test_an_alpha_study_from_before_tune_alpha_augment_resumes_under_the_default_only():
+    """Its trials trained with evaluate.augment: unset tune.alpha_augment is no change, dsa is."""
+    from autoselmatch.config import RunConfig, apply_overrides
+    from autoselmatch.records import ALPHA
+    from autoselmatch.tune._stage import default_settings, stage_settings
+
+    now = stage_settings(RunConfig(), ALPHA, 10)
+    old = {k: v for k, v in now.items() if k != "alpha_augment"}
+    assert now["alpha_augment"] is None
+    assert settings_diff(old, now, default_settings(ALPHA, 10)) == []
+    dsa = stage_settings(apply_overrides(RunConfig(), {"tune.alpha_augment": "dsa"}), ALPHA, 10)
+    assert settings_diff(old, dsa, default_settings(ALPHA, 10)) == [("alpha_augment", None, "dsa")]

@@ -11,7 +11,8 @@
   images are close to chance, and pruning on them cuts windows on noise).
 - stage 2, alpha: SelMatch distillation (:func:`autoselmatch.distill.selmatch`)
   for the trial budget, reporting its quick validation accuracies (mean of
-  ``tune.alpha_seeds`` networks) at ``distill.eval_every``; the last one is
+  ``tune.alpha_seeds`` networks, trained with ``tune.alpha_augment``, by default
+  ``evaluate.augment``) at ``distill.eval_every``; the last one is
   the score, or, with ``tune.alpha_fraction``, the validation accuracy of
   networks trained on the trial's set for that share of the final budget. Replicate ``r`` of a point (``tune.max_seeds``) distils and
   evaluates from the seeds :func:`~._stage.replicate_seeds` gives it, the
@@ -23,8 +24,8 @@
   its checkpoint), evaluated on the **test** split with ``evaluate.runs``
   seeds and saved (the pipeline uploads the chosen set as the study's
   artifacts); under ``tune.choose_on = final`` first scored on the
-  **validation** split by as many networks of the next seeds, with
-  ``evaluate.augment`` and each of ``tune.final_augments`` when the set has
+  **validation** split by as many networks of the next seeds, with the alpha
+  trials' augmentation and each of ``tune.final_augments`` when the set has
   both D_select and D_distill rows: the best of them trains the test networks.
 - baselines: random selection (class-balanced, ``seed``) is scored by the
   stage-1 objective as the window of seeded random scores; MTT is the stage-2
@@ -171,7 +172,7 @@ class SelMatchObjectives:
         from ..export import upload_trial_artifacts
 
         scores, experts = self.scores, self._experts_for(ctx.cfg)
-        cfg = _with_iterations(ctx.cfg, trial_iterations(ctx.cfg))
+        cfg = _with_iterations(_with_augment(ctx.cfg, _alpha_augment(ctx.cfg)), trial_iterations(ctx.cfg))
         cfg = cfg if init is None else _with_init(cfg, init)
         evaluators = {0: quick_evaluator(self.ds, cfg, runs=cfg.tune.alpha_seeds)}
         final_fraction = cfg.tune.alpha_fraction  # None: the last quick evaluation is the value
@@ -281,7 +282,8 @@ class SelMatchObjectives:
             run_cfg = _replicate_config(cfg, records.ALPHA, replicate)  # continues the trial's own distillation
             result = selmatch(self.ds, run_cfg, ipc=ctx.ipc, alpha=alpha, beta=beta, scores=self.scores,
                               experts=self._experts_for(cfg) if alpha > 0 else None, checkpoint_dir=final_dir,
-                              resume=True, evaluator=quick_evaluator(self.ds, cfg))
+                              resume=True,
+                              evaluator=quick_evaluator(self.ds, _with_augment(cfg, _alpha_augment(cfg))))
         scored = _scored_like_its_trials(cfg, result.distill_mask)
         runs = cfg.evaluate.runs
         facts: dict[str, Any] = {}
@@ -299,7 +301,7 @@ class SelMatchObjectives:
         augment = scored.evaluate.augment
         if validate:  # the final choice's score: networks other than the test's, so that none is scored twice
             tried = {a: evaluate(a, "val", cfg.seed + runs) for a in _augments_to_try(scored, result.distill_mask)}
-            augment = max(tried, key=lambda a: round(tried[a].mean, 9))  # a tie keeps the first: evaluate.augment
+            augment = max(tried, key=lambda a: round(tried[a].mean, 9))  # a tie keeps the first: the trials'
             val = tried[augment]
             facts[records.FINAL_VAL_ACCURACY] = {"mean": val.mean, "std": val.std, "accuracies": val.accuracies}
             facts[records.FINAL_VAL_HITS] = val.image_hits  # (m,): the margin compares the sets image by image
@@ -321,18 +323,26 @@ def _text(value: float | None) -> str:
     return "unrecorded" if value is None else f"{value:.3f}"
 
 
+def _alpha_augment(cfg: RunConfig) -> str:
+    """The augmentation the alpha trials' networks train with: ``tune.alpha_augment``, else ``evaluate.augment``."""
+    return cfg.tune.alpha_augment or cfg.evaluate.augment
+
+
 def _scored_like_its_trials(cfg: RunConfig, distill_mask: torch.Tensor) -> RunConfig:
-    """``cfg`` for the scores of a final set: a selection-only set (no D_distill row: random selection,
-    alpha 0) trains with ``tune.beta_augment``, as the beta trials that chose it did
-    (:func:`~autoselmatch.augment.augment_of_set`). Other sets keep ``evaluate.augment``."""
-    augment = augment_of_set(cfg.evaluate.augment, distilled=bool(distill_mask.any()), selection=cfg.tune.beta_augment)
+    """``cfg`` for the scores of a final set, trained as the trials that chose it were: a selection-only set
+    (no D_distill row: random selection, alpha 0) with ``tune.beta_augment``, as the beta trials
+    (:func:`~autoselmatch.augment.augment_of_set`); a distilled one with the alpha trials' augmentation
+    (:func:`_alpha_augment`)."""
+    distilled = bool(distill_mask.any())
+    augment = _alpha_augment(cfg) if distilled else augment_of_set(cfg.evaluate.augment, distilled=False,
+                                                                    selection=cfg.tune.beta_augment)
     return _with_augment(cfg, augment)
 
 
 def _augments_to_try(cfg: RunConfig, distill_mask: torch.Tensor) -> list[str]:
-    """``evaluate.augment``, then ``tune.final_augments``, for a set with both D_select and D_distill rows
-    (SelMatch's); ``evaluate.augment`` alone for the others, where combined augmentation is one
-    augmentation on every row (all distilled: DSA; none: see :func:`_scored_like_its_trials`)."""
+    """``cfg``'s augmentation (:func:`_scored_like_its_trials`), then ``tune.final_augments``, for a set with
+    both D_select and D_distill rows (SelMatch's); the first alone for the others, where combined
+    augmentation is one augmentation on every row (all distilled: DSA; none: the beta trials')."""
     mixed = bool(distill_mask.any()) and not bool(distill_mask.all())
     return list(dict.fromkeys([cfg.evaluate.augment, *(cfg.tune.final_augments if mixed else ())]))
 

@@ -439,6 +439,8 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
     shaped = {"trial": trial.number, "beta": beta, "distill": method_key(plan.cfg)["distill"],
               "evaluate": key_dict("evaluate", plan.cfg.evaluate)}  # what shapes the final set and its test score
     measured = _candidate_trials(plan, storage, ipc, window) if tc.baselines else {}
+    if tc.alpha_augment is not None:  # (none: the key of records made before tune.alpha_augment)
+        shaped["alpha_augment"] = tc.alpha_augment
     if tc.baselines:  # without baselines the key is the one older versions wrote
         shaped["baselines"] = {n: [t.number, t.state.name] for n, (t, _) in measured.items()}
     if on_final:  # `trials` keeps the keys of records made before the setting

@@ -159,7 +159,7 @@ def stage_settings(cfg: RunConfig, stage: str, ipc: int) -> dict[str, Any]:
         return {**common, "beta_seeds": cfg.tune.beta_seeds, "beta_augment": cfg.tune.beta_augment}
     distill = {**method_settings(cfg.distill), "iterations": trial_iterations(cfg)}
     return {**common, "experts": expert_settings(cfg), "distill": distill, "alpha_seeds": cfg.tune.alpha_seeds,
-            "alpha_fraction": cfg.tune.alpha_fraction}
+            "alpha_fraction": cfg.tune.alpha_fraction, "alpha_augment": cfg.tune.alpha_augment}
 
 
 #: What a setting that older studies lack stood for, where that differs from today's default: beta trials
