@@ -567,3 +567,52 @@ def test_a_set_another_process_is_building_is_waited_for_and_loaded_not_built_ag
                      settings={"method": "random"}).save(path)  # what the other process saved
     waiter.join(timeout=60)
     assert len(loaded) == 1 and len(loaded[0].labels) == 30 and loaded[0].settings["method"] == "random"
+
+
+@pytest.mark.parametrize("other_saves_it", [False, True])
+def test_runs_on_one_out_share_the_cells_a_held_cell_is_skipped_and_then_waited_for(tmp_path, monkeypatch,
+                                                                                      other_saves_it):
+    """Two runs started on one OUT: a cell another run holds is left for last; once its lock is free it is
+    loaded when that run saved it, computed here when it did not (a run killed mid-cell)."""
+    import shutil
+    import threading
+
+    from autoselmatch.fileio import file_lock
+    from autoselmatch.reproduce import _run
+
+    args = ["-d", "digits", "--cache-dir", str(tmp_path / "cache"), *TINY, "--ipc", "3", "--methods", "random",
+            "--runs", "3", "--no-ablation", "--no-coverage"]
+    assert invoke([*args, "--out", str(tmp_path / "first")]).exit_code == 0
+    first = sorted(p.stem for p in (tmp_path / "first" / "cells").glob("*.json"))
+    held = first[0]  # the first cell of the run's order: met while still held
+    cells = tmp_path / "out" / "cells"
+    cells.mkdir(parents=True)
+    computed, another_computed = [], threading.Event()
+    real = _run.run_eval_cell
+
+    def counted(inputs, cell, built, device):
+        computed.append(cell.id)
+        another_computed.set()
+        return real(inputs, cell, built, device)
+
+    def other_run():  # holds the cell until this run has computed another one
+        with file_lock(cells / f".{held}.lock"):
+            holding.set()
+            another_computed.wait(timeout=120)
+            if other_saves_it:
+                shutil.copy(tmp_path / "first" / "cells" / f"{held}.json", cells / f"{held}.json")
+
+    holding = threading.Event()
+    other = threading.Thread(target=other_run)
+    other.start()
+    assert holding.wait(timeout=30)
+    monkeypatch.setattr(_run, "run_eval_cell", counted)
+    result = invoke([*args, "--out", str(tmp_path / "out")])
+    other.join(timeout=120)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.stem for p in cells.glob("*.json")) == first and not list(cells.glob(".*.lock"))
+    assert len(computed) == len(set(computed))  # no cell computed twice
+    if other_saves_it:
+        assert held not in computed and sorted(computed) == first[1:]
+    else:
+        assert computed[-1] == held and sorted(computed) == first  # skipped first, computed last

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..config import RunConfig
 from ..coverage import distill_reference
 from ..errors import InvalidArgument
-from ..fileio import save_json
+from ..fileio import file_lock, save_json
 from ..runtime import LOG, progress, resolve_device
 from ._cells import cell_key, plan_cells, run_eval_cell
 from ._checks import _check_plan, resolve_ipcs
@@ -70,7 +70,14 @@ def reproduce(plan: ReproducePlan) -> ReproduceResult:
     LOG.info("%d cells: %d finished, %d to compute", len(cells), reused, len(todo))
 
     reference = None
-    for n, cell in enumerate(progress(todo, desc="reproduce cells", total=len(todo)), start=1):
+    computed = 0
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    for cell, claimed in _claim(todo, cells_dir):
+        done = None if cell.id == plan.only and claimed else _load_cell(cells_dir / f"{cell.id}.json",
+                                                                          cell_key(cell, cfg), quiet=True)
+        if done is not None:  # another run on this OUT finished it while this one planned or waited
+            records[cell.id], reused = done, reused + 1
+            continue
         started = time.perf_counter()
         if cell.set.source is not None:  # made elsewhere (--extra): read from its folder
             built = extra_set(cell.set, ds, cfg)
@@ -84,10 +91,11 @@ def reproduce(plan: ReproducePlan) -> ReproduceResult:
         record = _cell_record(plan, cell, cfg, outcome, built, time.perf_counter() - started)
         save_json(record, cells_dir / f"{cell.id}.json")
         records[cell.id] = record
-        LOG.info("cell %d/%d %s: %s (%.1f s)", n, len(todo), cell.id, _outcome_text(record), record["seconds"])
+        computed += 1
+        LOG.info("cell %d/%d %s: %s (%.1f s)", computed, len(todo), cell.id, _outcome_text(record), record["seconds"])
 
     run = RunOutcome(dataset=ds.name, methods=methods + tuple(e.name for e in extras), ipcs=ipcs, tokens=tokens, knobs=knobs, ablation_ipc=ablation_ipc,
-                     cells=cells, records=records, computed=len(todo), reused=reused)
+                     cells=cells, records=records, computed=computed, reused=reused)
     return write_outputs(plan, run)
 
 
@@ -101,17 +109,37 @@ def _ablation_ipc(cfg: RunConfig, ipcs: Sequence[int]) -> int:
     return wanted
 
 
-def _load_cell(path: Path, key: str) -> dict[str, Any] | None:
-    """A saved cell if it exists, parses and was made with the same settings; else None (it is recomputed)."""
+def _claim(todo: Sequence[Cell], cells_dir: Path) -> Iterator[tuple[Cell, bool]]:
+    """Each cell of ``todo`` while this process holds its lock in ``cells_dir``, so that runs started on one
+    OUT share the cells out instead of computing each twice: first the cells no other run holds, then,
+    waiting for each, those another run was computing (yielded with ``False``: it may have saved them)."""
+    busy = []
+    for cell in progress(todo, desc="reproduce cells", total=len(todo)):
+        with file_lock(cells_dir / f".{cell.id}.lock", blocking=False) as held:
+            if held:
+                yield cell, True
+                continue
+        busy.append(cell)
+    for cell in busy:
+        LOG.info("cell %s: another run on this folder holds it; waiting", cell.id)
+        with file_lock(cells_dir / f".{cell.id}.lock"):
+            yield cell, False
+
+
+def _load_cell(path: Path, key: str, *, quiet: bool = False) -> dict[str, Any] | None:
+    """A saved cell if it exists, parses and was made with the same settings; else None (it is recomputed,
+    with a warning unless ``quiet``)."""
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
-        LOG.warning("cell file %s is unreadable; recomputing it", path)
+        if not quiet:
+            LOG.warning("cell file %s is unreadable; recomputing it", path)
         return None
     if record.get("key") != key:
-        LOG.warning("cell %s was made with other settings; recomputing it", path.stem)
+        if not quiet:
+            LOG.warning("cell %s was made with other settings; recomputing it", path.stem)
         return None
     return record
 
