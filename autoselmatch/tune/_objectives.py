@@ -342,7 +342,8 @@ def _scored_like_its_trials(cfg: RunConfig, distill_mask: torch.Tensor) -> RunCo
 def _augments_to_try(cfg: RunConfig, distill_mask: torch.Tensor) -> list[str]:
     """``cfg``'s augmentation (:func:`_scored_like_its_trials`), then ``tune.final_augments``, for a set with
     both D_select and D_distill rows (SelMatch's); the first alone for the others, where combined
-    augmentation is one augmentation on every row (all distilled: DSA; none: the beta trials')."""
+    augmentation is one augmentation on every row (all distilled: DSA with a strategy per image; none:
+    the beta trials')."""
     mixed = bool(distill_mask.any()) and not bool(distill_mask.all())
     return list(dict.fromkeys([cfg.evaluate.augment, *(cfg.tune.final_augments if mixed else ())]))
 
