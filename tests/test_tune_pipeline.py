@@ -568,6 +568,39 @@ def test_the_margin_counts_the_validation_images_noise_when_the_sets_record_it_p
     assert sum(per_image) / 4 == pytest.approx(margin["diff"])
 
 
+def test_a_crash_between_final_sets_costs_none_of_the_candidates_already_made(tmp_path):
+    """The window's and random selection's final sets were made and scored when MTT's crashed: the rerun
+    makes MTT's and SelMatch's only, and its record (margin over per-image hits included) is a clean run's."""
+    class Scored(PerNetwork):
+        networks = {"selmatch": [0.50, 0.75, 0.75], "window": [0.1] * 3, "random": [0.75, 0.75, 1.00],
+                    "mtt": [0.1] * 3}
+        hits = {"selmatch": [3, 3, 2, 0], "random": [3, 3, 3, 1]}
+        crash, calls = True, []
+
+        def finish(self, ctx, *, alpha, beta, trial, validate=False):
+            Scored.calls.append("selmatch")
+            return super().finish(ctx, alpha=alpha, beta=beta, trial=trial, validate=validate)
+
+        def finish_baseline(self, ctx, *, name, trial, validate=False):
+            Scored.calls.append(name)
+            if name == "mtt" and Scored.crash:
+                Scored.crash = False
+                raise RuntimeError("killed while scoring MTT's final set")
+            return super().finish_baseline(ctx, name=name, trial=trial, validate=validate)
+
+    cfg = config(**{"tune.choose_on": "final"})
+    with pytest.raises(RuntimeError, match="killed while scoring"):
+        run(tmp_path, cfg=cfg, objectives=Scored)
+    final = run(tmp_path, cfg=cfg, objectives=Scored).ipcs[0].final
+    assert Scored.calls == ["window", "random", "mtt", "mtt", "selmatch"]
+    clean = run(tmp_path / "clean", cfg=cfg, objectives=Scored).ipcs[0].final
+    for key in ("chosen", "margin", "summary", "val_accuracy", "test_accuracy"):
+        assert final[key] == clean[key]
+    for name in ("window", "random", "mtt"):
+        assert final["baselines"][name]["final_val_accuracy"] == clean["baselines"][name]["final_val_accuracy"]
+    assert final["chosen"] == "random" and final["margin"]["se_images"] == pytest.approx(0.19245 / 2, abs=1e-5)
+
+
 def test_choose_on_final_with_selmatch_ahead_gives_its_margin_over_the_best_baseline(tmp_path):
     class Scored(PerNetwork):
         networks = {"selmatch": [0.90, 0.93, 0.92], "window": [0.86, 0.86, 0.87], "random": [0.85] * 3,

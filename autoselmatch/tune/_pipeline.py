@@ -35,13 +35,14 @@ every study where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import optuna
 import torch
@@ -50,7 +51,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .. import records
 from ..config import RunConfig, key_dict, to_dict
 from ..errors import DataError, InvalidArgument
-from ..fileio import file_lock, stable_hash
+from ..fileio import file_lock, save_json, stable_hash
 from ..records import (
     ALPHA,
     BASELINES,
@@ -458,7 +459,7 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
         method = plan.cfg.distill.method
         names = {n: _named(n, method, window.best_point) for n in measured}
         trial_scores, scores, made = _make_candidates(objs, ctx, measured, names, trial, alpha=alpha, beta=beta,
-                                                      best=best, window=window, on_final=on_final)
+                                                      best=best, window=window, on_final=on_final, key=key)
         chosen = _best(scores)
         image_hits = {n: out.pop(records.FINAL_VAL_HITS, None) for n, out in made.items()}  # not stored
         baselines = {n: {"label": label(n, method), "study": source, "trial": t.number, "state": t.state.name.lower(),
@@ -494,13 +495,15 @@ def _finish(plan: TunePlan, storage: optuna.storages.BaseStorage, objs: Objectiv
 
 def _make_candidates(objs: Objectives, ctx: StageContext, measured: dict[str, tuple[FrozenTrial, str]],
                      names: dict[str, str], trial: FrozenTrial, *, alpha: float, beta: float, best: StageOutcome,
-                     window: StageOutcome, on_final: bool
+                     window: StageOutcome, on_final: bool, key: str
                      ) -> tuple[dict[str, float], dict[str, float], dict[str, dict[str, Any]]]:
     """Make and score the final set of each candidate.
 
     ``measured`` holds every candidate but SelMatch (:func:`_candidate_trials`), SelMatch is ``trial``
     at ``(alpha, beta)``, the best point of ``best``. Every baseline's set is made; SelMatch's when it
     leads on trial scores, or always when ``on_final``, where each set is also scored on validation.
+    Each candidate's outcome is kept as soon as it is made (:func:`_made_once`, under the final record's
+    ``key``), so a rerun after a crash starts at the first candidate not yet made.
 
     Returns:
         ``(trial_scores, scores, made)``: each finished candidate's trial score (a point's replicate
@@ -514,15 +517,39 @@ def _make_candidates(objs: Objectives, ctx: StageContext, measured: dict[str, tu
     made: dict[str, dict[str, Any]] = {}
     for n, (t, source) in measured.items():
         LOG.info("%s: final set of a candidate, %s (trial %d of %s)", ctx.study_name, names[n], t.number, source)
-        made[n] = objs.finish_baseline(ctx, name=n, trial=t, validate=on_final)
+        made[n] = _made_once(ctx, n, key, lambda: objs.finish_baseline(ctx, name=n, trial=t, validate=on_final))
     if on_final or _best(trial_scores) == SELMATCH:
         LOG.info("%s: final set of SelMatch, trial %d (alpha=%g, beta=%g)", ctx.study_name, trial.number, alpha, beta)
-        made[SELMATCH] = {**objs.finish(ctx, alpha=alpha, beta=beta, trial=trial, validate=on_final),
-                          ALPHA: alpha, BETA: beta}
+        made[SELMATCH] = _made_once(ctx, SELMATCH, key, lambda: {
+            **objs.finish(ctx, alpha=alpha, beta=beta, trial=trial, validate=on_final), ALPHA: alpha, BETA: beta})
     if not on_final:
         return trial_scores, trial_scores, made
     scores = {n: float(made[n][records.FINAL_VAL_ACCURACY]["mean"]) for n in trial_scores}
     return trial_scores, scores, made
+
+
+def _made_once(ctx: StageContext, name: str, key: str, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """What ``make`` returns for the candidate ``name``, kept in ``final/NAME.json`` of the study's folder with
+    the final record's ``key`` and read back by a rerun under the same key: a candidate's final set and its
+    evaluations can take longer than a trial, and a crash must not cost the candidates already made. The
+    per-image validation hits (a tensor) are stored as a list."""
+    path = ctx.workdir / "final" / f"{name}.json"
+    try:
+        saved = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        saved = None  # a file from a crash mid-write is never there (atomic writes), a damaged one is remade
+    if isinstance(saved, dict) and saved.get("key") == key:
+        LOG.info("%s: final set of %s already made (%s)", ctx.study_name, name, path)
+        made = saved["made"]
+        if made.get(records.FINAL_VAL_HITS) is not None:
+            made[records.FINAL_VAL_HITS] = torch.tensor(made[records.FINAL_VAL_HITS], dtype=torch.long)
+        return made
+    made = make()
+    stored = dict(made)
+    if made.get(records.FINAL_VAL_HITS) is not None:
+        stored[records.FINAL_VAL_HITS] = made[records.FINAL_VAL_HITS].tolist()
+    save_json({"key": key, "made": stored}, path)
+    return made
 
 
 def _best(scores: dict[str, float]) -> str:
