@@ -150,3 +150,22 @@ def test_runs_that_cannot_be_combined_are_one_line_errors(runs, tmp_path, case, 
     assert result.exit_code != 0
     assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "out" / "seeds.md").exists()
+
+
+@pytest.mark.parametrize("stored, combinable", [(None, True), (["dsa"], True), ([], False)])
+def test_a_setting_an_older_run_lacks_counts_as_its_default(runs, tmp_path, stored, combinable):
+    """A run made before tune.final_augments existed combines with today's runs while theirs is the default
+    (["dsa"]); a run that set it otherwise does not."""
+    _, (s0, s1) = runs
+
+    def edit(results):
+        if stored is None:
+            results["config"]["tune"].pop("final_augments")
+        else:
+            results["config"]["tune"]["final_augments"] = stored
+
+    result = combine(_edited(s0, tmp_path, "old", edit), s1, "--out", tmp_path / "out")
+    if combinable:
+        assert result.exit_code == 0, result.output
+    else:
+        assert result.exit_code != 0 and "differ in tune.final_augments ([] vs ['dsa'])" in result.output

@@ -11,13 +11,14 @@ and the paired differences against one method (same seed, so shared draws cancel
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..config import ReproduceConfig, from_dict
+from ..config import ReproduceConfig, RunConfig, from_dict, to_dict
 from ..errors import InvalidArgument
 from ..fileio import save_json, save_text
 from ._tables import (_stats, ablation_markdown, barely_distilled, budget_markdown, coverage_markdown, read_results,
@@ -103,7 +104,8 @@ def combine_seeds(folders: Sequence[Path], out: Path, *, against: str | None = N
 
 def check_combinable(folders: Sequence[Path], runs: Sequence[dict[str, Any]]) -> list[int]:
     """The runs' seeds, after checking that there are two or more runs, of distinct seeds, whose settings
-    (and split) differ only in :data:`FREE_SETTINGS`; else a one-line :class:`InvalidArgument`."""
+    (and split) differ only in :data:`FREE_SETTINGS`; else a one-line :class:`InvalidArgument`. A setting
+    that one run lacks (a run made before autoselmatch added it) counts as its built-in default."""
     if len(runs) < 2:
         raise InvalidArgument(f"combining seeds needs 2 or more `bench reproduce` folders, got {len(runs)}")
     seeds = [run["config"].get("seed") for run in runs]
@@ -112,9 +114,10 @@ def check_combinable(folders: Sequence[Path], runs: Sequence[dict[str, Any]]) ->
             first = seeds.index(seed)
             raise InvalidArgument(f"{folders[first]} and {folders[i]} were both run with --seed {seed}; combine runs "
                                   "of different seeds")
-    reference = _flat({**runs[0]["config"], "split": runs[0].get("split")})
+    defaults = _flat(json.loads(json.dumps(to_dict(RunConfig()))))  # as a results.json stores them: lists, not tuples
+    reference = {**defaults, **_flat({**runs[0]["config"], "split": runs[0].get("split")})}
     for folder, run in zip(folders[1:], runs[1:]):
-        flat = _flat({**run["config"], "split": run.get("split")})
+        flat = {**defaults, **_flat({**run["config"], "split": run.get("split")})}
         for key in sorted(set(reference) | set(flat)):
             if key not in FREE_SETTINGS and reference.get(key) != flat.get(key):
                 raise InvalidArgument(f"{folders[0]} and {folder} differ in {key} ({reference.get(key)!r} vs "
