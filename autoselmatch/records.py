@@ -71,7 +71,8 @@ FINAL = "final"  # FinalRecord.to_dict() of the IPC's final set (alpha study)
 TEST_ACCURACY = "test_accuracy"  # {"mean", "std", "accuracies"} on the test split (beside FINAL)
 EVALUATION = "evaluation"  # how TEST_ACCURACY was measured: {"runs", "steps", "model", "augment", "seconds"}
 FINAL_VAL_ACCURACY = "final_val_accuracy"  # tune.choose_on = final: {"mean", "std", "accuracies"} on validation
-# what the objectives' finish returns beside it, never stored: (m,) per validation image, how many networks were right
+# what the objectives' finish returns beside it, never a study attr (kept with the candidate in the study folder's
+# final/NAME.json): (m,) per validation image, how many networks were right
 FINAL_VAL_HITS = "final_val_hits"
 #: tune.final_augments: validation mean of SelMatch's final set under each augmentation it was tried with
 #: (the best trained its test networks: ``EVALUATION["augment"]``); absent when only one was tried
