@@ -616,3 +616,45 @@ def test_runs_on_one_out_share_the_cells_a_held_cell_is_skipped_and_then_waited_
         assert held not in computed and sorted(computed) == first[1:]
     else:
         assert computed[-1] == held and sorted(computed) == first  # skipped first, computed last
+
+
+def test_a_run_evaluates_other_sets_while_another_run_on_its_out_makes_one(tmp_path, monkeypatch):
+    """Two runs on one OUT: while the other run is making a set (its set lock held, no file yet), this run
+    takes the cells of the sets it can have now, and comes back to the waiting set's cells after them."""
+    import threading
+
+    from autoselmatch.fileio import file_lock
+    from autoselmatch.reproduce import _run
+
+    args = ["-d", "digits", "--cache-dir", str(tmp_path / "cache"), *TINY, "--ipc", "3", "--methods",
+            "random,window", "--runs", "2", "--no-ablation", "--no-coverage"]
+    assert invoke([*args, "--out", str(tmp_path / "first")]).exit_code == 0
+    random_set = next((tmp_path / "first" / "sets").glob("random-*.pt"))
+    sets = tmp_path / "out" / "sets"
+    sets.mkdir(parents=True)
+    computed, window_done = [], threading.Event()
+    real = _run.run_eval_cell
+
+    def counted(inputs, cell, built, device):
+        computed.append(cell.id)
+        if cell.id.startswith("window"):
+            window_done.set()
+        return real(inputs, cell, built, device)
+
+    def other_run():  # makes the random set until this run has evaluated a window cell, then dies unsaved
+        with file_lock(sets / f".{random_set.stem}.lock"):
+            making.set()
+            window_done.wait(timeout=120)
+
+    making = threading.Event()
+    other = threading.Thread(target=other_run)
+    other.start()
+    assert making.wait(timeout=30)
+    monkeypatch.setattr(_run, "run_eval_cell", counted)
+    result = invoke([*args, "--out", str(tmp_path / "out")])
+    other.join(timeout=120)
+    assert result.exit_code == 0, result.output
+    assert [c.split("-")[0] for c in computed] == ["window", "window", "random", "random"]
+    made = sorted(p.name for p in sets.glob("*.pt"))
+    assert made == sorted(p.name for p in (tmp_path / "first" / "sets").glob("*.pt"))  # the random set too
+    assert not list(sets.glob(".*.lock")) and not list((tmp_path / "out" / "cells").glob(".*.lock"))

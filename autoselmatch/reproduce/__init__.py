@@ -11,7 +11,8 @@ scratch on one set with one seed, or one coverage measurement. A cell is
 saved as its own JSON file (with its seed, wall time and the shell command
 that reruns it alone) and is never recomputed once it is there, so an
 interrupted run resumes where it stopped. Runs started on one folder at once
-share the cells out: each holds a lock per cell while it computes it.
+share the cells out: each holds a lock per cell while it computes it, and
+evaluates other sets' cells while another run distils a set they both need.
 
 Methods (all at the same IPC; evaluated by the ``evaluate`` section of the
 config on the **test** split, one network per seed):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..config import RunConfig
 from ..coverage import distill_reference
@@ -19,7 +19,7 @@ from ._extras import extra_set, extra_specs
 from ._coverage import run_coverage_cell
 from ._knobs import resolve_knobs
 from ._plan import NEEDS_ALPHA, NEEDS_BETA, Cell, ReproducePlan, ReproduceResult
-from ._sets import BuiltSet, _Inputs, load_or_build
+from ._sets import BuiltSet, _Inputs, being_built, load_or_build
 from ._tables import RunOutcome, write_outputs
 
 
@@ -72,7 +72,11 @@ def reproduce(plan: ReproducePlan) -> ReproduceResult:
     reference = None
     computed = 0
     cells_dir.mkdir(parents=True, exist_ok=True)
-    for cell, claimed in _claim(todo, cells_dir):
+
+    def set_busy(cell: Cell) -> bool:  # another run on this OUT is making the cell's set now
+        return cell.set.source is None and being_built(cell.set, cfg, sets_dir)
+
+    for cell, claimed in _claim(todo, cells_dir, set_busy):
         done = None if cell.id == plan.only and claimed else _load_cell(cells_dir / f"{cell.id}.json",
                                                                           cell_key(cell, cfg), quiet=True)
         if done is not None:  # another run on this OUT finished it while this one planned or waited
@@ -109,20 +113,30 @@ def _ablation_ipc(cfg: RunConfig, ipcs: Sequence[int]) -> int:
     return wanted
 
 
-def _claim(todo: Sequence[Cell], cells_dir: Path) -> Iterator[tuple[Cell, bool]]:
+def _claim(todo: Sequence[Cell], cells_dir: Path, set_busy: Callable[[Cell], bool]) -> Iterator[tuple[Cell, bool]]:
     """Each cell of ``todo`` while this process holds its lock in ``cells_dir``, so that runs started on one
-    OUT share the cells out instead of computing each twice: first the cells no other run holds, then,
-    waiting for each, those another run was computing (yielded with ``False``: it may have saved them)."""
-    busy = []
+    OUT share the cells out instead of computing each twice or waiting beside each other's distillations.
+
+    First the cells no other run holds and whose set no other run is making (``set_busy``), then the cells
+    whose set was being made (saved by now, or waited for by ``load_or_build``), then, waiting for each, the
+    cells another run held. Yields each cell with whether this process took its lock at once (``False``:
+    another run held it and may have saved it).
+    """
+    deferred = []
     for cell in progress(todo, desc="reproduce cells", total=len(todo)):
-        with file_lock(cells_dir / f".{cell.id}.lock", blocking=False) as held:
-            if held:
+        with file_lock(cells_dir / f".{cell.id}.lock", blocking=False) as free:
+            if free and not set_busy(cell):
                 yield cell, True
                 continue
-        busy.append(cell)
-    for cell in busy:
+        deferred.append((not free, cell))
+    for another_held_it, cell in sorted(deferred, key=lambda pair: pair[0]):  # stable: set-waiting cells first
+        lock = cells_dir / f".{cell.id}.lock"
+        with file_lock(lock, blocking=False) as free:
+            if free:
+                yield cell, not another_held_it
+                continue
         LOG.info("cell %s: another run on this folder holds it; waiting", cell.id)
-        with file_lock(cells_dir / f".{cell.id}.lock"):
+        with file_lock(lock):
             yield cell, False
 
 

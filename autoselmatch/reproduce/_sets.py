@@ -197,6 +197,21 @@ def set_path(spec: SetSpec, cfg: RunConfig, sets_dir: Path) -> Path:
     return sets_dir / f"{stem}.pt"
 
 
+def _lock_of(path: Path) -> Path:
+    """The lock file that guards the making of the set file ``path``."""
+    return path.with_name(f".{path.stem}.lock")
+
+
+def being_built(spec: SetSpec, cfg: RunConfig, sets_dir: Path) -> bool:
+    """Whether another process is making the set of ``spec`` in ``sets_dir`` now: its file is not saved yet
+    and its lock (:func:`load_or_build`) is held."""
+    path = set_path(spec, cfg, sets_dir)
+    if path.is_file() or not sets_dir.is_dir():
+        return False
+    with file_lock(_lock_of(path), blocking=False) as free:
+        return not free
+
+
 def load_or_build(inputs: _Inputs, spec: SetSpec, sets_dir: Path) -> BuiltSet:
     """The cached set of ``spec`` from ``sets_dir``, or build and save it (a set file: :mod:`autoselmatch.synset`).
 
@@ -205,7 +220,7 @@ def load_or_build(inputs: _Inputs, spec: SetSpec, sets_dir: Path) -> BuiltSet:
     """
     path = set_path(spec, inputs.cfg, sets_dir)
     sets_dir.mkdir(parents=True, exist_ok=True)
-    with file_lock(sets_dir / f".{path.stem}.lock"):
+    with file_lock(_lock_of(path)):
         if path.is_file():
             cached = SyntheticSet.load(path)
             return BuiltSet(cached.images, cached.labels, cached.distill_mask, cached.settings)
