@@ -577,7 +577,6 @@ def test_runs_on_one_out_share_the_cells_a_held_cell_is_skipped_and_then_waited_
     import shutil
     import threading
 
-    from autoselmatch.fileio import file_lock
     from autoselmatch.reproduce import _run
 
     args = ["-d", "digits", "--cache-dir", str(tmp_path / "cache"), *TINY, "--ipc", "3", "--methods", "random",
@@ -595,21 +594,12 @@ def test_runs_on_one_out_share_the_cells_a_held_cell_is_skipped_and_then_waited_
         another_computed.set()
         return real(inputs, cell, built, device)
 
-    def other_run():  # holds the cell until this run has computed another one
-        with file_lock(cells / f".{held}.lock"):
-            holding.set()
-            another_computed.wait(timeout=120)
-            if other_saves_it:
-                shutil.copy(tmp_path / "first" / "cells" / f"{held}.json", cells / f"{held}.json")
+    def then():  # the other run saves the cell it held, or dies before it could
+        if other_saves_it:
+            shutil.copy(tmp_path / "first" / "cells" / f"{held}.json", cells / f"{held}.json")
 
-    holding = threading.Event()
-    other = threading.Thread(target=other_run)
-    other.start()
-    assert holding.wait(timeout=30)
     monkeypatch.setattr(_run, "run_eval_cell", counted)
-    result = invoke([*args, "--out", str(tmp_path / "out")])
-    other.join(timeout=120)
-    assert result.exit_code == 0, result.output
+    _beside_another_run(cells / f".{held}.lock", another_computed, [*args, "--out", str(tmp_path / "out")], then)
     assert sorted(p.stem for p in cells.glob("*.json")) == first and not list(cells.glob(".*.lock"))
     assert len(computed) == len(set(computed))  # no cell computed twice
     if other_saves_it:
@@ -623,7 +613,6 @@ def test_a_run_evaluates_other_sets_while_another_run_on_its_out_makes_one(tmp_p
     takes the cells of the sets it can have now, and comes back to the waiting set's cells after them."""
     import threading
 
-    from autoselmatch.fileio import file_lock
     from autoselmatch.reproduce import _run
 
     args = ["-d", "digits", "--cache-dir", str(tmp_path / "cache"), *TINY, "--ipc", "3", "--methods",
@@ -641,20 +630,32 @@ def test_a_run_evaluates_other_sets_while_another_run_on_its_out_makes_one(tmp_p
             window_done.set()
         return real(inputs, cell, built, device)
 
-    def other_run():  # makes the random set until this run has evaluated a window cell, then dies unsaved
-        with file_lock(sets / f".{random_set.stem}.lock"):
-            making.set()
-            window_done.wait(timeout=120)
-
-    making = threading.Event()
-    other = threading.Thread(target=other_run)
-    other.start()
-    assert making.wait(timeout=30)
-    monkeypatch.setattr(_run, "run_eval_cell", counted)
-    result = invoke([*args, "--out", str(tmp_path / "out")])
-    other.join(timeout=120)
-    assert result.exit_code == 0, result.output
+    monkeypatch.setattr(_run, "run_eval_cell", counted)  # the other run makes the random set and dies unsaved
+    _beside_another_run(sets / f".{random_set.stem}.lock", window_done, [*args, "--out", str(tmp_path / "out")])
     assert [c.split("-")[0] for c in computed] == ["window", "window", "random", "random"]
     made = sorted(p.name for p in sets.glob("*.pt"))
     assert made == sorted(p.name for p in (tmp_path / "first" / "sets").glob("*.pt"))  # the random set too
     assert not list(sets.glob(".*.lock")) and not list((tmp_path / "out" / "cells").glob(".*.lock"))
+
+
+def _beside_another_run(lock, release, args, then=lambda: None):
+    """``invoke(args)`` while a thread, standing for another run on the same OUT, holds the lock file ``lock``
+    until the event ``release`` is set; ``then`` runs before it lets go. The command must succeed."""
+    import threading
+
+    from autoselmatch.fileio import file_lock
+
+    holding = threading.Event()
+
+    def other_run():
+        with file_lock(lock):
+            holding.set()
+            release.wait(timeout=120)
+            then()
+
+    other = threading.Thread(target=other_run)
+    other.start()
+    assert holding.wait(timeout=30)
+    result = invoke(args)
+    other.join(timeout=120)
+    assert result.exit_code == 0, result.output
