@@ -13,7 +13,7 @@
 #   on 2 CPU cores one ratio took about 50 min (12 networks of 1,173 steps, 2-3.5 min each; 2 distillations,
 #   11 min each at 200 iterations), with two ratios side by side as two calls of this script under
 #   OMP_NUM_THREADS=1 (bench/RESULTS.md). Rerunning resumes: finished cells are reused; two calls on one OUT
-#   and ratio share its cells out.
+#   and ratio share its cells out and distil MTT's and SelMatch's sets side by side (20 %: 27 min for both).
 #   Other pipeline seeds (split draw, EL2N scores, experts, distillations, networks) go to their own OUT and
 #   combine into mean ± std across seeds with paired differences:
 #       SEED=1 bash bench/reproduce_active.sh OUT-s1 10; SEED=2 bash bench/reproduce_active.sh OUT-s2 10
