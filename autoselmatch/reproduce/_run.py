@@ -119,8 +119,8 @@ def _claim(todo: Sequence[Cell], cells_dir: Path, set_busy: Callable[[Cell], boo
 
     First the cells no other run holds and whose set no other run is making (``set_busy``), then the cells
     whose set was being made (saved by now, or waited for by ``load_or_build``), then, waiting for each, the
-    cells another run held. Yields each cell with whether this process took its lock at once (``False``:
-    another run held it and may have saved it).
+    cells another run held. Yields each cell with whether no other run held it when this one first met it
+    (``False``: another run did, and may have saved it).
     """
     deferred = []
     for cell in progress(todo, desc="reproduce cells", total=len(todo)):
