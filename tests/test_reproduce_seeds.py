@@ -58,6 +58,7 @@ def test_the_table_is_the_mean_and_std_across_seeds_and_the_differences_are_pair
     assert table in result.output and "over 2 pipeline seeds (0, 1)" in table
     window = next(r for r in saved["table"] if r["method"] == "window" and r["ipc"] == 7)
     assert f"{100 * window['mean']:.2f} ± {100 * window['std']:.2f}" in table
+    assert "(population std, as for the networks)" in table and "(sample std / sqrt(n);" in table  # which spread
     line = next(line for line in table.splitlines() if line.startswith("| window − random |"))
     assert line.split(" | ")[-1].startswith(f"{100 * diff['mean']:+.2f} ± {100 * diff['se']:.2f}")  # IPC 7
     assert "IPC 7: seed 0 (0.5, 0.2; given), seed 1 (0.5, 0.2; given)" in table  # the knobs of each seed

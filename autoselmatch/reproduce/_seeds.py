@@ -75,7 +75,8 @@ def combine_seeds(folders: Sequence[Path], out: Path, *, against: str | None = N
     budgets = {budget_markdown(run["table"], {k: v for k, v in run["cells"].items() if v}) for run in runs}
     networks = sorted({run["runs"] for run in runs})
     heading = (f"Combined over {len(seeds)} pipeline seeds ({', '.join(map(str, seeds))}): each seed's mean over its "
-               f"{' or '.join(map(str, networks))} network(s) per set, then the mean ± std across the seeds.")
+               f"{' or '.join(map(str, networks))} network(s) per set, then the mean ± std across the seeds "
+               "(population std, as for the networks).")
     base = runs[0].get("base")  # a base method's table (paper Table 7 / 8): its rows' names
     names = dict(base["rows"]) if base else {}
     if base:
@@ -259,7 +260,8 @@ def differences_markdown(differences: Sequence[dict[str, Any]], ipcs: Sequence[i
     ``names``: row labels by method (a base method's table)."""
     names = names or {}
     lines = [f"Paired differences against {names.get(against, against)} (points): each seed's difference of the "
-             f"two means, then the mean ± standard error across the seeds (n in brackets when fewer than {total}).", "",
+             f"two means, then the mean ± standard error across the seeds (sample std / sqrt(n); n in brackets "
+             f"when fewer than {total}).", "",
              "| method | " + " | ".join(f"IPC {ipc}{labels.get(ipc, '')}" for ipc in ipcs) + " |",
              "|---|" + "---:|" * len(ipcs)]
     for method in dict.fromkeys(d["method"] for d in differences):
