@@ -18,9 +18,11 @@
 #     paper's rule);
 #   - SRe2L ITERS_SRE2L (200) recover iterations; DSA ITERS_DSA (20) iterations of GM_OUTER (2) matching
 #     updates and GM_INNER (1) inner epochs.
-# Costs measured with bench/method_speed.py (bench/RESULTS.md, "Base methods"): one SRe2L iteration at
-# IPC 300 is ~5 CPU s, one reduced DSA iteration ~55 CPU s; on 2 CPU cores one seed of SRe2L at 5 % would take
-# an estimated 1.5 h (not timed), so the 3-seed tables at 5 and 10 % are GPU work (DEVICE=cuda).
+# Costs (bench/RESULTS.md, "Base methods" and "The Table 8 layout (SRe2L) on Fashion-MNIST"): one SRe2L
+# iteration at IPC 300 is ~5 CPU s, one reduced DSA iteration ~55 CPU s. Timed on 2 CPU cores, two calls of
+# this script on one OUT (they share experts, scores and cells): one seed of SRe2L at 5 and 10 % takes about
+# 2.5 h (200 recover iterations: 13-19 min at IPC 300, 25-28 min at IPC 600; a KD student: 3.6-4.6 min), so
+# the 3-seed tables of both methods take several sessions of those cores, or DEVICE=cuda.
 #
 # Knobs (environment): RATIOS ("5 10", % of each class), SEEDS ("0 1 2"), ALPHA (0.5), BETA (0.4), RUNS (3),
 # ITERS_SRE2L, ITERS_DSA, GM_OUTER, GM_INNER, DEVICE (cpu), DATA_ROOT (the dataset's folder, if not the
