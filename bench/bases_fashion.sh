@@ -17,7 +17,8 @@
 #     `distill.sre2l_teacher=expert`, so no teacher is trained) and its evaluation budget (5 % of the
 #     paper's rule);
 #   - SRe2L ITERS_SRE2L (200) recover iterations; DSA ITERS_DSA (20) iterations of GM_OUTER (2) matching
-#     updates and GM_INNER (1) inner epochs.
+#     updates and GM_INNER (1) inner epochs, at pixel lr LR_DSA (25 = the paper's 0.1 x its 10,000 image
+#     updates / these 40: at 0.1, 40 updates move the pixels ~0.001 std, so the set would stay the real one).
 # Costs (bench/RESULTS.md, "Base methods" and "The Table 8 layout (SRe2L) on Fashion-MNIST"): one SRe2L
 # iteration at IPC 300 is ~5 CPU s, one reduced DSA iteration ~55 CPU s. Timed on 2 CPU cores, two calls of
 # this script on one OUT (they share experts, scores and cells): one seed of SRe2L at 5 and 10 % takes about
@@ -25,14 +26,14 @@
 # the 3-seed tables of both methods take several sessions of those cores, or DEVICE=cuda.
 #
 # Knobs (environment): RATIOS ("5 10", % of each class), SEEDS ("0 1 2"), ALPHA (0.5), BETA (0.4), RUNS (3),
-# ITERS_SRE2L, ITERS_DSA, GM_OUTER, GM_INNER, DEVICE (cpu), DATA_ROOT (the dataset's folder, if not the
+# ITERS_SRE2L, ITERS_DSA, GM_OUTER, GM_INNER, LR_DSA, DEVICE (cpu), DATA_ROOT (the dataset's folder, if not the
 # default), CACHE (OUT/cache), DATASET (fashion-mnist), PRESET (configs/fashion-mnist-active.toml),
 # SETS (more `--set KEY=VALUE`, space-separated, for every command).
 set -euo pipefail
 OUT=${1:?usage: bash bench/bases_fashion.sh OUT [METHOD...]}; shift
 METHODS=${*:-sre2l dsa}
 RATIOS=${RATIOS:-5 10} SEEDS=${SEEDS:-0 1 2} ALPHA=${ALPHA:-0.5} BETA=${BETA:-0.4} RUNS=${RUNS:-3}
-ITERS_SRE2L=${ITERS_SRE2L:-200} ITERS_DSA=${ITERS_DSA:-20} GM_OUTER=${GM_OUTER:-2} GM_INNER=${GM_INNER:-1}
+ITERS_SRE2L=${ITERS_SRE2L:-200} ITERS_DSA=${ITERS_DSA:-20} GM_OUTER=${GM_OUTER:-2} GM_INNER=${GM_INNER:-1} LR_DSA=${LR_DSA:-25}
 DEVICE=${DEVICE:-cpu} CACHE=${CACHE:-$OUT/cache} DATASET=${DATASET:-fashion-mnist}
 PRESET=${PRESET:-configs/fashion-mnist-active.toml} SETS=${SETS:-}
 export AUTOSELMATCH_NO_PROGRESS=${AUTOSELMATCH_NO_PROGRESS:-1}
@@ -45,7 +46,8 @@ COMMON=("${DATA[@]}" --ipc "$IPCS" --alpha "$ALPHA" --beta "$BETA" --runs "$RUNS
 settings_of() {  # the method's reduced settings
   case $1 in
     sre2l) echo "--set distill.sre2l_teacher=expert --set distill.iterations=$ITERS_SRE2L" ;;
-    dsa) echo "--set distill.iterations=$ITERS_DSA --set distill.gm_outer_loop=$GM_OUTER --set distill.gm_inner_loop=$GM_INNER" ;;
+    dsa) echo "--set distill.iterations=$ITERS_DSA --set distill.gm_outer_loop=$GM_OUTER --set distill.gm_inner_loop=$GM_INNER"\
+              "--set distill.gm_lr_img=$LR_DSA" ;;
     *) echo "unknown base method '$1' (sre2l, dsa)" >&2; exit 2 ;;
   esac
 }

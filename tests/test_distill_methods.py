@@ -8,11 +8,12 @@ from click.testing import CliRunner
 from autoselmatch.choices import DISTILL_METHODS
 from autoselmatch.cli import cli
 from autoselmatch.config import apply_overrides, key_dict, load_preset
-from autoselmatch.distill import METHODS, distill, initial_set, selmatch, student_network
+from autoselmatch.distill import METHODS, distill, initial_set, method_key, method_revision, selmatch, student_network
 from autoselmatch.distill import _methods
-from autoselmatch.distill._gradmatch import class_match_loss, layer_distance
+from autoselmatch.distill._gradmatch import GradientMatcher, class_match_loss, layer_distance
 from autoselmatch.distill._sre2l import STATE_FILE, TEACHER_FILE, RecoverLoss, teacher_dir, train_teacher
 from autoselmatch.selection import select_window
+from autoselmatch.tune._stage import stage_settings
 
 # DSA at a tiny budget: two iterations of two image updates, one inner epoch, 16 real images per class.
 DSA = {
@@ -110,6 +111,27 @@ def test_matching_loss_is_zero_when_the_synthetic_batch_is_the_real_one(digits, 
     assert other.item() > 1.0
 
 
+def test_the_pixels_step_along_the_summed_class_losses_as_in_the_reference_code(digits):
+    """Each class's rows get the gradient of that class's own loss, whatever the number of classes
+    (a mean over classes would shrink every step num_classes times); the loss reported is the mean."""
+    cfg = make_cfg("unused", **{"distill.gm_batch_real": 10_000})  # every real image of a class: no draw matters
+    labels = torch.arange(digits.num_classes).repeat_interleave(3)  # (30,) 3 rows per class
+    images = digits.normalize(digits.train_images[digits.train_index[:len(labels)]])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = student_network(cfg, digits)
+    matcher = GradientMatcher(digits, labels, cfg.distill, strategies=())
+    loss, grad = matcher.loss_and_grad(net, images, torch.Generator().manual_seed(0))
+    class_losses = []
+    for c in range(digits.num_classes):
+        real = digits.normalize(digits.train_images[matcher.pools[c]])
+        syn = images[labels == c].clone().requires_grad_(True)
+        class_losses.append(class_match_loss(net, real, syn, c, seed=None, strategy="", generator=torch.Generator()))
+        (expected,) = torch.autograd.grad(class_losses[-1], syn)
+        torch.testing.assert_close(grad[labels == c], expected, rtol=1e-3, atol=1e-6)
+    assert loss.item() == pytest.approx(torch.stack(class_losses).mean().item(), rel=1e-4)
+
+
 # --------------------------------------------------------------------------------------------
 # Partial update, window init, resume
 # --------------------------------------------------------------------------------------------
@@ -162,6 +184,14 @@ def test_an_interrupted_dsa_run_resumes_bit_for_bit(digits, scores, tmp_path, mo
                        resume=True)
     assert torch.equal(resumed.images, whole.images)
     assert resumed.loss_history == whole.loss_history
+
+
+def test_a_method_revision_enters_its_keys_and_leaves_the_other_methods_keys_as_they_were(tmp_path):
+    dsa, mtt = make_cfg(tmp_path), make_cfg(tmp_path, **{"distill.method": "mtt"})
+    assert method_revision(dsa.distill) == {"revision": 1} and method_revision(mtt.distill) == {}
+    assert method_key(dsa)["distill"]["revision"] == 1 and "revision" not in method_key(mtt)["distill"]
+    assert stage_settings(dsa, "alpha", 10)["distill"]["revision"] == 1  # a revision-0 DSA study is refused
+    assert "revision" not in stage_settings(mtt, "alpha", 10)["distill"]
 
 
 def test_a_dsa_checkpoint_refuses_a_run_with_other_dsa_settings(digits, scores, tmp_path):

@@ -70,7 +70,7 @@ from ._run import (
     quick_evaluator,
     saved_set_config,
 )
-from ._methods import METHODS, Method, Objective, expert_settings, method_key, method_settings
+from ._methods import METHODS, Method, Objective, expert_settings, method_key, method_revision, method_settings
 from ._selmatch import InitialSet, initial_set, selmatch
 from ._student import ExpertSource, batch_stats_only, check_experts, dsa_strategies, student_network
 from ._trajectory import MatchOutput, StudentPlan, TrajectoryMatcher, check_precision, student_precision
@@ -99,6 +99,7 @@ __all__ = [
     "expert_settings",
     "initial_set",
     "method_key",
+    "method_revision",
     "method_settings",
     "pixel_bounds",
     "quick_evaluator",

@@ -99,12 +99,18 @@ class GradientMatcher:
 
     def loss_and_grad(self, net: nn.Module, images: torch.Tensor,
                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """The mean over classes of the class matching losses, and its gradient w.r.t. ``images`` (n, C, H, W).
+        """The mean over classes of the class matching losses, and the gradient of their sum w.r.t. ``images``.
 
+        The pixels step along the gradient of the summed loss, as in the DC/DSA reference code, so
+        ``distill.gm_lr_img`` means the same at any number of classes (the mean's gradient would be
+        num_classes times smaller); the returned loss is the per-class mean, comparable across datasets.
         Per class: ``gm_batch_real`` real images (fewer if the class has fewer), the class's synthetic
         rows (D_select and D_distill alike), one Siamese DSA draw; all draws from ``generator`` (CPU).
         Each class's loss is differentiated on its own (the classes share no synthetic rows), so memory
         holds one class's double-backward graph, not all of them.
+
+        Returns:
+            The loss (scalar) and the gradient (n, C, H, W), zero outside the classes' rows.
         """
         images = images.detach()
         total, grad = images.new_zeros(()), torch.zeros_like(images)
@@ -116,7 +122,7 @@ class GradientMatcher:
             seed, strategy = self._draw(generator)
             syn = images[self.rows[c]].requires_grad_(True)  # (k, C, H, W)
             loss = class_match_loss(net, real, syn, c, seed=seed, strategy=strategy, generator=self._aug_generator)
-            (grad[self.rows[c]],) = torch.autograd.grad(loss / len(classes), syn)
+            (grad[self.rows[c]],) = torch.autograd.grad(loss, syn)
             total = total + loss.detach()
         return total / len(classes), grad
 

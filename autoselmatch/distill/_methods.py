@@ -84,6 +84,7 @@ class Method:
         evaluate: ``(ds, images, labels, cfg, distill_mask=, split=, runs=, fraction=, seed=, cached=) -> EvalResult``
             of ``teacher-kd`` (``cached``: use only what is cached, e.g. the teacher; a one-line error
             names what to run otherwise); None for ``hard-labels`` (:func:`autoselmatch.evaluate.evaluate_set`).
+        revision: Raised when what the method computes from the same settings changes (:func:`method_revision`).
     """
 
     needs: str
@@ -93,6 +94,7 @@ class Method:
     build: Builder
     settings: tuple[str, ...] = ()
     evaluate: Callable[..., EvalResult] | None = None
+    revision: int = 0
 
 
 def _sgd(lr: Callable[[DistillConfig], float]) -> Callable[[torch.Tensor, DistillConfig], torch.optim.Optimizer]:
@@ -111,14 +113,30 @@ def method_settings(dc: DistillConfig) -> dict[str, Any]:
     return {key: value for key, value in to_dict(dc).items() if key not in others}
 
 
+def method_revision(dc: DistillConfig) -> dict[str, int]:
+    """``{"revision": n}`` if ``dc.method`` has changed what it computes since its first release, else ``{}``.
+
+    It enters every key of what the method makes (cached sets and reproduce cells, distillation
+    checkpoints, tune studies' settings), so those made before the change are recomputed, not reused;
+    a method at revision 0 keeps the keys it always had. DSA is at 1: its pixels step along the summed
+    class losses and its network's SGD has momentum 0.5, as in the DC/DSA reference code (revision 0
+    stepped along their mean, num_classes times smaller, without momentum).
+    """
+    revision = METHODS.get(dc.method).revision
+    return {"revision": revision} if revision else {}
+
+
 def method_key(cfg: RunConfig) -> dict[str, dict[str, Any]]:
     """``{"experts": ..., "distill": ...}``: the settings a cache key of a set distilled by
     ``cfg.distill.method`` hashes, those of :func:`expert_settings` and :func:`method_settings` less the
     ones older versions did not have while they hold the value those versions used
-    (:func:`~autoselmatch.config.key_dict`), so a key made before either existed stays the same."""
+    (:func:`~autoselmatch.config.key_dict`), so a key made before either existed stays the same; and the
+    method's :func:`method_revision`."""
     own = {"experts": expert_settings(cfg), "distill": method_settings(cfg.distill)}
-    return {section: {key: value for key, value in key_dict(section, getattr(cfg, section)).items()
-                      if key in own[section]} for section in own}
+    key = {section: {name: value for name, value in key_dict(section, getattr(cfg, section)).items()
+                     if name in own[section]} for section in own}
+    key["distill"].update(method_revision(cfg.distill))
+    return key
 
 
 def expert_settings(cfg: RunConfig) -> dict[str, Any]:
@@ -179,6 +197,8 @@ METHODS.register("mtt")(Method(needs="experts", labels="hard", evaluation="hard-
 # dsa: gradient matching with Siamese augmentation
 # --------------------------------------------------------------------------------------------
 
+GM_NET_MOMENTUM = 0.5  # the inner-loop network's SGD momentum in the DC/DSA reference code
+
 
 class _GradientObjective:
     """A fresh network (seeded from the run's generator), then ``gm_outer_loop`` image updates, each but the
@@ -196,7 +216,7 @@ class _GradientObjective:
             torch.manual_seed(seed)
             net = student_network(self.cfg, self.ds)
         net = net.to(self.device)
-        optimizer = torch.optim.SGD(net.parameters(), lr=dc.gm_lr_net)
+        optimizer = torch.optim.SGD(net.parameters(), lr=dc.gm_lr_net, momentum=GM_NET_MOMENTUM)
         losses = []
         for outer in range(dc.gm_outer_loop):
             loss, grad = self.matcher.loss_and_grad(net, state.images(), state.generator)  # (), (n, C, H, W)
@@ -216,7 +236,7 @@ def _build_dsa(ds: ImageDataset, cfg: RunConfig, labels: torch.Tensor, device: t
 METHODS.register("dsa")(Method(needs="nothing", labels="hard", evaluation="hard-labels",
                                optimizer=_sgd(lambda dc: dc.gm_lr_img), build=_build_dsa,
                                settings=("gm_outer_loop", "gm_inner_loop", "gm_batch_real", "gm_lr_img", "gm_lr_net",
-                                         "momentum", "dsa", "dsa_strategies")))
+                                         "momentum", "dsa", "dsa_strategies"), revision=1))
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from ..errors import InvalidArgument, TrainingDiverged
 from ..fileio import load_torch, save_torch, stable_hash
 from ..runtime import LOG, progress, resolve_device
 from ..synset import SyntheticSet, loss_ratio
-from ._methods import METHODS
+from ._methods import METHODS, method_revision
 from ._student import ExpertSource
 from ._trajectory import MatchOutput
 
@@ -484,7 +484,7 @@ def _fingerprint(ds: ImageDataset, cfg: RunConfig, experts: ExpertSource | None,
     A setting added since checkpoints were first written is left out at the value older releases
     used (:func:`~autoselmatch.config.key_dict`), so a checkpoint of an older release still resumes.
     """
-    dc = key_dict("distill", cfg.distill)
+    dc = {**key_dict("distill", cfg.distill), **method_revision(cfg.distill)}
     for key in ("iterations", "eval_every", "checkpoint_every", "coverage_every"):
         dc.pop(key, None)
     return stable_hash({

@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial
 from .. import records
 from ..choices import MAX_SEED
 from ..config import DistillConfig, ExpertConfig, RunConfig, to_dict
-from ..distill import expert_settings, method_settings
+from ..distill import expert_settings, method_revision, method_settings
 from ..errors import TrainingDiverged
 from ..records import study_name
 from ..storage import StorageSpec
@@ -157,7 +157,7 @@ def stage_settings(cfg: RunConfig, stage: str, ipc: int) -> dict[str, Any]:
               "scores": to_dict(cfg.scores), "evaluate": evaluate, "baselines": cfg.tune.baselines}
     if stage == records.BETA:
         return {**common, "beta_seeds": cfg.tune.beta_seeds, "beta_augment": cfg.tune.beta_augment}
-    distill = {**method_settings(cfg.distill), "iterations": trial_iterations(cfg)}
+    distill = {**method_settings(cfg.distill), **method_revision(cfg.distill), "iterations": trial_iterations(cfg)}
     return {**common, "experts": expert_settings(cfg), "distill": distill, "alpha_seeds": cfg.tune.alpha_seeds,
             "alpha_fraction": cfg.tune.alpha_fraction, "alpha_augment": cfg.tune.alpha_augment}
 
