@@ -228,11 +228,13 @@ def test_an_alpha_study_refuses_only_changes_of_its_base_method_s_settings(tmp_p
 def test_an_alpha_study_stored_with_every_distill_setting_resumes(tmp_path, method):
     """Studies stored before the settings were cut down to the method's held all of to_dict(cfg.distill)."""
     from autoselmatch.config import RunConfig, apply_overrides, to_dict
+    from autoselmatch.distill import method_revision
     from autoselmatch.tune._stage import stage_settings
 
     cfg = apply_overrides(RunConfig(), {"distill.method": method})
     now = stage_settings(cfg, "alpha", 10)
-    old = {**now, "distill": {**to_dict(cfg.distill), "iterations": now["distill"]["iterations"]}}
+    old = {**now, "distill": {**to_dict(cfg.distill), **method_revision(cfg.distill),
+                              "iterations": now["distill"]["iterations"]}}
     assert set(old["distill"]) > set(now["distill"])
     storage = _alpha_study(tmp_path, old)
     study = _open_alpha(storage, cfg)
@@ -242,6 +244,18 @@ def test_an_alpha_study_stored_with_every_distill_setting_resumes(tmp_path, meth
         with pytest.raises(InvalidArgument, match=r"distill\.lr_img: 10\.0 in the study, 1000\.0 now"):
             _open_alpha(storage, cfg)
     else:
+        _open_alpha(storage, cfg)
+
+
+def test_a_dsa_study_from_before_the_method_s_revision_is_refused(tmp_path):
+    """Its trials stepped the pixels along the mean of the class losses (DSA revision 0)."""
+    from autoselmatch.config import RunConfig, apply_overrides
+    from autoselmatch.tune._stage import stage_settings
+
+    cfg = apply_overrides(RunConfig(), {"distill.method": "dsa"})
+    now = stage_settings(cfg, "alpha", 10)
+    storage = _alpha_study(tmp_path, {**now, "distill": {k: v for k, v in now["distill"].items() if k != "revision"}})
+    with pytest.raises(InvalidArgument, match=r"distill\.revision: None in the study, 1 now"):
         _open_alpha(storage, cfg)
 
 
