@@ -202,7 +202,8 @@ GM_NET_MOMENTUM = 0.5  # the inner-loop network's SGD momentum in the DC/DSA ref
 
 class _GradientObjective:
     """A fresh network (seeded from the run's generator), then ``gm_outer_loop`` image updates, each but the
-    last followed by ``gm_inner_loop`` epochs of training that network on the set. Loss: mean over updates."""
+    last followed by ``gm_inner_loop`` epochs of training that network on the set (SGD at ``gm_lr_net``, momentum
+    :data:`GM_NET_MOMENTUM`). Loss: mean over updates."""
 
     atomic = False
 

@@ -126,7 +126,7 @@ def table_markdown(rows: Sequence[dict[str, Any]], ipcs: Sequence[int], labels: 
     ratios = bool(barely_note(rows, rule))
     header = "| method | augmentation | " + " | ".join(f"IPC {ipc}{labels.get(ipc, '')}" for ipc in ipcs) + " |"
     header += " loss ratio (pixel change), per IPC |" if ratios else ""
-    spread = "one seed" if runs == 1 else f"mean ± std over {runs} seeds"
+    spread = "one network" if runs == 1 else f"mean ± std over {runs} networks"
     lines = [*([heading] if heading else []), f"Test accuracy (%) on {dataset}, {spread}; best per IPC in bold.",
              *([budget] if budget else []), *([barely_note(rows, rule)] if ratios else []), "", header,
              "|---|---|" + "---:|" * (len(ipcs) + ratios)]
@@ -216,7 +216,7 @@ def cross_arch_rows(cfg: RunConfig, methods: Sequence[str], ipcs: Sequence[int],
 def cross_arch_markdown(rows: Sequence[dict[str, Any]], models: Sequence[str], cfg: RunConfig, *, dataset: str,
                         runs: int, budget: str = "") -> str:
     """Sets x networks (paper Table 2), mean ± std (%); the best set of each IPC and network in bold."""
-    spread = "one seed" if runs == 1 else f"mean ± std over {runs} seeds"
+    spread = "one network" if runs == 1 else f"mean ± std over {runs} networks"
     evaluation = cfg.evaluate.model
     options = ", ".join(f"{k}={v}" for k, v in sorted(evaluation.options.items()))
     named = [f"{name} (the evaluation model, {options or 'builder defaults'}: the main table's cells)"
