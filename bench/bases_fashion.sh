@@ -27,7 +27,8 @@
 # 2.5 h (200 recover iterations: 13-19 min at IPC 300, 25-28 min at IPC 600; a KD student: 3.6-4.6 min), so
 # the 3-seed tables of both methods take several sessions of those cores, or DEVICE=cuda.
 #
-# Knobs (environment): RATIOS ("5 10", % of each class), SEEDS ("0 1 2"), ALPHA (0.5), BETA (0.4), RUNS (3),
+# Knobs (environment): RATIOS ("5 10", % of each class), IPCS (absolute images per class, comma-separated,
+# e.g. "25,50"; replaces RATIOS), SEEDS ("0 1 2"), ALPHA (0.5), BETA (0.4), RUNS (3),
 # ITERS_SRE2L, ITERS_DSA, GM_OUTER, GM_INNER, LR_DSA, DEVICE (cpu), DATA_ROOT (the dataset's folder, if not the
 # default), CACHE (OUT/cache), DATASET (fashion-mnist), PRESET (configs/fashion-mnist-active.toml),
 # SETS (more `--set KEY=VALUE`, space-separated, for every command).
@@ -40,7 +41,7 @@ DEVICE=${DEVICE:-cpu} CACHE=${CACHE:-$OUT/cache} DATASET=${DATASET:-fashion-mnis
 PRESET=${PRESET:-configs/fashion-mnist-active.toml} SETS=${SETS:-}
 export AUTOSELMATCH_NO_PROGRESS=${AUTOSELMATCH_NO_PROGRESS:-1}
 mkdir -p "$OUT"
-IPCS=$(printf '%s%%,' $RATIOS); IPCS=${IPCS%,}
+if [ -z "${IPCS:-}" ]; then IPCS=$(printf '%s%%,' $RATIOS); IPCS=${IPCS%,}; fi
 DATA=(-d "$DATASET" --preset "$PRESET" --cache-dir "$CACHE" --set experts.epochs=6)
 [ -n "${DATA_ROOT:-}" ] && DATA+=(--data-root "$DATA_ROOT")
 for setting in $SETS; do DATA+=(--set "$setting"); done

@@ -159,7 +159,7 @@ def test_bases_script_makes_each_methods_paper_table_per_seed_and_combines_the_s
 
     tiny = ("experts.num_experts=1 experts.epochs=2 distill.max_start_epoch=1 distill.expert_epochs=1 "
             "distill.sre2l_batch=20 evaluate.steps=5 scores.epochs=1 scores.networks=1")
-    env = {**os.environ, "DATASET": "digits", "PRESET": str(BENCH.parent / "configs" / "digits.toml"), "RATIOS": "10",
+    env = {**os.environ, "DATASET": "digits", "PRESET": str(BENCH.parent / "configs" / "digits.toml"), "IPCS": "15",
            "SEEDS": "0 1", "RUNS": "1", "ITERS_SRE2L": "2", "ITERS_DSA": "1", "SETS": tiny}
     done = subprocess.run(["bash", str(BENCH / "bases_fashion.sh"), str(tmp_path / "out"), "sre2l", "dsa"], env=env,
                           capture_output=True, text=True, check=False, timeout=900)
@@ -170,6 +170,7 @@ def test_bases_script_makes_each_methods_paper_table_per_seed_and_combines_the_s
             results = json.loads((out / f"{method}-s{seed}" / "results.json").read_text())
             assert results["base"]["paper_table"] == table and len(results["table"]) == rows
             assert results["config"]["seed"] == seed and results["config"]["distill"]["method"] == method
+            assert results["ipcs"] == [15]  # IPCS, absolute images per class, replaces RATIOS
         combined = (out / f"{method}-seeds" / "seeds.md").read_text()
         assert f"Paper Table {table} layout, base method {method}" in combined and "over 2 pipeline seeds" in combined
         assert "| SelMatch (window at beta, partial update of alpha) | combined |" in combined  # the layout's names
