@@ -56,6 +56,7 @@ def test_the_table_is_the_mean_and_std_across_seeds_and_the_differences_are_pair
     assert diff["se"] == pytest.approx(np.std(expected, ddof=1) / np.sqrt(2))
     table = (tmp_path / "out" / "seeds.md").read_text()
     assert table in result.output and "over 2 pipeline seeds (0, 1)" in table
+    assert "mean ± std over 2 pipeline seeds; best per IPC" in table and "over 2 networks" not in table  # the spread
     window = next(r for r in saved["table"] if r["method"] == "window" and r["ipc"] == 7)
     assert f"{100 * window['mean']:.2f} ± {100 * window['std']:.2f}" in table
     assert "(population std, as for the networks)" in table and "(sample std / sqrt(n);" in table  # which spread

@@ -82,7 +82,8 @@ def combine_seeds(folders: Sequence[Path], out: Path, *, against: str | None = N
     if base:
         heading += f" Paper Table {base['paper_table']} layout, base method {base['method']}."
     md = table_markdown(rows, ipcs, labels, dataset=runs[0]["dataset"], runs=len(seeds),
-                        budget=budgets.pop() if len(budgets) == 1 else "", rule=rule, heading=heading, names=names)
+                        budget=budgets.pop() if len(budgets) == 1 else "", rule=rule, heading=heading, names=names,
+                        over="pipeline seeds")
     md += _short_rows_note(rows, len(seeds))
     md += "\n" + knobs_markdown(runs, seeds) + "\n" + differences_markdown(differences, ipcs, labels, against,
                                                                           len(seeds), names)

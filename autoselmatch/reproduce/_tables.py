@@ -114,19 +114,20 @@ def budget_markdown(rows: Sequence[dict[str, Any]], records: dict[str, dict[str,
 
 def table_markdown(rows: Sequence[dict[str, Any]], ipcs: Sequence[int], labels: dict[int, str], *, dataset: str,
                    runs: int, budget: str = "", rule: ReproduceConfig = ReproduceConfig(), heading: str = "",
-                   names: dict[str, str] | None = None) -> str:
+                   names: dict[str, str] | None = None, over: str = "networks") -> str:
     """Methods x IPCs, mean ± std (%), the best method of each IPC in bold; ``full`` as the last row.
 
     Each row names the training augmentation of its cells; ``budget`` (:func:`budget_markdown`) follows the title.
     When some set was distilled, a last column gives each IPC's final loss ratio and pixel change
     (:func:`activity`), and the accuracy of a set that ``rule`` calls barely distilled (:func:`barely_distilled`)
     is marked.
-    ``heading``: a first line (a base table's, :func:`base_heading`); ``names``: row labels by method.
+    ``heading``: a first line (a base table's, :func:`base_heading`); ``names``: row labels by method; ``over``:
+    what the ``runs`` values of a cell are (the networks of one run; the pipeline seeds of a combined table).
     """
     ratios = bool(barely_note(rows, rule))
     header = "| method | augmentation | " + " | ".join(f"IPC {ipc}{labels.get(ipc, '')}" for ipc in ipcs) + " |"
     header += " loss ratio (pixel change), per IPC |" if ratios else ""
-    spread = "one network" if runs == 1 else f"mean ± std over {runs} networks"
+    spread = f"one {over.removesuffix('s')}" if runs == 1 else f"mean ± std over {runs} {over}"
     lines = [*([heading] if heading else []), f"Test accuracy (%) on {dataset}, {spread}; best per IPC in bold.",
              *([budget] if budget else []), *([barely_note(rows, rule)] if ratios else []), "", header,
              "|---|---|" + "---:|" * (len(ipcs) + ratios)]
