@@ -261,8 +261,8 @@ def differences_markdown(differences: Sequence[dict[str, Any]], ipcs: Sequence[i
     ``names``: row labels by method (a base method's table)."""
     names = names or {}
     lines = [f"Paired differences against {names.get(against, against)} (points): each seed's difference of the "
-             f"two means, then the mean ± standard error across the seeds (sample std / sqrt(n); n in brackets "
-             f"when fewer than {total}).", "",
+             f"two means, then the mean ± standard error across the seeds (sample std / sqrt(n); a cell with fewer "
+             f"than {total} seeds shows its n in brackets).", "",
              "| method | " + " | ".join(f"IPC {ipc}{labels.get(ipc, '')}" for ipc in ipcs) + " |",
              "|---|" + "---:|" * len(ipcs)]
     for method in dict.fromkeys(d["method"] for d in differences):
