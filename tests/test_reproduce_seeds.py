@@ -94,7 +94,7 @@ def test_a_row_missing_from_a_seed_counts_only_the_seeds_that_have_it(runs, tmp_
     assert diff["seeds"] == [0] and diff["se"] is None
     table = (tmp_path / "out" / "seeds.md").read_text()
     assert "a cell with fewer than 2 seeds shows its n in brackets" in table
-    line = next(l for l in table.splitlines() if l.startswith(f"| {diff['method']} − random |"))
+    line = next(row for row in table.splitlines() if row.startswith(f"| {diff['method']} − random |"))
     assert f"{100 * diff['mean']:+.2f} (1)" in line  # no spread from one seed, and its count
 
 
